@@ -1,0 +1,133 @@
+"""The broker process: config, keys, store, audit, token validation and the SSH listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import asyncssh
+
+from broker.api import Api
+from broker.audit import AuditLog
+from broker.config import BrokerConfig, OidcSection
+from broker.errors import BrokerError, ConfigError
+from broker.identity.dev_issuer import DevIssuer, DevUser
+from broker.identity.tokens import TokenValidator
+from broker.keys import BrokerKeys, load_or_create_keys
+from broker.server import BrokerConnection, handle_process
+from broker.store import Store
+
+log = logging.getLogger("hoop.broker")
+
+DEV_CLIENT_ID = "hoopctl"
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig, *, dev_mode: bool = False) -> None:
+        if dev_mode and config.oidc is not None:
+            raise ConfigError("--dev serves its own issuer: remove [oidc] or run without --dev")
+        if not dev_mode and config.oidc is None:
+            raise ConfigError("no [oidc] section: configure an issuer, or run with --dev")
+        self.config = config
+        self.dev_mode = dev_mode
+        self.api = Api(self)
+        self._server: asyncssh.SSHAcceptor | None = None
+        self._dev_issuer: DevIssuer | None = None
+        self.oidc: OidcSection = config.oidc or OidcSection(
+            issuer="http://placeholder.invalid", client_id=DEV_CLIENT_ID
+        )
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.broker.data_dir
+
+    async def start(self, *, listen: str | None = None) -> None:
+        self.keys: BrokerKeys = load_or_create_keys(self.data_dir)
+        self.store = await Store.open(self.data_dir)
+        self.audit = AuditLog(self.store, stdout=self.config.broker.audit_stdout)
+        if self.dev_mode:
+            await self._start_dev_issuer()
+        self.validator = TokenValidator(self.oidc)
+        host, port = _split_host_port(listen or self.config.broker.listen)
+        try:
+            self._server = await asyncssh.listen(
+                host,
+                port,
+                server_host_keys=[self.keys.host_key],
+                server_factory=lambda: BrokerConnection(self),
+                process_factory=lambda process: handle_process(self, process),
+                login_timeout=self.config.broker.login_timeout,
+                allow_scp=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                keepalive_interval=30,
+            )
+        except OSError as exc:
+            raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        bound = self._server.sockets[0].getsockname()
+        self.listen_address = f"{bound[0]}:{bound[1]}"
+        print(
+            f"hoop-broker listening on {self.listen_address} "
+            f"(host key {self.keys.host_fingerprint})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def _start_dev_issuer(self) -> None:
+        dev = self.config.dev
+        users = dict(dev.users) if dev else {}
+        self._dev_issuer = DevIssuer(
+            key_path=self.data_dir / "dev_issuer_key.json",
+            users={
+                name: DevUser(name=name, groups=tuple(user.groups), email=user.email)
+                for name, user in users.items()
+            },
+            client_id=DEV_CLIENT_ID,
+            auto_approve=dev.auto_approve if dev else None,
+            id_token_ttl=dev.id_token_ttl if dev else 3600,
+        )
+        host, port = _split_host_port(dev.listen if dev else "127.0.0.1:2280")
+        try:
+            await self._dev_issuer.start(host, port)
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot start the dev issuer on {host}:{port}: {exc.strerror}"
+            ) from None
+        self.oidc = OidcSection(
+            issuer=self._dev_issuer.issuer, client_id=DEV_CLIENT_ID, algorithms=["RS256"]
+        )
+        print(
+            f"hoop-broker: DEV MODE, INSECURE: built-in OIDC issuer at {self._dev_issuer.issuer} "
+            "approves logins without passwords; never use this in production",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._dev_issuer is not None:
+            await self._dev_issuer.stop()
+        await self.store.close()
+
+
+async def serve_forever(config: BrokerConfig, *, dev_mode: bool, listen: str | None) -> None:
+    broker = Broker(config, dev_mode=dev_mode)
+    await broker.start(listen=listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await broker.stop()

@@ -1,0 +1,17 @@
+"""Who is on the other end of one SSH connection to the broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass
+class ConnectionContext:
+    user: str
+    groups: tuple[str, ...]
+    remote: str
+    anonymous: bool = False
+
+    def may_use(self, allowed_groups: Iterable[str]) -> bool:
+        return not self.anonymous and bool(set(allowed_groups) & set(self.groups))

@@ -1,0 +1,319 @@
+"""`hoopctl`: the command line for engineers, approvers and incident responders."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import webbrowser
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import asyncssh
+import typer
+from rich.prompt import Confirm
+
+from broker.durations import format_duration
+from hoopctl import __version__
+from hoopctl.address import BrokerAddress, resolve, save_default
+from hoopctl.credentials import CredentialStore, announce_backend
+from hoopctl.errors import HoopError, HostKeyError, UsageError
+from hoopctl.hostkeys import fingerprint, forget
+from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
+from hoopctl.output import OutputFormat, render, render_record, stderr
+from hoopctl.session import connect_api, current_profile, exchange, profile_from
+from hoopctl.ssh_config import write_ssh_config
+from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="hoopctl",
+    help="Reach production through the hoop broker: log in, connect, approve, replay.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+BrokerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        "-b",
+        envvar="HOOP_BROKER",
+        help="Broker HOST[:PORT] (default port 2222). Env: HOOP_BROKER.",
+        show_envvar=False,
+    ),
+]
+OutputOption = Annotated[
+    OutputFormat, typer.Option("--output", "-o", help="Output format.", case_sensitive=False)
+]
+
+_global_broker: str | None = None
+
+
+def _address(broker: str | None) -> BrokerAddress:
+    return resolve(broker or _global_broker)
+
+
+def _run(work: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
+    """Run a command body; every HoopError becomes one line on stderr and its exit code."""
+    try:
+        result = work()
+        if asyncio.iscoroutine(result):
+            return asyncio.run(result)
+        return result  # type: ignore[return-value]
+    except HoopError as exc:
+        print(f"hoopctl: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("hoopctl: interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        # A bug must still end in one line; HOOP_DEBUG=1 shows the traceback.
+        if os.environ.get("HOOP_DEBUG"):
+            raise
+        print(f"hoopctl: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"hoopctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    broker: BrokerOption = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    global _global_broker
+    _global_broker = broker
+
+
+def _first_use(accept: str | None) -> FirstUseDecision:
+    def decide(key: asyncssh.SSHKey) -> bool:
+        offered = fingerprint(key)
+        stderr.print(f"The broker's host key fingerprint is {offered}.")
+        if accept is not None:
+            if accept != offered:
+                raise HostKeyError(f"broker offered host key {offered}, not the expected {accept}")
+            return True
+        if sys.stdin.isatty():
+            return Confirm.ask("Trust this broker and pin its key?", default=False, console=stderr)
+        raise HostKeyError(
+            f"broker host key {offered} is not pinned yet; check it with the broker's operator "
+            f"and run again with --accept-host-key {offered}"
+        )
+
+    return decide
+
+
+def _can_open_browser() -> bool:
+    if not sys.stdout.isatty():
+        return False
+    return sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+
+
+def _expiry(valid_before: int) -> str:
+    when = datetime.fromtimestamp(valid_before, tz=UTC).astimezone()
+    left = valid_before - time.time()
+    status = f"in {format_duration(left)}" if left > 0 else "EXPIRED"
+    return f"{when:%Y-%m-%d %H:%M:%S %Z} ({status})"
+
+
+@app.command()
+def login(
+    broker: BrokerOption = None,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Do not try to open a web browser.")
+    ] = False,
+    accept_host_key: Annotated[
+        str | None,
+        typer.Option(
+            "--accept-host-key",
+            metavar="SHA256:…",
+            help="Pin the broker's host key without asking if it has this fingerprint.",
+        ),
+    ] = None,
+    forget_host_key: Annotated[
+        bool,
+        typer.Option(
+            "--forget-host-key", help="Drop the pinned host key first (after a rotation)."
+        ),
+    ] = False,
+    token_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--token-stdin",
+            help="Read an ID token from stdin instead of the device flow (CI, agents).",
+        ),
+    ] = False,
+) -> None:
+    """Log in with your identity provider and get a short-lived certificate from the broker."""
+
+    async def work() -> None:
+        address = _address(broker)
+        store = CredentialStore(address)
+        store.check_usable()
+        if forget_host_key:
+            forget(address)
+        first_use = _first_use(accept_host_key)
+        conn = await open_connection(address, first_use=first_use)
+        async with ApiClient(conn) as api:
+            config: dict[str, Any] = await api.call("auth.config")
+        if config.get("dev"):
+            stderr.print("[yellow]warning:[/] this broker runs a DEV identity provider (insecure)")
+        token_endpoint = None
+        if token_stdin:
+            id_token = sys.stdin.read().strip()
+            if not id_token:
+                raise UsageError("--token-stdin: no token on stdin")
+            refresh_token = None
+        else:
+            endpoints = discover(config["issuer"])
+            token_endpoint = endpoints.token
+            authorization = start_device_authorization(
+                endpoints, config["client_id"], list(config["scopes"])
+            )
+            url = authorization.verification_uri_complete or authorization.verification_uri
+            stderr.print(
+                f"To log in, open [bold]{authorization.verification_uri}[/] "
+                f"and enter the code [bold]{authorization.user_code}[/]",
+            )
+            if authorization.verification_uri_complete:
+                stderr.print(f"or open {authorization.verification_uri_complete}", markup=False)
+            if not no_browser and _can_open_browser():
+                webbrowser.open(url)
+            with stderr.status("Waiting for you to approve the login…"):
+                tokens = poll_for_tokens(endpoints, config["client_id"], authorization)
+            id_token, refresh_token = tokens.id_token, tokens.refresh_token
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=f"hoopctl {address}")
+        result = await exchange(address, id_token, key)
+        profile = profile_from(
+            address,
+            result,
+            issuer=config["issuer"],
+            client_id=config["client_id"],
+            token_endpoint=token_endpoint,
+        )
+        announce_backend()
+        store.save(profile, key, refresh_token)
+        save_default(address)
+        groups = ", ".join(profile.groups) or "none"
+        stderr.print(
+            f"Logged in to {address} as [bold]{profile.user}[/] (groups: {groups}); "
+            f"certificate valid until {_expiry(profile.valid_before)}"
+        )
+
+    _run(work)
+
+
+@app.command()
+def logout(
+    broker: BrokerOption = None,
+    forget_host_key: Annotated[
+        bool, typer.Option("--forget-host-key", help="Also drop the pinned broker host key.")
+    ] = False,
+) -> None:
+    """Remove the certificate, key and refresh token for a broker."""
+
+    def work() -> None:
+        address = _address(broker)
+        existed = CredentialStore(address).clear()
+        if forget_host_key:
+            forget(address)
+        stderr.print(f"Logged out of {address}" if existed else f"Not logged in to {address}")
+
+    _run(work)
+
+
+@app.command()
+def whoami(broker: BrokerOption = None, output: OutputOption = OutputFormat.table) -> None:
+    """Show who you are on the broker: user, groups, certificate expiry."""
+
+    async def work() -> None:
+        address = _address(broker)
+        api, profile = await connect_api(address)
+        async with api:
+            me = await api.call("whoami")
+        record = {
+            "user": me["user"],
+            "groups": me["groups"],
+            "broker": str(address),
+            "certificate_expires": datetime.fromtimestamp(profile.valid_before, tz=UTC).isoformat(),
+            "certificate_expires_in": int(profile.valid_before - time.time()),
+        }
+        if output is OutputFormat.table:
+            record["certificate_expires"] = _expiry(profile.valid_before)
+        render_record(
+            record,
+            [
+                ("user", "User"),
+                ("groups", "Groups"),
+                ("broker", "Broker"),
+                ("certificate_expires", "Certificate expires"),
+            ],
+            output,
+        )
+
+    _run(work)
+
+
+@app.command()
+def targets(broker: BrokerOption = None, output: OutputOption = OutputFormat.table) -> None:
+    """List the targets you may reach, with their type and policy."""
+
+    async def work() -> None:
+        api, _ = await connect_api(_address(broker))
+        async with api:
+            rows = await api.call("targets.list")
+        render(
+            rows,
+            [
+                ("name", "Name"),
+                ("type", "Type"),
+                ("description", "Description"),
+                ("policy", "Policy"),
+            ],
+            output,
+            empty="no targets are open to your groups",
+        )
+
+    _run(work)
+
+
+@app.command("ssh-config")
+def ssh_config(
+    broker: BrokerOption = None,
+    alias: Annotated[
+        str | None,
+        typer.Option("--alias", help="Host alias to use in the block (default hoop-HOST)."),
+    ] = None,
+) -> None:
+    """Print an OpenSSH Host block so plain `ssh` reaches the broker with your certificate."""
+
+    async def work() -> None:
+        address = _address(broker)
+        store = CredentialStore(address)
+        profile = await current_profile(store)
+        block, key_path = write_ssh_config(address, profile, store.private_key(), alias=alias)
+        stderr.print(f"hoopctl: wrote your key and certificate for OpenSSH under {key_path.parent}")
+        sys.stdout.write(block)
+
+    _run(work)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The OAuth 2.0 device authorization grant (RFC 8628) and refresh, against the broker's IdP."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2 as httpx
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.httpx_client import OAuth2Client
+
+from hoopctl.errors import LoginError
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+HTTP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    id_token: str
+    refresh_token: str | None
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_in: int
+    interval: int
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    device_authorization: str
+    token: str
+
+
+def _require_secure(url: str, what: str) -> None:
+    """Plain http is only acceptable to a loopback address (dev issuers, tests)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme != "http" or not loopback:
+        raise LoginError(f"{what} {url} must use https")
+
+
+def discover(issuer: str) -> Endpoints:
+    _require_secure(issuer, "issuer")
+    url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
+    try:
+        response = httpx.get(url, timeout=HTTP_TIMEOUT)
+        response.raise_for_status()
+        document = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise LoginError(f"cannot reach the identity provider at {url}: {exc}") from None
+    if not isinstance(document, dict) or document.get("issuer", "").rstrip("/") != issuer.rstrip(
+        "/"
+    ):
+        raise LoginError(f"identity provider at {url} names a different issuer")
+    device = document.get("device_authorization_endpoint")
+    token = document.get("token_endpoint")
+    if not isinstance(device, str) or not isinstance(token, str):
+        raise LoginError("the identity provider does not offer the device authorization grant")
+    _require_secure(device, "device authorization endpoint")
+    _require_secure(token, "token endpoint")
+    return Endpoints(device_authorization=device, token=token)
+
+
+def _client(client_id: str) -> OAuth2Client:
+    return OAuth2Client(
+        client_id=client_id,
+        token_endpoint_auth_method="none",  # noqa: S106 (a public client has no secret)
+        timeout=HTTP_TIMEOUT,
+    )
+
+
+def start_device_authorization(
+    endpoints: Endpoints, client_id: str, scopes: list[str]
+) -> DeviceAuthorization:
+    try:
+        response = httpx.post(
+            endpoints.device_authorization,
+            data={"client_id": client_id, "scope": " ".join(scopes)},
+            timeout=HTTP_TIMEOUT,
+        )
+        body: dict[str, Any] = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise LoginError(f"device authorization request failed: {exc}") from None
+    if response.status_code != 200 or "device_code" not in body:
+        error = body.get("error_description") or body.get("error") or f"HTTP {response.status_code}"
+        raise LoginError(f"the identity provider refused the device authorization: {error}")
+    return DeviceAuthorization(
+        device_code=body["device_code"],
+        user_code=body["user_code"],
+        verification_uri=body.get("verification_uri") or body.get("verification_url", ""),
+        verification_uri_complete=body.get("verification_uri_complete"),
+        expires_in=int(body.get("expires_in", 600)),
+        interval=int(body.get("interval", 5)),
+    )
+
+
+def _token_set(token: dict[str, Any]) -> TokenSet:
+    id_token = token.get("id_token")
+    if not isinstance(id_token, str):
+        raise LoginError("the identity provider returned no ID token (is 'openid' in the scopes?)")
+    refresh = token.get("refresh_token")
+    return TokenSet(id_token=id_token, refresh_token=refresh if isinstance(refresh, str) else None)
+
+
+def poll_for_tokens(
+    endpoints: Endpoints,
+    client_id: str,
+    authorization: DeviceAuthorization,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> TokenSet:
+    """Poll the token endpoint as RFC 8628 section 3.5 says: honour interval and slow_down."""
+    deadline = clock() + authorization.expires_in
+    interval = max(authorization.interval, 1)
+    with _client(client_id) as client:
+        while True:
+            sleep(interval)
+            if clock() >= deadline:
+                raise LoginError(
+                    "the login code expired before it was approved: run hoopctl login again"
+                )
+            try:
+                token = client.fetch_token(
+                    endpoints.token, grant_type=DEVICE_GRANT, device_code=authorization.device_code
+                )
+                return _token_set(dict(token))
+            except OAuthError as exc:
+                if exc.error == "authorization_pending":
+                    continue
+                if exc.error == "slow_down":
+                    interval += 5
+                    continue
+                if exc.error == "access_denied":
+                    raise LoginError("login was denied at the identity provider") from None
+                if exc.error == "expired_token":
+                    raise LoginError(
+                        "the login code expired before it was approved: run hoopctl login again"
+                    ) from None
+                raise LoginError(
+                    f"login failed: {exc.error}: {exc.description or ''}".rstrip(": ")
+                ) from None
+            except (httpx.HTTPError, ValueError) as exc:
+                raise LoginError(f"cannot reach the token endpoint: {exc}") from None
+
+
+def refresh(endpoint: str, client_id: str, refresh_token: str) -> TokenSet:
+    try:
+        with _client(client_id) as client:
+            token = client.refresh_token(endpoint, refresh_token=refresh_token)
+    except OAuthError as exc:
+        raise LoginError(f"your login has expired ({exc.error}): run hoopctl login") from None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise LoginError(f"cannot renew the login at the identity provider: {exc}") from None
+    tokens = _token_set(dict(token))
+    # Providers that do not rotate refresh tokens return none; keep the one we have.
+    return TokenSet(tokens.id_token, tokens.refresh_token or refresh_token)
