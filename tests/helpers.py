@@ -1,0 +1,291 @@
+"""Test helpers: run the real console scripts, start a real broker process, isolate each user."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pexpect
+
+BIN = Path(sys.executable).parent
+HOOPCTL = str(BIN / "hoopctl")
+HOOP_BROKER = str(BIN / "hoop-broker")
+REPO = Path(__file__).resolve().parent.parent
+# hoopctl prints the code in bold on a terminal: allow colour codes before it.
+USER_CODE = r"enter the code (?:\x1b\[[0-9;]*m)*(\w{4}-\w{4})"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dev_config(
+    data_dir: Path,
+    *,
+    port: int,
+    dev_port: int,
+    auto_approve: str | None = "alice",
+    id_token_ttl: str = "1h",
+    certificate_ttl: str = "8h",
+    targets: str = "",
+) -> str:
+    """A broker config for --dev: alice (engineers, dba), bob (engineers, approvers), carol."""
+    approve = f'auto_approve = "{auto_approve}"\n' if auto_approve else ""
+    return f"""
+[broker]
+listen = "127.0.0.1:{port}"
+data_dir = "{data_dir}"
+certificate_ttl = "{certificate_ttl}"
+
+[dev]
+listen = "127.0.0.1:{dev_port}"
+id_token_ttl = "{id_token_ttl}"
+{approve}
+[dev.users.alice]
+groups = ["engineers", "dba"]
+
+[dev.users.bob]
+groups = ["engineers", "approvers"]
+
+[dev.users.carol]
+groups = ["contractors"]
+
+[[targets]]
+name = "dev-shell"
+type = "local"
+description = "bash on the broker host"
+allowed_groups = ["engineers"]
+policy = "guardrails"
+
+[[targets]]
+name = "prod-db"
+type = "postgres"
+address = "127.0.0.1:5432"
+database = "prod"
+user = "app"
+credential = "env:PROD_DB_PASSWORD"
+description = "production database"
+allowed_groups = ["dba"]
+
+[policies.guardrails]
+default = "allow"
+on_unknown = "review"
+
+[[policies.guardrails.rules]]
+name = "no-rm"
+action = "deny"
+program = ["rm"]
+{targets}
+"""
+
+
+def oidc_config(
+    data_dir: Path, *, port: int, issuer: str, extra_oidc: str = "", targets: str = ""
+) -> str:
+    return f"""
+[broker]
+listen = "127.0.0.1:{port}"
+data_dir = "{data_dir}"
+
+[oidc]
+issuer = "{issuer}"
+client_id = "hoopctl"
+scopes = ["openid", "profile", "email", "groups", "offline_access"]
+{extra_oidc}
+
+[[targets]]
+name = "dev-shell"
+type = "local"
+description = "bash on the broker host"
+allowed_groups = ["engineers"]
+
+[[targets]]
+name = "contractor-box"
+type = "local"
+allowed_groups = ["contractors"]
+{targets}
+"""
+
+
+@dataclass
+class BrokerProcess:
+    config_path: Path
+    data_dir: Path
+    dev: bool = True
+    process: subprocess.Popen[bytes] | None = None
+    address: str = ""
+    host_fingerprint: str = ""
+    dev_issuer: str | None = None
+    stdout_path: Path = field(default_factory=Path)
+    stderr_path: Path = field(default_factory=Path)
+
+    def start(self, timeout: float = 20.0) -> BrokerProcess:
+        workdir = self.config_path.parent
+        self.stdout_path = workdir / f"{self.config_path.stem}.stdout"
+        self.stderr_path = workdir / f"{self.config_path.stem}.stderr"
+        args = [HOOP_BROKER, "serve", "--config", str(self.config_path)]
+        if self.dev:
+            args.append("--dev")
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            offset = self.stderr_path.stat().st_size
+            self.process = subprocess.Popen(args, stdout=out, stderr=err, cwd=workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.stderr_path.read_bytes()[offset:].decode(errors="replace")
+            match = re.search(r"listening on (\S+) \(host key (SHA256:\S+)\)", text)
+            if match:
+                self.address, self.host_fingerprint = match.group(1), match.group(2)
+                issuer = re.search(r"OIDC issuer at (http://\S+)", text)
+                self.dev_issuer = issuer.group(1) if issuer else None
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.process.returncode}:\n{text}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("broker did not start in time")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def audit_events(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        events = []
+        for line in self.stdout_path.read_text().splitlines():
+            if line.startswith("{"):
+                event = json.loads(line)
+                if event_type is None or event.get("type") == event_type:
+                    events.append(event)
+        return events
+
+    def approve_dev_login(self, user_code: str, username: str, action: str = "approve") -> None:
+        """Play the human at the dev issuer's verification page."""
+        assert self.dev_issuer
+        response = httpx.post(
+            f"{self.dev_issuer}/device",
+            data={"user_code": user_code, "username": username, "action": action},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+
+
+def start_broker(
+    tmp_path: Path, config_text: str, *, dev: bool = True, name: str = "broker"
+) -> BrokerProcess:
+    config_path = tmp_path / f"{name}.toml"
+    config_path.write_text(config_text)
+    data_dir = Path(re.search(r'data_dir = "([^"]+)"', config_text).group(1))  # type: ignore[union-attr]
+    return BrokerProcess(config_path=config_path, data_dir=data_dir, dev=dev).start()
+
+
+@dataclass
+class User:
+    """One person's machine: their own HOME, config dir and keyring file."""
+
+    home: Path
+
+    def __post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("HOOP_", "XDG_", "PYTHON_KEYRING"))
+        }
+        env.update(
+            HOME=str(self.home),
+            XDG_CONFIG_HOME=str(self.home / ".config"),
+            XDG_DATA_HOME=str(self.home / ".local" / "share"),
+            PYTHON_KEYRING_BACKEND="keyrings.alt.file.PlaintextKeyring",
+            TERM="xterm-256color",
+            COLUMNS="200",
+        )
+        return env
+
+    @property
+    def config_dir(self) -> Path:
+        return self.home / ".config" / "hoopctl"
+
+    def run(
+        self,
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [HOOPCTL, *args],
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            env={**self.env, **(env or {})},
+            timeout=timeout,
+        )
+
+    def spawn(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+    ) -> pexpect.spawn:
+        return pexpect.spawn(
+            HOOPCTL,
+            list(args),
+            env={**self.env, **(env or {})},
+            encoding="utf-8",
+            timeout=timeout,
+            dimensions=(40, 200),
+        )
+
+    def login(self, broker: BrokerProcess, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            "login",
+            "--broker",
+            broker.address,
+            "--accept-host-key",
+            broker.host_fingerprint,
+            "--no-browser",
+            *extra,
+        )
+
+    def login_as(self, broker: BrokerProcess, username: str) -> str:
+        """Log in through a dev issuer without auto-approval, approving as USERNAME; return stderr."""
+        child = self.spawn(
+            "login",
+            "--broker",
+            broker.address,
+            "--accept-host-key",
+            broker.host_fingerprint,
+            "--no-browser",
+        )
+        child.expect(USER_CODE)
+        broker.approve_dev_login(child.match.group(1), username)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        return str(child.before)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """A failure a user sees: non-zero exit, no traceback, one 'hoopctl:' line naming the problem."""
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("hoopctl: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
