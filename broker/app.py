@@ -41,6 +41,7 @@ class Broker:
         self.api = Api(self)
         self._server: asyncssh.SSHAcceptor | None = None
         self._dev_issuer: DevIssuer | None = None
+        self._store: Store | None = None
         self.oidc: OidcSection = config.oidc or OidcSection(
             issuer="http://placeholder.invalid", client_id=DEV_CLIENT_ID
         )
@@ -51,7 +52,7 @@ class Broker:
 
     async def start(self, *, listen: str | None = None) -> None:
         self.keys: BrokerKeys = load_or_create_keys(self.data_dir)
-        self.store = await Store.open(self.data_dir)
+        self.store = self._store = await Store.open(self.data_dir)
         self.audit = AuditLog(self.store, stdout=self.config.broker.audit_stdout)
         if self.dev_mode:
             await self._start_dev_issuer()
@@ -117,12 +118,17 @@ class Broker:
             await self._server.wait_closed()
         if self._dev_issuer is not None:
             await self._dev_issuer.stop()
-        await self.store.close()
+        if self._store is not None:
+            await self._store.close()
 
 
 async def serve_forever(config: BrokerConfig, *, dev_mode: bool, listen: str | None) -> None:
     broker = Broker(config, dev_mode=dev_mode)
-    await broker.start(listen=listen)
+    try:
+        await broker.start(listen=listen)
+    except BaseException:
+        await broker.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,49 @@
+# The README's commands. Every target sets up what it needs on a fresh machine.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps idp test lint format demo bench completions clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+# OpenSSH server and client, tmux, node/npm: installed with apt when missing and running as root.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+# The third-party OIDC provider the tests log in against (npm package oidc-provider).
+idp: tests/idp/node_modules/.installed
+
+tests/idp/node_modules/.installed: tests/idp/package.json tests/idp/package-lock.json
+	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install system-deps idp
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: install
+	bash scripts/demo.sh
+
+bench: install system-deps
+	$(PY) -m bench.login
+
+completions: install
+	$(PY) scripts/gen_completions.py
+
+clean:
+	rm -rf $(VENV) .demo tests/idp/node_modules
