@@ -15,7 +15,6 @@ from joserfc.errors import (
     BadSignatureError,
     ExpiredTokenError,
     InvalidClaimError,
-    InvalidTokenError,
     JoseError,
     MissingClaimError,
 )
@@ -138,11 +137,13 @@ class TokenValidator:
             registry.validate(claims)
         except ExpiredTokenError:
             raise AuthError("token has expired; log in again") from None
-        except InvalidTokenError:
-            raise AuthError(
-                "token is not valid yet (nbf/iat in the future); check clocks"
-            ) from None
-        except (MissingClaimError, InvalidClaimError) as exc:
+        except InvalidClaimError as exc:
+            if exc.claim in ("nbf", "iat") and "NumericDate" not in (exc.description or ""):
+                raise AuthError(
+                    "token is not valid yet (nbf/iat in the future); check clocks"
+                ) from None
+            raise AuthError(f"token rejected: {exc.description}") from None
+        except MissingClaimError as exc:
             raise AuthError(f"token rejected: {exc.description}") from None
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
