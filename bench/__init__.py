@@ -1,0 +1,1 @@
+"""Benchmarks: run from the repo root as `.venv/bin/python -m bench.<name>` (see README.md)."""
