@@ -159,16 +159,20 @@ def login(
 ) -> None:
     """Log in with your identity provider and get a short-lived certificate from the broker."""
 
-    async def work() -> None:
+    async def login_settings(address: BrokerAddress) -> dict[str, Any]:
+        conn = await open_connection(address, first_use=_first_use(accept_host_key))
+        async with ApiClient(conn) as api:
+            return dict(await api.call("auth.config"))
+
+    # Synchronous on purpose: the device-flow wait must stop at the first Ctrl-C, which an
+    # event loop would only deliver at its next await.
+    def work() -> None:
         address = _address(broker)
         store = CredentialStore(address)
         store.check_usable()
         if forget_host_key:
             forget(address)
-        first_use = _first_use(accept_host_key)
-        conn = await open_connection(address, first_use=first_use)
-        async with ApiClient(conn) as api:
-            config: dict[str, Any] = await api.call("auth.config")
+        config = asyncio.run(login_settings(address))
         if config.get("dev"):
             stderr.print("[yellow]warning:[/] this broker runs a DEV identity provider (insecure)")
         token_endpoint = None
@@ -196,7 +200,7 @@ def login(
                 tokens = poll_for_tokens(endpoints, config["client_id"], authorization)
             id_token, refresh_token = tokens.id_token, tokens.refresh_token
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"hoopctl {address}")
-        result = await exchange(address, id_token, key)
+        result = asyncio.run(exchange(address, id_token, key))
         profile = profile_from(
             address,
             result,
