@@ -35,16 +35,20 @@ class Api:
             "targets.list": self._targets_list,
         }
 
-    async def serve(self, process: asyncssh.SSHServerProcess[str], ctx: ConnectionContext) -> None:
+    async def serve(
+        self, process: asyncssh.SSHServerProcess[bytes], ctx: ConnectionContext
+    ) -> None:
         while True:
             try:
-                line = await process.stdin.readline()
-            except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
+                raw = await process.stdin.readline()
+            except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged, asyncssh.SignalReceived):
                 continue
-            if not line:
+            except (OSError, asyncssh.Error):
                 break
-            response = await self.handle_line(line, ctx)
-            process.stdout.write(encode(response))
+            if not raw:
+                break
+            response = await self.handle_line(raw.decode("utf-8", "replace"), ctx)
+            process.stdout.write(encode(response).encode())
         process.exit(0)
 
     async def handle_line(self, line: str, ctx: ConnectionContext) -> dict[str, Any]:

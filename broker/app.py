@@ -6,18 +6,20 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 import asyncssh
 
 from broker.api import Api
-from broker.audit import AuditLog
+from broker.audit import AuditEvent, AuditLog
 from broker.config import BrokerConfig, OidcSection
 from broker.errors import BrokerError, ConfigError
 from broker.identity.dev_issuer import DevIssuer, DevUser
 from broker.identity.tokens import TokenValidator
 from broker.keys import BrokerKeys, load_or_create_keys
 from broker.server import BrokerConnection, handle_process
+from broker.sessions.approvals import ApprovalGate, NoApprovalWorkflow
 from broker.store import Store
 
 log = logging.getLogger("hoop.broker")
@@ -57,6 +59,8 @@ class Broker:
         if self.dev_mode:
             await self._start_dev_issuer()
         self.validator = TokenValidator(self.oidc)
+        self.approvals: ApprovalGate = NoApprovalWorkflow()
+        await self._close_interrupted_sessions()
         host, port = _split_host_port(listen or self.config.broker.listen)
         try:
             self._server = await asyncssh.listen(
@@ -70,6 +74,7 @@ class Broker:
                 agent_forwarding=False,
                 x11_forwarding=False,
                 keepalive_interval=30,
+                encoding=None,
             )
         except OSError as exc:
             raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -81,6 +86,21 @@ class Broker:
             file=sys.stderr,
             flush=True,
         )
+
+    async def _close_interrupted_sessions(self) -> None:
+        """Sessions left open by a crash: mark them interrupted; their recordings stay as flushed."""
+        for session in await self.store.interrupt_open_sessions(time.time()):
+            await self.audit.emit(
+                AuditEvent(
+                    type="session.end",
+                    actor=session["user"],
+                    target=session["target"],
+                    session=session["id"],
+                    outcome="failure",
+                    reason="broker stopped during the session",
+                    details={"state": "interrupted"},
+                )
+            )
 
     async def _start_dev_issuer(self) -> None:
         dev = self.config.dev

@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING
 import asyncssh
 
 from broker.audit import AuditEvent
+from broker.config import LocalTarget, SshTarget
 from broker.protocol import LOGIN_USER, SUBSYSTEM
 from broker.session_context import ConnectionContext
+from broker.sessions.request import RequestError, parse_session_command
+from broker.sessions.terminal import TerminalSession
 
 if TYPE_CHECKING:
     from broker.app import Broker
@@ -72,23 +75,62 @@ class BrokerConnection(asyncssh.SSHServer):
         return True
 
 
-async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[str]) -> None:
+def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, status: int) -> None:
+    process.stderr.write(f"hoop-broker: {message}\r\n".encode())
+    process.exit(status)
+
+
+async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[bytes]) -> None:
     conn = process.get_extra_info("connection")
     owner = conn.get_owner() if conn is not None else None
     ctx = owner.context if isinstance(owner, BrokerConnection) else None
     username = process.get_extra_info("username")
     if ctx is None or ctx.user != username:
-        process.stderr.write("hoop-broker: not authenticated\r\n")
-        process.exit(2)
+        _refuse(process, "not authenticated", 2)
         return
     if process.subsystem == SUBSYSTEM:
         await broker.api.serve(process, ctx)
         return
     if ctx.anonymous:
-        process.stderr.write("hoop-broker: log in first: hoopctl login\r\n")
-        process.exit(2)
+        _refuse(process, "log in first: hoopctl login", 2)
         return
-    command = (process.command or "").split()
-    verb = command[0] if command else "(shell)"
-    process.stderr.write(f"hoop-broker: '{verb}' is not available on this broker\r\n")
-    process.exit(2)
+    try:
+        request = parse_session_command(process.command or "")
+    except RequestError as exc:
+        _refuse(process, str(exc), 2)
+        return
+    target = broker.config.target(request.target)
+    if target is None or not ctx.may_use(target.allowed_groups):
+        # Unknown and forbidden look the same, so target names do not leak to outsiders.
+        await broker.audit.emit(
+            AuditEvent(
+                type="session.rejected",
+                actor=ctx.user,
+                groups=ctx.groups,
+                target=request.target,
+                outcome="failure",
+                reason="no such target, or not allowed for the user's groups",
+                remote=ctx.remote,
+            )
+        )
+        _refuse(process, f"no target {request.target!r} is open to you (see hoopctl targets)", 1)
+        return
+    if not isinstance(target, (SshTarget, LocalTarget)):
+        _refuse(
+            process,
+            f"target {target.name} is a {target.type} target; terminal sessions are for ssh and local targets",
+            2,
+        )
+        return
+    session = TerminalSession(
+        broker,
+        ctx,
+        process,
+        target,
+        broker.config.policy_for(target),
+        broker.approvals,
+        reason=request.reason,
+        argv=request.argv,
+    )
+    status = await session.run()
+    process.exit(status)

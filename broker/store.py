@@ -43,6 +43,20 @@ CREATE TABLE IF NOT EXISTS audit_events (
     event TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_events_type ON audit_events(type);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_status INTEGER,
+    recording TEXT,
+    reason TEXT,
+    command TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 """
 
 
@@ -126,6 +140,67 @@ class Store:
                 now,
             ),
         )
+
+    async def create_session(
+        self,
+        *,
+        session_id: str,
+        user: str,
+        target: str,
+        kind: str,
+        started_at: float,
+        recording: str | None,
+        reason: str | None,
+        command: str | None,
+    ) -> None:
+        await self._write(
+            "INSERT INTO sessions(id, user, target, kind, state, started_at, recording, reason, "
+            "command) VALUES (?,?,?,?,'open',?,?,?,?)",
+            (session_id, user, target, kind, started_at, recording, reason, command),
+        )
+
+    async def end_session(
+        self, session_id: str, *, state: str, ended_at: float, exit_status: int | None
+    ) -> None:
+        await self._write(
+            "UPDATE sessions SET state = ?, ended_at = ?, exit_status = ? WHERE id = ?",
+            (state, ended_at, exit_status, session_id),
+        )
+
+    async def interrupt_open_sessions(self, now: float) -> list[dict[str, Any]]:
+        """Sessions still open when the broker (re)starts were cut off by a crash or kill."""
+        async with self._db.execute(
+            "SELECT id, user, target, recording FROM sessions WHERE state = 'open'"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        await self._write(
+            "UPDATE sessions SET state = 'interrupted', ended_at = ? WHERE state = 'open'", (now,)
+        )
+        return [{"id": r[0], "user": r[1], "target": r[2], "recording": r[3]} for r in rows]
+
+    async def session(self, session_id: str) -> dict[str, Any] | None:
+        async with self._db.execute(
+            "SELECT id, user, target, kind, state, started_at, ended_at, exit_status, recording, "
+            "reason, command FROM sessions WHERE id = ?",
+            (session_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        keys = (
+            "id",
+            "user",
+            "target",
+            "kind",
+            "state",
+            "started_at",
+            "ended_at",
+            "exit_status",
+            "recording",
+            "reason",
+            "command",
+        )
+        return dict(zip(keys, row, strict=True))
 
     async def append_audit(self, event: dict[str, Any]) -> int:
         return await self._write(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 import time
 import webbrowser
@@ -25,6 +26,7 @@ from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
 from hoopctl.output import OutputFormat, render, render_record, stderr
 from hoopctl.session import connect_api, current_profile, exchange, profile_from
 from hoopctl.ssh_config import write_ssh_config
+from hoopctl.terminal import run_session
 from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
 
 T = TypeVar("T")
@@ -292,6 +294,41 @@ def targets(broker: BrokerOption = None, output: OutputOption = OutputFormat.tab
         )
 
     _run(work)
+
+
+@app.command()
+def connect(
+    target: Annotated[str, typer.Argument(help="Target name (see hoopctl targets).")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="Run this command (after --) instead of a shell.", show_default=False),
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why you connect; recorded with the session.")
+    ] = None,
+    broker: BrokerOption = None,
+) -> None:
+    """Open an interactive, recorded session on a target; its exit status becomes hoopctl's."""
+
+    async def work() -> int:
+        address = _address(broker)
+        store = CredentialStore(address)
+        profile = await current_profile(store)
+        conn = await open_connection(
+            address, username=profile.user, client_keys=[(store.private_key(), profile.cert())]
+        )
+        words = ["connect"]
+        if reason:
+            words += ["--reason", reason]
+        words.append(target)
+        if command:
+            words += ["--", *command]
+        try:
+            return await run_session(conn, shlex.join(words))
+        finally:
+            conn.close()
+
+    raise typer.Exit(_run(work))
 
 
 @app.command("ssh-config")

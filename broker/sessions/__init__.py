@@ -1,0 +1,1 @@
+"""Sessions: the protocol-independent core that relays, records and polices a session."""

@@ -1,0 +1,485 @@
+"""Interactive terminal sessions (`ssh` and `local` targets): relay, record, and police the prompt.
+
+Keystrokes flow to the target as they are typed, so completion, history and full-screen
+programs work. Enter is held back while the shell is at a prompt: once the echo has settled,
+the command line is read off the screen (a terminal emulator fed with the target's output)
+and judged by the target's policy. Allowed: Enter goes through. Denied: the line is cancelled
+on the target and a notice shown. Review: the approval gate decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from broker.audit import AuditEvent
+from broker.config import LocalTarget, Policy, SshTarget
+from broker.credentials import CredentialError
+from broker.policy.decision import Decision
+from broker.policy.shell import decide_shell
+from broker.recording import Recorder, RecordingError, RecordingHeader
+from broker.session_context import ConnectionContext
+from broker.sessions.approvals import ApprovalGate, ReviewRequest
+from broker.sessions.screen import ScreenTracker, ShellState
+from broker.targets.base import TargetError, TerminalProcess, TerminalRequest
+from broker.targets.local import LocalPty
+from broker.targets.ssh import SshTerminal
+
+if TYPE_CHECKING:
+    from broker.app import Broker
+
+log = logging.getLogger("hoop.broker.session")
+
+ENTER_KEYS = (0x0D, 0x0A)
+CTRL_C = b"\x03"
+EXIT_DENIED = 3
+EXIT_APPROVAL = 4
+# Enter waits for the echo of what was typed before it; past this, the screen cannot be trusted.
+ECHO_SETTLE_QUIET = 0.03
+ECHO_SETTLE_MAX = 2.0
+# After an allowed command, further pasted lines wait for the next prompt this long.
+NEXT_PROMPT_WAIT = 2.0
+FLUSH_EVERY = 1.0
+
+
+def new_session_id() -> str:
+    return f"{time.strftime('%Y%m%d', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+
+
+def recording_path(data_dir: Path, session_id: str) -> Path:
+    return data_dir / "recordings" / f"{session_id}.cast"
+
+
+async def open_terminal(
+    target: SshTarget | LocalTarget, request: TerminalRequest
+) -> TerminalProcess:
+    if isinstance(target, LocalTarget):
+        return await LocalPty.spawn(target, request)
+    return await SshTerminal.open(target, request)
+
+
+class TerminalSession:
+    def __init__(
+        self,
+        broker: Broker,
+        ctx: ConnectionContext,
+        process: asyncssh.SSHServerProcess[bytes],
+        target: SshTarget | LocalTarget,
+        policy: Policy,
+        gate: ApprovalGate,
+        *,
+        reason: str | None,
+        argv: tuple[str, ...],
+    ) -> None:
+        self._broker = broker
+        self._ctx = ctx
+        self._process = process
+        self._target = target
+        self._policy = policy
+        self._gate = gate
+        self._reason = reason
+        self._argv = argv
+        self.session_id = new_session_id()
+        self._recorder: Recorder | None = None
+        self._terminal: TerminalProcess | None = None
+        self._tracker: ScreenTracker | None = None
+        self._last_output = 0.0
+        self._last_input = 0.0
+        self._prompt_seen = asyncio.Event()
+        self._ending: str | None = None
+        self._client_gone = False
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _terminal_request(self) -> TerminalRequest:
+        term = self._process.get_terminal_type() or "xterm-256color"
+        cols, rows, *_ = self._process.get_terminal_size()
+        return TerminalRequest(
+            term=term,
+            cols=cols or 80,
+            rows=rows or 24,
+            command=list(self._argv) or None,
+            pty=self._process.get_terminal_type() is not None,
+        )
+
+    async def _audit(self, event_type: str, **fields: object) -> None:
+        await self._broker.audit.emit(
+            AuditEvent(
+                type=event_type,
+                actor=self._ctx.user,
+                groups=self._ctx.groups,
+                target=self._target.name,
+                session=self.session_id,
+                remote=self._ctx.remote,
+                **fields,  # type: ignore[arg-type]
+            )
+        )
+
+    def _notice(self, text: str) -> None:
+        """A one-line message from the broker on the user's terminal, recorded like any output."""
+        data = f"\r\n\x1b[1;31m[hoop]\x1b[0m {text}\r\n".encode()
+        self._on_output(data)
+        self._send(data)
+
+    def _stderr(self, text: str) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self._process.stderr.write(f"[hoop] {text}\r\n".encode())
+
+    # -- the session ----------------------------------------------------------------------
+    async def run(self) -> int:
+        request = self._terminal_request()
+        command_text = shlex.join(self._argv) if self._argv else None
+        started = time.time()
+        if command_text is not None:
+            decision = self._judge(command_text)
+            if decision.action != "allow":
+                allowed = await self._decide_held(command_text, decision)
+                if not allowed:
+                    return EXIT_DENIED if decision.action == "deny" else EXIT_APPROVAL
+        path = recording_path(self._broker.data_dir, self.session_id)
+        try:
+            self._recorder = Recorder(
+                path,
+                RecordingHeader(
+                    session_id=self.session_id,
+                    user=self._ctx.user,
+                    target=self._target.name,
+                    width=request.cols,
+                    height=request.rows,
+                    started_at=started,
+                    term=request.term,
+                    command=command_text,
+                    title=f"{self._ctx.user}@{self._target.name}",
+                ),
+                strict=self._target.recording == "strict",
+            )
+        except RecordingError as exc:
+            self._stderr(f"session refused: the recording cannot be written ({exc})")
+            await self._audit("session.rejected", outcome="failure", reason=str(exc))
+            return 1
+        await self._broker.store.create_session(
+            session_id=self.session_id,
+            user=self._ctx.user,
+            target=self._target.name,
+            kind="terminal",
+            started_at=started,
+            recording=str(path),
+            reason=self._reason,
+            command=command_text,
+        )
+        await self._audit(
+            "session.start",
+            details={"reason": self._reason, "command": command_text, "recording": path.name},
+        )
+        self._stderr(f"session {self.session_id} started on {self._target.name}")
+        status = 255
+        state = "closed"
+        try:
+            try:
+                self._terminal = await open_terminal(self._target, request)
+            except (TargetError, CredentialError) as exc:
+                self._stderr(str(exc))
+                self._recorder.mark(f"error: {exc}")
+                state, status = "failed", 1
+                return status
+            self._tracker = ScreenTracker(
+                request.cols,
+                request.rows,
+                integration=self._terminal.shell_integration and not request.command,
+                prompt_pattern=getattr(self._target, "prompt_pattern", None),
+            )
+            status = await self._relay()
+            if self._ending:
+                state = "terminated"
+            return status
+        finally:
+            await self._finish(state, status)
+
+    async def _finish(self, state: str, status: int) -> None:
+        if self._recorder is not None:
+            with contextlib.suppress(RecordingError):
+                self._recorder.close()
+        await self._broker.store.end_session(
+            self.session_id, state=state, ended_at=time.time(), exit_status=status
+        )
+        await self._audit(
+            "session.end",
+            outcome="success" if state == "closed" else "failure",
+            reason=self._ending,
+            details={"exit_status": status, "state": state},
+        )
+        self._stderr(f"session {self.session_id} ended (exit {status})")
+
+    async def _relay(self) -> int:
+        assert self._terminal is not None
+        output = asyncio.create_task(self._output_loop())
+        inputs = asyncio.create_task(self._input_loop())
+        flusher = asyncio.create_task(self._flush_loop())
+        await asyncio.wait({output, inputs}, return_when=asyncio.FIRST_COMPLETED)
+        if not output.done():
+            # The client went away (or the recording failed): hang up the target and drain it.
+            self._terminal.hangup()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(output, 5)
+        for task in (inputs, flusher, output):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.gather(inputs, flusher, output, return_exceptions=True)
+        try:
+            return await asyncio.wait_for(self._terminal.wait(), 5)
+        except TimeoutError:
+            return 255
+
+    async def _output_loop(self) -> None:
+        assert self._terminal is not None
+        while True:
+            data = await self._terminal.read()
+            if not data:
+                return
+            self._on_output(data)
+            if not self._send(data):
+                return
+            with contextlib.suppress(OSError, asyncssh.Error):
+                await self._process.stdout.drain()
+
+    def _send(self, data: bytes) -> bool:
+        if self._client_gone:
+            return False
+        try:
+            self._process.stdout.write(data)
+        except (OSError, asyncssh.Error):
+            self._client_gone = True
+            return False
+        return True
+
+    def _on_output(self, data: bytes) -> None:
+        self._last_output = time.monotonic()
+        assert self._tracker is not None
+        prompts = self._tracker.prompts_seen
+        self._tracker.feed(data)
+        if self._tracker.prompts_seen != prompts:
+            self._prompt_seen.set()
+        self._record(lambda recorder: recorder.output(data))
+
+    def _record(self, action: Callable[[Recorder], None]) -> None:
+        assert self._recorder is not None
+        try:
+            action(self._recorder)
+        except RecordingError as exc:
+            self._recording_failed(exc)
+
+    def _recording_failed(self, exc: RecordingError) -> None:
+        if self._ending:
+            return
+        self._ending = f"recording failed: {exc}"
+        log.error("session %s: %s", self.session_id, exc)
+        self._notice(
+            "the session recording cannot be written; this session is ended (strict recording)"
+        )
+        if self._terminal is not None:
+            self._terminal.hangup()
+
+    async def _flush_loop(self) -> None:
+        assert self._recorder is not None
+        warned = False
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self._record(lambda recorder: recorder.flush())
+            if self._recorder.failed is not None and not warned and not self._ending:
+                warned = True
+                self._notice(
+                    f"warning: recording stopped ({self._recorder.failed}); best-effort mode goes on"
+                )
+
+    async def _input_loop(self) -> None:
+        stdin = self._process.stdin
+        while not self._ending:
+            try:
+                data = await stdin.read(65536)
+            except asyncssh.TerminalSizeChanged as change:
+                self._resize(change.width, change.height)
+                continue
+            except (asyncssh.BreakReceived, asyncssh.SignalReceived):
+                continue
+            except (OSError, asyncssh.Error):
+                data = b""
+            if not data:
+                self._client_gone = True
+                return
+            await self._handle_input(data)
+
+    def _resize(self, cols: int, rows: int) -> None:
+        assert self._terminal is not None and self._tracker is not None
+        if cols <= 0 or rows <= 0:
+            return
+        self._terminal.resize(cols, rows)
+        self._tracker.resize(cols, rows)
+        self._record(lambda recorder: recorder.resize(cols, rows))
+
+    def _forward(self, data: bytes) -> None:
+        if not data:
+            return
+        assert self._terminal is not None
+        redact = self._input_is_secret()
+        self._record(lambda recorder: recorder.input(data, redact=redact))
+        self._last_input = time.monotonic()
+        self._terminal.write(data)
+
+    def _input_is_secret(self) -> bool:
+        assert self._terminal is not None and self._tracker is not None
+        if self._tracker.integration and self._tracker.state is ShellState.PROMPT:
+            return False  # readline turns tty echo off at the prompt but echoes itself
+        echo = self._terminal.echo_enabled()
+        return echo is False or self._tracker.at_password_prompt()
+
+    async def _handle_input(self, data: bytes) -> None:
+        start = 0
+        for index, byte in enumerate(data):
+            if byte not in ENTER_KEYS:
+                continue
+            self._forward(data[start:index])
+            start = index + 1
+            submitted = await self._on_enter(data[index : index + 1])
+            if submitted and start < len(data):
+                # More pasted lines follow: let the shell come back to its prompt first (Ctrl-C
+                # would also flush anything typed ahead of it).
+                await self._wait_for_prompt()
+        self._forward(data[start:])
+
+    async def _wait_for_prompt(self) -> None:
+        assert self._tracker is not None
+        if not self._tracker.integration:
+            await asyncio.sleep(0.2)
+            return
+        self._prompt_seen.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._prompt_seen.wait(), NEXT_PROMPT_WAIT)
+
+    async def _settle(self) -> bool:
+        """Wait for the echo of typed input; False if it never came."""
+        deadline = time.monotonic() + ECHO_SETTLE_MAX
+        while True:
+            now = time.monotonic()
+            echoed = self._last_output >= self._last_input
+            if echoed and now - self._last_output >= ECHO_SETTLE_QUIET:
+                return True
+            if now >= deadline:
+                return echoed
+            await asyncio.sleep(0.01)
+
+    def _judge(self, line: str) -> Decision:
+        try:
+            return decide_shell(self._policy, line)
+        except Exception as exc:  # fail closed: a policy error denies
+            log.exception("policy error")
+            return Decision(action="deny", rule=None, reason=f"policy error: {exc}")
+
+    def _unknown(self, why: str) -> Decision:
+        return Decision(
+            action=self._policy.on_unknown,
+            rule=None,
+            reason=f"cannot tell the command with certainty: {why}",
+            unknown=True,
+        )
+
+    async def _on_enter(self, key: bytes) -> bool:
+        """Decide on one Enter; True if the shell got a command or a cancel (a new prompt follows)."""
+        tracker = self._tracker
+        assert tracker is not None
+        if tracker.integration and tracker.state is ShellState.RUNNING:
+            self._forward(key)  # input for the running program, not a shell command line
+            return False
+        if not await self._settle():
+            line_text, decision = None, self._unknown("the terminal did not echo the input")
+        else:
+            line = tracker.command_line()
+            line_text = line.text
+            decision = self._unknown(line.unknown) if line.text is None else self._judge(line.text)
+        if line_text is not None and not line_text.strip():
+            self._forward(key)
+            return False
+        shown = line_text if line_text is not None else "(unreadable command line)"
+        if decision.action != "allow":
+            allowed = await self._decide_held(shown, decision)
+            if not allowed:
+                self._cancel_line()
+                return True
+        else:
+            await self._audit_command("command", shown, decision)
+        self._record(lambda recorder: recorder.mark(f"command: {shown}"))
+        tracker.command_submitted()
+        self._forward(key)
+        return True
+
+    async def _decide_held(self, command: str, decision: Decision) -> bool:
+        """A command the policy did not simply allow: deny it, or ask the approval gate."""
+        if decision.action == "review":
+            await self._audit_command("approval.requested", command, decision)
+            outcome = await self._gate.review(
+                ReviewRequest(
+                    session_id=self.session_id,
+                    user=self._ctx.user,
+                    groups=self._ctx.groups,
+                    target=self._target.name,
+                    command=command,
+                    decision=decision,
+                    screen=tuple(self._tracker.last_lines(20)) if self._tracker else (),
+                )
+            )
+            if outcome.approved:
+                await self._audit_command("command", command, decision, approver=outcome.approver)
+                return True
+            self._say(f"not run: {outcome.message}")
+            await self._audit_command("command.blocked", command, decision, note=outcome.message)
+            return False
+        rule = f"rule {decision.rule}" if decision.rule else "policy"
+        self._say(f"denied by {rule}: {decision.reason}")
+        await self._audit_command("command.blocked", command, decision)
+        return False
+
+    def _say(self, text: str) -> None:
+        if self._recorder is None:
+            self._stderr(text)  # before the session started: a one-off command refused
+        else:
+            self._notice(text)
+            self._record(lambda recorder: recorder.mark(f"blocked: {text}"))
+
+    def _cancel_line(self) -> None:
+        assert self._terminal is not None
+        self._record(lambda recorder: recorder.input(CTRL_C))
+        self._terminal.write(CTRL_C)
+
+    async def _audit_command(
+        self,
+        event_type: str,
+        command: str,
+        decision: Decision,
+        *,
+        approver: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        details: dict[str, object] = {
+            "command": command,
+            "decision": decision.action,
+            "rule": decision.rule,
+            "unknown": decision.unknown,
+        }
+        if approver:
+            details["approver"] = approver
+        await self._audit(
+            event_type,
+            outcome="success" if event_type == "command" else "failure",
+            reason=note or decision.reason,
+            details=details,
+        )
+
+
+Runner = Callable[[], Awaitable[int]]

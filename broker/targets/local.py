@@ -1,0 +1,182 @@
+"""`local` targets: a command on the broker host under a PTY, with credentials in its environment."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import shlex
+import signal
+import struct
+import tempfile
+import termios
+from pathlib import Path
+
+from broker.config import LocalTarget
+from broker.credentials import resolve_credential
+from broker.targets.base import TargetError, TerminalRequest
+from broker.targets.shell_integration import bash_rcfile
+
+_READ_SIZE = 65536
+_SHELLS = ("bash", "sh", "zsh", "dash", "ksh")
+# The target sees a clean environment: the broker's own (which may hold other targets'
+# secrets) is never inherited.
+_PASS_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+def _set_winsize(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _become_session_leader_with_tty() -> None:
+    # Runs in the child before exec: stdin is the PTY slave; make it the controlling terminal
+    # so Ctrl-C, Ctrl-Z and SIGHUP reach the target's process group.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _environment(target: LocalTarget, request: TerminalRequest, home: str) -> dict[str, str]:
+    env = {key: os.environ[key] for key in _PASS_THROUGH if key in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(HOME=home, TERM=request.term, HOOP_TARGET=target.name)
+    for key, value in target.env.items():
+        if value.startswith(("env:", "file:", "keyring:")):
+            env[key] = resolve_credential(value, target=target.name).strip()
+        else:
+            env[key] = value
+    return env
+
+
+def _with_bash_integration(argv: list[str], workdir: Path) -> tuple[list[str], bool]:
+    if Path(argv[0]).name != "bash" or "-c" in argv[1:]:
+        return argv, False
+    flags = argv[1:]
+    startup = (
+        "none"
+        if "--norc" in flags
+        else "login"
+        if ("-l" in flags or "--login" in flags)
+        else "bashrc"
+    )
+    rest = [a for a in flags if a not in ("--norc", "--noprofile", "-l", "--login", "-i")]
+    rcfile = workdir / "bashrc"
+    rcfile.write_text(bash_rcfile(startup=startup))
+    return [argv[0], "--noprofile", "--rcfile", str(rcfile), "-i", *rest], True
+
+
+class LocalPty:
+    """A child process on the broker host attached to a fresh PTY."""
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        master: int,
+        workdir: tempfile.TemporaryDirectory[str],
+        shell_integration: bool,
+    ) -> None:
+        self._process = process
+        self._master = master
+        self._workdir = workdir
+        self.shell_integration = shell_integration
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._eof = False
+        loop = asyncio.get_running_loop()
+        loop.add_reader(master, self._on_readable)
+
+    @classmethod
+    async def spawn(cls, target: LocalTarget, request: TerminalRequest) -> LocalPty:
+        workdir = tempfile.TemporaryDirectory(prefix="hoop-local-")
+        argv = list(target.command)
+        integration = False
+        if request.command:
+            # Only a shell target may run arbitrary commands; any other program stays confined.
+            if Path(argv[0]).name not in _SHELLS:
+                workdir.cleanup()
+                raise TargetError(
+                    f"target {target.name} runs a fixed program; it takes no one-off commands"
+                )
+            argv = [argv[0], "-c", shlex.join(request.command)]
+        else:
+            argv, integration = _with_bash_integration(argv, Path(workdir.name))
+        env = _environment(target, request, home=os.environ.get("HOME", "/"))
+        master, slave = os.openpty()
+        try:
+            _set_winsize(slave, request.cols, request.rows)
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_become_session_leader_with_tty,
+            )
+        except OSError as exc:
+            os.close(master)
+            workdir.cleanup()
+            raise TargetError(
+                f"target {target.name}: cannot start {argv[0]}: {exc.strerror}"
+            ) from None
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        return cls(process, master, workdir, integration)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO: every slave end is closed; the child is gone
+        if not data:
+            self._stop_reading()
+        self._queue.put_nowait(data)
+
+    def _stop_reading(self) -> None:
+        if not self._eof:
+            self._eof = True
+            asyncio.get_running_loop().remove_reader(self._master)
+
+    async def read(self) -> bytes:
+        return await self._queue.get()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._master, view)
+            except BlockingIOError:
+                # The PTY input buffer is full; it drains fast, so a short blocking wait is fine.
+                os.set_blocking(self._master, True)
+                try:
+                    written = os.write(self._master, view)
+                finally:
+                    os.set_blocking(self._master, False)
+            except OSError:
+                return
+            view = view[written:]
+
+    def resize(self, cols: int, rows: int) -> None:
+        with contextlib.suppress(OSError):
+            _set_winsize(self._master, cols, rows)
+
+    def echo_enabled(self) -> bool | None:
+        try:
+            attrs = termios.tcgetattr(self._master)
+        except termios.error:
+            return None
+        return bool(attrs[3] & termios.ECHO)
+
+    def hangup(self) -> None:
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGHUP)
+
+    async def wait(self) -> int:
+        status = await self._process.wait()
+        self._stop_reading()
+        with contextlib.suppress(OSError):
+            os.close(self._master)
+        self._workdir.cleanup()
+        return status if status >= 0 else 128 - status

@@ -1,0 +1,178 @@
+"""`ssh` targets: the broker logs in to the host with a credential only it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+
+import asyncssh
+
+from broker.config import SshTarget
+from broker.credentials import resolve_credential
+from broker.targets.base import TargetError, TerminalRequest
+from broker.targets.shell_integration import bash_rcfile, remote_bash_command
+
+CONNECT_TIMEOUT = 15
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _trusted_host_key(target: SshTarget) -> asyncssh.SSHKey:
+    if not target.known_host:
+        raise TargetError(f"target {target.name}: no known_host configured; refusing to connect")
+    try:
+        return asyncssh.import_public_key(target.known_host)
+    except (asyncssh.KeyImportError, ValueError):
+        raise TargetError(
+            f"target {target.name}: known_host is not an OpenSSH public key"
+        ) from None
+
+
+class SshTerminal:
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        process: asyncssh.SSHClientProcess[bytes],
+        shell_integration: bool,
+    ) -> None:
+        self._conn = conn
+        self._process = process
+        self.shell_integration = shell_integration
+        self._stdout_done = False
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pumps = [
+            asyncio.create_task(self._pump(process.stdout)),
+            asyncio.create_task(self._pump(process.stderr)),
+        ]
+        self._open_pumps = len(self._pumps)
+
+    @classmethod
+    async def open(cls, target: SshTarget, request: TerminalRequest) -> SshTerminal:
+        host_key = _trusted_host_key(target)
+        host, port = _split(target.address)
+        options: dict[str, object] = {}
+        if target.credential:
+            secret = resolve_credential(target.credential, target=target.name)
+            if "PRIVATE KEY" in secret:
+                try:
+                    options["client_keys"] = [asyncssh.import_private_key(secret)]
+                except asyncssh.KeyImportError:
+                    raise TargetError(
+                        f"target {target.name}: the credential is not a usable private key"
+                    ) from None
+                options["password_auth"] = False
+            else:
+                options["password"] = secret.rstrip("\n")
+                options["client_keys"] = []
+        try:
+            conn = await asyncssh.connect(
+                host,
+                port,
+                username=target.user,
+                known_hosts=([host_key], [], []),
+                agent_path=None,
+                config=None,
+                connect_timeout=CONNECT_TIMEOUT,
+                **options,  # type: ignore[arg-type]
+            )
+        except asyncssh.HostKeyNotVerifiable:
+            raise TargetError(
+                f"target {target.name}: host key does not match the configured known_host; refusing"
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise TargetError(
+                f"target {target.name}: the target refused the broker's credential"
+            ) from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            reason = (
+                exc.reason
+                if isinstance(exc, asyncssh.Error)
+                else (getattr(exc, "strerror", None) or str(exc) or "timeout")
+            )
+            raise TargetError(f"target {target.name} unreachable: {reason}") from None
+        integration = False
+        if request.command:
+            command: str | None = shlex.join(request.command)
+        else:
+            command = remote_bash_command(bash_rcfile(startup="login"))
+            integration = True
+        try:
+            process = await conn.create_process(
+                command,
+                term_type=request.term if request.pty else None,
+                term_size=(request.cols, request.rows) if request.pty else None,
+                encoding=None,
+            )
+        except asyncssh.Error as exc:
+            conn.close()
+            raise TargetError(
+                f"target {target.name}: cannot open a session: {exc.reason}"
+            ) from None
+        return cls(conn, process, integration)
+
+    async def _pump(self, stream: asyncssh.SSHReader[bytes]) -> None:
+        try:
+            while True:
+                data = await stream.read(65536)
+                if not data:
+                    break
+                self._queue.put_nowait(data)
+        except (asyncssh.Error, OSError):
+            pass
+        finally:
+            self._open_pumps -= 1
+            if self._open_pumps == 0:
+                self._queue.put_nowait(b"")
+
+    async def read(self) -> bytes:
+        return await self._queue.get()
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._process.stdin.write(data)
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass
+
+    def write_eof(self) -> None:
+        try:
+            self._process.stdin.write_eof()
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        try:
+            self._process.change_terminal_size(cols, rows)
+        except (asyncssh.Error, OSError):
+            pass
+
+    def echo_enabled(self) -> bool | None:
+        return None
+
+    def hangup(self) -> None:
+        # Closing the channel makes sshd send SIGHUP to the session's processes.
+        self._process.close()
+        self._conn.close()
+
+    async def wait(self) -> int:
+        completed = await self._process.wait(check=False)
+        self._conn.close()
+        status = completed.exit_status
+        if status is None or status < 0:
+            return (
+                255
+                if completed.exit_signal is None
+                else 128 + _signal_number(completed.exit_signal[0])
+            )
+        return status
+
+
+def _signal_number(name: str) -> int:
+    import signal
+
+    try:
+        return int(signal.Signals[f"SIG{name}"])
+    except KeyError:
+        return 1

@@ -1,0 +1,69 @@
+"""Shared set-up for terminal-session tests: a broker with shell targets and a logged-in user."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pexpect
+
+from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
+
+SHELL_POLICY = """
+[policies.shell]
+default = "allow"
+on_unknown = "deny"
+
+[[policies.shell.rules]]
+name = "no-recursive-rm"
+action = "deny"
+program = ["rm"]
+args = ["-r*", "-f*", "--recursive"]
+
+[[policies.shell.rules]]
+name = "reboots-need-review"
+action = "review"
+program = ["reboot", "shutdown"]
+approvers = ["approvers"]
+"""
+
+PROMPT = r"[$#] \x1b\]133;B\x07"
+SESSION_ID = re.compile(r"session (\d{8}-[0-9a-f]{12}) started")
+
+
+def local_target(name: str = "shell", extra: str = "", groups: str = '["engineers"]') -> str:
+    return f"""
+[[targets]]
+name = "{name}"
+type = "local"
+command = ["bash", "--noprofile", "--norc", "-i"]
+env = {{ PS1 = "$ " }}
+allowed_groups = {groups}
+policy = "shell"
+{extra}
+"""
+
+
+def start_terminal_broker(tmp_path: Path, targets: str, *, name: str = "broker") -> BrokerProcess:
+    config = dev_config(
+        tmp_path / f"{name}-data",
+        port=free_port(),
+        dev_port=free_port(),
+        targets=targets + SHELL_POLICY,
+    )
+    return start_broker(tmp_path, config, name=name)
+
+
+def open_shell(user: User, target: str = "shell", *args: str) -> pexpect.spawn:
+    child = user.spawn("connect", target, *args, timeout=20)
+    child.expect(SESSION_ID)
+    child.session_id = child.match.group(1)  # type: ignore[attr-defined]
+    child.expect(PROMPT)
+    return child
+
+
+def run_line(child: pexpect.spawn, line: str) -> str:
+    """Type LINE and Enter; return what the terminal showed until the next prompt."""
+    child.send(line + "\r")
+    child.expect(PROMPT)
+    return str(child.before)
