@@ -1,0 +1,122 @@
+"""Faults around terminal sessions: a killed broker, output bursts, escape sequences, recordings."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from broker.recording import read_events
+from tests.helpers import BrokerProcess, User
+from tests.terminal_helpers import PROMPT, local_target, open_shell, run_line, start_terminal_broker
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    targets = local_target() + local_target("best-effort", extra='recording = "best-effort"')
+    process = start_terminal_broker(tmp_path, targets)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def user(broker: BrokerProcess, alice: User) -> User:
+    assert alice.login(broker).returncode == 0
+    return alice
+
+
+def cast_path(broker: BrokerProcess, session_id: str) -> Path:
+    return broker.data_dir / "recordings" / f"{session_id}.cast"
+
+
+def test_killed_broker_leaves_a_playable_recording_and_marks_the_session_interrupted(
+    user: User, broker: BrokerProcess
+) -> None:
+    child = open_shell(user)
+    run_line(child, "echo before-the-crash")
+    time.sleep(1.5)  # at least one flush
+    assert broker.process is not None
+    broker.process.send_signal(signal.SIGKILL)
+    broker.process.wait(10)
+    child.expect(pexpect.EOF)
+    child.close()
+    _, events = read_events(cast_path(broker, child.session_id))
+    assert "before-the-crash" in "".join(data for _, kind, data in events if kind == "o")
+    broker.start()
+    ends = [e for e in broker.audit_events("session.end") if e["session"] == child.session_id]
+    assert ends and ends[-1]["details"]["state"] == "interrupted"
+
+
+def test_ten_megabyte_burst_is_recorded_completely_and_ctrl_c_still_works(
+    user: User, broker: BrokerProcess
+) -> None:
+    child = open_shell(user)
+    child.send("seq 1 1300000\r")  # about 9.5 MB of output
+    child.expect(r"\r\n1300000\r\n", timeout=120)
+    child.expect(PROMPT)
+    child.send("yes interrupt-me\r")
+    child.expect("interrupt-me")
+    child.sendcontrol("c")
+    child.expect(PROMPT, timeout=30)
+    child.send("exit\r")
+    child.expect(pexpect.EOF, timeout=60)
+    _, events = read_events(cast_path(broker, child.session_id))
+    output = "".join(data for _, kind, data in events if kind == "o")
+    numbers = output.split("seq 1 1300000", 1)[1]
+    lines = re.findall(r"(\d+)\r\n", numbers)
+    assert lines[:3] == ["1", "2", "3"]
+    assert lines[-1] == "1300000"
+    assert len(lines) == 1300000
+
+
+def test_escape_sequences_in_commands_and_output_are_recorded_as_shown(
+    user: User, broker: BrokerProcess
+) -> None:
+    child = open_shell(user)
+    shown = run_line(child, "printf '\\033[31mred\\033[0m plain\\n'")
+    assert "\x1b[31mred\x1b[0m plain" in shown
+    child.send("exit\r")
+    child.expect(pexpect.EOF)
+    _, events = read_events(cast_path(broker, child.session_id))
+    output = "".join(data for _, kind, data in events if kind == "o")
+    assert "\x1b[31mred\x1b[0m plain" in output
+    marks = [data for _, kind, data in events if kind == "m"]
+    assert "command: printf '\\033[31mred\\033[0m plain\\n'" in marks
+
+
+def test_asciinema_accepts_the_recording(user: User, broker: BrokerProcess) -> None:
+    child = open_shell(user)
+    run_line(child, "echo asciinema-can-play-this")
+    child.send("exit\r")
+    child.expect(pexpect.EOF)
+    # asciinema cat needs a terminal.
+    player = pexpect.spawn(
+        "asciinema", ["cat", str(cast_path(broker, child.session_id))], encoding="utf-8", timeout=30
+    )
+    player.expect("asciinema-can-play-this")
+    player.expect(pexpect.EOF)
+    player.close()
+    assert player.exitstatus == 0
+
+
+def test_strict_recording_that_cannot_be_created_refuses_the_session(
+    user: User, broker: BrokerProcess
+) -> None:
+    # A file where the recordings directory should be: nothing can be created under it.
+    recordings = broker.data_dir / "recordings"
+    if recordings.is_dir():
+        for item in recordings.iterdir():
+            item.unlink()
+        recordings.rmdir()
+    recordings.write_text("not a directory")
+    result = user.run("connect", "shell", "--", "touch", str(broker.data_dir / "ran"))
+    assert result.returncode == 1
+    assert "session refused: the recording cannot be written" in result.stderr
+    assert not (broker.data_dir / "ran").exists()
+    rejected = broker.audit_events("session.rejected")
+    assert rejected and rejected[-1]["target"] == "shell"
