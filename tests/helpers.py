@@ -119,6 +119,12 @@ allowed_groups = ["contractors"]
 """
 
 
+def _limit_file_size(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
 @dataclass
 class BrokerProcess:
     config_path: Path
@@ -131,7 +137,8 @@ class BrokerProcess:
     stdout_path: Path = field(default_factory=Path)
     stderr_path: Path = field(default_factory=Path)
 
-    def start(self, timeout: float = 20.0) -> BrokerProcess:
+    def start(self, timeout: float = 20.0, *, file_size_limit: int | None = None) -> BrokerProcess:
+        """Start the broker; FILE_SIZE_LIMIT (bytes, RLIMIT_FSIZE) makes large writes fail for real."""
         workdir = self.config_path.parent
         self.stdout_path = workdir / f"{self.config_path.stem}.stdout"
         self.stderr_path = workdir / f"{self.config_path.stem}.stderr"
@@ -140,7 +147,13 @@ class BrokerProcess:
             args.append("--dev")
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             offset = self.stderr_path.stat().st_size
-            self.process = subprocess.Popen(args, stdout=out, stderr=err, cwd=workdir)
+            self.process = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=err,
+                cwd=workdir,
+                preexec_fn=(lambda: _limit_file_size(file_size_limit)) if file_size_limit else None,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.stderr_path.read_bytes()[offset:].decode(errors="replace")

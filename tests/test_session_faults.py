@@ -120,3 +120,49 @@ def test_strict_recording_that_cannot_be_created_refuses_the_session(
     assert not (broker.data_dir / "ran").exists()
     rejected = broker.audit_events("session.rejected")
     assert rejected and rejected[-1]["target"] == "shell"
+
+
+@pytest.fixture
+def small_disk_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A broker that may write files of at most 400 kB (RLIMIT_FSIZE): real EFBIG write errors."""
+    targets = local_target() + local_target("best-effort", extra='recording = "best-effort"')
+    process = start_terminal_broker(tmp_path, targets, name="small")
+    process.stop()
+    process.start(file_size_limit=400_000)
+    yield process
+    process.stop()
+
+
+def test_strict_recording_failure_mid_session_ends_the_session(
+    small_disk_broker: BrokerProcess, alice: User
+) -> None:
+    assert alice.login(small_disk_broker).returncode == 0
+    child = open_shell(alice)
+    child.send("seq 1 200000\r")  # about 1.3 MB: more than the recording may hold
+    child.expect("the session recording cannot be written; this session is ended", timeout=60)
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    assert child.exitstatus != 0
+    end = [
+        e for e in small_disk_broker.audit_events("session.end") if e["session"] == child.session_id
+    ]
+    assert end and end[-1]["details"]["state"] == "terminated"
+    assert "recording failed" in end[-1]["reason"]
+    # What was written is still a valid recording up to the failure.
+    header, events = read_events(cast_path(small_disk_broker, child.session_id))
+    assert header["hoop"]["session_id"] == child.session_id and events
+
+
+def test_best_effort_recording_failure_warns_and_goes_on(
+    small_disk_broker: BrokerProcess, alice: User
+) -> None:
+    assert alice.login(small_disk_broker).returncode == 0
+    child = open_shell(alice, "best-effort")
+    child.send("seq 1 200000\r")
+    child.expect("recording stopped", timeout=60)
+    child.expect(PROMPT, timeout=60)
+    assert "still-alive" in run_line(child, "echo still-alive")
+    child.send("exit\r")
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    assert child.exitstatus == 0
