@@ -60,6 +60,18 @@ def _host_port(value: str) -> str:
 HostPort = Annotated[str, BeforeValidator(lambda v: _host_port(v) if isinstance(v, str) else v)]
 
 
+def _compiles(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+Regex = Annotated[str | None, BeforeValidator(_compiles)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -142,21 +154,11 @@ class Rule(_Strict):
     tables: list[str] | None = None
     without_where: bool | None = None
     # Fallback for anything the parsers do not cover.
-    regex: str | None = None
+    regex: Regex = None
     approvers: list[str] = Field(default_factory=list)
     approvals: int = Field(default=1, ge=1)
     timeout: Duration = Field(default=900, gt=0)
     reason_required: bool = False
-
-    @field_validator("regex")
-    @classmethod
-    def _regex_compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
-        return value
 
 
 class Policy(_Strict):
@@ -196,7 +198,12 @@ def _credential_ref(value: str | None) -> str | None:
 CredentialRef = Annotated[str | None, BeforeValidator(_credential_ref)]
 
 
-class SshTarget(_TargetBase):
+class _TerminalTarget(_TargetBase):
+    # Where the shell cannot be given prompt marks: the prompt as a regex on the cursor line.
+    prompt_pattern: Regex = None
+
+
+class SshTarget(_TerminalTarget):
     type: Literal["ssh"]
     address: HostPort
     user: str = Field(min_length=1)
@@ -204,7 +211,7 @@ class SshTarget(_TargetBase):
     known_host: str | None = None
 
 
-class LocalTarget(_TargetBase):
+class LocalTarget(_TerminalTarget):
     type: Literal["local"]
     command: list[str] = Field(default_factory=lambda: ["bash", "-l"], min_length=1)
     env: dict[str, str] = Field(default_factory=dict)

@@ -9,6 +9,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing+=(openssh-se
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 command -v asciinema >/dev/null 2>&1 || missing+=(asciinema)
+command -v zsh >/dev/null 2>&1 || missing+=(zsh)
+command -v less >/dev/null 2>&1 || missing+=(less)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 

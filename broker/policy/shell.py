@@ -20,6 +20,7 @@ from itertools import pairwise
 import bashlex
 import bashlex.ast
 import bashlex.errors
+import bashlex.subst
 
 from broker.config import Policy, Rule
 from broker.policy.decision import Decision, combine, stronger
@@ -396,6 +397,26 @@ def _describe_parse_error(exc: Exception) -> str:
         kind = re.search(r"type = \{([^}]*)\}", message)
         return f"unsupported shell syntax ({kind.group(1) if kind else message})"
     return f"{type(exc).__name__}: {message}"
+
+
+def _guard_bashlex() -> None:
+    """Work around a bashlex 0.18 bug that loops forever, growing memory, on a `${` with no
+    `}` after it in the same word (reachable by typing `echo '${x'y`): raise a parse error
+    instead. Installed once, at import."""
+    original = bashlex.subst._paramexpand
+    if getattr(original, "_hoop_guarded", False):
+        return
+
+    def guarded(parserobj: object, string: str, sindex: int) -> object:
+        if string.startswith("${", sindex) and string.find("}", sindex + 2) < 0:
+            raise bashlex.errors.ParsingError("bad substitution: no closing `}`", string, sindex)
+        return original(parserobj, string, sindex)
+
+    guarded._hoop_guarded = True  # type: ignore[attr-defined]
+    bashlex.subst._paramexpand = guarded
+
+
+_guard_bashlex()
 
 
 def _bashlex_parse(src: str) -> list[bashlex.ast.node]:

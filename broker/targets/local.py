@@ -16,10 +16,15 @@ from pathlib import Path
 from broker.config import LocalTarget
 from broker.credentials import resolve_credential
 from broker.targets.base import TargetError, TerminalRequest
-from broker.targets.shell_integration import bash_rcfile
+from broker.targets.shell_integration import (
+    SHELLS,
+    bash_rcfile,
+    sh_env_file,
+    write_zsh_dotdir,
+)
 
 _READ_SIZE = 65536
-_SHELLS = ("bash", "sh", "zsh", "dash", "ksh")
+_SHELLS = ("bash", "sh", "zsh", "dash", "ksh")  # may run one-off commands with -c
 # The target sees a clean environment: the broker's own (which may hold other targets'
 # secrets) is never inherited.
 _PASS_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -47,21 +52,32 @@ def _environment(target: LocalTarget, request: TerminalRequest, home: str) -> di
     return env
 
 
-def _with_bash_integration(argv: list[str], workdir: Path) -> tuple[list[str], bool]:
-    if Path(argv[0]).name != "bash" or "-c" in argv[1:]:
-        return argv, False
+def _with_shell_integration(
+    argv: list[str], env: dict[str, str], workdir: Path
+) -> tuple[list[str], bool]:
+    """Rewrite a shell's argv (and env) so the shell emits prompt marks; other programs as they are."""
+    shell = Path(argv[0]).name
     flags = argv[1:]
-    startup = (
-        "none"
-        if "--norc" in flags
-        else "login"
-        if ("-l" in flags or "--login" in flags)
-        else "bashrc"
-    )
-    rest = [a for a in flags if a not in ("--norc", "--noprofile", "-l", "--login", "-i")]
-    rcfile = workdir / "bashrc"
-    rcfile.write_text(bash_rcfile(startup=startup))
-    return [argv[0], "--noprofile", "--rcfile", str(rcfile), "-i", *rest], True
+    if shell not in SHELLS or "-c" in flags:
+        return argv, False
+    no_startup = "--norc" in flags or "-f" in flags
+    login = "-l" in flags or "--login" in flags
+    if shell == "bash":
+        startup = "none" if no_startup else "login" if login else "bashrc"
+        rest = [a for a in flags if a not in ("--norc", "--noprofile", "-l", "--login", "-i")]
+        rcfile = workdir / "bashrc"
+        rcfile.write_text(bash_rcfile(startup=startup))
+        return [argv[0], "--noprofile", "--rcfile", str(rcfile), "-i", *rest], True
+    if shell == "zsh":
+        write_zsh_dotdir(workdir, startup=not no_startup)
+        env["ZDOTDIR"] = str(workdir)
+        rest = [a for a in flags if a not in ("-f", "--no-rcs", "-i")]
+        return [argv[0], "-i", *rest], True
+    env_file = workdir / "shrc"
+    env_file.write_text(sh_env_file(startup=False))
+    env["ENV"] = str(env_file)
+    rest = [a for a in flags if a != "-i"]
+    return [argv[0], "-i", *rest], True
 
 
 class LocalPty:
@@ -88,6 +104,11 @@ class LocalPty:
         workdir = tempfile.TemporaryDirectory(prefix="hoop-local-")
         argv = list(target.command)
         integration = False
+        try:
+            env = _environment(target, request, home=os.environ.get("HOME", "/"))
+        except BaseException:
+            workdir.cleanup()
+            raise
         if request.command:
             # Only a shell target may run arbitrary commands; any other program stays confined.
             if Path(argv[0]).name not in _SHELLS:
@@ -97,8 +118,7 @@ class LocalPty:
                 )
             argv = [argv[0], "-c", shlex.join(request.command)]
         else:
-            argv, integration = _with_bash_integration(argv, Path(workdir.name))
-        env = _environment(target, request, home=os.environ.get("HOME", "/"))
+            argv, integration = _with_shell_integration(argv, env, Path(workdir.name))
         master, slave = os.openpty()
         try:
             _set_winsize(slave, request.cols, request.rows)
