@@ -346,7 +346,7 @@ def ssh_config(
         store = CredentialStore(address)
         profile = await current_profile(store)
         block, key_path = write_ssh_config(address, profile, store.private_key(), alias=alias)
-        stderr.print(f"hoopctl: wrote your key and certificate for OpenSSH under {key_path.parent}")
+        stderr.print(f"note: wrote your key and certificate for OpenSSH under {key_path.parent}")
         sys.stdout.write(block)
 
     _run(work)

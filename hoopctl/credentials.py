@@ -52,7 +52,7 @@ def announce_backend() -> None:
     file_path = getattr(backend, "file_path", None)
     if file_path:
         print(
-            f"hoopctl: no OS keyring here; secrets go to {file_path} (keyrings.alt, mode 0600)",
+            f"note: no OS keyring here; secrets go to {file_path} (keyrings.alt, mode 0600)",
             file=sys.stderr,
         )
 
@@ -136,8 +136,9 @@ class CredentialStore:
         self._set_secret("refresh_token", token)
 
     def clear(self) -> bool:
+        """Secrets first: if the keyring fails, the profile stays and logout can be retried."""
         existed = self._profile_path.exists()
-        self._profile_path.unlink(missing_ok=True)
         self._delete_secret("private_key")
         self._delete_secret("refresh_token")
+        self._profile_path.unlink(missing_ok=True)
         return existed

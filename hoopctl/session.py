@@ -11,6 +11,7 @@ from hoopctl.address import BrokerAddress
 from hoopctl.credentials import CredentialStore, Profile
 from hoopctl.errors import ApiCallError, LoginError, NotLoggedIn
 from hoopctl.oidc import TokenSet, refresh
+from hoopctl.ssh_config import refresh_exported_certificate
 from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
 
 # Renew a little before expiry so a command never starts with a certificate about to lapse.
@@ -77,6 +78,7 @@ async def renew(store: CredentialStore, profile: Profile) -> Profile:
     if tokens.refresh_token and tokens.refresh_token != refresh_token:
         store.set_refresh_token(tokens.refresh_token)
     store.update_profile(renewed)
+    refresh_exported_certificate(store.address, renewed)
     return renewed
 
 

@@ -11,11 +11,22 @@ from hoopctl.credentials import Profile
 from hoopctl.paths import known_hosts_file, ssh_dir, write_private
 
 
+def _export_dir(address: BrokerAddress) -> Path:
+    return ssh_dir() / address.slug
+
+
+def refresh_exported_certificate(address: BrokerAddress, profile: Profile) -> None:
+    """After a renewal, keep the certificate OpenSSH uses current, if one was exported."""
+    cert_path = _export_dir(address) / "id_ed25519-cert.pub"
+    if cert_path.exists():
+        write_private(cert_path, profile.certificate.strip() + "\n")
+
+
 def write_ssh_config(
     address: BrokerAddress, profile: Profile, key: asyncssh.SSHKey, *, alias: str | None = None
 ) -> tuple[str, Path]:
     """OpenSSH reads keys only from files (or an agent), so export them 0600 on request."""
-    folder = ssh_dir() / address.slug
+    folder = _export_dir(address)
     folder.mkdir(mode=0o700, exist_ok=True)
     key_path = folder / "id_ed25519"
     cert_path = folder / "id_ed25519-cert.pub"

@@ -569,6 +569,9 @@ def _lex_word(raw: str, offset: int, parts: dict[int, int], src: str) -> list[_T
                     continue
             else:
                 raise _Unknown(f"cannot see inside `{raw}`")
+        if not dq and c in " \t\n;&|()<>":
+            # bash would end the word here: bashlex read the line differently than bash does
+            raise _Unknown(f"the parser and the shell disagree about `{_short(raw, 60)}`")
         toks.append(("c", c, dq))
         i += 1
     if dq:
@@ -818,6 +821,7 @@ class _Parser:
             for redirect in redirects:
                 self.redirect(redirect, ctx)
         elif kind in ("commandsubstitution", "processsubstitution"):
+            self.check_substitution(node, ctx)
             self.walk(node.command, ctx)
         elif kind == "parameter":
             value = str(getattr(node, "value", "") or "")
@@ -829,6 +833,19 @@ class _Parser:
         else:
             for child in _children(node):
                 self.walk(child, ctx)
+
+    def check_substitution(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
+        """bashlex silently drops what follows a newline inside $( ), <( ) and backticks;
+        a substitution whose command does not reach its closing bracket is unknown."""
+        start, end = node.pos
+        inner_start, inner_end = node.command.pos
+        backtick = ctx.src[start : start + 1] == "`"
+        opening = 1 if backtick else 2
+        closing = "`" if backtick else ")"
+        before = ctx.src[start + opening : inner_start]
+        after = ctx.src[inner_end : end - 1]
+        if ctx.src[end - 1 : end] != closing or before.strip(" \t\n") or after.strip(" \t\n;"):
+            self.note(f"cannot see all of `{_short(ctx.src[start:end], 60)}`")
 
     def redirect(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
         target = getattr(node, "output", None)
@@ -1013,6 +1030,21 @@ _TIMEOUT = _opts(
     flags="v", values="sk", long_flags="preserve-status foreground verbose",
     long_values="signal kill-after",
 )  # fmt: skip
+
+
+def _time(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    spec = _opts(
+        flags="pvaq",
+        values="fo",
+        long_flags="portability verbose quiet append",
+        long_values="format output",
+    )
+    index, _ = _parse_options(args, spec, name)
+    # The `time` keyword times a whole command, leading assignments included.
+    while index < len(args) and _ASSIGNMENT.match(args[index].value):
+        p.assignment(args[index], ctx, declaration=False)
+        index += 1
+    p.run(args[index:], end, ctx, stdin)
 
 
 def _sudo(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
@@ -1239,14 +1271,7 @@ _HANDLERS: dict[str, _Handler] = {
     "xargs": _xargs,
     "nice": _wrapper(_opts(values="n", long_values="adjustment", numeric=True)),
     "nohup": _wrapper(_opts()),
-    "time": _wrapper(
-        _opts(
-            flags="pvaq",
-            values="fo",
-            long_flags="portability verbose quiet append",
-            long_values="format output",
-        )
-    ),
+    "time": _time,
     "timeout": _wrapper(_TIMEOUT, skip=1),
     "command": _wrapper(_opts(flags="pvV"), none_if="v V"),
     "exec": _wrapper(_opts(flags="cl", values="a")),

@@ -15,6 +15,9 @@ _MARK_PREFIX = b"\x1b]133;"
 _ALT_SCREEN = re.compile(rb"\x1b\[\?(?:1049|1047|47)([hl])")
 _PASSWORD_PROMPT = re.compile(r"(pass(word|phrase|code)|PIN|secret|token)[^:]*:\s*$", re.IGNORECASE)
 DEFAULT_PROMPT_PATTERN = r"^.*?[$#%>] "
+# While a command runs, only the end of its output can matter (the screen the next prompt,
+# a password prompt or an approver will see); older output is not emulated at all.
+_RUNNING_TAIL = 16384
 
 
 class ShellState(enum.Enum):
@@ -55,6 +58,7 @@ class ScreenTracker:
         self.alternate_screen = False
         self._input_start: tuple[int, int] | None = None  # (absolute row, column)
         self._carry = b""
+        self._pending = b""
         self.prompts_seen = 0
 
     def feed(self, data: bytes) -> None:
@@ -80,9 +84,27 @@ class ScreenTracker:
             return
         for match in _ALT_SCREEN.finditer(data):
             self.alternate_screen = match.group(1) == b"h"
+        if self.integration and self.state is ShellState.RUNNING:
+            self._pending += data
+            if len(self._pending) > 2 * _RUNNING_TAIL:
+                cut = self._pending.rfind(b"\r\n", 0, len(self._pending) - _RUNNING_TAIL)
+                # Skipped lines scroll by; the kept tail starts on a fresh line.
+                if cut != -1:
+                    self._pending = b"\r\n" + self._pending[cut + 2 :]
+                elif len(self._pending) > 4 * _RUNNING_TAIL:
+                    self._pending = b"\r\n" + self._pending[-_RUNNING_TAIL:]
+            return
+        self._sync()
         self._stream.feed(data)
 
+    def _sync(self) -> None:
+        """Bring the emulated screen up to date with output held back while a command ran."""
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            self._stream.feed(pending)
+
     def _on_mark(self, kind: bytes) -> None:
+        self._sync()
         if kind == b"A":
             self.state = ShellState.UNKNOWN
             self._input_start = None
@@ -102,6 +124,7 @@ class ScreenTracker:
             self._input_start = None
 
     def resize(self, cols: int, rows: int) -> None:
+        self._sync()
         self.screen.resize(rows, cols)
 
     def _row_text(self, row: int, start: int = 0) -> str:
@@ -109,6 +132,7 @@ class ScreenTracker:
         return "".join(line[col].data for col in range(start, self.screen.columns))
 
     def command_line(self) -> CommandLine:
+        self._sync()
         if self.alternate_screen:
             return CommandLine(None, "a full-screen program is showing")
         if not self.integration:
@@ -135,10 +159,12 @@ class ScreenTracker:
         return CommandLine(_clean(text[match.end() :]))
 
     def at_password_prompt(self) -> bool:
+        self._sync()
         text = self._row_text(self.screen.cursor.y)[: self.screen.cursor.x]
         return bool(_PASSWORD_PROMPT.search(text))
 
     def last_lines(self, count: int = 20) -> list[str]:
+        self._sync()
         lines = [line.rstrip() for line in self.screen.display]
         while lines and not lines[-1]:
             lines.pop()

@@ -44,7 +44,7 @@ CTRL_C = b"\x03"
 EXIT_DENIED = 3
 EXIT_APPROVAL = 4
 # Enter waits for the echo of what was typed before it; past this, the screen cannot be trusted.
-ECHO_SETTLE_QUIET = 0.03
+ECHO_SETTLE_QUIET = 0.015
 ECHO_SETTLE_MAX = 2.0
 # After an allowed command, further pasted lines wait for the next prompt this long.
 NEXT_PROMPT_WAIT = 2.0
@@ -95,6 +95,7 @@ class TerminalSession:
         self._last_output = 0.0
         self._last_input = 0.0
         self._prompt_seen = asyncio.Event()
+        self._output_arrived = asyncio.Event()
         self._ending: str | None = None
         self._client_gone = False
 
@@ -126,7 +127,9 @@ class TerminalSession:
     def _notice(self, text: str) -> None:
         """A one-line message from the broker on the user's terminal, recorded like any output."""
         data = f"\r\n\x1b[1;31m[hoop]\x1b[0m {text}\r\n".encode()
-        self._on_output(data)
+        # Recorded and shown, but not fed to the screen emulator: the shell did not print it,
+        # and the emulator must keep following what the shell believes is on screen.
+        self._record(lambda recorder: recorder.output(data))
         self._send(data)
 
     def _stderr(self, text: str) -> None:
@@ -244,8 +247,9 @@ class TerminalSession:
             data = await self._terminal.read()
             if not data:
                 return
+            sent = self._send(data)
             self._on_output(data)
-            if not self._send(data):
+            if not sent:
                 return
             with contextlib.suppress(OSError, asyncssh.Error):
                 await self._process.stdout.drain()
@@ -262,6 +266,7 @@ class TerminalSession:
 
     def _on_output(self, data: bytes) -> None:
         self._last_output = time.monotonic()
+        self._output_arrived.set()
         assert self._tracker is not None
         prompts = self._tracker.prompts_seen
         self._tracker.feed(data)
@@ -364,16 +369,23 @@ class TerminalSession:
             await asyncio.wait_for(self._prompt_seen.wait(), NEXT_PROMPT_WAIT)
 
     async def _settle(self) -> bool:
-        """Wait for the echo of typed input; False if it never came."""
+        """Wait for the echo of typed input, then for a moment of quiet; False if it never came."""
         deadline = time.monotonic() + ECHO_SETTLE_MAX
         while True:
             now = time.monotonic()
             echoed = self._last_output >= self._last_input
-            if echoed and now - self._last_output >= ECHO_SETTLE_QUIET:
-                return True
+            if echoed:
+                quiet = now - self._last_output
+                if quiet >= ECHO_SETTLE_QUIET:
+                    return True
+                wait = ECHO_SETTLE_QUIET - quiet
+            else:
+                wait = deadline - now
             if now >= deadline:
                 return echoed
-            await asyncio.sleep(0.01)
+            self._output_arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._output_arrived.wait(), min(wait, deadline - now))
 
     def _judge(self, line: str) -> Decision:
         try:

@@ -94,10 +94,12 @@ class LocalPty:
         self._master = master
         self._workdir = workdir
         self.shell_integration = shell_integration
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        # Bounded: when it is full the broker stops reading the PTY, and the kernel then
+        # stops the program writing to it.
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
         self._eof = False
-        loop = asyncio.get_running_loop()
-        loop.add_reader(master, self._on_readable)
+        self._reading = True
+        asyncio.get_running_loop().add_reader(master, self._on_readable)
 
     @classmethod
     async def spawn(cls, target: LocalTarget, request: TerminalRequest) -> LocalPty:
@@ -152,14 +154,23 @@ class LocalPty:
         if not data:
             self._stop_reading()
         self._queue.put_nowait(data)
+        if self._queue.full() and self._reading:
+            self._reading = False
+            asyncio.get_running_loop().remove_reader(self._master)
 
     def _stop_reading(self) -> None:
         if not self._eof:
             self._eof = True
-            asyncio.get_running_loop().remove_reader(self._master)
+            if self._reading:
+                self._reading = False
+                asyncio.get_running_loop().remove_reader(self._master)
 
     async def read(self) -> bytes:
-        return await self._queue.get()
+        data = await self._queue.get()
+        if not self._reading and not self._eof and not self._queue.full():
+            self._reading = True
+            asyncio.get_running_loop().add_reader(self._master, self._on_readable)
+        return data
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)

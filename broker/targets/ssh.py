@@ -42,7 +42,8 @@ class SshTerminal:
         self._process = process
         self.shell_integration = shell_integration
         self._stdout_done = False
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        # Bounded, so a flood waits in the SSH window instead of the broker's memory.
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
         self._pumps = [
             asyncio.create_task(self._pump(process.stdout)),
             asyncio.create_task(self._pump(process.stderr)),
@@ -119,13 +120,13 @@ class SshTerminal:
                 data = await stream.read(65536)
                 if not data:
                     break
-                self._queue.put_nowait(data)
+                await self._queue.put(data)
         except (asyncssh.Error, OSError):
             pass
         finally:
             self._open_pumps -= 1
             if self._open_pumps == 0:
-                self._queue.put_nowait(b"")
+                await self._queue.put(b"")
 
     async def read(self) -> bytes:
         return await self._queue.get()
