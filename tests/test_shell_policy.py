@@ -130,6 +130,8 @@ DENIED = [
     "nohup rm -rf x",
     "time rm -rf x",
     "time -p rm -rf x",
+    "time ! rm -rf x",
+    "time F=1 rm -rf x",
     "/usr/bin/time -v rm -rf x",
     "timeout 5 rm -rf x",
     "timeout -s KILL -k 10 5m rm -rf x",
@@ -352,6 +354,14 @@ UNKNOWN = [
     "case x in a) ls;; esac",
     "coproc rm x",
     "x=(a b)",
+    # bashlex drops what follows a newline inside a substitution
+    "echo $(ls\nrm -rf x)",
+    "echo `ls\nrm -rf x`",
+    "cat <(ls\nrm -rf x)",
+    "echo $(X=$(ls\nrm -rf x) true)",
+    # bashlex 0.18 loops forever on these (guarded)
+    "echo '${x'y",
+    "echo -'${\n'",
     "cat <<EOF\n$(rm -rf x)\nEOF",
     "cat <<'EOF'\nhello\nEOF",
     # control and invisible characters

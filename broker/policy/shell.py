@@ -453,6 +453,29 @@ def _children(node: bashlex.ast.node) -> Iterator[bashlex.ast.node]:
                 yield child
 
 
+_CLOSE_PAREN = re.compile(r"[ \t\n]*\)")
+
+
+def _substitution_end(node: bashlex.ast.node, src: str) -> int | None:
+    """Where a $( ), <( ), >( ) or backtick substitution really ends, or None when its
+    command does not reach the closing bracket: bashlex silently drops what follows a
+    newline inside a substitution, and its end position stops short of blanks before `)`."""
+    start, end = node.pos
+    inner_start, inner_end = node.command.pos
+    if src.startswith("`", start):
+        if (
+            src[end - 1 : end] != "`"
+            or src[start + 1 : inner_start].strip(" \t\n")
+            or src[inner_end : end - 1].strip(" \t\n")
+        ):
+            return None
+        return end
+    if src[start + 2 : inner_start].strip(" \t\n"):
+        return None
+    closing = _CLOSE_PAREN.match(src, inner_end)
+    return closing.end() if closing else None
+
+
 def _is_input(redirect: bashlex.ast.node) -> bool:
     return str(getattr(redirect, "type", "")).startswith("<")
 
@@ -835,16 +858,8 @@ class _Parser:
                 self.walk(child, ctx)
 
     def check_substitution(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
-        """bashlex silently drops what follows a newline inside $( ), <( ) and backticks;
-        a substitution whose command does not reach its closing bracket is unknown."""
-        start, end = node.pos
-        inner_start, inner_end = node.command.pos
-        backtick = ctx.src[start : start + 1] == "`"
-        opening = 1 if backtick else 2
-        closing = "`" if backtick else ")"
-        before = ctx.src[start + opening : inner_start]
-        after = ctx.src[inner_end : end - 1]
-        if ctx.src[end - 1 : end] != closing or before.strip(" \t\n") or after.strip(" \t\n;"):
+        if _substitution_end(node, ctx.src) is None:
+            start, end = node.pos
             self.note(f"cannot see all of `{_short(ctx.src[start:end], 60)}`")
 
     def redirect(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
@@ -890,11 +905,12 @@ class _Parser:
 
     def expand(self, word: bashlex.ast.node, ctx: _Ctx, *, brace: bool = True) -> list[_Arg]:
         start, end = word.pos
-        parts = {
-            p.pos[0]: p.pos[1]
-            for p in getattr(word, "parts", None) or []
-            if p.kind in ("parameter", "commandsubstitution", "processsubstitution")
-        }
+        parts: dict[int, int] = {}
+        for part in getattr(word, "parts", None) or []:
+            if part.kind == "parameter":
+                parts[part.pos[0]] = part.pos[1]
+            elif part.kind in ("commandsubstitution", "processsubstitution"):
+                parts[part.pos[0]] = _substitution_end(part, ctx.src) or part.pos[1]
         toks = _lex_word(ctx.src[start:end], start, parts, ctx.src)
         alternatives = _brace(toks, [0]) if brace else [toks]
         return [_make_arg(t, start) for t in alternatives]
@@ -1040,7 +1056,9 @@ def _time(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: b
         long_values="format output",
     )
     index, _ = _parse_options(args, spec, name)
-    # The `time` keyword times a whole command, leading assignments included.
+    # The `time` keyword times a whole pipeline: `time ! cmd`, `time A=1 cmd`.
+    while index < len(args) and args[index].pattern is None and args[index].value == "!":
+        index += 1
     while index < len(args) and _ASSIGNMENT.match(args[index].value):
         p.assignment(args[index], ctx, declaration=False)
         index += 1

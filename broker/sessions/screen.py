@@ -58,7 +58,7 @@ class ScreenTracker:
         self.alternate_screen = False
         self._input_start: tuple[int, int] | None = None  # (absolute row, column)
         self._carry = b""
-        self._pending = b""
+        self._pending = bytearray()
         self.prompts_seen = 0
 
     def feed(self, data: bytes) -> None:
@@ -87,12 +87,12 @@ class ScreenTracker:
         if self.integration and self.state is ShellState.RUNNING:
             self._pending += data
             if len(self._pending) > 2 * _RUNNING_TAIL:
-                cut = self._pending.rfind(b"\r\n", 0, len(self._pending) - _RUNNING_TAIL)
-                # Skipped lines scroll by; the kept tail starts on a fresh line.
-                if cut != -1:
-                    self._pending = b"\r\n" + self._pending[cut + 2 :]
-                elif len(self._pending) > 4 * _RUNNING_TAIL:
-                    self._pending = b"\r\n" + self._pending[-_RUNNING_TAIL:]
+                # Keep about the last _RUNNING_TAIL bytes, cut at a line break near there if
+                # there is one; what is skipped scrolls by, and the tail starts on a fresh line.
+                start = len(self._pending) - _RUNNING_TAIL
+                cut = self._pending.rfind(b"\r\n", start - _RUNNING_TAIL // 2, start)
+                keep_from = cut + 2 if cut != -1 else start
+                self._pending = bytearray(b"\r\n") + self._pending[keep_from:]
             return
         self._sync()
         self._stream.feed(data)
@@ -100,7 +100,7 @@ class ScreenTracker:
     def _sync(self) -> None:
         """Bring the emulated screen up to date with output held back while a command ran."""
         if self._pending:
-            pending, self._pending = self._pending, b""
+            pending, self._pending = bytes(self._pending), bytearray()
             self._stream.feed(pending)
 
     def _on_mark(self, kind: bytes) -> None:
