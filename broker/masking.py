@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
-from functools import cache, lru_cache, partial
+from functools import cache, lru_cache
 from hashlib import sha256
 from itertools import accumulate
 from typing import Any, Literal
@@ -169,29 +169,37 @@ def mask_value(value: object, strategy: str, *, hash_key: bytes) -> object:
 
 
 class _Hasher:
-    """The hash strategy with a bounded cache: result sets repeat values a lot."""
+    """The hash strategy for one result set: HMAC-SHA256 with the key's inner and outer
+    states computed once (RFC 2104, same output as hmac.digest), and a bounded cache."""
 
-    __slots__ = ("cache", "key")
+    __slots__ = ("cache", "inner", "outer")
     LIMIT = 65536
 
     def __init__(self, key: bytes) -> None:
-        self.key = key
+        block = sha256(key).digest() if len(key) > 64 else key
+        block = block.ljust(64, b"\0")
+        self.inner = sha256(bytes(b ^ 0x36 for b in block))
+        self.outer = sha256(bytes(b ^ 0x5C for b in block))
         self.cache: dict[object, str] = {}
 
+    def digest(self, data: bytes) -> str:
+        inner = self.inner.copy()
+        inner.update(data)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return "hash:" + outer.hexdigest()[:HASH_HEX]
+
     def __call__(self, value: object) -> str:
-        try:
-            return self.cache[value]
-        except KeyError:
-            pass
-        except TypeError:  # unhashable (dict, list)
-            return _hash(_as_bytes(value), self.key)
-        result = _hash(_as_bytes(value), self.key)
-        if len(self.cache) >= self.LIMIT:
-            self.cache.clear()
-        # 1 == 1.0 == True share a dict slot but not a str(); keep the cache exact.
-        if type(value) in (str, bytes):
-            self.cache[value] = result
-        return result
+        kind = type(value)
+        if kind is not str and kind is not bytes:  # 1 == 1.0 == True: keep the cache exact
+            return self.digest(_as_bytes(value))
+        cached = self.cache.get(value)
+        if cached is None:
+            cached = self.digest(_as_bytes(value))
+            if len(self.cache) >= self.LIMIT:
+                self.cache.clear()
+            self.cache[value] = cached
+        return cached
 
 
 def _value_masker(strategy: str, key: bytes) -> Callable[[object], object]:
@@ -458,41 +466,23 @@ def _count_digits(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass").translate(None, _NON_DIGITS))
 
 
-def _finder(literal: str) -> Callable[[str, int], int]:
-    return partial(_find_literal, literal)
-
-
-def _find_literal(literal: str, text: str, pos: int) -> int:
-    return text.find(literal, pos)
-
-
-def _regex_finder(pattern: str) -> Callable[[str, int], int]:
-    search = re.compile(pattern).search
-
-    def first(text: str, pos: int) -> int:
-        m = search(text, pos)
-        return -1 if m is None else m.start()
-
-    return first
-
-
 _DIGITS = "digits"  # the gate shared by card, us_ssn and phone
 
-# Gates: cheap necessary conditions, each a function giving the first place at or after a
-# position where its detector(s) may match (-1: nowhere). All text values of a row are joined
-# with NUL (which no pattern matches) and the gates run once over the joined text; only the
-# values a gate points at are scanned with the detectors' patterns.
-_GATES: tuple[tuple[str, Callable[[str, int], int]], ...] = (
-    ("email", _finder("@")),
-    ("private_key", _finder("PRIVATE KEY")),
-    ("aws_key", _finder("AKIA")),
-    ("aws_key", _finder("ASIA")),
-    ("aws_key", _finder("ccess")),  # secret_access_key, SecretAccessKey
-    ("aws_key", _finder("CCESS")),
-    ("jwt", _regex_finder(r"ey[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.")),
-    ("iban", _regex_finder(r"[A-Z][A-Z][0-9][0-9]")),
-    # card, us_ssn, phone: at least 9 digits, with 9 of [0-9 ()./+-] in a row from a digit.
-    (_DIGITS, _regex_finder(r"\d[\d ()./+-]{8}")),
+# Gates: cheap necessary conditions, each a literal or a regex: a detector cannot match a
+# text in which its gate is not found. All text values of a row are joined with NUL (which no
+# pattern matches), the gates run once over the joined text, and only the values a gate
+# points at are scanned with the detectors' patterns.
+_GATES: tuple[tuple[str, str | None, Callable[..., re.Match[str] | None] | None], ...] = (
+    ("email", "@", None),
+    ("private_key", "PRIVATE KEY", None),
+    ("aws_key", "AKIA", None),
+    ("aws_key", "ASIA", None),
+    ("aws_key", "ccess", None),  # secret_access_key, SecretAccessKey
+    ("aws_key", "CCESS", None),
+    ("jwt", None, re.compile(r"ey[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.").search),
+    ("iban", None, re.compile(r"[A-Z][A-Z][0-9][0-9]").search),
+    # card, us_ssn, phone: at least 9 digits, and 9 of [0-9 ()./+-] in a row from a digit.
+    (_DIGITS, None, re.compile(r"\d[\d ()./+-]{8}").search),
 )
 _SECRET_GATE = re.compile(rf"[{_TCH}]{{32}}").search
 _PRIORITY = {name: i for i, name in enumerate(DETECTORS)}
@@ -505,9 +495,7 @@ class _Scanner:
         self.names = names
         digit_names = {"card", "us_ssn", "phone"} & set(names)
         self.gates = tuple(
-            (name, first)
-            for name, first in _GATES
-            if name in names or (name == _DIGITS and digit_names)
+            gate for gate in _GATES if gate[0] in names or (gate[0] == _DIGITS and digit_names)
         )
         self.digit_names = digit_names
         self.secret = "secret" in names
@@ -520,10 +508,15 @@ class _Scanner:
         joined = texts[0] if count == 1 else "\x00".join(texts)
         hits: dict[int, list[str]] = {}
         starts: list[int] | None = None
-        for name, first in self.gates:
-            if name is _DIGITS and _count_digits(joined) < 9:
-                continue
-            pos = first(joined, 0)
+        for name, literal, search in self.gates:
+            if literal is not None:
+                pos = joined.find(literal)
+            else:
+                if name is _DIGITS and _count_digits(joined) < 9:
+                    continue
+                assert search is not None
+                m = search(joined)
+                pos = -1 if m is None else m.start()
             if pos < 0:
                 continue
             if count == 1:
@@ -540,7 +533,12 @@ class _Scanner:
                     found.append(name)
                 if k + 1 >= count:
                     break
-                pos = first(joined, starts[k + 1])
+                if literal is not None:
+                    pos = joined.find(literal, starts[k + 1])
+                else:
+                    assert search is not None
+                    m = search(joined, starts[k + 1])
+                    pos = -1 if m is None else m.start()
                 if pos < 0:
                     break
         if self.secret:
@@ -631,6 +629,10 @@ def mask_text(
     text: str, detectors: Iterable[str], strategy: str = "redact", *, hash_key: bytes = b""
 ) -> str:
     """``text`` with every detected span masked (``[REDACTED:card]``, ``****1234``, ``hash:…``)."""
+    if strategy not in _STRENGTH:
+        raise ValueError(f"unknown masking strategy {strategy!r}")
+    if strategy == "hash" and not hash_key:
+        raise ValueError("the hash strategy needs a non-empty hash_key")
     spans = detect(text, detectors)
     return _replace(text, spans, strategy, hash_key) if spans else text
 
@@ -1937,6 +1939,8 @@ class _GlotResolver:
             return rel.get(parts[-1])
         if isinstance(node, e.Star):
             return _union(item.star.whole() if item.star else item.src for item in scope.star())
+        if isinstance(node, e.Exists):  # chooses rows, produces no value (as in PostgreSQL)
+            return _NONE
         if isinstance(node, e.Select | e.SetOperation):
             return _union(i.star.whole() if i.star else i.src for i in self.items(node, scope))
         if isinstance(node, e.Subquery):

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 import asyncssh
 
 from broker.audit import AuditEvent
-from broker.config import LocalTarget, SshTarget
+from broker.config import LocalTarget, MysqlTarget, PostgresTarget, SqliteTarget, SshTarget
 from broker.protocol import LOGIN_USER, SUBSYSTEM
 from broker.session_context import ConnectionContext
 from broker.sessions.request import RequestError, parse_session_command
+from broker.sessions.sql_exec import SqlExec
 from broker.sessions.terminal import TerminalSession
 
 if TYPE_CHECKING:
@@ -114,6 +115,26 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
             )
         )
         _refuse(process, f"no target {request.target!r} is open to you (see hoopctl targets)", 1)
+        return
+    if isinstance(target, (PostgresTarget, MysqlTarget, SqliteTarget)):
+        if request.verb != "exec":
+            _refuse(
+                process,
+                f"target {target.name} is a database: the SQL shell is not available yet; use hoopctl exec {target.name} -c SQL",
+                2,
+            )
+            return
+        sql = SqlExec(
+            broker,
+            ctx,
+            process,
+            target,
+            broker.config.policy_for(target),
+            broker.approvals,
+            output=request.output,
+            reason=request.reason,
+        )
+        process.exit(await sql.run())
         return
     if not isinstance(target, (SshTarget, LocalTarget)):
         _refuse(

@@ -10,6 +10,8 @@ import time
 import webbrowser
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import asyncssh
@@ -26,7 +28,7 @@ from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
 from hoopctl.output import OutputFormat, render, render_record, stderr
 from hoopctl.session import connect_api, current_profile, exchange, profile_from
 from hoopctl.ssh_config import write_ssh_config
-from hoopctl.terminal import run_session
+from hoopctl.terminal import run_command, run_session
 from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
 
 T = TypeVar("T")
@@ -325,6 +327,79 @@ def connect(
             words += ["--", *command]
         try:
             return await run_session(conn, shlex.join(words))
+        finally:
+            conn.close()
+
+    raise typer.Exit(_run(work))
+
+
+class ExecOutput(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command("exec")
+def exec_(
+    target: Annotated[str, typer.Argument(help="Target name (see hoopctl targets).")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="For ssh/local targets: the command to run (after --).", show_default=False
+        ),
+    ] = None,
+    sql: Annotated[str | None, typer.Option("--command", "-c", help="SQL to run.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read SQL from FILE (- for stdin).")
+    ] = None,
+    output: Annotated[
+        ExecOutput, typer.Option("--output", "-o", help="Result format.", case_sensitive=False)
+    ] = ExecOutput.table,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Recorded with the request.")
+    ] = None,
+    broker: BrokerOption = None,
+) -> None:
+    """Run SQL (or a command) on a target once, for scripts and agents.
+
+    Exit codes: 0 success, 1 error from the target, 2 usage, 3 denied by policy,
+    4 approval required.
+    """
+
+    def read_input() -> bytes:
+        if command:
+            if sql is not None or file is not None:
+                raise UsageError("give either a command after -- or SQL with -c/-f, not both")
+            return b""
+        if sql is not None and file is not None:
+            raise UsageError("give SQL with either -c or -f, not both")
+        if sql is not None:
+            return sql.encode()
+        if file is not None and str(file) != "-":
+            try:
+                return file.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+        if sys.stdin.isatty():
+            raise UsageError("no SQL given: use -c SQL, -f FILE, or pipe it on stdin")
+        return sys.stdin.buffer.read()
+
+    async def work() -> int:
+        data = read_input()
+        address = _address(broker)
+        store = CredentialStore(address)
+        profile = await current_profile(store)
+        conn = await open_connection(
+            address, username=profile.user, client_keys=[(store.private_key(), profile.cert())]
+        )
+        words = ["exec", "--output", output.value]
+        if reason:
+            words += ["--reason", reason]
+        words.append(target)
+        if command:
+            words += ["--", *command]
+        try:
+            return await run_command(conn, shlex.join(words), data)
         finally:
             conn.close()
 

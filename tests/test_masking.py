@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import io
 import json
 import os
 import random
 import string
+import tomllib
 from collections.abc import Sequence
+from hashlib import sha256
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -107,6 +111,17 @@ def test_masker_refuses_hash_without_key() -> None:
     Masker(MaskingConfig(detectors=["email"]), hash_key=b"")  # no hash: no key needed
 
 
+def test_documented_toml_example_is_valid() -> None:
+    """The example in docs/masking.md: [targets.masking] lands in the target written above."""
+    text = (Path(__file__).parent.parent / "docs" / "masking.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    targets = tomllib.loads(example)["targets"]
+    first = MaskingConfig.model_validate(targets[0]["masking"])
+    assert [rule.strategy for rule in first.columns] == ["partial", "redact", "hash"]
+    assert first.hash_key == "env:HOOP_MASKING_KEY" and first.uses_hash
+    assert MaskingConfig.model_validate(targets[1]["masking"]).detectors == ["email", "phone"]
+
+
 # --------------------------------------------------------------------------- strategies
 
 
@@ -148,6 +163,18 @@ def test_hash_is_stable_keyed_and_short() -> None:
     # Text and the same bytes hash alike; other types through str().
     assert mask_value(b"jane@example.com", "hash", hash_key=KEY) == first
     assert mask_value(42, "hash", hash_key=KEY) == mask_value("42", "hash", hash_key=KEY)
+
+
+@pytest.mark.parametrize("key", [b"k", b"x" * 64, b"long-key" * 20])
+def test_plan_hash_equals_hmac_sha256(key: bytes) -> None:
+    """The plan's precomputed HMAC states give the same digest as the hmac module."""
+    config = MaskingConfig.model_validate({"columns": [{"match": ["*"], "strategy": "hash"}]})
+    plan = Masker(config, hash_key=key).plan([ColumnSource("c", ("t.c",))])
+    for value in ("jane@example.com", "", "é", b"\x00\xff", 7, 7.0, True):
+        expected = "hash:" + hmac.new(key, masking._as_bytes(value), sha256).hexdigest()[:16]
+        assert plan.apply((value,)) == (expected,)
+        assert mask_value(value, "hash", hash_key=key) == expected
+    assert plan.apply((1,)) != plan.apply((True,))  # the cache keeps 1 and True apart
 
 
 def test_hash_errors() -> None:

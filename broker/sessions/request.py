@@ -16,6 +16,7 @@ class SessionCommand:
     target: str
     reason: str | None = None
     argv: tuple[str, ...] = ()
+    output: str = "table"
 
 
 VERBS = ("connect", "exec")
@@ -30,6 +31,7 @@ def parse_session_command(command: str) -> SessionCommand:
         raise RequestError("expected: connect [--reason TEXT] TARGET [-- COMMAND …]")
     verb, rest = words[0], words[1:]
     reason: str | None = None
+    output = "table"
     target: str | None = None
     while rest:
         word = rest.pop(0)
@@ -41,6 +43,11 @@ def parse_session_command(command: str) -> SessionCommand:
             reason = rest.pop(0)
         elif word.startswith("--reason="):
             reason = word.split("=", 1)[1]
+        elif word in ("--output", "-o") or word.startswith("--output="):
+            value = word.split("=", 1)[1] if "=" in word else (rest.pop(0) if rest else "")
+            if value not in ("table", "json", "csv"):
+                raise RequestError("--output must be table, json or csv")
+            output = value
         elif word.startswith("-"):
             raise RequestError(f"unknown option {word}")
         elif target is None:
@@ -50,4 +57,4 @@ def parse_session_command(command: str) -> SessionCommand:
             break
     if target is None:
         raise RequestError(f"{verb}: which target?")
-    return SessionCommand(verb=verb, target=target, reason=reason, argv=tuple(rest))
+    return SessionCommand(verb=verb, target=target, reason=reason, argv=tuple(rest), output=output)

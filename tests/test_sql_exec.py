@@ -1,0 +1,284 @@
+"""`hoopctl exec` with SQL against real PostgreSQL, MariaDB and SQLite through the broker."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pymysql
+import pytest
+
+from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
+
+PG_PASSWORD = "pg-" + secrets.token_hex(8)
+MY_PASSWORD = "my-" + secrets.token_hex(8)
+
+SQL_POLICY = """
+[policies.sql]
+default = "allow"
+on_unknown = "review"
+
+[[policies.sql.rules]]
+name = "no-drop"
+action = "deny"
+statement = ["DROP", "TRUNCATE"]
+
+[[policies.sql.rules]]
+name = "unbounded-writes"
+action = "review"
+statement = ["UPDATE", "DELETE"]
+without_where = true
+approvers = ["dba-leads"]
+"""
+
+
+@pytest.fixture(scope="module")
+def postgres_db() -> Iterator[str]:
+    name = "hoop_test_" + secrets.token_hex(4)
+    role = name + "_app"
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
+    ) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PG_PASSWORD}'")
+        admin.execute(f"CREATE DATABASE {name} OWNER {role}")
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=name, autocommit=True) as db:
+        db.execute(f"SET ROLE {role}")
+        db.execute("CREATE TABLE accounts (id int PRIMARY KEY, email text, balance numeric)")
+        db.execute(
+            "INSERT INTO accounts VALUES (1, 'ann@example.com', 10.5), (2, 'bo@example.com', 20)"
+        )
+    yield name
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
+    ) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.fixture(scope="module")
+def mariadb_db() -> Iterator[str]:
+    name = "hoop_test_" + secrets.token_hex(4)
+    admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{MY_PASSWORD}'")
+        cur.execute(f"CREATE USER '{name}'@'localhost' IDENTIFIED BY '{MY_PASSWORD}'")
+        cur.execute(f"GRANT ALL ON {name}.* TO '{name}'@'%'")
+        cur.execute(f"GRANT ALL ON {name}.* TO '{name}'@'localhost'")
+        cur.execute(
+            f"CREATE TABLE {name}.accounts (id int PRIMARY KEY, email text, balance decimal(10,2))"
+        )
+        cur.execute(
+            f"INSERT INTO {name}.accounts VALUES (1, 'ann@example.com', 10.5), (2, 'bo@example.com', 20)"
+        )
+    yield name
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        cur.execute(f"DROP USER IF EXISTS '{name}'@'%'")
+        cur.execute(f"DROP USER IF EXISTS '{name}'@'localhost'")
+    admin.close()
+
+
+@pytest.fixture(scope="module")
+def sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE accounts (id int PRIMARY KEY, email text, balance real)")
+        db.execute(
+            "INSERT INTO accounts VALUES (1, 'ann@example.com', 10.5), (2, 'bo@example.com', 20)"
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def broker(
+    tmp_path_factory: pytest.TempPathFactory, postgres_db: str, mariadb_db: str, sqlite_db: Path
+) -> Iterator[BrokerProcess]:
+    tmp = tmp_path_factory.mktemp("sqlbroker")
+    secret_file = tmp / "pg-secret"
+    secret_file.write_text(PG_PASSWORD)
+    wrong_file = tmp / "wrong-secret"
+    wrong_file.write_text("not-the-password")
+    my_file = tmp / "my-secret"
+    my_file.write_text(MY_PASSWORD)
+    targets = (
+        f"""
+[[targets]]
+name = "pg"
+type = "postgres"
+address = "127.0.0.1:5432"
+database = "{postgres_db}"
+user = "{postgres_db}_app"
+credential = "file:{secret_file}"
+tls = "disable"
+allowed_groups = ["dba"]
+policy = "sql"
+
+[[targets]]
+name = "maria-wrong-secret"
+type = "mysql"
+address = "127.0.0.1:3306"
+database = "{mariadb_db}"
+user = "{mariadb_db}"
+credential = "file:{wrong_file}"
+allowed_groups = ["dba"]
+
+[[targets]]
+name = "pg-down"
+type = "postgres"
+address = "127.0.0.1:{free_port()}"
+database = "x"
+user = "x"
+tls = "disable"
+allowed_groups = ["dba"]
+
+[[targets]]
+name = "maria"
+type = "mysql"
+address = "127.0.0.1:3306"
+database = "{mariadb_db}"
+user = "{mariadb_db}"
+credential = "file:{my_file}"
+allowed_groups = ["dba"]
+policy = "sql"
+
+[[targets]]
+name = "lite"
+type = "sqlite"
+path = "{sqlite_db}"
+allowed_groups = ["dba"]
+policy = "sql"
+"""
+        + SQL_POLICY
+    )
+    config = dev_config(tmp / "data", port=free_port(), dev_port=free_port(), targets=targets)
+    process = start_broker(tmp, config)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def dba(broker: BrokerProcess, tmp_path_factory: pytest.TempPathFactory) -> User:
+    user = User(tmp_path_factory.mktemp("alice"))
+    assert user.login(broker).returncode == 0
+    return user
+
+
+TARGETS = ["pg", "maria", "lite"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_select_as_json(dba: User, target: str) -> None:
+    result = dba.run(
+        "exec", target, "-c", "SELECT id, email FROM accounts ORDER BY id", "--output", "json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        {"id": 1, "email": "ann@example.com"},
+        {"id": 2, "email": "bo@example.com"},
+    ]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_select_as_csv_and_table(dba: User, target: str) -> None:
+    result = dba.run(
+        "exec", target, "-c", "SELECT id, email FROM accounts ORDER BY id", "-o", "csv"
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(csv.reader(io.StringIO(result.stdout))) == [
+        ["id", "email"],
+        ["1", "ann@example.com"],
+        ["2", "bo@example.com"],
+    ]
+    table = dba.run("exec", target, "-c", "SELECT email FROM accounts ORDER BY id")
+    assert "ann@example.com" in table.stdout and "(2 rows)" in table.stdout
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DROP TABLE accounts",
+        "dRoP tAbLe accounts",
+        "/* harmless */ DROP TABLE accounts",
+        "SELECT 1; DROP TABLE accounts",
+        "SELECT '/* ; */'; TRUNCATE accounts",
+    ],
+)
+def test_drop_and_truncate_are_denied_before_anything_runs(
+    dba: User, target: str, sql: str
+) -> None:
+    result = dba.run("exec", target, "-c", sql)
+    assert result.returncode == 3, result.stderr
+    assert "denied by rule no-drop" in result.stderr
+    assert result.stdout == ""
+    check = dba.run("exec", target, "-c", "SELECT count(*) AS n FROM accounts", "-o", "json")
+    assert json.loads(check.stdout)[0]["n"] == 2
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_delete_without_where_needs_approval(dba: User, target: str) -> None:
+    result = dba.run("exec", target, "-c", "DELETE FROM accounts")
+    assert result.returncode == 4, result.stderr
+    assert "approval required" in result.stderr
+    check = dba.run("exec", target, "-c", "SELECT count(*) AS n FROM accounts", "-o", "json")
+    assert json.loads(check.stdout)[0]["n"] == 2
+
+
+def test_sql_from_stdin_and_file(dba: User, tmp_path: Path) -> None:
+    piped = dba.run("exec", "pg", "-o", "json", input="SELECT 42 AS answer")
+    assert json.loads(piped.stdout) == [{"answer": 42}]
+    script = tmp_path / "q.sql"
+    script.write_text("SELECT 43 AS answer;")
+    from_file = dba.run("exec", "pg", "-f", str(script), "-o", "json")
+    assert json.loads(from_file.stdout) == [{"answer": 43}]
+
+
+def test_statement_error_exits_1_with_the_database_message(dba: User) -> None:
+    result = dba.run("exec", "pg", "-c", "SELECT * FROM no_such_table")
+    assert result.returncode == 1
+    assert 'relation "no_such_table" does not exist' in result.stderr
+
+
+def test_wrong_credentials_are_a_clear_error_without_the_secret(
+    dba: User, broker: BrokerProcess
+) -> None:
+    # MariaDB checks passwords here; this machine's PostgreSQL trusts loopback connections.
+    result = dba.run("exec", "maria-wrong-secret", "-c", "SELECT 1")
+    assert result.returncode == 1
+    assert "refused the broker's credentials" in result.stderr
+    for text in (
+        result.stderr,
+        result.stdout,
+        broker.stdout_path.read_text(),
+        broker.stderr_path.read_text(),
+    ):
+        assert "not-the-password" not in text and MY_PASSWORD not in text
+
+
+def test_database_down_is_a_clear_error(dba: User) -> None:
+    result = dba.run("exec", "pg-down", "-c", "SELECT 1")
+    assert result.returncode == 1
+    assert "pg-down unreachable" in result.stderr
+
+
+def test_each_statement_is_an_audit_event(dba: User, broker: BrokerProcess) -> None:
+    result = dba.run("exec", "pg", "-c", "SELECT email FROM accounts WHERE id = 1; SELECT 1 AS one")
+    assert result.returncode == 0, result.stderr
+    queries = broker.audit_events("query")[-2:]
+    assert queries[0]["details"]["query"].startswith("SELECT email FROM accounts")
+    assert queries[0]["details"]["kind"] == "SELECT"
+    assert queries[0]["details"]["tables"] == ["accounts"]
+    assert queries[0]["details"]["rows"] == 1
+    assert queries[1]["details"]["rows"] == 1
+
+
+def test_no_sql_is_a_usage_error(dba: User) -> None:
+    result = dba.run("exec", "pg", "-c", "SELECT 1", "-f", "x.sql")
+    assert result.returncode == 2
