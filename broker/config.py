@@ -19,6 +19,7 @@ from pydantic import (
 
 from broker.durations import parse_duration
 from broker.errors import ConfigError
+from broker.masking import MaskingConfig
 
 
 def _duration(value: Any) -> int:
@@ -217,7 +218,11 @@ class LocalTarget(_TerminalTarget):
     env: dict[str, str] = Field(default_factory=dict)
 
 
-class PostgresTarget(_TargetBase):
+class _DatabaseTarget(_TargetBase):
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+
+
+class PostgresTarget(_DatabaseTarget):
     type: Literal["postgres"]
     address: HostPort
     database: str = Field(min_length=1)
@@ -226,7 +231,7 @@ class PostgresTarget(_TargetBase):
     tls: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
 
 
-class MysqlTarget(_TargetBase):
+class MysqlTarget(_DatabaseTarget):
     type: Literal["mysql"]
     address: HostPort
     database: str = Field(min_length=1)
@@ -235,7 +240,7 @@ class MysqlTarget(_TargetBase):
     tls: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
 
 
-class SqliteTarget(_TargetBase):
+class SqliteTarget(_DatabaseTarget):
     type: Literal["sqlite"]
     path: Path
 

@@ -60,3 +60,18 @@ def load_or_create_keys(data_dir: Path) -> BrokerKeys:
         host_key=_load_or_create(data_dir / HOST_KEY_FILE),
         user_ca=_load_or_create(data_dir / USER_CA_FILE),
     )
+
+
+def load_or_create_secret(data_dir: Path, name: str, size: int = 32) -> bytes:
+    """A random secret the broker keeps in its data dir (mode 0600), e.g. the masking hash key."""
+    path = data_dir / name
+    if path.exists():
+        return path.read_bytes()
+    ensure_data_dir(data_dir)
+    secret = os.urandom(size)
+    tmp = path.with_name(f".{name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    os.replace(tmp, path)
+    return secret

@@ -120,6 +120,14 @@ tls = "disable"
 allowed_groups = ["dba"]
 policy = "sql"
 
+[targets.masking]
+detectors = ["card"]
+
+[[targets.masking.columns]]
+match = ["email"]
+strategy = "redact"
+
+
 [[targets]]
 name = "maria-wrong-secret"
 type = "mysql"
@@ -154,6 +162,11 @@ type = "sqlite"
 path = "{sqlite_db}"
 allowed_groups = ["dba"]
 policy = "sql"
+
+[targets.masking]
+[[targets.masking.columns]]
+match = ["accounts.email"]
+strategy = "partial"
 """
         + SQL_POLICY
     )
@@ -175,10 +188,15 @@ TARGETS = ["pg", "maria", "lite"]
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_select_as_json(dba: User, target: str) -> None:
-    result = dba.run(
-        "exec", target, "-c", "SELECT id, email FROM accounts ORDER BY id", "--output", "json"
-    )
+    sql = "SELECT id, id * 10 AS tens FROM accounts ORDER BY id"
+    result = dba.run("exec", target, "-c", sql, "--output", "json")
     assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"id": 1, "tens": 10}, {"id": 2, "tens": 20}]
+
+
+def test_unmasked_target_returns_values_as_stored(dba: User) -> None:
+    sql = "SELECT id, email FROM accounts ORDER BY id"
+    result = dba.run("exec", "maria", "-c", sql, "-o", "json")
     assert json.loads(result.stdout) == [
         {"id": 1, "email": "ann@example.com"},
         {"id": 2, "email": "bo@example.com"},
@@ -187,17 +205,14 @@ def test_select_as_json(dba: User, target: str) -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_select_as_csv_and_table(dba: User, target: str) -> None:
-    result = dba.run(
-        "exec", target, "-c", "SELECT id, email FROM accounts ORDER BY id", "-o", "csv"
-    )
+    sql = "SELECT id, balance FROM accounts ORDER BY id"
+    result = dba.run("exec", target, "-c", sql, "-o", "csv")
     assert result.returncode == 0, result.stderr
-    assert list(csv.reader(io.StringIO(result.stdout))) == [
-        ["id", "email"],
-        ["1", "ann@example.com"],
-        ["2", "bo@example.com"],
-    ]
-    table = dba.run("exec", target, "-c", "SELECT email FROM accounts ORDER BY id")
-    assert "ann@example.com" in table.stdout and "(2 rows)" in table.stdout
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["id", "balance"] and [r[0] for r in rows[1:]] == ["1", "2"]
+    assert float(rows[1][1]) == 10.5
+    table = dba.run("exec", target, "-c", sql)
+    assert "10.5" in table.stdout and "(2 rows)" in table.stdout
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -218,7 +233,7 @@ def test_drop_and_truncate_are_denied_before_anything_runs(
     assert result.returncode == 3, result.stderr
     assert "denied by rule no-drop" in result.stderr
     assert result.stdout == ""
-    check = dba.run("exec", target, "-c", "SELECT count(*) AS n FROM accounts", "-o", "json")
+    check = dba.run("exec", target, "-c", "SELECT count(id) AS n FROM accounts", "-o", "json")
     assert json.loads(check.stdout)[0]["n"] == 2
 
 
@@ -227,7 +242,7 @@ def test_delete_without_where_needs_approval(dba: User, target: str) -> None:
     result = dba.run("exec", target, "-c", "DELETE FROM accounts")
     assert result.returncode == 4, result.stderr
     assert "approval required" in result.stderr
-    check = dba.run("exec", target, "-c", "SELECT count(*) AS n FROM accounts", "-o", "json")
+    check = dba.run("exec", target, "-c", "SELECT count(id) AS n FROM accounts", "-o", "json")
     assert json.loads(check.stdout)[0]["n"] == 2
 
 
@@ -282,3 +297,56 @@ def test_each_statement_is_an_audit_event(dba: User, broker: BrokerProcess) -> N
 def test_no_sql_is_a_usage_error(dba: User) -> None:
     result = dba.run("exec", "pg", "-c", "SELECT 1", "-f", "x.sql")
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT email FROM accounts WHERE id = 1",
+        "SELECT email AS e FROM accounts WHERE id = 1",
+        "SELECT email::varchar AS e FROM accounts WHERE id = 1",
+        "SELECT 'x' || email AS e FROM accounts WHERE id = 1",
+        "SELECT substr(email, 1, 5) AS e FROM accounts WHERE id = 1",
+        "SELECT upper(email) AS e FROM accounts WHERE id = 1",
+        "SELECT row_to_json(a) AS e FROM accounts a WHERE id = 1",
+        "SELECT * FROM accounts WHERE id = 1",
+        "WITH c AS (SELECT email FROM accounts) SELECT email AS e FROM c LIMIT 1",
+        "SELECT (SELECT email FROM accounts WHERE id = 1) AS e",
+    ],
+)
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_masked_column_cannot_be_read_back(
+    dba: User, broker: BrokerProcess, sql: str, fmt: str
+) -> None:
+    result = dba.run("exec", "pg", "-c", sql, "-o", fmt)
+    assert result.returncode == 0, result.stderr
+    assert "ann@example.com" not in result.stdout
+    assert "ANN@EXAMPLE.COM" not in result.stdout and "ann@e" not in result.stdout
+    session = broker.audit_events("query")[-1]["session"]
+    recording = broker.data_dir / "recordings" / f"{session}.cast"
+    assert "ann@example.com" not in recording.read_text()
+
+
+def test_unmasked_columns_pass_and_masking_is_audited_without_values(
+    dba: User, broker: BrokerProcess
+) -> None:
+    result = dba.run("exec", "pg", "-c", "SELECT id, email FROM accounts ORDER BY id", "-o", "json")
+    rows = json.loads(result.stdout)
+    assert [row["id"] for row in rows] == [1, 2]
+    assert {row["email"] for row in rows} == {"[REDACTED]"}
+    event = broker.audit_events("query")[-1]
+    assert event["details"]["masked"] == {"email": 2}
+    assert "ann@example.com" not in json.dumps(broker.audit_events())
+
+
+def test_value_detector_masks_card_numbers_in_any_column(dba: User) -> None:
+    result = dba.run(
+        "exec", "pg", "-c", "SELECT 'paid with 4111 1111 1111 1111 ok' AS note", "-o", "json"
+    )
+    assert json.loads(result.stdout) == [{"note": "paid with [REDACTED:card] ok"}]
+
+
+def test_partial_masking_on_sqlite(dba: User) -> None:
+    result = dba.run("exec", "lite", "-c", "SELECT email FROM accounts WHERE id = 1", "-o", "json")
+    value = json.loads(result.stdout)[0]["email"]
+    assert value.endswith(".com") and "ann" not in value

@@ -12,7 +12,15 @@ import asyncssh
 
 from broker.audit import AuditEvent
 from broker.config import Policy
-from broker.credentials import CredentialError
+from broker.credentials import CredentialError, resolve_credential
+from broker.keys import load_or_create_secret
+from broker.masking import (
+    ColumnSource,
+    Masker,
+    column_sources_postgres,
+    column_sources_sqlglot,
+    mask_text,
+)
 from broker.policy.decision import Decision
 from broker.policy.sql import ParsedSql, decide_sql
 from broker.recording import Recorder, RecordingError, RecordingHeader
@@ -54,6 +62,22 @@ class SqlExec:
         self._reason = reason
         self.session_id = new_session_id()
         self._recorder: Recorder | None = None
+        self._masker: Masker | None = None
+
+    def _masking(self) -> Masker:
+        if self._masker is None:
+            config = self._target.masking
+            if config.hash_key:
+                key = resolve_credential(config.hash_key, target=self._target.name).encode()
+            else:
+                key = load_or_create_secret(self._broker.data_dir, "masking_key")
+            self._masker = Masker(config, hash_key=key)
+        return self._masker
+
+    def _sources(self, text: str, columns: list[str]) -> list[ColumnSource]:
+        if self.dialect == "postgres":
+            return column_sources_postgres(text, columns)
+        return column_sources_sqlglot(text, self.dialect, columns)
 
     @property
     def dialect(self) -> str:
@@ -224,13 +248,16 @@ class SqlExec:
         writer = ResultWriter(self._output)
         rows = 0
         error: str | None = None
+        masked: dict[str, int] = {}
         try:
             result = await conn.execute(text, query=kind.split()[0] in QUERY_KINDS)
             if result.columns:
+                # Masking happens here, before rendering, sending or recording anything.
+                plan = self._masking().plan(self._sources(text, result.columns))
                 await self._write(writer.begin(result.columns))
                 batch: list[tuple[object, ...]] = []
                 async for row in result.rows:
-                    batch.append(row)
+                    batch.append(plan.apply(row) if plan.active else row)
                     if len(batch) >= ROW_BATCH:
                         await self._write(writer.rows(batch))
                         rows += len(batch)
@@ -239,13 +266,15 @@ class SqlExec:
                     await self._write(writer.rows(batch))
                     rows += len(batch)
                 await self._write(writer.end())
+                masked = {column: n for column, n in plan.counts.items() if n}
             elif result.status:
                 if self._output == "table":
                     await self._write(result.status + "\n")
                 else:
                     self._error(result.status)
         except StatementError as exc:
-            error = str(exc)
+            detectors = self._target.masking.detectors
+            error = mask_text(str(exc), detectors) if detectors else str(exc)
             self._error(error)
         await self._audit(
             "query",
@@ -258,6 +287,7 @@ class SqlExec:
                 "decision": decision.action,
                 "rule": decision.rule,
                 "rows": rows,
+                "masked": masked,
                 "duration_ms": round((time.monotonic() - started) * 1000, 3),
             },
         )
