@@ -34,7 +34,7 @@ on_unknown = "review"
 name = "no-recursive-delete"
 action = "deny"
 program = ["rm"]
-args = ["-r*", "-f*", "--recursive"]
+args = ["-[rRf]*", "-[!-]*[rRf]*", "--r*", "--f*"]
 """
 
 

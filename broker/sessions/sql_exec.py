@@ -4,6 +4,7 @@ broker's own connection, streaming formatted rows back. Exit: 0 ok, 1 target err
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import TYPE_CHECKING
@@ -130,7 +131,12 @@ class SqlExec:
         if sql is None:
             self._error(f"SQL input larger than {MAX_SQL_BYTES // (1024 * 1024)} MiB")
             return 2
-        decision, parsed = decide_sql(self._policy, sql, self.dialect)  # type: ignore[arg-type]
+        decision, parsed = await asyncio.to_thread(
+            decide_sql,
+            self._policy,
+            sql,
+            self.dialect,  # type: ignore[arg-type]
+        )
         if decision.action != "allow":
             refused = await self._refused(sql, decision)
             if refused != -1:

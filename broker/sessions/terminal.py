@@ -142,7 +142,7 @@ class TerminalSession:
         command_text = shlex.join(self._argv) if self._argv else None
         started = time.time()
         if command_text is not None:
-            decision = self._judge(command_text)
+            decision = await self._judge(command_text)
             if decision.action != "allow":
                 allowed = await self._decide_held(command_text, decision)
                 if not allowed:
@@ -387,9 +387,10 @@ class TerminalSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._output_arrived.wait(), min(wait, deadline - now))
 
-    def _judge(self, line: str) -> Decision:
+    async def _judge(self, line: str) -> Decision:
+        # In a thread: a long or pathological line must not stall every other session.
         try:
-            return decide_shell(self._policy, line)
+            return await asyncio.to_thread(decide_shell, self._policy, line)
         except Exception as exc:  # fail closed: a policy error denies
             log.exception("policy error")
             return Decision(action="deny", rule=None, reason=f"policy error: {exc}")
@@ -414,7 +415,9 @@ class TerminalSession:
         else:
             line = tracker.command_line()
             line_text = line.text
-            decision = self._unknown(line.unknown) if line.text is None else self._judge(line.text)
+            decision = (
+                self._unknown(line.unknown) if line.text is None else await self._judge(line.text)
+            )
         if line_text is not None and not line_text.strip():
             self._forward(key)
             return False
