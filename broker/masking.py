@@ -1941,6 +1941,8 @@ class _GlotResolver:
             return _union(item.star.whole() if item.star else item.src for item in scope.star())
         if isinstance(node, e.Exists):  # chooses rows, produces no value (as in PostgreSQL)
             return _NONE
+        if isinstance(node, e.Count) and isinstance(node.this, e.Star):
+            return _NONE  # count(*) counts rows; it carries no column's value
         if isinstance(node, e.Select | e.SetOperation):
             return _union(i.star.whole() if i.star else i.src for i in self.items(node, scope))
         if isinstance(node, e.Subquery):

@@ -350,3 +350,9 @@ def test_partial_masking_on_sqlite(dba: User) -> None:
     result = dba.run("exec", "lite", "-c", "SELECT email FROM accounts WHERE id = 1", "-o", "json")
     value = json.loads(result.stdout)[0]["email"]
     assert value.endswith(".com") and "ann" not in value
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_count_star_is_not_masked(dba: User, target: str) -> None:
+    result = dba.run("exec", target, "-c", "SELECT count(*) AS n FROM accounts", "-o", "json")
+    assert json.loads(result.stdout) == [{"n": 2}]
