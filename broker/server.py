@@ -10,6 +10,7 @@ from broker.audit import AuditEvent
 from broker.config import LocalTarget, MysqlTarget, PostgresTarget, SqliteTarget, SshTarget
 from broker.protocol import LOGIN_USER, SUBSYSTEM
 from broker.session_context import ConnectionContext
+from broker.sessions.command_exec import CommandExec
 from broker.sessions.request import RequestError, parse_session_command
 from broker.sessions.sql_exec import SqlExec
 from broker.sessions.terminal import TerminalSession
@@ -142,6 +143,19 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
             f"target {target.name} is a {target.type} target; terminal sessions are for ssh and local targets",
             2,
         )
+        return
+    if request.verb == "exec":
+        command = CommandExec(
+            broker,
+            ctx,
+            process,
+            target,
+            broker.config.policy_for(target),
+            broker.approvals,
+            argv=request.argv,
+            reason=request.reason,
+        )
+        process.exit(await command.run())
         return
     session = TerminalSession(
         broker,

@@ -250,3 +250,21 @@ def test_not_logged_in_connect_is_one_line_error(tmp_path: Path, broker: BrokerP
     stranger = User(tmp_path / "stranger")
     result = stranger.run("connect", "shell", "--broker", broker.address)
     assert_one_line_error(result, "not")
+
+
+def test_exec_runs_a_command_without_a_pty_keeping_stderr_apart(
+    user: User, broker: BrokerProcess
+) -> None:
+    result = user.run("exec", "shell", "--", "sh", "-c", "tty; echo out; echo err >&2; exit 9")
+    assert result.returncode == 9
+    assert "not a tty" in result.stdout and "out" in result.stdout
+    assert "err" in result.stderr and "err" not in result.stdout
+    starts = broker.audit_events("session.start")
+    assert starts[-1]["details"]["kind"] == "exec"
+
+
+def test_exec_denied_command_exits_3_and_never_runs(user: User, sandbox: Path) -> None:
+    result = user.run("exec", "shell", "--", "rm", "-rf", str(sandbox / "victim"))
+    assert result.returncode == 3
+    assert "denied by rule no-recursive-rm" in result.stderr
+    assert (sandbox / "victim" / "data").exists()

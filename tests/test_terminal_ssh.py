@@ -143,3 +143,10 @@ def test_client_disconnect_hangs_up_the_target(
     assert end["session"] == child.session_id
     header, events = read_events(broker.data_dir / "recordings" / f"{child.session_id}.cast")
     assert header["hoop"]["target"] == "web" and events
+
+
+def test_exec_on_ssh_target_carries_the_exit_status(user: User) -> None:
+    result = user.run("exec", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 5")
+    assert result.returncode == 5
+    assert result.stdout.strip() == "out"
+    assert "err" in result.stderr

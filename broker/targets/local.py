@@ -24,7 +24,7 @@ from broker.targets.shell_integration import (
 )
 
 _READ_SIZE = 65536
-_SHELLS = ("bash", "sh", "zsh", "dash", "ksh")  # may run one-off commands with -c
+SHELL_PROGRAMS = ("bash", "sh", "zsh", "dash", "ksh")  # may run one-off commands with -c
 # The target sees a clean environment: the broker's own (which may hold other targets'
 # secrets) is never inherited.
 _PASS_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -40,7 +40,7 @@ def _become_session_leader_with_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def _environment(target: LocalTarget, request: TerminalRequest, home: str) -> dict[str, str]:
+def target_environment(target: LocalTarget, request: TerminalRequest, home: str) -> dict[str, str]:
     env = {key: os.environ[key] for key in _PASS_THROUGH if key in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update(HOME=home, TERM=request.term, HOOP_TARGET=target.name)
@@ -107,13 +107,13 @@ class LocalPty:
         argv = list(target.command)
         integration = False
         try:
-            env = _environment(target, request, home=os.environ.get("HOME", "/"))
+            env = target_environment(target, request, home=os.environ.get("HOME", "/"))
         except BaseException:
             workdir.cleanup()
             raise
         if request.command:
             # Only a shell target may run arbitrary commands; any other program stays confined.
-            if Path(argv[0]).name not in _SHELLS:
+            if Path(argv[0]).name not in SHELL_PROGRAMS:
                 workdir.cleanup()
                 raise TargetError(
                     f"target {target.name} runs a fixed program; it takes no one-off commands"

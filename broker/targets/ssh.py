@@ -31,6 +31,53 @@ def _trusted_host_key(target: SshTarget) -> asyncssh.SSHKey:
         ) from None
 
 
+async def connect_target(target: SshTarget) -> asyncssh.SSHClientConnection:
+    """Log in to the target with the broker's credential, checking its host key."""
+    host_key = _trusted_host_key(target)
+    host, port = _split(target.address)
+    options: dict[str, object] = {}
+    if target.credential:
+        secret = resolve_credential(target.credential, target=target.name)
+        if "PRIVATE KEY" in secret:
+            try:
+                options["client_keys"] = [asyncssh.import_private_key(secret)]
+            except asyncssh.KeyImportError:
+                raise TargetError(
+                    f"target {target.name}: the credential is not a usable private key"
+                ) from None
+            options["password_auth"] = False
+        else:
+            options["password"] = secret.rstrip("\n")
+            options["client_keys"] = []
+    try:
+        conn = await asyncssh.connect(
+            host,
+            port,
+            username=target.user,
+            known_hosts=([host_key], [], []),
+            agent_path=None,
+            config=None,
+            connect_timeout=CONNECT_TIMEOUT,
+            **options,  # type: ignore[arg-type]
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        raise TargetError(
+            f"target {target.name}: host key does not match the configured known_host; refusing"
+        ) from None
+    except asyncssh.PermissionDenied:
+        raise TargetError(
+            f"target {target.name}: the target refused the broker's credential"
+        ) from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        reason = (
+            exc.reason
+            if isinstance(exc, asyncssh.Error)
+            else (getattr(exc, "strerror", None) or str(exc) or "timeout")
+        )
+        raise TargetError(f"target {target.name} unreachable: {reason}") from None
+    return conn
+
+
 class SshTerminal:
     def __init__(
         self,
@@ -52,48 +99,7 @@ class SshTerminal:
 
     @classmethod
     async def open(cls, target: SshTarget, request: TerminalRequest) -> SshTerminal:
-        host_key = _trusted_host_key(target)
-        host, port = _split(target.address)
-        options: dict[str, object] = {}
-        if target.credential:
-            secret = resolve_credential(target.credential, target=target.name)
-            if "PRIVATE KEY" in secret:
-                try:
-                    options["client_keys"] = [asyncssh.import_private_key(secret)]
-                except asyncssh.KeyImportError:
-                    raise TargetError(
-                        f"target {target.name}: the credential is not a usable private key"
-                    ) from None
-                options["password_auth"] = False
-            else:
-                options["password"] = secret.rstrip("\n")
-                options["client_keys"] = []
-        try:
-            conn = await asyncssh.connect(
-                host,
-                port,
-                username=target.user,
-                known_hosts=([host_key], [], []),
-                agent_path=None,
-                config=None,
-                connect_timeout=CONNECT_TIMEOUT,
-                **options,  # type: ignore[arg-type]
-            )
-        except asyncssh.HostKeyNotVerifiable:
-            raise TargetError(
-                f"target {target.name}: host key does not match the configured known_host; refusing"
-            ) from None
-        except asyncssh.PermissionDenied:
-            raise TargetError(
-                f"target {target.name}: the target refused the broker's credential"
-            ) from None
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            reason = (
-                exc.reason
-                if isinstance(exc, asyncssh.Error)
-                else (getattr(exc, "strerror", None) or str(exc) or "timeout")
-            )
-            raise TargetError(f"target {target.name} unreachable: {reason}") from None
+        conn = await connect_target(target)
         integration = False
         if request.command:
             command: str | None = shlex.join(request.command)

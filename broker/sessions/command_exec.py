@@ -1,0 +1,230 @@
+"""`hoopctl exec NAME -- CMD` on `ssh` and `local` targets: one command without a PTY, stdout and
+stderr kept apart, the command's exit status carried back; judged and recorded like a session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import time
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from broker.audit import AuditEvent
+from broker.config import LocalTarget, Policy, SshTarget
+from broker.credentials import CredentialError
+from broker.policy.decision import Decision
+from broker.policy.shell import decide_shell
+from broker.recording import Recorder, RecordingError, RecordingHeader
+from broker.session_context import ConnectionContext
+from broker.sessions.approvals import ApprovalGate, ReviewRequest
+from broker.sessions.terminal import EXIT_APPROVAL, EXIT_DENIED, new_session_id, recording_path
+from broker.targets.base import TargetError, TerminalRequest
+from broker.targets.local import SHELL_PROGRAMS, target_environment
+from broker.targets.ssh import connect_target
+
+if TYPE_CHECKING:
+    from broker.app import Broker
+
+
+class CommandExec:
+    def __init__(
+        self,
+        broker: Broker,
+        ctx: ConnectionContext,
+        process: asyncssh.SSHServerProcess[bytes],
+        target: SshTarget | LocalTarget,
+        policy: Policy,
+        gate: ApprovalGate,
+        *,
+        argv: tuple[str, ...],
+        reason: str | None,
+    ) -> None:
+        self._broker = broker
+        self._ctx = ctx
+        self._process = process
+        self._target = target
+        self._policy = policy
+        self._gate = gate
+        self._argv = argv
+        self._reason = reason
+        self.session_id = new_session_id()
+        self._recorder: Recorder | None = None
+
+    async def _audit(self, event_type: str, **fields: object) -> None:
+        await self._broker.audit.emit(
+            AuditEvent(
+                type=event_type,
+                actor=self._ctx.user,
+                groups=self._ctx.groups,
+                target=self._target.name,
+                session=self.session_id,
+                remote=self._ctx.remote,
+                **fields,  # type: ignore[arg-type]
+            )
+        )
+
+    def _error(self, text: str) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self._process.stderr.write(f"hoop: {text}\n".encode())
+
+    async def run(self) -> int:
+        if not self._argv:
+            self._error(f"exec {self._target.name}: give the command after --")
+            return 2
+        command = shlex.join(self._argv)
+        try:
+            decision = await asyncio.to_thread(decide_shell, self._policy, command)
+        except Exception as exc:  # fail closed
+            decision = Decision(action="deny", rule=None, reason=f"policy error: {exc}")
+        if decision.action != "allow" and not await self._allowed_after_review(command, decision):
+            return EXIT_DENIED if decision.action == "deny" else EXIT_APPROVAL
+        return await self._run(command, decision)
+
+    async def _allowed_after_review(self, command: str, decision: Decision) -> bool:
+        details = {"command": command, "decision": decision.action, "rule": decision.rule}
+        if decision.action == "review":
+            await self._audit(
+                "approval.requested", outcome="failure", reason=decision.reason, details=details
+            )
+            outcome = await self._gate.review(
+                ReviewRequest(
+                    session_id=self.session_id,
+                    user=self._ctx.user,
+                    groups=self._ctx.groups,
+                    target=self._target.name,
+                    command=command,
+                    decision=decision,
+                )
+            )
+            if outcome.approved:
+                return True
+            self._error(f"not run: {outcome.message}")
+            await self._audit(
+                "command.blocked", outcome="failure", reason=outcome.message, details=details
+            )
+            return False
+        rule = f"rule {decision.rule}" if decision.rule else "policy"
+        self._error(f"denied by {rule}: {decision.reason}")
+        await self._audit(
+            "command.blocked", outcome="failure", reason=decision.reason, details=details
+        )
+        return False
+
+    async def _run(self, command: str, decision: Decision) -> int:
+        started = time.time()
+        path = recording_path(self._broker.data_dir, self.session_id)
+        try:
+            self._recorder = Recorder(
+                path,
+                RecordingHeader(
+                    session_id=self.session_id,
+                    user=self._ctx.user,
+                    target=self._target.name,
+                    width=80,
+                    height=24,
+                    started_at=started,
+                    command=command,
+                    title=f"{self._ctx.user}@{self._target.name} exec",
+                ),
+                strict=self._target.recording == "strict",
+            )
+        except RecordingError as exc:
+            self._error(f"session refused: the recording cannot be written ({exc})")
+            return 1
+        await self._broker.store.create_session(
+            session_id=self.session_id,
+            user=self._ctx.user,
+            target=self._target.name,
+            kind="exec",
+            started_at=started,
+            recording=str(path),
+            reason=self._reason,
+            command=command,
+        )
+        await self._audit(
+            "session.start", details={"reason": self._reason, "command": command, "kind": "exec"}
+        )
+        await self._audit(
+            "command",
+            details={"command": command, "decision": decision.action, "rule": decision.rule},
+        )
+        self._recorder.mark(f"command: {command}")
+        status = 1
+        try:
+            if isinstance(self._target, LocalTarget):
+                status = await self._run_local(command)
+            else:
+                status = await self._run_ssh(command)
+            return status
+        except (TargetError, CredentialError) as exc:
+            self._error(str(exc))
+            return (status := 1)
+        finally:
+            with contextlib.suppress(RecordingError):
+                self._recorder.close()
+            await self._broker.store.end_session(
+                self.session_id, state="closed", ended_at=time.time(), exit_status=status
+            )
+            await self._audit("session.end", details={"exit_status": status, "state": "closed"})
+
+    async def _relay(
+        self, stream: asyncio.StreamReader | asyncssh.SSHReader[bytes], to_stderr: bool
+    ) -> None:
+        writer = self._process.stderr if to_stderr else self._process.stdout
+        while True:
+            data = await stream.read(65536)
+            if not data:
+                return
+            if self._recorder is not None:
+                self._recorder.output(data.replace(b"\n", b"\r\n"))
+            writer.write(data)
+            with contextlib.suppress(OSError, asyncssh.Error):
+                await writer.drain()
+
+    async def _run_local(self, command: str) -> int:
+        target = self._target
+        assert isinstance(target, LocalTarget)
+        shell = target.command[0]
+        if Path(shell).name not in SHELL_PROGRAMS:
+            raise TargetError(
+                f"target {target.name} runs a fixed program; it takes no one-off commands"
+            )
+        request = TerminalRequest(
+            term="dumb", cols=80, rows=24, command=list(self._argv), pty=False
+        )
+        env = target_environment(target, request, home=os.environ.get("HOME", "/"))
+        child = await asyncio.create_subprocess_exec(
+            shell,
+            "-c",
+            command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        assert child.stdout is not None and child.stderr is not None
+        await asyncio.gather(self._relay(child.stdout, False), self._relay(child.stderr, True))
+        status = await child.wait()
+        return status if status >= 0 else 128 - status
+
+    async def _run_ssh(self, command: str) -> int:
+        target = self._target
+        assert isinstance(target, SshTarget)
+        conn = await connect_target(target)
+        try:
+            remote = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+            await asyncio.gather(
+                self._relay(remote.stdout, False), self._relay(remote.stderr, True)
+            )
+            completed = await remote.wait(check=False)
+        finally:
+            conn.close()
+        if completed.exit_status is not None and completed.exit_status >= 0:
+            return completed.exit_status
+        return 255
