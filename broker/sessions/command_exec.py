@@ -8,7 +8,6 @@ import contextlib
 import os
 import shlex
 import time
-
 from pathlib import Path
 from typing import TYPE_CHECKING
 
