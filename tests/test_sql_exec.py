@@ -356,3 +356,21 @@ def test_partial_masking_on_sqlite(dba: User) -> None:
 def test_count_star_is_not_masked(dba: User, target: str) -> None:
     result = dba.run("exec", target, "-c", "SELECT count(*) AS n FROM accounts", "-o", "json")
     assert json.loads(result.stdout) == [{"n": 2}]
+
+
+def test_invalid_utf8_in_a_text_column_is_shown_not_fatal(dba: User, sqlite_db: Path) -> None:
+    with sqlite3.connect(sqlite_db) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS raw (v text)")
+        db.execute("DELETE FROM raw")
+        db.execute("INSERT INTO raw VALUES (CAST(x'41ff42' AS TEXT))")
+    result = dba.run("exec", "lite", "-c", "SELECT v FROM raw", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"v": "A\ufffdB"}]
+
+
+def test_large_single_value_is_returned_whole(dba: User) -> None:
+    result = dba.run(
+        "exec", "pg", "-c", "SELECT repeat('x', 50000000) AS big", "-o", "csv", timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == "x" * 50_000_000

@@ -220,6 +220,8 @@ class SqliteConnection:
             raise TargetError(f"target {target.name}: database file {target.path} does not exist")
         try:
             conn = await aiosqlite.connect(target.path, isolation_level=None)
+            # SQLite will store bytes that are not UTF-8 in a TEXT column; show them, do not fail.
+            conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
         except Exception as exc:  # sqlite3.Error, OSError
             raise TargetError(f"target {target.name}: cannot open the database: {exc}") from None
         return cls(conn)
