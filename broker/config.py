@@ -220,6 +220,8 @@ class LocalTarget(_TerminalTarget):
 
 class _DatabaseTarget(_TargetBase):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    # The database cancels any statement running longer (PostgreSQL, MariaDB).
+    statement_timeout: Duration | None = Field(default=None, gt=0)
 
 
 class PostgresTarget(_DatabaseTarget):

@@ -138,6 +138,26 @@ credential = "file:{wrong_file}"
 allowed_groups = ["dba"]
 
 [[targets]]
+name = "pg-slow"
+type = "postgres"
+address = "127.0.0.1:5432"
+database = "{postgres_db}"
+user = "{postgres_db}_app"
+tls = "disable"
+statement_timeout = "1s"
+allowed_groups = ["dba"]
+
+[[targets]]
+name = "maria-slow"
+type = "mysql"
+address = "127.0.0.1:3306"
+database = "{mariadb_db}"
+user = "{mariadb_db}"
+credential = "file:{my_file}"
+statement_timeout = "1s"
+allowed_groups = ["dba"]
+
+[[targets]]
 name = "pg-down"
 type = "postgres"
 address = "127.0.0.1:{free_port()}"
@@ -374,3 +394,16 @@ def test_large_single_value_is_returned_whole(dba: User) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1] == "x" * 50_000_000
+
+
+@pytest.mark.parametrize(
+    ("target", "sql"), [("pg-slow", "SELECT pg_sleep(10)"), ("maria-slow", "SELECT SLEEP(10) AS s")]
+)
+def test_statement_timeout_cancels_a_long_statement(dba: User, target: str, sql: str) -> None:
+    import time
+
+    started = time.monotonic()
+    result = dba.run("exec", target, "-c", sql, "-o", "json")
+    assert time.monotonic() - started < 8
+    assert result.returncode == 1
+    assert "statement timeout" in result.stderr or "max_statement_time exceeded" in result.stderr

@@ -77,6 +77,11 @@ class PostgresConnection:
                 connect_timeout=CONNECT_TIMEOUT,
                 autocommit=True,
                 application_name="hoop-broker",
+                options=(
+                    f"-c statement_timeout={target.statement_timeout * 1000}"
+                    if target.statement_timeout
+                    else None
+                ),
             )
         except psycopg.OperationalError as exc:
             raise TargetError(_postgres_connect_error(target, exc)) from None
@@ -165,6 +170,11 @@ class MysqlConnection:
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 charset="utf8mb4",
+                init_command=(
+                    f"SET SESSION max_statement_time = {target.statement_timeout}"
+                    if target.statement_timeout
+                    else None
+                ),
             )
         except pymysql.err.OperationalError as exc:
             code = exc.args[0] if exc.args else 0
