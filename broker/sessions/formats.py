@@ -70,7 +70,10 @@ class ResultWriter:
     def rows(self, rows: Sequence[Sequence[Any]]) -> str:
         self.count += len(rows)
         if self.fmt == "csv":
-            return "".join(self._csv_line([to_text(v) for v in row]) for row in rows)
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerows([to_text(v) for v in row] for row in rows)
+            return buffer.getvalue()
         if self.fmt == "json":
             parts = []
             for row in rows:

@@ -209,8 +209,13 @@ class MysqlConnection:
                         return
                     for row in batch:
                         yield tuple(row)
+            except pymysql.err.MySQLError as exc:
+                # With a streaming cursor, errors such as a statement timeout arrive mid-fetch.
+                message = exc.args[1] if len(exc.args) > 1 else str(exc)
+                raise StatementError(f"ERROR: {message}") from None
             finally:
-                await cursor.close()
+                with contextlib.suppress(pymysql.err.MySQLError):
+                    await cursor.close()
 
         return Result(columns=columns, rows=rows(), status=status)
 
@@ -254,6 +259,8 @@ class SqliteConnection:
                         return
                     for row in batch:
                         yield tuple(row)
+            except sqlite3.Error as exc:
+                raise StatementError(f"ERROR: {exc}") from None
             finally:
                 await cursor.close()
 
