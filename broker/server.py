@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -17,6 +20,8 @@ from broker.sessions.terminal import TerminalSession
 
 if TYPE_CHECKING:
     from broker.app import Broker
+
+log = logging.getLogger("hoop.broker")
 
 
 class BrokerConnection(asyncssh.SSHServer):
@@ -77,6 +82,19 @@ class BrokerConnection(asyncssh.SSHServer):
         return True
 
 
+async def _guarded(
+    process: asyncssh.SSHServerProcess[bytes], work: Coroutine[Any, Any, int]
+) -> int:
+    """A bug in one session must end that session with a message, never the connection silently."""
+    try:
+        return await work
+    except Exception:
+        log.exception("session failed")
+        with contextlib.suppress(OSError, asyncssh.Error):
+            process.stderr.write(b"hoop-broker: internal error; the broker logged it\r\n")
+        return 1
+
+
 def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, status: int) -> None:
     process.stderr.write(f"hoop-broker: {message}\r\n".encode())
     process.exit(status)
@@ -135,7 +153,7 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
             output=request.output,
             reason=request.reason,
         )
-        process.exit(await sql.run())
+        process.exit(await _guarded(process, sql.run()))
         return
     if not isinstance(target, (SshTarget, LocalTarget)):
         _refuse(
@@ -155,7 +173,7 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
             argv=request.argv,
             reason=request.reason,
         )
-        process.exit(await command.run())
+        process.exit(await _guarded(process, command.run()))
         return
     session = TerminalSession(
         broker,
@@ -167,5 +185,5 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
         reason=request.reason,
         argv=request.argv,
     )
-    status = await session.run()
+    status = await _guarded(process, session.run())
     process.exit(status)
