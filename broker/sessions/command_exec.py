@@ -13,15 +13,14 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from broker.audit import AuditEvent
 from broker.config import LocalTarget, Policy, SshTarget
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
-from broker.recording import Recorder, RecordingError, RecordingHeader
+from broker.recording import RecordingError
 from broker.session_context import ConnectionContext
 from broker.sessions.approvals import ApprovalGate, ReviewRequest
-from broker.sessions.terminal import EXIT_APPROVAL, EXIT_DENIED, new_session_id, recording_path
+from broker.sessions.base import EXIT_APPROVAL, EXIT_DENIED, SessionBase
 from broker.targets.base import TargetError, TerminalRequest
 from broker.targets.local import SHELL_PROGRAMS, target_environment
 from broker.targets.ssh import connect_target
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from broker.app import Broker
 
 
-class CommandExec:
+class CommandExec(SessionBase):
     def __init__(
         self,
         broker: Broker,
@@ -43,29 +42,12 @@ class CommandExec:
         argv: tuple[str, ...],
         reason: str | None,
     ) -> None:
-        self._broker = broker
-        self._ctx = ctx
+        super().__init__(broker, ctx, target, reason=reason)
+        self._target: SshTarget | LocalTarget = target
         self._process = process
-        self._target = target
         self._policy = policy
         self._gate = gate
         self._argv = argv
-        self._reason = reason
-        self.session_id = new_session_id()
-        self._recorder: Recorder | None = None
-
-    async def _audit(self, event_type: str, **fields: object) -> None:
-        await self._broker.audit.emit(
-            AuditEvent(
-                type=event_type,
-                actor=self._ctx.user,
-                groups=self._ctx.groups,
-                target=self._target.name,
-                session=self.session_id,
-                remote=self._ctx.remote,
-                **fields,  # type: ignore[arg-type]
-            )
-        )
 
     def _error(self, text: str) -> None:
         with contextlib.suppress(OSError, asyncssh.Error):
@@ -116,43 +98,28 @@ class CommandExec:
 
     async def _run(self, command: str, decision: Decision) -> int:
         started = time.time()
-        path = recording_path(self._broker.data_dir, self.session_id)
         try:
-            self._recorder = Recorder(
-                path,
-                RecordingHeader(
-                    session_id=self.session_id,
-                    user=self._ctx.user,
-                    target=self._target.name,
-                    width=80,
-                    height=24,
-                    started_at=started,
-                    command=command,
-                    title=f"{self._ctx.user}@{self._target.name} exec",
-                ),
-                strict=self._target.recording == "strict",
+            recorder = self._open_recording(
+                width=80,
+                height=24,
+                started=started,
+                command=command,
+                title=f"{self._ctx.user}@{self._target.name} exec",
             )
         except RecordingError as exc:
             self._error(f"session refused: the recording cannot be written ({exc})")
             return 1
-        await self._broker.store.create_session(
-            session_id=self.session_id,
-            user=self._ctx.user,
-            target=self._target.name,
+        await self._begin(
             kind="exec",
-            started_at=started,
-            recording=str(path),
-            reason=self._reason,
+            started=started,
             command=command,
-        )
-        await self._audit(
-            "session.start", details={"reason": self._reason, "command": command, "kind": "exec"}
+            details={"command": command, "kind": "exec"},
         )
         await self._audit(
             "command",
             details={"command": command, "decision": decision.action, "rule": decision.rule},
         )
-        self._recorder.mark(f"command: {command}")
+        recorder.mark(f"command: {command}")
         status = 1
         try:
             if isinstance(self._target, LocalTarget):
@@ -164,12 +131,7 @@ class CommandExec:
             self._error(str(exc))
             return (status := 1)
         finally:
-            with contextlib.suppress(RecordingError):
-                self._recorder.close()
-            await self._broker.store.end_session(
-                self.session_id, state="closed", ended_at=time.time(), exit_status=status
-            )
-            await self._audit("session.end", details={"exit_status": status, "state": "closed"})
+            await self._end(state="closed", status=status)
 
     async def _relay(
         self, stream: asyncio.StreamReader | asyncssh.SSHReader[bytes], to_stderr: bool

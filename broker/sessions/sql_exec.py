@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from broker.audit import AuditEvent
 from broker.config import Policy
 from broker.credentials import CredentialError, resolve_credential
 from broker.keys import load_or_create_secret
@@ -24,11 +23,11 @@ from broker.masking import (
 )
 from broker.policy.decision import Decision
 from broker.policy.sql import ParsedSql, decide_sql
-from broker.recording import Recorder, RecordingError, RecordingHeader
+from broker.recording import RecordingError
 from broker.session_context import ConnectionContext
 from broker.sessions.approvals import ApprovalGate, ReviewRequest
+from broker.sessions.base import EXIT_APPROVAL, EXIT_DENIED, SessionBase
 from broker.sessions.formats import ResultWriter
-from broker.sessions.terminal import EXIT_APPROVAL, EXIT_DENIED, new_session_id, recording_path
 from broker.targets.base import TargetError
 from broker.targets.database import DatabaseTarget, StatementError, open_database
 
@@ -40,7 +39,7 @@ ROW_BATCH = 500
 QUERY_KINDS = ("SELECT", "EXPLAIN", "SHOW", "DESCRIBE", "VALUES", "TABLE", "PRAGMA")
 
 
-class SqlExec:
+class SqlExec(SessionBase):
     def __init__(
         self,
         broker: Broker,
@@ -53,16 +52,12 @@ class SqlExec:
         output: str,
         reason: str | None,
     ) -> None:
-        self._broker = broker
-        self._ctx = ctx
+        super().__init__(broker, ctx, target, reason=reason)
+        self._target: DatabaseTarget = target
         self._process = process
-        self._target = target
         self._policy = policy
         self._gate = gate
         self._output = output
-        self._reason = reason
-        self.session_id = new_session_id()
-        self._recorder: Recorder | None = None
         self._masker: Masker | None = None
 
     def _masking(self) -> Masker:
@@ -83,19 +78,6 @@ class SqlExec:
     @property
     def dialect(self) -> str:
         return {"postgres": "postgres", "mysql": "mysql", "sqlite": "sqlite"}[self._target.type]
-
-    async def _audit(self, event_type: str, **fields: object) -> None:
-        await self._broker.audit.emit(
-            AuditEvent(
-                type=event_type,
-                actor=self._ctx.user,
-                groups=self._ctx.groups,
-                target=self._target.name,
-                session=self.session_id,
-                remote=self._ctx.remote,
-                **fields,  # type: ignore[arg-type]
-            )
-        )
 
     def _error(self, text: str) -> None:
         with contextlib.suppress(OSError, asyncssh.Error):
@@ -188,36 +170,18 @@ class SqlExec:
 
     async def _execute(self, sql: str, parsed: ParsedSql, decision: Decision) -> int:
         started = time.time()
-        path = recording_path(self._broker.data_dir, self.session_id)
         try:
-            self._recorder = Recorder(
-                path,
-                RecordingHeader(
-                    session_id=self.session_id,
-                    user=self._ctx.user,
-                    target=self._target.name,
-                    width=120,
-                    height=40,
-                    started_at=started,
-                    command=f"exec --output {self._output}",
-                    title=f"{self._ctx.user}@{self._target.name} exec",
-                ),
-                strict=self._target.recording == "strict",
+            self._open_recording(
+                width=120,
+                height=40,
+                started=started,
+                command=f"exec --output {self._output}",
+                title=f"{self._ctx.user}@{self._target.name} exec",
             )
         except RecordingError as exc:
             self._error(f"session refused: the recording cannot be written ({exc})")
             return 1
-        await self._broker.store.create_session(
-            session_id=self.session_id,
-            user=self._ctx.user,
-            target=self._target.name,
-            kind="exec",
-            started_at=started,
-            recording=str(path),
-            reason=self._reason,
-            command=sql,
-        )
-        await self._audit("session.start", details={"reason": self._reason, "kind": "exec"})
+        await self._begin(kind="exec", started=started, command=sql, details={"kind": "exec"})
         status = 0
         try:
             try:
@@ -239,12 +203,7 @@ class SqlExec:
             self._error(f"the recording cannot be written; stopped ({exc})")
             return (status := 1)
         finally:
-            with contextlib.suppress(RecordingError):
-                self._recorder.close()
-            await self._broker.store.end_session(
-                self.session_id, state="closed", ended_at=time.time(), exit_status=status
-            )
-            await self._audit("session.end", details={"exit_status": status, "state": "closed"})
+            await self._end(state="closed", status=status)
 
     async def _run_statement(
         self, conn, text: str, kind: str, tables: list[str], decision: Decision

@@ -14,21 +14,19 @@ import contextlib
 import logging
 import shlex
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncssh
 
-from broker.audit import AuditEvent
 from broker.config import LocalTarget, Policy, SshTarget
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
-from broker.recording import Recorder, RecordingError, RecordingHeader
+from broker.recording import Recorder, RecordingError
 from broker.session_context import ConnectionContext
 from broker.sessions.approvals import ApprovalGate, ReviewRequest
+from broker.sessions.base import EXIT_APPROVAL, EXIT_DENIED, SessionBase
 from broker.sessions.screen import ScreenTracker, ShellState
 from broker.targets.base import TargetError, TerminalProcess, TerminalRequest
 from broker.targets.local import LocalPty
@@ -41,22 +39,12 @@ log = logging.getLogger("hoop.broker.session")
 
 ENTER_KEYS = (0x0D, 0x0A)
 CTRL_C = b"\x03"
-EXIT_DENIED = 3
-EXIT_APPROVAL = 4
 # Enter waits for the echo of what was typed before it; past this, the screen cannot be trusted.
 ECHO_SETTLE_QUIET = 0.015
 ECHO_SETTLE_MAX = 2.0
 # After an allowed command, further pasted lines wait for the next prompt this long.
 NEXT_PROMPT_WAIT = 2.0
 FLUSH_EVERY = 1.0
-
-
-def new_session_id() -> str:
-    return f"{time.strftime('%Y%m%d', time.gmtime())}-{uuid.uuid4().hex[:12]}"
-
-
-def recording_path(data_dir: Path, session_id: str) -> Path:
-    return data_dir / "recordings" / f"{session_id}.cast"
 
 
 async def open_terminal(
@@ -67,7 +55,7 @@ async def open_terminal(
     return await SshTerminal.open(target, request)
 
 
-class TerminalSession:
+class TerminalSession(SessionBase):
     def __init__(
         self,
         broker: Broker,
@@ -80,16 +68,12 @@ class TerminalSession:
         reason: str | None,
         argv: tuple[str, ...],
     ) -> None:
-        self._broker = broker
-        self._ctx = ctx
+        super().__init__(broker, ctx, target, reason=reason)
+        self._target: SshTarget | LocalTarget = target
         self._process = process
-        self._target = target
         self._policy = policy
         self._gate = gate
-        self._reason = reason
         self._argv = argv
-        self.session_id = new_session_id()
-        self._recorder: Recorder | None = None
         self._terminal: TerminalProcess | None = None
         self._tracker: ScreenTracker | None = None
         self._last_output = 0.0
@@ -109,19 +93,6 @@ class TerminalSession:
             rows=rows or 24,
             command=list(self._argv) or None,
             pty=self._process.get_terminal_type() is not None,
-        )
-
-    async def _audit(self, event_type: str, **fields: object) -> None:
-        await self._broker.audit.emit(
-            AuditEvent(
-                type=event_type,
-                actor=self._ctx.user,
-                groups=self._ctx.groups,
-                target=self._target.name,
-                session=self.session_id,
-                remote=self._ctx.remote,
-                **fields,  # type: ignore[arg-type]
-            )
         )
 
     def _notice(self, text: str) -> None:
@@ -147,40 +118,24 @@ class TerminalSession:
                 allowed = await self._decide_held(command_text, decision)
                 if not allowed:
                     return EXIT_DENIED if decision.action == "deny" else EXIT_APPROVAL
-        path = recording_path(self._broker.data_dir, self.session_id)
         try:
-            self._recorder = Recorder(
-                path,
-                RecordingHeader(
-                    session_id=self.session_id,
-                    user=self._ctx.user,
-                    target=self._target.name,
-                    width=request.cols,
-                    height=request.rows,
-                    started_at=started,
-                    term=request.term,
-                    command=command_text,
-                    title=f"{self._ctx.user}@{self._target.name}",
-                ),
-                strict=self._target.recording == "strict",
+            recorder = self._open_recording(
+                width=request.cols,
+                height=request.rows,
+                started=started,
+                term=request.term,
+                command=command_text,
+                title=f"{self._ctx.user}@{self._target.name}",
             )
         except RecordingError as exc:
             self._stderr(f"session refused: the recording cannot be written ({exc})")
             await self._audit("session.rejected", outcome="failure", reason=str(exc))
             return 1
-        await self._broker.store.create_session(
-            session_id=self.session_id,
-            user=self._ctx.user,
-            target=self._target.name,
+        await self._begin(
             kind="terminal",
-            started_at=started,
-            recording=str(path),
-            reason=self._reason,
+            started=started,
             command=command_text,
-        )
-        await self._audit(
-            "session.start",
-            details={"reason": self._reason, "command": command_text, "recording": path.name},
+            details={"command": command_text, "recording": f"{self.session_id}.cast"},
         )
         self._stderr(f"session {self.session_id} started on {self._target.name}")
         status = 255
@@ -190,7 +145,7 @@ class TerminalSession:
                 self._terminal = await open_terminal(self._target, request)
             except (TargetError, CredentialError) as exc:
                 self._stderr(str(exc))
-                self._recorder.mark(f"error: {exc}")
+                recorder.mark(f"error: {exc}")
                 state, status = "failed", 1
                 return status
             self._tracker = ScreenTracker(
@@ -207,18 +162,7 @@ class TerminalSession:
             await self._finish(state, status)
 
     async def _finish(self, state: str, status: int) -> None:
-        if self._recorder is not None:
-            with contextlib.suppress(RecordingError):
-                self._recorder.close()
-        await self._broker.store.end_session(
-            self.session_id, state=state, ended_at=time.time(), exit_status=status
-        )
-        await self._audit(
-            "session.end",
-            outcome="success" if state == "closed" else "failure",
-            reason=self._ending,
-            details={"exit_status": status, "state": state},
-        )
+        await self._end(state=state, status=status, reason=self._ending)
         self._stderr(f"session {self.session_id} ended (exit {status})")
 
     async def _relay(self) -> int:
