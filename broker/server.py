@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from broker.audit import AuditEvent
-from broker.config import LocalTarget, MysqlTarget, PostgresTarget, SqliteTarget, SshTarget
+from broker.config import MysqlTarget, PostgresTarget, SqliteTarget, Target
 from broker.protocol import LOGIN_USER, SUBSYSTEM
 from broker.session_context import ConnectionContext
+from broker.sessions.base import SessionBase
 from broker.sessions.command_exec import CommandExec
 from broker.sessions.request import RequestError, parse_session_command
 from broker.sessions.sql_exec import SqlExec
@@ -135,55 +136,25 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
         )
         _refuse(process, f"no target {request.target!r} is open to you (see hoopctl targets)", 1)
         return
-    if isinstance(target, (PostgresTarget, MysqlTarget, SqliteTarget)):
-        if request.verb != "exec":
-            _refuse(
-                process,
-                f"target {target.name} is a database: the SQL shell is not available yet; use hoopctl exec {target.name} -c SQL",
-                2,
-            )
-            return
-        sql = SqlExec(
-            broker,
-            ctx,
-            process,
-            target,
-            broker.config.policy_for(target),
-            broker.approvals,
-            output=request.output,
-            reason=request.reason,
-        )
-        process.exit(await _guarded(process, sql.run()))
+    session_class = SESSIONS.get((_family(target), request.verb))
+    if session_class is None:
+        _refuse(process, f"target {target.name} does not take `{request.verb}`", 2)
         return
-    if not isinstance(target, (SshTarget, LocalTarget)):
-        _refuse(
-            process,
-            f"target {target.name} is a {target.type} target; terminal sessions are for ssh and local targets",
-            2,
-        )
-        return
-    if request.verb == "exec":
-        command = CommandExec(
-            broker,
-            ctx,
-            process,
-            target,
-            broker.config.policy_for(target),
-            broker.approvals,
-            argv=request.argv,
-            reason=request.reason,
-        )
-        process.exit(await _guarded(process, command.run()))
-        return
-    session = TerminalSession(
-        broker,
-        ctx,
-        process,
-        target,
-        broker.config.policy_for(target),
-        broker.approvals,
-        reason=request.reason,
-        argv=request.argv,
+    session = session_class(
+        broker, ctx, process, target, broker.config.policy_for(target), broker.approvals, request
     )
-    status = await _guarded(process, session.run())
-    process.exit(status)
+    process.exit(await _guarded(process, session.run()))
+
+
+def _family(target: Target) -> str:
+    if isinstance(target, (PostgresTarget, MysqlTarget, SqliteTarget)):
+        return "database"
+    return "terminal"
+
+
+# Which kind of session serves each verb on each family of target.
+SESSIONS: dict[tuple[str, str], type[SessionBase]] = {
+    ("terminal", "connect"): TerminalSession,
+    ("terminal", "exec"): CommandExec,
+    ("database", "exec"): SqlExec,
+}

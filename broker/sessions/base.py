@@ -5,13 +5,19 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import asyncssh
+
 from broker.audit import AuditEvent
-from broker.config import Target
+from broker.config import Policy, Target
+from broker.policy.decision import Decision
 from broker.recording import Recorder, RecordingError, RecordingHeader
 from broker.session_context import ConnectionContext
+from broker.sessions.approvals import ApprovalGate, ReviewOutcome, ReviewRequest
+from broker.sessions.request import SessionCommand
 
 if TYPE_CHECKING:
     from broker.app import Broker
@@ -29,15 +35,106 @@ def recording_path(data_dir: Path, session_id: str) -> Path:
 
 
 class SessionBase:
+    """Every session is built the same way, from what the client asked for (one SSH channel)."""
+
     def __init__(
-        self, broker: Broker, ctx: ConnectionContext, target: Target, *, reason: str | None
+        self,
+        broker: Broker,
+        ctx: ConnectionContext,
+        process: asyncssh.SSHServerProcess[bytes],
+        target: Target,
+        policy: Policy,
+        gate: ApprovalGate,
+        request: SessionCommand,
     ) -> None:
         self._broker = broker
         self._ctx = ctx
+        self._process = process
         self._target = target
-        self._reason = reason
+        self._policy = policy
+        self._gate = gate
+        self._request = request
+        self._reason = request.reason
         self.session_id = new_session_id()
         self._recorder: Recorder | None = None
+
+    async def run(self) -> int:
+        raise NotImplementedError
+
+    def _record_output(self, data: bytes) -> None:
+        """Record output sent without a PTY as a terminal would have shown it."""
+        if self._recorder is not None:
+            self._recorder.output(data.replace(b"\n", b"\r\n"))
+
+    async def _audit_decision(
+        self,
+        event_type: str,
+        subject: str,
+        text: str,
+        decision: Decision,
+        *,
+        approver: str | None = None,
+        note: str | None = None,
+        failed: bool | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        """An audit event about one command or statement (SUBJECT: "command" or "query")."""
+        details: dict[str, object] = {
+            subject: text,
+            "decision": decision.action,
+            "rule": decision.rule,
+            "unknown": decision.unknown,
+            **(extra or {}),
+        }
+        if approver:
+            details["approver"] = approver
+        if failed is None:
+            failed = event_type.endswith(".blocked") or event_type == "approval.requested"
+        await self._audit(
+            event_type,
+            outcome="failure" if failed else "success",
+            reason=note or decision.reason,
+            details=details,
+        )
+
+    async def _hold(
+        self,
+        text: str,
+        decision: Decision,
+        *,
+        say: Callable[[str], None],
+        subject: str = "command",
+        screen: tuple[str, ...] = (),
+    ) -> ReviewOutcome:
+        """A command or statement the policy did not simply allow: deny it, or ask the gate.
+
+        The refusal is shown with SAY and audited as `<subject>.blocked`; an approval is
+        returned for the caller to audit when the command actually runs.
+        """
+        if decision.action == "review":
+            await self._audit_decision("approval.requested", subject, text, decision)
+            outcome = await self._gate.review(
+                ReviewRequest(
+                    session_id=self.session_id,
+                    user=self._ctx.user,
+                    groups=self._ctx.groups,
+                    target=self._target.name,
+                    command=text,
+                    decision=decision,
+                    screen=screen,
+                )
+            )
+            if not outcome.approved:
+                say(f"not run: {outcome.message}")
+                await self._audit_decision(
+                    f"{subject}.blocked", subject, text, decision, note=outcome.message
+                )
+            return outcome
+        rule = f"rule {decision.rule}" if decision.rule else "policy"
+        message = f"denied by {rule}: {decision.reason}"
+        say(message)
+        await self._audit_decision(f"{subject}.blocked", subject, text, decision)
+        return ReviewOutcome(approved=False, message=message)
 
     async def _audit(self, event_type: str, **fields: object) -> None:
         await self._broker.audit.emit(

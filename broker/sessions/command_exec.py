@@ -9,45 +9,27 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import asyncssh
 
-from broker.config import LocalTarget, Policy, SshTarget
+from broker.config import LocalTarget, SshTarget
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
 from broker.recording import RecordingError
-from broker.session_context import ConnectionContext
-from broker.sessions.approvals import ApprovalGate, ReviewRequest
 from broker.sessions.base import EXIT_APPROVAL, EXIT_DENIED, SessionBase
 from broker.targets.base import TargetError, TerminalRequest
 from broker.targets.local import SHELL_PROGRAMS, target_environment
 from broker.targets.ssh import connect_target
 
-if TYPE_CHECKING:
-    from broker.app import Broker
-
 
 class CommandExec(SessionBase):
-    def __init__(
-        self,
-        broker: Broker,
-        ctx: ConnectionContext,
-        process: asyncssh.SSHServerProcess[bytes],
-        target: SshTarget | LocalTarget,
-        policy: Policy,
-        gate: ApprovalGate,
-        *,
-        argv: tuple[str, ...],
-        reason: str | None,
-    ) -> None:
-        super().__init__(broker, ctx, target, reason=reason)
-        self._target: SshTarget | LocalTarget = target
-        self._process = process
-        self._policy = policy
-        self._gate = gate
-        self._argv = argv
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._target: SshTarget | LocalTarget = self._target  # type: ignore[assignment]
+        self._argv = self._request.argv
+        self._approver: str | None = None
 
     def _error(self, text: str) -> None:
         with contextlib.suppress(OSError, asyncssh.Error):
@@ -67,34 +49,9 @@ class CommandExec(SessionBase):
         return await self._run(command, decision)
 
     async def _allowed_after_review(self, command: str, decision: Decision) -> bool:
-        details = {"command": command, "decision": decision.action, "rule": decision.rule}
-        if decision.action == "review":
-            await self._audit(
-                "approval.requested", outcome="failure", reason=decision.reason, details=details
-            )
-            outcome = await self._gate.review(
-                ReviewRequest(
-                    session_id=self.session_id,
-                    user=self._ctx.user,
-                    groups=self._ctx.groups,
-                    target=self._target.name,
-                    command=command,
-                    decision=decision,
-                )
-            )
-            if outcome.approved:
-                return True
-            self._error(f"not run: {outcome.message}")
-            await self._audit(
-                "command.blocked", outcome="failure", reason=outcome.message, details=details
-            )
-            return False
-        rule = f"rule {decision.rule}" if decision.rule else "policy"
-        self._error(f"denied by {rule}: {decision.reason}")
-        await self._audit(
-            "command.blocked", outcome="failure", reason=decision.reason, details=details
-        )
-        return False
+        outcome = await self._hold(command, decision, say=self._error)
+        self._approver = outcome.approver
+        return outcome.approved
 
     async def _run(self, command: str, decision: Decision) -> int:
         started = time.time()
@@ -115,10 +72,7 @@ class CommandExec(SessionBase):
             command=command,
             details={"command": command, "kind": "exec"},
         )
-        await self._audit(
-            "command",
-            details={"command": command, "decision": decision.action, "rule": decision.rule},
-        )
+        await self._audit_decision("command", "command", command, decision, approver=self._approver)
         recorder.mark(f"command: {command}")
         status = 1
         try:
@@ -141,8 +95,7 @@ class CommandExec(SessionBase):
             data = await stream.read(65536)
             if not data:
                 return
-            if self._recorder is not None:
-                self._recorder.output(data.replace(b"\n", b"\r\n"))
+            self._record_output(data)
             writer.write(data)
             with contextlib.suppress(OSError, asyncssh.Error):
                 await writer.drain()

@@ -15,25 +15,20 @@ import logging
 import shlex
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import asyncssh
 
-from broker.config import LocalTarget, Policy, SshTarget
+from broker.config import LocalTarget, SshTarget
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
 from broker.recording import Recorder, RecordingError
-from broker.session_context import ConnectionContext
-from broker.sessions.approvals import ApprovalGate, ReviewRequest
 from broker.sessions.base import EXIT_APPROVAL, EXIT_DENIED, SessionBase
 from broker.sessions.screen import ScreenTracker, ShellState
 from broker.targets.base import TargetError, TerminalProcess, TerminalRequest
 from broker.targets.local import LocalPty
 from broker.targets.ssh import SshTerminal
-
-if TYPE_CHECKING:
-    from broker.app import Broker
 
 log = logging.getLogger("hoop.broker.session")
 
@@ -56,24 +51,10 @@ async def open_terminal(
 
 
 class TerminalSession(SessionBase):
-    def __init__(
-        self,
-        broker: Broker,
-        ctx: ConnectionContext,
-        process: asyncssh.SSHServerProcess[bytes],
-        target: SshTarget | LocalTarget,
-        policy: Policy,
-        gate: ApprovalGate,
-        *,
-        reason: str | None,
-        argv: tuple[str, ...],
-    ) -> None:
-        super().__init__(broker, ctx, target, reason=reason)
-        self._target: SshTarget | LocalTarget = target
-        self._process = process
-        self._policy = policy
-        self._gate = gate
-        self._argv = argv
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._target: SshTarget | LocalTarget = self._target  # type: ignore[assignment]
+        self._argv = self._request.argv
         self._terminal: TerminalProcess | None = None
         self._tracker: ScreenTracker | None = None
         self._last_output = 0.0
@@ -372,7 +353,7 @@ class TerminalSession(SessionBase):
                 self._cancel_line()
                 return True
         else:
-            await self._audit_command("command", shown, decision)
+            await self._audit_decision("command", "command", shown, decision)
         self._record(lambda recorder: recorder.mark(f"command: {shown}"))
         tracker.command_submitted()
         self._forward(key)
@@ -380,29 +361,13 @@ class TerminalSession(SessionBase):
 
     async def _decide_held(self, command: str, decision: Decision) -> bool:
         """A command the policy did not simply allow: deny it, or ask the approval gate."""
-        if decision.action == "review":
-            await self._audit_command("approval.requested", command, decision)
-            outcome = await self._gate.review(
-                ReviewRequest(
-                    session_id=self.session_id,
-                    user=self._ctx.user,
-                    groups=self._ctx.groups,
-                    target=self._target.name,
-                    command=command,
-                    decision=decision,
-                    screen=tuple(self._tracker.last_lines(20)) if self._tracker else (),
-                )
+        screen = tuple(self._tracker.last_lines(20)) if self._tracker else ()
+        outcome = await self._hold(command, decision, say=self._say, screen=screen)
+        if outcome.approved:
+            await self._audit_decision(
+                "command", "command", command, decision, approver=outcome.approver
             )
-            if outcome.approved:
-                await self._audit_command("command", command, decision, approver=outcome.approver)
-                return True
-            self._say(f"not run: {outcome.message}")
-            await self._audit_command("command.blocked", command, decision, note=outcome.message)
-            return False
-        rule = f"rule {decision.rule}" if decision.rule else "policy"
-        self._say(f"denied by {rule}: {decision.reason}")
-        await self._audit_command("command.blocked", command, decision)
-        return False
+        return outcome.approved
 
     def _say(self, text: str) -> None:
         if self._recorder is None:
@@ -415,30 +380,6 @@ class TerminalSession(SessionBase):
         assert self._terminal is not None
         self._record(lambda recorder: recorder.input(CTRL_C))
         self._terminal.write(CTRL_C)
-
-    async def _audit_command(
-        self,
-        event_type: str,
-        command: str,
-        decision: Decision,
-        *,
-        approver: str | None = None,
-        note: str | None = None,
-    ) -> None:
-        details: dict[str, object] = {
-            "command": command,
-            "decision": decision.action,
-            "rule": decision.rule,
-            "unknown": decision.unknown,
-        }
-        if approver:
-            details["approver"] = approver
-        await self._audit(
-            event_type,
-            outcome="success" if event_type == "command" else "failure",
-            reason=note or decision.reason,
-            details=details,
-        )
 
 
 Runner = Callable[[], Awaitable[int]]
