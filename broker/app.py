@@ -12,14 +12,15 @@ from pathlib import Path
 import asyncssh
 
 from broker.api import Api
-from broker.audit import AuditEvent, AuditLog
+from broker.approvals import start_approvals
+from broker.audit import AuditEvent, open_audit_log
 from broker.config import BrokerConfig, OidcSection
 from broker.errors import BrokerError, ConfigError
 from broker.identity.dev_issuer import DevIssuer, DevUser
 from broker.identity.tokens import TokenValidator
 from broker.keys import BrokerKeys, load_or_create_keys
 from broker.server import BrokerConnection, handle_process
-from broker.sessions.approvals import ApprovalGate, NoApprovalWorkflow
+from broker.sessions.approvals import ApprovalGate
 from broker.store import Store
 
 log = logging.getLogger("hoop.broker")
@@ -55,11 +56,11 @@ class Broker:
     async def start(self, *, listen: str | None = None) -> None:
         self.keys: BrokerKeys = load_or_create_keys(self.data_dir)
         self.store = self._store = await Store.open(self.data_dir)
-        self.audit = AuditLog(self.store, stdout=self.config.broker.audit_stdout)
+        self.audit = await open_audit_log(self.store, self.config)
         if self.dev_mode:
             await self._start_dev_issuer()
         self.validator = TokenValidator(self.oidc)
-        self.approvals: ApprovalGate = NoApprovalWorkflow()
+        self.approvals: ApprovalGate = await start_approvals(self)
         await self._close_interrupted_sessions()
         host, port = _split_host_port(listen or self.config.broker.listen)
         try:

@@ -7,9 +7,12 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from broker.store import Store
+
+if TYPE_CHECKING:
+    from broker.config import BrokerConfig
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,8 @@ class AuditLog:
             self._stream.write(json.dumps(record, sort_keys=True) + "\n")
             self._stream.flush()
         return record
+
+
+async def open_audit_log(store: Store, config: BrokerConfig) -> AuditLog:
+    """The broker's audit log as configured (store, stdout and the configured sinks)."""
+    return AuditLog(store, stdout=config.broker.audit_stdout)

@@ -86,6 +86,11 @@ class Store:
         path.chmod(0o600)
         return cls(db)
 
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The store's connection, for modules that keep their own tables in it."""
+        return self._db
+
     async def close(self) -> None:
         await self._db.close()
 
