@@ -1,15 +1,22 @@
-"""The `hoop-api` subsystem: JSON-lines requests for login, identity and target listings."""
+"""The `hoop-api` subsystem: JSON-lines requests for login, identity and target listings; other
+modules add their own methods (approvals, audit). A stream method turns the channel into a
+one-way feed of `{"id": N, "event": {...}}` lines until the client closes it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from broker import __version__
+from broker.api_methods import ApiMethods, Handler, StreamHandler
+from broker.approvals.api import approval_methods
 from broker.audit import AuditEvent
+from broker.audit_api import audit_methods
 from broker.errors import AuthError, BrokerError
 from broker.identity.certificates import issue_certificate, parse_public_key
 from broker.protocol import PROTOCOL_VERSION, ApiError, decode, encode
@@ -18,7 +25,7 @@ from broker.session_context import ConnectionContext
 if TYPE_CHECKING:
     from broker.app import Broker
 
-Handler = Callable[[ConnectionContext, dict[str, Any]], Awaitable[Any]]
+log = logging.getLogger("hoop.broker.api")
 
 
 class Api:
@@ -34,6 +41,18 @@ class Api:
             "whoami": self._whoami,
             "targets.list": self._targets_list,
         }
+        self._streams: dict[str, StreamHandler] = {}
+        for extra in (approval_methods(broker), audit_methods(broker)):
+            self._add(extra)
+
+    def _add(self, methods: ApiMethods) -> None:
+        clash = (set(methods.calls) | set(methods.streams)) & (
+            set(self._methods) | set(self._streams)
+        )
+        if clash:
+            raise RuntimeError(f"hoop-api methods defined twice: {sorted(clash)}")
+        self._methods.update(methods.calls)
+        self._streams.update(methods.streams)
 
     async def serve(
         self, process: asyncssh.SSHServerProcess[bytes], ctx: ConnectionContext
@@ -47,9 +66,69 @@ class Api:
                 break
             if not raw:
                 break
-            response = await self.handle_line(raw.decode("utf-8", "replace"), ctx)
+            line = raw.decode("utf-8", "replace")
+            stream = self._stream_request(line, ctx)
+            if stream is not None:
+                await self._serve_stream(process, ctx, *stream)
+                break
+            response = await self.handle_line(line, ctx)
             process.stdout.write(encode(response).encode())
         process.exit(0)
+
+    def _stream_request(
+        self, line: str, ctx: ConnectionContext
+    ) -> tuple[Any, StreamHandler, dict[str, Any]] | None:
+        """A well-formed, permitted call of a stream method; anything else goes to handle_line."""
+        try:
+            request = decode(line)
+        except ApiError:
+            return None
+        method, params = request.get("method"), request.get("params") or {}
+        if method not in self._streams or ctx.anonymous or not isinstance(params, dict):
+            return None
+        return request.get("id"), self._streams[method], params
+
+    async def _serve_stream(
+        self,
+        process: asyncssh.SSHServerProcess[bytes],
+        ctx: ConnectionContext,
+        request_id: Any,
+        handler: StreamHandler,
+        params: dict[str, Any],
+    ) -> None:
+        async def push(event: dict[str, Any]) -> None:
+            process.stdout.write(encode({"id": request_id, "event": event}).encode())
+            await process.stdout.drain()
+
+        async def client_gone() -> None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                while await process.stdin.read(4096):
+                    pass
+
+        feed = asyncio.ensure_future(handler(ctx, params, push))
+        watch = asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait({feed, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if feed.done() and feed.exception() is not None:
+                error = feed.exception()
+                code, message = (
+                    (error.code, error.message)
+                    if isinstance(error, ApiError)
+                    else ("broker_error", "the stream failed; the broker logged it")
+                )
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    process.stdout.write(
+                        encode(
+                            {"id": request_id, "error": {"code": code, "message": message}}
+                        ).encode()
+                    )
+                if not isinstance(error, ApiError):
+                    log.error("stream failed", exc_info=error)
+        finally:
+            for task in (feed, watch):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     async def handle_line(self, line: str, ctx: ConnectionContext) -> dict[str, Any]:
         request_id: Any = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -145,3 +145,35 @@ class ApiClient:
             error = response["error"]
             raise ApiCallError(str(error.get("code")), str(error.get("message")))
         return response.get("result")
+
+    async def stream(
+        self, method: str, params: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Events pushed by a stream method, on a channel of their own, until the broker ends it."""
+        try:
+            process = await self._conn.create_process(subsystem=SUBSYSTEM, encoding="utf-8")
+        except (OSError, asyncssh.Error) as exc:
+            raise BrokerUnreachable(f"lost the broker during {method}: {_reason(exc)}") from None
+        try:
+            process.stdin.write(
+                json.dumps({"id": 1, "method": method, "params": params or {}}) + "\n"
+            )
+            while True:
+                try:
+                    line = await process.stdout.readline()
+                except (OSError, asyncssh.Error) as exc:
+                    raise BrokerUnreachable(
+                        f"lost the broker during {method}: {_reason(exc)}"
+                    ) from None
+                if not line:
+                    return
+                message = json.loads(line)
+                if "error" in message:
+                    error = message["error"]
+                    raise ApiCallError(str(error.get("code")), str(error.get("message")))
+                if "event" in message:
+                    yield message["event"]
+                else:
+                    return
+        finally:
+            process.close()
