@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from broker.audit_config import AuditSection
 from broker.durations import parse_duration
 from broker.errors import ConfigError
 from broker.masking import MaskingConfig
@@ -183,6 +186,11 @@ class _TargetBase(_Strict):
     allowed_groups: list[str] = Field(default_factory=list)
     policy: str | None = None
     recording: Literal["strict", "best-effort"] = "strict"
+    # "request": `connect` needs a time-boxed grant (`hoopctl request`) approved by access_approvers.
+    access: Literal["open", "request"] = "open"
+    access_approvers: list[str] = Field(default_factory=list)
+    access_approvals: int = Field(default=1, ge=1)
+    access_max: Duration = Field(default=8 * 3600, gt=0)
 
     def credential_ref(self) -> str | None:
         return getattr(self, "credential", None)
@@ -220,8 +228,22 @@ class LocalTarget(_TerminalTarget):
 
 class _DatabaseTarget(_TargetBase):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
-    # The database cancels any statement running longer (PostgreSQL, MariaDB).
+    # Any statement running longer is cancelled (by PostgreSQL and MariaDB; for SQLite, by the
+    # broker's progress handler).
     statement_timeout: Duration | None = Field(default=None, gt=0)
+
+
+TlsMode = Literal["disable", "prefer", "require", "verify-full"]
+
+
+def _tls_ca(value: Path | None, info: ValidationInfo) -> Path | None:
+    # Only verify-full checks the certificate; a CA bundle elsewhere would suggest it is checked.
+    if value is not None and info.data.get("tls") != "verify-full":
+        raise ValueError('tls_ca applies only with tls = "verify-full"')
+    return value
+
+
+TlsCa = Annotated[Path | None, AfterValidator(_tls_ca)]
 
 
 class PostgresTarget(_DatabaseTarget):
@@ -230,7 +252,8 @@ class PostgresTarget(_DatabaseTarget):
     database: str = Field(min_length=1)
     user: str = Field(min_length=1)
     credential: CredentialRef = None
-    tls: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
+    tls: TlsMode = "prefer"
+    tls_ca: TlsCa = None
 
 
 class MysqlTarget(_DatabaseTarget):
@@ -239,7 +262,8 @@ class MysqlTarget(_DatabaseTarget):
     database: str = Field(min_length=1)
     user: str = Field(min_length=1)
     credential: CredentialRef = None
-    tls: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
+    tls: TlsMode = "prefer"
+    tls_ca: TlsCa = None
 
 
 class SqliteTarget(_DatabaseTarget):
@@ -259,6 +283,7 @@ class BrokerConfig(_Strict):
     dev: DevSection | None = None
     targets: list[Target] = Field(default_factory=list)
     policies: dict[str, Policy] = Field(default_factory=dict)
+    audit: AuditSection = Field(default_factory=AuditSection)
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

@@ -3,7 +3,12 @@ holds and runs statements itself, streaming result rows with bounded memory."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import sqlite3
+import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -12,6 +17,8 @@ import aiomysql
 import aiosqlite
 import psycopg
 import pymysql
+from psycopg.pq import TransactionStatus
+from pymysql.constants import CLIENT
 
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget
 from broker.credentials import resolve_credential
@@ -19,6 +26,10 @@ from broker.targets.base import TargetError
 
 CONNECT_TIMEOUT = 10
 FETCH_BATCH = 500
+# SQLite calls the statement-timeout check every this many virtual machine instructions.
+SQLITE_PROGRESS_STEPS = 1000
+
+USER_CANCEL = "canceling statement due to user request"
 
 DatabaseTarget = PostgresTarget | MysqlTarget | SqliteTarget
 
@@ -42,6 +53,12 @@ class DatabaseConnection(Protocol):
         other statements (DML with RETURNING included) are run and their few rows buffered."""
         ...
 
+    async def cancel(self) -> None:
+        """Ask the database to stop the statement running on this connection, from any task,
+        while execute() or the row iteration awaits. The statement then raises StatementError and
+        the connection stays usable. A no-op when nothing runs; never raises."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -56,6 +73,22 @@ def _password(target: PostgresTarget | MysqlTarget) -> str | None:
     return resolve_credential(target.credential, target=target.name).rstrip("\n")
 
 
+def _ca_file(target: PostgresTarget | MysqlTarget) -> str | None:
+    """The CA bundle that verify-full checks the server against: tls_ca, else the system's."""
+    if target.tls_ca is None:
+        return ssl.get_default_verify_paths().cafile
+    if not os.access(target.tls_ca, os.R_OK):
+        raise TargetError(f"target {target.name}: cannot read the CA bundle {target.tls_ca}")
+    return str(target.tls_ca)
+
+
+def _tls_unavailable(target: PostgresTarget | MysqlTarget) -> TargetError:
+    return TargetError(
+        f"target {target.name}: TLS is unavailable: the server does not offer TLS "
+        f'and tls = "{target.tls}" requires it'
+    )
+
+
 class PostgresConnection:
     dialect = "postgres"
 
@@ -65,7 +98,10 @@ class PostgresConnection:
     @classmethod
     async def open(cls, target: PostgresTarget) -> PostgresConnection:
         host, port = _split(target.address)
-        sslmode = {"verify-full": "verify-full"}.get(target.tls, target.tls)
+        tls: dict[str, str] = {"sslmode": target.tls}
+        if target.tls == "verify-full":
+            # psycopg's bundled libpq does not find the system CA store by itself ("system").
+            tls["sslrootcert"] = _ca_file(target) or "system"
         try:
             conn = await psycopg.AsyncConnection.connect(
                 host=host,
@@ -73,7 +109,6 @@ class PostgresConnection:
                 dbname=target.database,
                 user=target.user,
                 password=_password(target),
-                sslmode=sslmode,
                 connect_timeout=CONNECT_TIMEOUT,
                 autocommit=True,
                 application_name="hoop-broker",
@@ -82,6 +117,7 @@ class PostgresConnection:
                     if target.statement_timeout
                     else None
                 ),
+                **tls,
             )
         except psycopg.OperationalError as exc:
             raise TargetError(_postgres_connect_error(target, exc)) from None
@@ -132,6 +168,13 @@ class PostgresConnection:
 
         return Result(columns=columns, rows=rows(), status=status)
 
+    async def cancel(self) -> None:
+        # ACTIVE: a statement is in flight. A cancel sent while idle could land on the next one.
+        if self._conn.info.transaction_status != TransactionStatus.ACTIVE:
+            return
+        with contextlib.suppress(psycopg.Error):
+            await self._conn.cancel_safe(timeout=CONNECT_TIMEOUT)
+
     async def close(self) -> None:
         with contextlib.suppress(psycopg.Error):
             await self._conn.close()
@@ -148,58 +191,119 @@ def _postgres_connect_error(target: PostgresTarget, exc: psycopg.OperationalErro
         return f"target {target.name}: the database refused the broker's credentials"
     if "does not exist" in text:
         return f"target {target.name}: database or role does not exist"
+    if "does not support SSL" in text:
+        return str(_tls_unavailable(target))
+    if "does not match host name" in text:
+        host = _split(target.address)[0]
+        return (
+            f"target {target.name}: TLS certificate verification failed: "
+            f"the certificate is not valid for {host}"
+        )
+    if "certificate verify failed" in text:
+        return f"target {target.name}: TLS certificate verification failed"
     return f"target {target.name} unreachable: the database did not accept a connection"
+
+
+class _TlsUnavailableError(Exception):
+    pass
+
+
+class _MysqlConnection(aiomysql.Connection):  # type: ignore[misc]
+    """aiomysql quietly goes on in plain text (credentials included) when the server offers no
+    TLS; with require_tls this refuses before anything is sent."""
+
+    def __init__(self, *, require_tls: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._require_tls = require_tls
+
+    async def _request_authentication(self) -> None:
+        if self._require_tls and not self.server_capabilities & CLIENT.SSL:
+            raise _TlsUnavailableError
+        await super()._request_authentication()
+
+
+def _mysql_ssl(target: MysqlTarget) -> ssl.SSLContext | None:
+    if target.tls == "disable":
+        return None
+    if target.tls == "verify-full":
+        return ssl.create_default_context(cafile=_ca_file(target))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _mysql_connect(target: MysqlTarget) -> aiomysql.Connection:
+    host, port = _split(target.address)
+    conn = _MysqlConnection(
+        require_tls=target.tls in ("require", "verify-full"),
+        host=host,
+        port=port,
+        user=target.user,
+        password=_password(target) or "",
+        db=target.database,
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT,
+        charset="utf8mb4",
+        ssl=_mysql_ssl(target),
+        init_command=(
+            f"SET SESSION max_statement_time = {target.statement_timeout}"
+            if target.statement_timeout
+            else None
+        ),
+    )
+    try:
+        await conn._connect()
+    except _TlsUnavailableError:
+        raise _tls_unavailable(target) from None
+    except pymysql.err.OperationalError as exc:
+        raise TargetError(_mysql_connect_error(target, exc)) from None
+    return conn
+
+
+def _mysql_connect_error(target: MysqlTarget, exc: pymysql.err.OperationalError) -> str:
+    code = exc.args[0] if exc.args else 0
+    if code in (1045, 1698):
+        return f"target {target.name}: the database refused the broker's credentials"
+    if code == 1049:
+        return f"target {target.name}: database does not exist"
+    if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+        reason = exc.__cause__.verify_message
+        return f"target {target.name}: TLS certificate verification failed: {reason}"
+    if isinstance(exc.__cause__, ssl.SSLError):
+        return f"target {target.name}: TLS handshake failed"
+    return f"target {target.name} unreachable: the database did not accept a connection"
+
+
+def _mysql_message(exc: pymysql.err.MySQLError) -> str:
+    return f"ERROR: {exc.args[1] if len(exc.args) > 1 else exc}"
 
 
 class MysqlConnection:
     dialect = "mysql"
 
-    def __init__(self, conn: aiomysql.Connection) -> None:
+    def __init__(self, conn: aiomysql.Connection, target: MysqlTarget) -> None:
         self._conn = conn
+        self._target = target
+        self._running = False
 
     @classmethod
     async def open(cls, target: MysqlTarget) -> MysqlConnection:
-        host, port = _split(target.address)
-        try:
-            conn = await aiomysql.connect(
-                host=host,
-                port=port,
-                user=target.user,
-                password=_password(target) or "",
-                db=target.database,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT,
-                charset="utf8mb4",
-                init_command=(
-                    f"SET SESSION max_statement_time = {target.statement_timeout}"
-                    if target.statement_timeout
-                    else None
-                ),
-            )
-        except pymysql.err.OperationalError as exc:
-            code = exc.args[0] if exc.args else 0
-            if code in (1045, 1698):
-                raise TargetError(
-                    f"target {target.name}: the database refused the broker's credentials"
-                ) from None
-            if code == 1049:
-                raise TargetError(f"target {target.name}: database does not exist") from None
-            raise TargetError(
-                f"target {target.name} unreachable: the database did not accept a connection"
-            ) from None
-        return cls(conn)
+        return cls(await _mysql_connect(target), target)
 
     async def execute(self, sql: str, *, query: bool = True) -> Result:
         # An unbuffered cursor streams rows from the server instead of loading them all.
         cursor = await self._conn.cursor(aiomysql.SSCursor)
+        self._running = True
         try:
             await cursor.execute(sql)
         except pymysql.err.MySQLError as exc:
+            self._running = False
             await cursor.close()
-            message = exc.args[1] if len(exc.args) > 1 else str(exc)
-            raise StatementError(f"ERROR: {message}") from None
+            raise StatementError(_mysql_message(exc)) from None
         columns = [column[0] for column in cursor.description or []]
         status = f"{cursor.rowcount} row(s) affected" if not columns else ""
+        self._running = bool(columns)
 
         async def rows() -> AsyncIterator[tuple[Any, ...]]:
             try:
@@ -211,13 +315,26 @@ class MysqlConnection:
                         yield tuple(row)
             except pymysql.err.MySQLError as exc:
                 # With a streaming cursor, errors such as a statement timeout arrive mid-fetch.
-                message = exc.args[1] if len(exc.args) > 1 else str(exc)
-                raise StatementError(f"ERROR: {message}") from None
+                raise StatementError(_mysql_message(exc)) from None
             finally:
+                self._running = False
                 with contextlib.suppress(pymysql.err.MySQLError):
                     await cursor.close()
 
         return Result(columns=columns, rows=rows(), status=status)
+
+    async def cancel(self) -> None:
+        if not self._running:
+            return
+        # The protocol has no in-band cancel: kill the statement from a second connection.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                killer = await _mysql_connect(self._target)
+                try:
+                    async with killer.cursor() as cursor:
+                        await cursor.execute(f"KILL QUERY {int(self._conn.thread_id())}")
+                finally:
+                    killer.close()
 
     async def close(self) -> None:
         self._conn.close()
@@ -226,8 +343,13 @@ class MysqlConnection:
 class SqliteConnection:
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, statement_timeout: int | None) -> None:
         self._conn = conn
+        self._timeout = statement_timeout
+        self._deadline: float | None = None
+        self._running = False
+        # Why the running statement was interrupted; SQLite itself only says "interrupted".
+        self._stopped: str | None = None
 
     @classmethod
     async def open(cls, target: SqliteTarget) -> SqliteConnection:
@@ -239,17 +361,41 @@ class SqliteConnection:
             conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
         except Exception as exc:  # sqlite3.Error, OSError
             raise TargetError(f"target {target.name}: cannot open the database: {exc}") from None
-        return cls(conn)
+        self = cls(conn, target.statement_timeout)
+        if target.statement_timeout:
+            await conn.set_progress_handler(self._past_deadline, SQLITE_PROGRESS_STEPS)
+        return self
+
+    def _past_deadline(self) -> int:
+        """SQLite's progress handler (on aiosqlite's thread): non-zero interrupts the statement."""
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            self._stopped = f"canceling statement due to statement timeout ({self._timeout}s)"
+            return 1
+        return 0
+
+    def _error(self, exc: sqlite3.Error) -> StatementError:
+        if self._stopped and isinstance(exc, sqlite3.OperationalError) and "interrupt" in str(exc):
+            return StatementError(f"ERROR: {self._stopped}")
+        return StatementError(f"ERROR: {exc}")
+
+    def _finish(self) -> None:
+        self._running = False
+        self._deadline = None
 
     async def execute(self, sql: str, *, query: bool = True) -> Result:
-        import sqlite3
-
+        self._stopped = None
+        self._running = True
+        if self._timeout:
+            self._deadline = time.monotonic() + self._timeout
         try:
             cursor = await self._conn.execute(sql)
         except sqlite3.Error as exc:
-            raise StatementError(f"ERROR: {exc}") from None
+            self._finish()
+            raise self._error(exc) from None
         columns = [column[0] for column in cursor.description or []]
         status = "" if columns else f"{cursor.rowcount} row(s) affected"
+        if not columns:
+            self._finish()
 
         async def rows() -> AsyncIterator[tuple[Any, ...]]:
             try:
@@ -260,11 +406,21 @@ class SqliteConnection:
                     for row in batch:
                         yield tuple(row)
             except sqlite3.Error as exc:
-                raise StatementError(f"ERROR: {exc}") from None
+                raise self._error(exc) from None
             finally:
+                self._finish()
                 await cursor.close()
 
         return Result(columns=columns, rows=rows(), status=status)
+
+    async def cancel(self) -> None:
+        if not self._running:
+            return
+        self._stopped = USER_CANCEL
+        # Not queued behind the running statement: sqlite3's interrupt() may be called from
+        # any thread, and aiosqlite calls it directly.
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            await self._conn.interrupt()
 
     async def close(self) -> None:
         await self._conn.close()
