@@ -1,4 +1,8 @@
-"""`hoopctl`: the command line for engineers, approvers and incident responders."""
+"""`hoopctl`: the command line for engineers, approvers and incident responders.
+
+Login, targets and sessions live here; approvals and audit commands in their own modules,
+which add themselves to the same Typer app (see the imports at the end).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,20 @@ import shlex
 import sys
 import time
 import webbrowser
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import asyncssh
 import typer
 from rich.prompt import Confirm
 
 from broker.durations import format_duration
-from hoopctl import __version__
-from hoopctl.address import BrokerAddress, resolve, save_default
+from hoopctl.address import BrokerAddress, save_default
+from hoopctl.cli_common import BrokerOption, OutputOption, _address, _run, app
 from hoopctl.credentials import CredentialStore, announce_backend
-from hoopctl.errors import HoopError, HostKeyError, UsageError
+from hoopctl.errors import HostKeyError, UsageError
 from hoopctl.hostkeys import fingerprint, forget
 from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
 from hoopctl.output import OutputFormat, render, render_record, stderr
@@ -30,74 +33,6 @@ from hoopctl.session import connect_api, current_profile, exchange, profile_from
 from hoopctl.ssh_config import write_ssh_config
 from hoopctl.terminal import run_command, run_session
 from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
-
-T = TypeVar("T")
-
-app = typer.Typer(
-    name="hoopctl",
-    help="Reach production through the hoop broker: log in, connect, approve, replay.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-BrokerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--broker",
-        "-b",
-        envvar="HOOP_BROKER",
-        help="Broker HOST[:PORT] (default port 2222). Env: HOOP_BROKER.",
-        show_envvar=False,
-    ),
-]
-OutputOption = Annotated[
-    OutputFormat, typer.Option("--output", "-o", help="Output format.", case_sensitive=False)
-]
-
-_global_broker: str | None = None
-
-
-def _address(broker: str | None) -> BrokerAddress:
-    return resolve(broker or _global_broker)
-
-
-def _run(work: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
-    """Run a command body; every HoopError becomes one line on stderr and its exit code."""
-    try:
-        result = work()
-        if asyncio.iscoroutine(result):
-            return asyncio.run(result)
-        return result  # type: ignore[return-value]
-    except HoopError as exc:
-        print(f"hoopctl: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        print("hoopctl: interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        # A bug must still end in one line; HOOP_DEBUG=1 shows the traceback.
-        if os.environ.get("HOOP_DEBUG"):
-            raise
-        print(f"hoopctl: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        raise typer.Exit(1) from None
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"hoopctl {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    broker: BrokerOption = None,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
-    ] = False,
-) -> None:
-    global _global_broker
-    _global_broker = broker
 
 
 def _first_use(accept: str | None) -> FirstUseDecision:
@@ -425,6 +360,10 @@ def ssh_config(
         sys.stdout.write(block)
 
     _run(work)
+
+
+# Command modules register on import.
+from hoopctl import approvals_cli, audit_cli  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,84 @@
+"""What every hoopctl command shares: the Typer app, common options, and error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from hoopctl import __version__
+from hoopctl.address import BrokerAddress, resolve
+from hoopctl.errors import HoopError
+from hoopctl.output import OutputFormat
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="hoopctl",
+    help="Reach production through the hoop broker: log in, connect, approve, replay.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+BrokerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        "-b",
+        envvar="HOOP_BROKER",
+        help="Broker HOST[:PORT] (default port 2222). Env: HOOP_BROKER.",
+        show_envvar=False,
+    ),
+]
+OutputOption = Annotated[
+    OutputFormat, typer.Option("--output", "-o", help="Output format.", case_sensitive=False)
+]
+
+_global_broker: str | None = None
+
+
+def _address(broker: str | None) -> BrokerAddress:
+    return resolve(broker or _global_broker)
+
+
+def _run(work: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
+    """Run a command body; every HoopError becomes one line on stderr and its exit code."""
+    try:
+        result = work()
+        if asyncio.iscoroutine(result):
+            return asyncio.run(result)
+        return result  # type: ignore[return-value]
+    except HoopError as exc:
+        print(f"hoopctl: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("hoopctl: interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        # A bug must still end in one line; HOOP_DEBUG=1 shows the traceback.
+        if os.environ.get("HOOP_DEBUG"):
+            raise
+        print(f"hoopctl: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"hoopctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    broker: BrokerOption = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    global _global_broker
+    _global_broker = broker
