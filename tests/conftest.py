@@ -44,3 +44,10 @@ def alice(tmp_path: Path) -> User:
 @pytest.fixture
 def bob(tmp_path: Path) -> User:
     return User(tmp_path / "bob")
+
+
+@pytest.fixture
+def user(broker: BrokerProcess, alice: User) -> User:
+    """Alice, logged in to the module's `broker`."""
+    assert alice.login(broker).returncode == 0
+    return alice

@@ -67,3 +67,15 @@ def run_line(child: pexpect.spawn, line: str) -> str:
     child.send(line + "\r")
     child.expect(PROMPT)
     return str(child.before)
+
+
+def close_shell(child: pexpect.spawn) -> int:
+    """Leave the shell with `exit`; return hoopctl's exit status."""
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus
+
+
+def recording_of(broker: BrokerProcess, session_id: str) -> Path:
+    return broker.data_dir / "recordings" / f"{session_id}.cast"

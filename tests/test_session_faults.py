@@ -141,8 +141,13 @@ def test_strict_recording_failure_mid_session_ends_the_session(
 ) -> None:
     assert alice.login(small_disk_broker).returncode == 0
     child = open_shell(alice)
+    child.maxread = 65536  # read the burst in big chunks and search only its tail
     child.send("seq 1 200000\r")  # about 1.3 MB: more than the recording may hold
-    child.expect("the session recording cannot be written; this session is ended", timeout=60)
+    child.expect(
+        "the session recording cannot be written; this session is ended",
+        timeout=60,
+        searchwindowsize=4096,
+    )
     child.expect(pexpect.EOF, timeout=30)
     child.close()
     assert child.exitstatus != 0
@@ -161,8 +166,9 @@ def test_best_effort_recording_failure_warns_and_goes_on(
 ) -> None:
     assert alice.login(small_disk_broker).returncode == 0
     child = open_shell(alice, "best-effort")
+    child.maxread = 65536
     child.send("seq 1 200000\r")
-    child.expect("\r\n200000\r\n", timeout=60)
+    child.expect("\r\n200000\r\n", timeout=60, searchwindowsize=4096)
     child.expect(PROMPT, timeout=60)
     child.expect("recording stopped", timeout=10)  # the warning comes with the next flush
     child.send("echo still-alive\r")

@@ -12,7 +12,15 @@ import pytest
 
 from broker.recording import read_events
 from tests.helpers import BrokerProcess, User, assert_one_line_error
-from tests.terminal_helpers import PROMPT, local_target, open_shell, run_line, start_terminal_broker
+from tests.terminal_helpers import (
+    PROMPT,
+    close_shell,
+    local_target,
+    open_shell,
+    recording_of,
+    run_line,
+    start_terminal_broker,
+)
 
 
 @pytest.fixture
@@ -24,28 +32,11 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
 
 
 @pytest.fixture
-def user(broker: BrokerProcess, alice: User) -> User:
-    assert alice.login(broker).returncode == 0
-    return alice
-
-
-@pytest.fixture
 def sandbox(tmp_path: Path) -> Path:
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "data").write_text("precious")
     return tmp_path
-
-
-def recording_of(broker: BrokerProcess, session_id: str) -> Path:
-    return broker.data_dir / "recordings" / f"{session_id}.cast"
-
-
-def close(child: pexpect.spawn) -> int:
-    child.sendline("exit")
-    child.expect(pexpect.EOF)
-    child.close()
-    return child.exitstatus
 
 
 def test_interactive_shell_runs_commands_and_exit_status_becomes_hoopctls(user: User) -> None:
@@ -68,7 +59,7 @@ def test_denied_command_never_runs_and_names_the_rule(
     assert (sandbox / "victim" / "data").exists()
     # The session goes on.
     assert "still-here" in run_line(child, "echo still-here")
-    close(child)
+    close_shell(child)
     blocked = broker.audit_events("command.blocked")
     assert blocked and blocked[-1]["details"]["rule"] == "no-recursive-rm"
     assert blocked[-1]["details"]["command"] == f"rm -rf {sandbox}/victim"
@@ -95,7 +86,7 @@ def test_denied_command_in_every_disguise(user: User, sandbox: Path, line: str) 
     child.send(line.format(v=sandbox / "victim", p=proof) + "\r")
     child.expect("denied by rule no-recursive-rm")
     child.expect(PROMPT)
-    close(child)
+    close_shell(child)
     assert (sandbox / "victim" / "data").exists()
     assert not proof.exists()
 
@@ -109,7 +100,7 @@ def test_tab_completed_command_is_judged_as_shown(user: User, sandbox: Path) -> 
     child.send("\r")
     child.expect("denied by rule no-recursive-rm")
     child.expect(PROMPT)
-    close(child)
+    close_shell(child)
     assert (sandbox / "victim" / "data").exists()
 
 
@@ -121,7 +112,7 @@ def test_history_recalled_command_is_judged(user: User, sandbox: Path) -> None:
     child.send("\r")
     child.expect("denied by rule no-recursive-rm")
     child.expect(PROMPT)
-    close(child)
+    close_shell(child)
     assert (sandbox / "victim" / "data").exists()
 
 
@@ -133,7 +124,7 @@ def test_pasted_block_is_judged_line_by_line(user: User, sandbox: Path) -> None:
     deadline = time.monotonic() + 10
     while not last.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    close(child)
+    close_shell(child)
     assert first.exists() and last.exists()
     assert (sandbox / "victim" / "data").exists()
 
@@ -145,7 +136,7 @@ def test_ctrl_c_then_denied_command(user: User, sandbox: Path) -> None:
     child.expect(PROMPT)
     child.send(f"rm -rf {sandbox}/victim\r")
     child.expect("denied by rule no-recursive-rm")
-    close(child)
+    close_shell(child)
     assert (sandbox / "victim" / "data").exists()
 
 
@@ -154,7 +145,7 @@ def test_review_without_approvals_does_not_run(user: User, broker: BrokerProcess
     child.send("reboot --help\r")
     child.expect("approval required from approvers")
     child.expect(PROMPT)
-    close(child)
+    close_shell(child)
     assert broker.audit_events("approval.requested")
 
 
@@ -166,7 +157,7 @@ def test_ctrl_c_reaches_a_running_program(user: User) -> None:
     child.sendcontrol("c")
     child.expect(PROMPT)
     assert time.monotonic() - started < 5
-    close(child)
+    close_shell(child)
 
 
 def test_one_off_command_with_pty(user: User) -> None:
@@ -203,7 +194,7 @@ def test_unknown_target_is_refused(user: User) -> None:
 def test_session_is_recorded_as_asciicast(user: User, broker: BrokerProcess) -> None:
     child = open_shell(user, "shell", "--reason", "INC-42 investigating")
     run_line(child, "echo recorded-output-marker")
-    close(child)
+    close_shell(child)
     header, events = read_events(recording_of(broker, child.session_id))
     assert header["version"] == 2
     assert header["hoop"]["user"] == "alice" and header["hoop"]["target"] == "shell"
@@ -227,7 +218,7 @@ def test_password_typed_without_echo_is_redacted(user: User, broker: BrokerProce
     child.send("hunter2-very-secret\r")
     child.expect("got-19")
     child.expect(PROMPT)
-    close(child)
+    close_shell(child)
     _, events = read_events(recording_of(broker, child.session_id))
     everything = json.dumps(events)
     assert "hunter2" not in everything
@@ -241,7 +232,7 @@ def test_resize_reaches_the_target_and_the_recording(user: User, broker: BrokerP
     child.send("tput cols\r")
     child.expect(r"\b100\r\n")
     child.expect(PROMPT)
-    close(child)
+    close_shell(child)
     _, events = read_events(recording_of(broker, child.session_id))
     assert ("r", "100x30") in [(kind, data) for _, kind, data in events]
 

@@ -12,7 +12,14 @@ import pexpect
 import pytest
 
 from tests.helpers import BrokerProcess, User
-from tests.terminal_helpers import PROMPT, local_target, open_shell, run_line, start_terminal_broker
+from tests.terminal_helpers import (
+    PROMPT,
+    close_shell,
+    local_target,
+    open_shell,
+    run_line,
+    start_terminal_broker,
+)
 
 PLAIN_PROMPT = r"plain> $"
 
@@ -49,22 +56,10 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
 
 
 @pytest.fixture
-def user(broker: BrokerProcess, alice: User) -> User:
-    assert alice.login(broker).returncode == 0
-    return alice
-
-
-@pytest.fixture
 def victim(tmp_path: Path) -> Path:
     path = tmp_path / "victim"
     path.mkdir()
     return path
-
-
-def finish(child: pexpect.spawn) -> None:
-    child.send("exit\r")
-    child.expect(pexpect.EOF)
-    child.close()
 
 
 def test_typed_ahead_command_is_discarded_not_run(user: User, tmp_path: Path) -> None:
@@ -77,7 +72,7 @@ def test_typed_ahead_command_is_discarded_not_run(user: User, tmp_path: Path) ->
     child.expect(PROMPT)
     time.sleep(0.5)
     assert not proof.exists()
-    finish(child)
+    close_shell(child)
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
@@ -87,7 +82,7 @@ def test_zsh_gets_prompt_marks_and_guardrails(user: User, victim: Path) -> None:
     child.send(f"rm -rf {victim}\r")
     child.expect("denied by rule no-recursive-rm")
     child.expect(PROMPT)
-    finish(child)
+    close_shell(child)
     assert victim.exists()
 
 
@@ -98,7 +93,7 @@ def test_posix_sh_gets_prompt_marks_and_guardrails(user: User, victim: Path) -> 
     child.send(f"ls; rm -rf {victim}\r")
     child.expect("denied by rule no-recursive-rm")
     child.expect(PROMPT)
-    finish(child)
+    close_shell(child)
     assert victim.exists()
 
 
@@ -129,11 +124,11 @@ def test_full_screen_program_gets_enter_and_keys(user: User, tmp_path: Path) -> 
     child.send("q")
     child.expect(PROMPT)
     assert "after-less" in run_line(child, "echo after-less")
-    finish(child)
+    close_shell(child)
 
 
 def test_utf8_passes_through_both_ways(user: User) -> None:
     child = open_shell(user)
     shown = run_line(child, "echo 'grüße — 日本語 ✓'")
     assert "grüße — 日本語 ✓" in shown
-    finish(child)
+    close_shell(child)
