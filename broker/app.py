@@ -20,6 +20,7 @@ from broker.identity.dev_issuer import DevIssuer, DevUser
 from broker.identity.tokens import TokenValidator
 from broker.keys import BrokerKeys, load_or_create_keys
 from broker.server import BrokerConnection, handle_process
+from broker.session_index import schedule_indexing
 from broker.sessions.approvals import ApprovalGate
 from broker.store import Store
 
@@ -62,6 +63,7 @@ class Broker:
         self.validator = TokenValidator(self.oidc)
         self.approvals: ApprovalGate = await start_approvals(self)
         await self._close_interrupted_sessions()
+        schedule_indexing(self)
         host, port = _split_host_port(listen or self.config.broker.listen)
         try:
             self._server = await asyncssh.listen(

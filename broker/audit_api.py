@@ -1,14 +1,390 @@
-"""hoop-api methods for auditors: sessions, search, replay and verification."""
+"""hoop-api methods for incident response: list, show and search sessions, download recordings.
+
+Who sees what (``[audit]`` in the broker config): members of an ``auditors`` group see every
+session; anyone else sees only their own, and only while ``replay_own`` is true. A session
+that exists but is not visible gets the same ``not_found`` answer as one that does not exist.
+Every recording download and every search is itself an audit event (``session.replayed``,
+``session.searched``).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import base64
+import json
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from broker.api_methods import ApiMethods
+from broker.api_methods import ApiMethods, Push
+from broker.audit import AuditEvent
+from broker.protocol import ApiError
+from broker.session_context import ConnectionContext
+from broker.session_index import SearchError, index_for
 
 if TYPE_CHECKING:
     from broker.app import Broker
 
+SESSION_ID = re.compile(r"\d{8}-[0-9a-f]{12}")
+STATES = ("open", "closed", "interrupted", "failed", "terminated")
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 10_000
+CHUNK = 192 * 1024  # recording bytes per pushed event (256 KiB once in base64)
+FOLLOW_POLL = 0.2  # seconds between looks at a live recording
+STATE_POLL = 1.0  # seconds between looks at a live session's state
+TIMELINE_EVENTS = ("command", "query", "command.blocked", "query.blocked")
+
+_SESSION_COLUMNS = (
+    "id",
+    "user",
+    "target",
+    "kind",
+    "state",
+    "started_at",
+    "ended_at",
+    "exit_status",
+    "reason",
+    "command",
+    "recording",
+)
+
+
+def _not_found(session_id: object) -> ApiError:
+    return ApiError("not_found", f"no session {session_id} on this broker (or not yours to see)")
+
+
+class AuditApi:
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    # -- access -------------------------------------------------------------------------
+
+    def _is_auditor(self, ctx: ConnectionContext) -> bool:
+        auditors = self._broker.config.audit.auditors
+        return not ctx.anonymous and bool(set(auditors) & set(ctx.groups))
+
+    def _scope(self, ctx: ConnectionContext) -> str | None:
+        """None: every session; a user name: only that user's; "" : nothing."""
+        if self._is_auditor(ctx):
+            return None
+        if self._broker.config.audit.replay_own and not ctx.anonymous:
+            return ctx.user
+        return ""
+
+    async def _visible_session(self, ctx: ConnectionContext, session_id: Any) -> dict[str, Any]:
+        if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
+            raise ApiError("bad_request", "id must be a session id (YYYYMMDD-12 hex digits)")
+        scope = self._scope(ctx)
+        rows = await self._select_sessions("WHERE id = ?", [session_id])
+        if not rows or scope == "" or (scope is not None and rows[0]["user"] != scope):
+            raise _not_found(session_id)
+        return rows[0]
+
+    # -- queries ------------------------------------------------------------------------
+
+    async def _select_sessions(self, where: str, params: list[Any]) -> list[dict[str, Any]]:
+        # WHERE is built from constant clauses with ? placeholders only.
+        sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions {where}"  # noqa: S608
+        async with self._broker.store.db.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+        return [dict(zip(_SESSION_COLUMNS, row, strict=True)) for row in rows]
+
+    async def _counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        await index_for(self._broker).ensure_schema()  # the index on audit_events(session)
+        for start in range(0, len(session_ids), 500):
+            part = session_ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            sql = (
+                "SELECT session, "  # noqa: S608 (placeholders only)
+                "SUM(type IN ('command', 'query')), "
+                "SUM(type LIKE '%.blocked'), "
+                "SUM(type IN ('command', 'query') "
+                "    AND json_extract(event, '$.details.approver') IS NOT NULL), "
+                "SUM(type = 'approval.executed') "
+                f"FROM audit_events WHERE session IN ({marks}) GROUP BY session"
+            )
+            async with self._broker.store.db.execute(sql, part) as cursor:
+                for session, commands, blocked, approved, executed in await cursor.fetchall():
+                    counts[session] = {
+                        "commands": commands or 0,
+                        "blocked": blocked or 0,
+                        # A run after approval shows as a command with its approver and, for a
+                        # request run later, as approval.executed: count each run once.
+                        "approved": max(approved or 0, executed or 0),
+                    }
+        return counts
+
+    @staticmethod
+    def _summary(row: dict[str, Any], counts: dict[str, int] | None) -> dict[str, Any]:
+        ended = row["ended_at"]
+        summary = {key: row[key] for key in _SESSION_COLUMNS if key != "recording"}
+        summary["duration"] = round(
+            (ended if ended is not None else time.time()) - row["started_at"], 3
+        )
+        summary.update(counts or {"commands": 0, "blocked": 0, "approved": 0})
+        return summary
+
+    # -- methods ------------------------------------------------------------------------
+
+    async def list_sessions(
+        self, ctx: ConnectionContext, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        scope = self._scope(ctx)
+        if scope == "":
+            return []
+        clauses: list[str] = []
+        values: list[Any] = []
+        for key in ("user", "target"):
+            value = params.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise ApiError("bad_request", f"{key} must be a string")
+            clauses.append(f"{key} = ?")
+            values.append(value)
+        if scope is not None:
+            clauses.append("user = ?")
+            values.append(scope)
+        state = params.get("state")
+        if state is not None:
+            if state not in STATES:
+                raise ApiError("bad_request", f"state must be one of {', '.join(STATES)}")
+            clauses.append("state = ?")
+            values.append(state)
+        since, until = _time(params, "since"), _time(params, "until")
+        # A session belongs to the window [since, until] if it was running at any time in it.
+        if since is not None:
+            clauses.append("(ended_at IS NULL OR ended_at >= ?)")
+            values.append(since)
+        if until is not None:
+            clauses.append("started_at <= ?")
+            values.append(until)
+        limit = params.get("limit", DEFAULT_LIST_LIMIT)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ApiError("bad_request", "limit must be a positive integer")
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = await self._select_sessions(
+            f"{where} ORDER BY started_at DESC LIMIT ?", [*values, min(limit, MAX_LIST_LIMIT)]
+        )
+        counts = await self._counts([row["id"] for row in rows])
+        return [self._summary(row, counts.get(row["id"])) for row in rows]
+
+    async def show_session(self, ctx: ConnectionContext, params: dict[str, Any]) -> dict[str, Any]:
+        row = await self._visible_session(ctx, params.get("id"))
+        counts = await self._counts([row["id"]])
+        summary = self._summary(row, counts.get(row["id"]))
+        path = Path(row["recording"]) if row["recording"] else None
+        try:
+            summary["recording_bytes"] = path.stat().st_size if path else None
+        except OSError:
+            summary["recording_bytes"] = None
+        marks = ",".join("?" * len(TIMELINE_EVENTS))
+        async with self._broker.store.db.execute(
+            f"SELECT time, type, event FROM audit_events WHERE session = ? AND type IN ({marks}) "  # noqa: S608
+            "ORDER BY id",
+            (row["id"], *TIMELINE_EVENTS),
+        ) as cursor:
+            events = await cursor.fetchall()
+        timeline = []
+        for at, event_type, raw in events:
+            event = json.loads(raw)
+            details = event.get("details") or {}
+            subject = "query" if event_type.startswith("query") else "command"
+            blocked = event_type.endswith(".blocked")
+            timeline.append(
+                {
+                    "offset": round(max(0.0, at - row["started_at"]), 3),
+                    "time": at,
+                    "type": event_type,
+                    "text": details.get(subject),
+                    "decision": details.get("decision"),
+                    "outcome": "blocked"
+                    if blocked
+                    else ("failed" if event.get("outcome") == "failure" else "ran"),
+                    "rule": details.get("rule"),
+                    "approver": details.get("approver"),
+                    "reason": event.get("reason"),
+                }
+            )
+        summary["timeline"] = timeline
+        return summary
+
+    async def search(self, ctx: ConnectionContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+        text = params.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError("bad_request", "give the text to search for")
+        if len(text) > 1000:
+            raise ApiError("bad_request", "search text longer than 1000 characters")
+        limit = params.get("limit", 50)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ApiError("bad_request", "limit must be a positive integer")
+        scope = self._scope(ctx)
+        matches = []
+        if scope != "":
+            try:
+                matches = await index_for(self._broker).search(text, user=scope, limit=limit)
+            except SearchError as exc:
+                raise ApiError("bad_request", str(exc)) from None
+        await self._broker.audit.emit(
+            AuditEvent(
+                type="session.searched",
+                actor=ctx.user,
+                groups=ctx.groups,
+                remote=ctx.remote,
+                details={
+                    "text": text,
+                    "matches": len(matches),
+                    "sessions": sorted({match.session for match in matches}),
+                    "scope": "all" if scope is None else "own",
+                },
+            )
+        )
+        return [match.to_json() for match in matches]
+
+    async def recording(self, ctx: ConnectionContext, params: dict[str, Any], push: Push) -> None:
+        """Stream a session's recording: {"type": "start"}, {"type": "chunk"}…, {"type": "end"}.
+
+        With ``follow`` and a session still open, the stream goes on as the recording grows
+        (whole lines only) and ends once the session has ended and everything is sent.
+        """
+        session_id = params.get("id")
+        offset = params.get("offset", 0)
+        follow = bool(params.get("follow", False))
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ApiError("bad_request", "offset must be a byte offset (a non-negative integer)")
+        try:
+            row = await self._visible_session(ctx, session_id)
+        except ApiError as exc:
+            if exc.code == "not_found":
+                await self._audit_replay(ctx, str(session_id), None, offset, follow, exc.message)
+            raise
+        path = self._recording_path(row)
+        if path is None:
+            await self._audit_replay(ctx, row["id"], row["target"], offset, follow, "no recording")
+            raise ApiError("not_found", f"session {row['id']} has no recording")
+        await self._audit_replay(ctx, row["id"], row["target"], offset, follow, None)
+        state = row["state"]
+        await push(
+            {
+                "type": "start",
+                "session": row["id"],
+                "user": row["user"],
+                "target": row["target"],
+                "state": state,
+                "size": path.stat().st_size,
+            }
+        )
+        position = offset
+        with path.open("rb") as file:
+            next_state_check = time.monotonic() + STATE_POLL
+            while True:
+                live = follow and state == "open"
+                file.seek(position)
+                data = file.read(CHUNK)
+                if live and data and len(data) < CHUNK:
+                    data = data[: data.rfind(b"\n") + 1]  # whole lines while it grows
+                if data:
+                    await push(
+                        {
+                            "type": "chunk",
+                            "offset": position,
+                            "data": base64.b64encode(data).decode(),
+                        }
+                    )
+                    position += len(data)
+                    continue
+                if not live:
+                    break
+                await asyncio.sleep(FOLLOW_POLL)
+                if time.monotonic() >= next_state_check:
+                    next_state_check = time.monotonic() + STATE_POLL
+                    rows = await self._select_sessions("WHERE id = ?", [row["id"]])
+                    state = rows[0]["state"] if rows else "closed"
+            await push({"type": "end", "state": state, "size": position})
+
+    async def verify(self, ctx: ConnectionContext, params: dict[str, Any]) -> dict[str, Any]:
+        """The session's recording signature and audit events checked: {"ok", "lines"}."""
+        row = await self._visible_session(ctx, params.get("id"))
+        try:
+            from broker.integrity import verify_session
+        except ImportError:
+            raise ApiError("unavailable", "verification is not available on this broker") from None
+        problems = await verify_session(self._broker, row["id"])
+        notes = []
+        if row["state"] == "open":
+            notes.append("recording not checked: the session is still open (signed when it ends)")
+        await self._broker.audit.emit(
+            AuditEvent(
+                type="session.verified",
+                actor=ctx.user,
+                groups=ctx.groups,
+                target=row["target"],
+                session=row["id"],
+                remote=ctx.remote,
+                outcome="success" if not problems else "failure",
+                reason=f"{len(problems)} problems found" if problems else None,
+                details={"problems": problems[:100]},
+            )
+        )
+        return {"ok": not problems, "problems": problems, "notes": notes}
+
+    def _recording_path(self, row: dict[str, Any]) -> Path | None:
+        """The session's recording, which must be a regular file in the broker's recordings dir."""
+        if not row["recording"]:
+            return None
+        path = Path(row["recording"])
+        recordings = (self._broker.data_dir / "recordings").resolve()
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if resolved.parent != recordings or not resolved.is_file():
+            return None
+        return resolved
+
+    async def _audit_replay(
+        self,
+        ctx: ConnectionContext,
+        session_id: str,
+        target: str | None,
+        offset: int,
+        follow: bool,
+        refused: str | None,
+    ) -> None:
+        await self._broker.audit.emit(
+            AuditEvent(
+                type="session.replayed",
+                actor=ctx.user,
+                groups=ctx.groups,
+                target=target,
+                session=session_id if SESSION_ID.fullmatch(session_id) else None,
+                remote=ctx.remote,
+                outcome="failure" if refused else "success",
+                reason=refused,
+                details={"offset": offset, "follow": follow, "auditor": self._is_auditor(ctx)},
+            )
+        )
+
+
+def _time(params: dict[str, Any], key: str) -> float | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 <= value < 1e11):
+        raise ApiError("bad_request", f"{key} must be a unix time in seconds")
+    return float(value)
+
 
 def audit_methods(broker: Broker) -> ApiMethods:
-    return ApiMethods()
+    api = AuditApi(broker)
+    return ApiMethods(
+        calls={
+            "sessions.list": api.list_sessions,
+            "sessions.show": api.show_session,
+            "sessions.search": api.search,
+            "sessions.verify": api.verify,
+        },
+        streams={"sessions.recording": api.recording},
+    )

@@ -1,0 +1,570 @@
+"""The full-text index of closed sessions: what was typed and what was shown, searchable.
+
+Two kinds of lines go in, each with its session and its time offset (seconds since the
+session started, the offset `hoopctl replay ID --at OFFSET` takes):
+
+* ``command``: every command and SQL statement of the session, from its audit events
+  (`command`, `query`, `command.blocked`, `query.blocked`), at the time of the recording's
+  ``command: …`` / ``query: …`` mark when there is one, else at the time of the event.
+* ``output``: the lines the target printed, rebuilt from the recording's ``o`` events: escape
+  sequences removed, carriage returns, backspaces and erase-line applied, one entry per
+  line at the time its first character was shown. Identical lines of one session are
+  indexed once (their first time). A session contributes at most ``MAX_OUTPUT_LINES`` output
+  lines of at most ``MAX_LINE_CHARS`` characters each.
+
+Only recordings (masked before they were written) and audit events are read, so a masked
+value never reaches the index.
+
+Sessions are indexed once they are no longer open (closed, interrupted, failed,
+terminated) by :meth:`SessionIndex.catch_up`, which indexes every such session not yet
+indexed. It runs before each search, and the broker runs it when a session ends and when
+it starts (:func:`schedule_indexing`), so a search never waits for more than the sessions
+that ended since the last one.
+
+Storage: three tables of their own and one FTS5 table (``unicode61`` tokenizer: words,
+case- and accent-insensitive) on the store's SQLite connection. Writing a session is
+crash-safe: its ``session_index`` row is written first with ``complete = 0`` and set to 1
+last; a row left incomplete (a crash in between) is purged and redone by the next catch-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sqlite3
+import time
+import unicodedata
+import weakref
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+
+if TYPE_CHECKING:
+    from broker.app import Broker
+
+log = logging.getLogger("hoop.broker.index")
+
+MAX_OUTPUT_LINES = 100_000
+MAX_LINE_CHARS = 1_000
+INSERT_BATCH = 5_000
+MAX_RESULTS = 1_000
+PER_SESSION = 5  # matches shown per session, so that one session cannot fill the answer
+MAX_SCANNED = 20_000  # matching lines looked at per search, newest first
+
+COMMAND_EVENTS = ("command", "query", "command.blocked", "query.blocked")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS session_index (
+    no INTEGER PRIMARY KEY,
+    session TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL,
+    target TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    indexed_at REAL NOT NULL,
+    lines INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS session_lines (
+    id INTEGER PRIMARY KEY,
+    session_no INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    offset REAL NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS session_lines_session ON session_lines(session_no);
+CREATE VIRTUAL TABLE IF NOT EXISTS session_text USING fts5(
+    text, content='session_lines', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE INDEX IF NOT EXISTS audit_events_by_session ON audit_events(session);
+"""
+
+
+@dataclass(frozen=True)
+class SearchMatch:
+    session: str
+    user: str
+    target: str
+    offset: float
+    kind: str  # "command" | "output"
+    line: str
+    spans: list[tuple[int, int]]  # [start, end) of each highlighted part of LINE
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["spans"] = [list(span) for span in self.spans]
+        return record
+
+
+class SearchError(ValueError):
+    """The search text cannot be searched for (no letters or digits)."""
+
+
+# -- rebuilding output lines from a recording -------------------------------------------
+
+# CSI (with its parameters and final byte), OSC / DCS / APC / PM (to BEL or ST), and the
+# two- and three-byte escapes (charset selection, keypad modes, …).
+_ESCAPE = re.compile(
+    r"\x1b\[(?P<params>[0-?]*)[ -/]*(?P<final>[@-~])"
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)"
+    r"|\x1b[()*+#%][ -~]"
+    r"|\x1b[ -/]*[0-~]"
+)
+# An escape sequence cut off at the end of an event: kept for the next one.
+_PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|[\]PX^_][^\x07\x1b]*\x1b?|[()*+#%]|[ -/]*)?$")
+_CONTROL = re.compile(r"[\x00-\x07\x0b\x0c\x0e-\x1f\x7f]")
+_TEXT_OR_CONTROL = re.compile(r"[^\r\n\b\t]+|[\r\n\b\t]")
+
+
+class LineBuilder:
+    """Turns terminal output into lines as a person would have read them on a line printer."""
+
+    def __init__(self, *, max_lines: int = MAX_OUTPUT_LINES) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self.truncated = False
+        self._max_lines = max_lines
+        self._seen: set[str] = set()
+        self._chars: list[str] = []
+        self._cursor = 0
+        self._started: float | None = None
+        self._carry = ""
+
+    def feed(self, offset: float, data: str) -> None:
+        data = self._carry + data
+        self._carry = ""
+        partial = _PARTIAL_ESCAPE.search(data)
+        if partial is not None:
+            self._carry, data = data[partial.start() :], data[: partial.start()]
+            if len(self._carry) > 4096:  # not an escape sequence after all: drop it
+                self._carry = ""
+        position = 0
+        for match in _ESCAPE.finditer(data):
+            if match.start() > position:
+                self._text(offset, data[position : match.start()])
+            self._escape(match.group("final"), match.group("params"))
+            position = match.end()
+        if position < len(data):
+            self._text(offset, data[position:])
+
+    def close(self) -> list[tuple[float, str]]:
+        self._end_line()
+        return self.lines
+
+    def _escape(self, final: str | None, params: str | None) -> None:
+        if final is None:
+            return
+        numbers = [int(p) if p.isdigit() else 0 for p in (params or "").split(";")]
+        count = max(numbers[0], 1) if numbers else 1
+        if final == "K":  # erase in line
+            mode = numbers[0] if numbers else 0
+            if mode == 0:
+                del self._chars[self._cursor :]
+            elif mode == 1:
+                self._chars[: self._cursor] = [" "] * min(self._cursor, len(self._chars))
+            else:
+                self._chars.clear()
+        elif final == "D":
+            self._cursor = max(0, self._cursor - count)
+        elif final == "C":
+            self._cursor = min(MAX_LINE_CHARS, self._cursor + count)
+        elif final == "G":
+            self._cursor = min(MAX_LINE_CHARS, count - 1)
+        elif final == "P":  # delete characters
+            del self._chars[self._cursor : self._cursor + count]
+        elif final in "HfABdJ":  # the cursor leaves the line, or the screen is cleared
+            self._end_line()
+
+    def _text(self, offset: float, text: str) -> None:
+        text = _CONTROL.sub("", text)
+        for piece in _TEXT_OR_CONTROL.findall(text):
+            if piece == "\n":
+                self._end_line()
+            elif piece == "\r":
+                self._cursor = 0
+            elif piece == "\b":
+                self._cursor = max(0, self._cursor - 1)
+            elif piece == "\t":
+                self._cursor = min(MAX_LINE_CHARS, (self._cursor // 8 + 1) * 8)
+            else:
+                self._write(offset, piece)
+
+    def _write(self, offset: float, text: str) -> None:
+        if self._started is None and text.strip():
+            self._started = offset
+        chars, cursor = self._chars, self._cursor
+        room = MAX_LINE_CHARS - cursor
+        if room <= 0:
+            return
+        text = text[:room]
+        if cursor > len(chars):
+            chars.extend(" " * (cursor - len(chars)))
+        chars[cursor : cursor + len(text)] = text
+        self._cursor = cursor + len(text)
+
+    def _end_line(self) -> None:
+        line = "".join(self._chars).strip()
+        started = self._started
+        self._chars = []
+        self._cursor = 0
+        self._started = None
+        if not line or started is None or line in self._seen:
+            return
+        if len(self.lines) >= self._max_lines:
+            self.truncated = True
+            return
+        self._seen.add(line)
+        self.lines.append((started, line))
+
+
+@dataclass
+class RecordingText:
+    lines: list[tuple[float, str]]
+    marks: list[tuple[float, str]]
+    note: str | None = None
+
+
+def read_recording_text(path: Path) -> RecordingText:
+    """Output lines and marks of a recording; a damaged recording gives what precedes the damage."""
+    builder = LineBuilder()
+    marks: list[tuple[float, str]] = []
+    note: str | None = None
+    try:
+        with path.open("rb") as file:
+            for lineno, raw in enumerate(file, 1):
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    if raw.endswith(b"\n") or lineno == 1:
+                        note = f"recording damaged at line {lineno}; indexed up to it"
+                    break
+                if lineno == 1:
+                    continue
+                if not (isinstance(value, list) and len(value) == 3):
+                    note = f"recording damaged at line {lineno}; indexed up to it"
+                    break
+                at, code, data = value
+                if not isinstance(at, int | float) or not isinstance(data, str):
+                    note = f"recording damaged at line {lineno}; indexed up to it"
+                    break
+                if code == "o":
+                    builder.feed(float(at), data)
+                elif code == "m":
+                    marks.append((float(at), data))
+    except OSError as exc:
+        note = f"recording unreadable: {exc.strerror or exc}"
+    lines = builder.close()
+    if builder.truncated:
+        note = f"only the first {MAX_OUTPUT_LINES} distinct output lines are indexed"
+    return RecordingText(lines=lines, marks=marks, note=note)
+
+
+def command_lines(
+    started_at: float,
+    events: Iterable[tuple[float, str, dict[str, Any]]],
+    marks: list[tuple[float, str]],
+) -> list[tuple[float, str]]:
+    """(offset, text) of every command and statement, placed at its recording mark if it has one."""
+    unused: dict[str, list[float]] = {}
+    for at, label in marks:
+        for prefix in ("command: ", "query: "):
+            if label.startswith(prefix):
+                unused.setdefault(label[len(prefix) :], []).append(at)
+    result = []
+    for event_time, event_type, details in events:
+        subject = "query" if event_type.startswith("query") else "command"
+        text = details.get(subject)
+        if not isinstance(text, str) or not text.strip():
+            continue
+        times = unused.get(text)
+        offset = times.pop(0) if times else max(0.0, event_time - started_at)
+        result.append((round(offset, 3), _CONTROL.sub(" ", text.replace("\n", " ")).strip()))
+    return result
+
+
+# -- the index ---------------------------------------------------------------------------
+
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _fold(word: str) -> str:
+    """A word as the unicode61 tokenizer compares it: case-folded, accents removed."""
+    decomposed = unicodedata.normalize("NFKD", word.casefold())
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
+def fts_query(text: str, *, prefix: bool = True) -> str:
+    """The FTS5 query for TEXT: its words as one phrase; with PREFIX, the last word also
+    matches as the start of a longer word."""
+    if not _WORD.search(text):
+        raise SearchError("search for at least one letter or digit")
+    return '"' + text.replace('"', '""') + '"' + ("*" if prefix else "")
+
+
+def highlight_spans(line: str, text: str, *, prefix: bool) -> list[tuple[int, int]]:
+    """[start, end) of each run of LINE's words that matches the words of TEXT, as FTS5 does."""
+    wanted = [_fold(word) for word in _WORD.findall(text)]
+    words = [(m.start(), m.end(), _fold(m.group())) for m in _WORD.finditer(line)]
+    spans: list[tuple[int, int]] = []
+    last = len(wanted) - 1
+    index = 0
+    while wanted and index + len(wanted) <= len(words):
+        window = words[index : index + len(wanted)]
+        if all(
+            word == want or (prefix and n == last and word.startswith(want))
+            for n, ((_, _, word), want) in enumerate(zip(window, wanted, strict=True))
+        ):
+            spans.append((window[0][0], window[-1][1]))
+            index += len(wanted)
+        else:
+            index += 1
+    return spans
+
+
+class SessionIndex:
+    """The index on one store connection; one per broker (see :func:`index_for`)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+        self._ready = False
+        self._purged = False
+
+    async def ensure_schema(self) -> None:
+        if not self._ready:
+            await self._db.executescript(_SCHEMA)
+            await self._db.commit()
+            self._ready = True
+
+    async def catch_up(self) -> int:
+        """Index every session that has ended and is not indexed yet; return how many."""
+        async with self._lock:
+            await self.ensure_schema()
+            if not self._purged:
+                # Left by a crash, a failed write, or sessions removed from the store.
+                await self._purge_incomplete_and_removed()
+                self._purged = True
+            async with self._db.execute(
+                "SELECT id, user, target, started_at, recording FROM sessions "
+                "WHERE state != 'open' AND id NOT IN (SELECT session FROM session_index) "
+                "ORDER BY started_at"
+            ) as cursor:
+                pending = await cursor.fetchall()
+            for session_id, user, target, started_at, recording in pending:
+                try:
+                    await self._index_one(session_id, user, target, started_at, recording)
+                except sqlite3.Error:
+                    log.exception("indexing session %s failed", session_id)
+                    self._purged = False  # its partial rows go before the next attempt
+            return len(pending)
+
+    async def _purge_incomplete_and_removed(self) -> None:
+        async with self._db.execute(
+            "SELECT no FROM session_index WHERE complete = 0 "
+            "OR session NOT IN (SELECT id FROM sessions)"
+        ) as cursor:
+            stale = [row[0] for row in await cursor.fetchall()]
+        for number in stale:
+            await self._db.execute(
+                "INSERT INTO session_text(session_text, rowid, text) "
+                "SELECT 'delete', id, text FROM session_lines WHERE session_no = ?",
+                (number,),
+            )
+            await self._db.execute("DELETE FROM session_lines WHERE session_no = ?", (number,))
+            await self._db.execute("DELETE FROM session_index WHERE no = ?", (number,))
+        if stale:
+            await self._db.commit()
+
+    async def _index_one(
+        self, session_id: str, user: str, target: str, started_at: float, recording: str | None
+    ) -> None:
+        if recording:
+            text = await asyncio.to_thread(read_recording_text, Path(recording))
+        else:
+            text = RecordingText(lines=[], marks=[], note="no recording")
+        async with self._db.execute(
+            "SELECT time, type, event FROM audit_events WHERE session = ? AND type IN (?,?,?,?) "
+            "ORDER BY id",
+            (session_id, *COMMAND_EVENTS),
+        ) as cursor:
+            events = [
+                (row[0], row[1], json.loads(row[2]).get("details") or {})
+                for row in await cursor.fetchall()
+            ]
+        rows = [
+            ("command", offset, line)
+            for offset, line in command_lines(started_at, events, text.marks)
+        ]
+        rows += [("output", offset, line) for offset, line in text.lines]
+        cursor = await self._db.execute(
+            "INSERT INTO session_index(session, user, target, started_at, indexed_at, note) "
+            "VALUES (?,?,?,?,?,?)",
+            (session_id, user, target, started_at, time.time(), text.note),
+        )
+        number = cursor.lastrowid
+        for start in range(0, len(rows), INSERT_BATCH):
+            batch = rows[start : start + INSERT_BATCH]
+            await self._db.executemany(
+                "INSERT INTO session_lines(session_no, kind, offset, text) VALUES (?,?,?,?)",
+                [(number, kind, offset, line) for kind, offset, line in batch],
+            )
+        await self._db.execute(
+            "INSERT INTO session_text(rowid, text) SELECT id, text FROM session_lines "
+            "WHERE session_no = ?",
+            (number,),
+        )
+        await self._db.execute(
+            "UPDATE session_index SET complete = 1, lines = ? WHERE no = ?", (len(rows), number)
+        )
+        await self._db.commit()
+
+    async def search(
+        self, text: str, *, user: str | None = None, limit: int = 50
+    ) -> list[SearchMatch]:
+        """Lines matching TEXT (of USER's sessions only, when given), newest sessions first.
+
+        Whole words first; only when they give fewer than LIMIT matches, the last word also
+        as a prefix (a prefix of a common word is the costly query, so it runs only then).
+        """
+        exact = fts_query(text, prefix=False)
+        limit = max(1, min(limit, MAX_RESULTS))
+        await self.catch_up()
+        prefix = False
+        rows, exhausted = await self._matching(exact, user, limit)
+        if len(rows) < limit and exhausted:
+            prefix = True
+            rows, _ = await self._matching(fts_query(text), user, limit)
+        started = {row[0]: row[3] for row in rows}
+        matches = [
+            SearchMatch(
+                session=session,
+                user=owner,
+                target=target,
+                offset=offset,
+                kind=kind,
+                line=line,
+                spans=highlight_spans(line, text, prefix=prefix),
+            )
+            for session, owner, target, _, kind, offset, line in rows
+        ]
+        matches.sort(key=lambda m: (-started[m.session], m.session, m.offset, m.kind))
+        return matches
+
+    async def _matching(
+        self, query: str, user: str | None, limit: int
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        """Up to LIMIT matching lines, newest first, at most PER_SESSION of each session;
+        and whether every match was looked at."""
+        sql = (
+            "SELECT s.session, s.user, s.target, s.started_at, l.kind, l.offset, l.text "
+            "FROM session_text JOIN session_lines l ON l.id = session_text.rowid "
+            "JOIN session_index s ON s.no = l.session_no "
+            "JOIN sessions ON sessions.id = s.session "
+            "WHERE session_text MATCH ?"
+        )
+        params: list[Any] = [query]
+        if user is not None:
+            sql += " AND s.user = ?"
+            params.append(user)
+        sql += " ORDER BY session_text.rowid DESC"
+        kept: list[tuple[Any, ...]] = []
+        per_session: dict[str, int] = {}
+        scanned = 0
+        async with self._db.execute(sql, params) as cursor:
+            while len(kept) < limit:
+                if scanned >= MAX_SCANNED:
+                    return kept, False
+                rows = await cursor.fetchmany(500)
+                if not rows:
+                    return kept, True
+                scanned += len(rows)
+                for row in rows:
+                    # A word on every line of one session must not hide every other session.
+                    session = row[0]
+                    if per_session.get(session, 0) >= PER_SESSION or len(kept) >= limit:
+                        continue
+                    per_session[session] = per_session.get(session, 0) + 1
+                    kept.append(row)
+        return kept, False
+
+    async def forget(self, session_ids: Iterable[str]) -> None:
+        """Drop these sessions from the index; call it after removing them from the store
+        (retention). Sessions removed without it never show in search results (a search
+        joins the sessions table) and leave the index at the broker's next start."""
+        await self.ensure_schema()
+        async with self._lock:
+            for session_id in session_ids:
+                await self._db.execute(
+                    "UPDATE session_index SET complete = 0 WHERE session = ?", (session_id,)
+                )
+            await self._db.commit()
+            await self._purge_incomplete_and_removed()
+
+
+def drop_from_index(conn: sqlite3.Connection, session_ids: Iterable[str]) -> int:
+    """Remove these sessions' lines from the index with a plain sqlite3 connection, inside
+    the caller's transaction (the caller commits): for retention (`hoop-broker prune`), so
+    that the text of a pruned session goes with its recording. Returns sessions removed."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session_index'"
+    ).fetchone():
+        return 0
+    removed = 0
+    for session_id in session_ids:
+        row = conn.execute(
+            "SELECT no FROM session_index WHERE session = ?", (session_id,)
+        ).fetchone()
+        if row is None:
+            continue
+        conn.execute(
+            "INSERT INTO session_text(session_text, rowid, text) "
+            "SELECT 'delete', id, text FROM session_lines WHERE session_no = ?",
+            (row[0],),
+        )
+        conn.execute("DELETE FROM session_lines WHERE session_no = ?", (row[0],))
+        conn.execute("DELETE FROM session_index WHERE no = ?", (row[0],))
+        removed += 1
+    return removed
+
+
+_indexes: weakref.WeakKeyDictionary[aiosqlite.Connection, SessionIndex] = (
+    weakref.WeakKeyDictionary()
+)
+_background: set[asyncio.Task[int]] = set()
+
+
+def index_for(broker: Broker) -> SessionIndex:
+    """The broker's session index (one per store connection)."""
+    db = broker.store.db
+    index = _indexes.get(db)
+    if index is None:
+        index = _indexes[db] = SessionIndex(db)
+    return index
+
+
+async def index_closed_sessions(broker: Broker) -> int:
+    """Index every ended session not indexed yet; return how many were indexed."""
+    return await index_for(broker).catch_up()
+
+
+def schedule_indexing(broker: Broker) -> None:
+    """Run :func:`index_closed_sessions` in the background (at session end, at broker start).
+
+    Never raises; a failure is logged, and the next catch-up (before every search) retries.
+    """
+
+    async def run() -> int:
+        try:
+            return await index_closed_sessions(broker)
+        except Exception:
+            log.exception("indexing ended sessions failed")
+            return 0
+
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
