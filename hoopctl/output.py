@@ -10,6 +10,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from hoopctl.escape import escape
 
 
 class OutputFormat(StrEnum):
@@ -39,7 +42,8 @@ def render(
     for _, heading in columns:
         table.add_column(heading)
     for row in rows:
-        table.add_row(*(_cell(row.get(key)) for key, _ in columns))
+        # Cells are data, never markup, and never raw control characters.
+        table.add_row(*(Text(escape(_cell(row.get(key)))) for key, _ in columns))
     stdout.print(table)
 
 
@@ -51,7 +55,11 @@ def render_record(
         return
     width = max(len(label) for _, label in fields)
     for key, label in fields:
-        stdout.print(f"{label + ':':<{width + 1}} {_cell(record.get(key))}", markup=False)
+        stdout.print(
+            f"{label + ':':<{width + 1}} {escape(_cell(record.get(key)))}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _cell(value: Any) -> str:

@@ -40,6 +40,13 @@ async def _copy_out(stream: asyncssh.SSHReader[bytes], fd: int) -> None:
             view = view[written:]
 
 
+async def _feed_from_file(fd: int, process: asyncssh.SSHClientProcess[bytes]) -> None:
+    while data := await asyncio.to_thread(os.read, fd, _CHUNK):
+        process.stdin.write(data)
+    with contextlib.suppress(OSError, asyncssh.Error):
+        process.stdin.write_eof()
+
+
 async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
     """Run COMMAND on the broker with a PTY; return the remote exit status."""
     stdin_fd, stdout_fd, stderr_fd = 0, 1, 2
@@ -55,6 +62,7 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
     loop = asyncio.get_running_loop()
     saved = termios.tcgetattr(stdin_fd) if interactive else None
     stdin_open = True
+    feeder: asyncio.Future[None] | None = None
 
     def on_stdin() -> None:
         nonlocal stdin_open
@@ -79,7 +87,12 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
     try:
         if saved is not None:
             tty.setraw(stdin_fd)
-        loop.add_reader(stdin_fd, on_stdin)
+        try:
+            loop.add_reader(stdin_fd, on_stdin)
+        except PermissionError:
+            # A regular file or /dev/null cannot be polled: it is read in a thread instead.
+            stdin_open = False
+            feeder = asyncio.ensure_future(_feed_from_file(stdin_fd, process))
         if interactive:
             loop.add_signal_handler(signal.SIGWINCH, on_resize)
         await asyncio.gather(
@@ -87,6 +100,8 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
         )
         completed = await process.wait(check=False)
     finally:
+        if feeder is not None:
+            feeder.cancel()
         if stdin_open:
             loop.remove_reader(stdin_fd)
         if interactive:
