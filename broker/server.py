@@ -17,6 +17,7 @@ from broker.sessions.base import SessionBase
 from broker.sessions.command_exec import CommandExec
 from broker.sessions.request import RequestError, parse_session_command
 from broker.sessions.sql_exec import SqlExec
+from broker.sessions.sql_shell import SqlShell
 from broker.sessions.terminal import TerminalSession
 
 if TYPE_CHECKING:
@@ -157,4 +158,5 @@ SESSIONS: dict[tuple[str, str], type[SessionBase]] = {
     ("terminal", "connect"): TerminalSession,
     ("terminal", "exec"): CommandExec,
     ("database", "exec"): SqlExec,
+    ("database", "connect"): SqlShell,
 }

@@ -1,0 +1,391 @@
+"""prompt_toolkit on the far end of an SSH session channel, with every byte recorded.
+
+The broker's SSH processes run in bytes mode without asyncssh's line editor: what the user
+types arrives raw on the channel's stdin (resizes as TerminalSizeChanged exceptions), and
+whatever is written to its stdout reaches the user's terminal as is. This module connects
+that channel to prompt_toolkit without OS pipes or threads:
+
+* ChannelInput is a prompt_toolkit Input fed from the channel: bytes are decoded and parsed
+  into key presses (the VT100 parser prompt_toolkit uses for a real terminal).
+* ChannelTerminal owns the channel for one session. It reads the channel in one task and
+  routes keystrokes: to the prompt while one is shown; otherwise they are kept for the next
+  prompt (type-ahead) or read one by one by the pager, and Ctrl-C goes to an interrupt
+  handler (the shell cancels the running statement). Every byte written to the user goes
+  through the session's recorder first, every byte read is recorded as input, every resize
+  as a resize event. A strict recorder that fails ends the session: nothing more is shown.
+
+prompt_toolkit is told not to touch process-wide state (SIGINT, the event loop's exception
+handler). It does register a SIGWINCH handler while a prompt runs (in the main thread only);
+output it would produce outside a running prompt is dropped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from itertools import count
+from typing import Any
+
+import asyncssh
+from prompt_toolkit.application.current import AppSession, create_app_session
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.input import Input
+from prompt_toolkit.input import typeahead as _typeahead
+from prompt_toolkit.input.vt100_parser import Vt100Parser
+from prompt_toolkit.key_binding import KeyPress
+from prompt_toolkit.output.vt100 import Vt100_Output
+from prompt_toolkit.shortcuts import PromptSession
+
+from broker.recording import Recorder, RecordingError
+
+log = logging.getLogger("hoop.broker.session")
+
+CTRL_C = b"\x03"
+READ_SIZE = 65536
+# Keystrokes kept while no prompt is shown (type-ahead); more than this is dropped.
+MAX_PENDING = 1 << 20
+FLUSH_EVERY = 1.0
+# At the end, how long the last output may wait for a client that does not read.
+FINAL_DRAIN = 5.0
+_BARE_LF = re.compile(r"(?<!\r)\n")
+_ids = count(1)
+
+
+def crlf(text: str) -> str:
+    """Text for a terminal without output processing: every bare \\n becomes \\r\\n."""
+    return _BARE_LF.sub("\r\n", text)
+
+
+class ChannelInput(Input):
+    """A prompt_toolkit Input fed with the bytes that arrive on the SSH channel."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._keys: list[KeyPress] = []
+        self._parser = Vt100Parser(self._keys.append)
+        self._callbacks: list[Callable[[], None] | None] = []
+        self._closed = False
+        self._scheduled = False
+        self._id = f"hoop-channel-{next(_ids)}"
+
+    # -- feeding --------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if self._closed or not data:
+            return
+        text = self._decoder.decode(data)
+        if text:
+            self._parser.feed(text)
+        self._notify()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._notify()
+
+    def forget(self) -> None:
+        """Drop what prompt_toolkit keeps for this input between prompts (its type-ahead)."""
+        buffers = getattr(_typeahead, "_buffer", None)
+        if isinstance(buffers, dict):
+            buffers.pop(self._id, None)
+
+    def _notify(self) -> None:
+        if self._scheduled or not self._callbacks or self._callbacks[-1] is None:
+            return
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._ready)
+
+    def _ready(self) -> None:
+        self._scheduled = False
+        callback = self._callbacks[-1] if self._callbacks else None
+        if callback is not None and (self._keys or self._closed):
+            callback()
+
+    # -- the Input interface --------------------------------------------------------------
+    def fileno(self) -> int:
+        raise NotImplementedError("a channel input has no file descriptor")
+
+    def typeahead_hash(self) -> str:
+        return self._id
+
+    def read_keys(self) -> list[KeyPress]:
+        keys, self._keys[:] = list(self._keys), []
+        return keys
+
+    def flush_keys(self) -> list[KeyPress]:
+        self._parser.flush()
+        return self.read_keys()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def raw_mode(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def cooked_mode(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def attach(self, input_ready_callback: Callable[[], None]) -> AbstractContextManager[None]:
+        return self._push(input_ready_callback)
+
+    def detach(self) -> AbstractContextManager[None]:
+        return self._push(None)
+
+    @contextlib.contextmanager
+    def _push(self, callback: Callable[[], None] | None) -> Iterator[None]:
+        self._callbacks.append(callback)
+        if callback is not None and (self._keys or self._closed):
+            self._notify()
+        try:
+            yield
+        finally:
+            self._callbacks.pop()
+
+
+class _PromptStdout:
+    """The file prompt_toolkit's Vt100_Output writes to: the channel, only while a prompt runs."""
+
+    encoding = "utf-8"
+
+    def __init__(self, terminal: ChannelTerminal) -> None:
+        self._terminal = terminal
+
+    def write(self, data: str) -> None:
+        if self._terminal.prompting:
+            self._terminal.write(data)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+class ChannelTerminal:
+    """The user's terminal at the other end of one SSH session channel (see module docstring)."""
+
+    def __init__(
+        self,
+        process: asyncssh.SSHServerProcess[bytes],
+        recorder: Recorder,
+        *,
+        term: str,
+        cols: int,
+        rows: int,
+    ) -> None:
+        self._process = process
+        self._recorder = recorder
+        self.term = term
+        self.cols = cols
+        self.rows = rows
+        self.input = ChannelInput()
+        self.output = Vt100_Output(_PromptStdout(self), self._size, term=term, enable_cpr=False)
+        self.prompting = False
+        self.input_ended = False
+        self.client_gone = False
+        self.failure: RecordingError | None = None
+        # Called (from the reader task) when Ctrl-C arrives while no prompt is shown.
+        self.on_interrupt: Callable[[], None] | None = None
+        self._pending = bytearray()
+        self._input_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stack = ExitStack()
+        self._app_session: AppSession | None = None
+        self._warned = False
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def __aenter__(self) -> ChannelTerminal:
+        self._app_session = self._stack.enter_context(
+            create_app_session(input=self.input, output=self.output)
+        )
+        self._tasks = [
+            asyncio.create_task(self._read_loop()),
+            asyncio.create_task(self._flush_loop()),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.input.close()
+        self.input.forget()
+        self._stack.close()
+        self._record(lambda recorder: recorder.flush())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drain(), FINAL_DRAIN)
+
+    @property
+    def finished(self) -> bool:
+        """No more input will come, or the session must end (recording failed)."""
+        return self.client_gone or self.failure is not None
+
+    def _size(self) -> Size:
+        return Size(rows=self.rows, columns=self.cols)
+
+    # -- output ---------------------------------------------------------------------------
+    def write(self, text: str) -> None:
+        """Show TEXT (\\n becomes \\r\\n), recorded first: what cannot be recorded is not shown."""
+        if text:
+            self._send(crlf(text).encode("utf-8", "replace"))
+
+    def _send(self, data: bytes, *, record: bool = True) -> None:
+        if self.client_gone or (record and self.failure is not None):
+            return
+        if record and not self._record(lambda recorder: recorder.output(data)):
+            return
+        try:
+            self._process.stdout.write(data)
+        except (OSError, asyncssh.Error):
+            self._gone()
+
+    async def drain(self) -> None:
+        if self.client_gone:
+            return
+        try:
+            await self._process.stdout.drain()
+        except (OSError, asyncssh.Error):
+            self._gone()
+
+    def notice(self, text: str) -> None:
+        """A one-line message from the broker, in red like the terminal session's."""
+        self.write(f"\x1b[1;31m[hoop]\x1b[0m {text}\n")
+
+    def mark(self, label: str) -> None:
+        self._record(lambda recorder: recorder.mark(label))
+
+    def _record(self, action: Callable[[Recorder], None]) -> bool:
+        if self.failure is not None:
+            return False
+        try:
+            action(self._recorder)
+        except RecordingError as exc:
+            self._recording_failed(exc)
+            return False
+        return True
+
+    def _recording_failed(self, exc: RecordingError) -> None:
+        self.failure = exc
+        log.error("session recording failed: %s", exc)
+        self._send(
+            b"\r\n\x1b[1;31m[hoop]\x1b[0m the session recording cannot be written; "
+            b"this session is ended (strict recording)\r\n",
+            record=False,
+        )
+        self._stop_input()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self._record(lambda recorder: recorder.flush())
+            if self._recorder.failed is not None and not self._warned and self.failure is None:
+                self._warned = True
+                self._send(
+                    f"\r\n\x1b[1;31m[hoop]\x1b[0m warning: recording stopped "
+                    f"({self._recorder.failed}); best-effort mode goes on\r\n".encode(),
+                    record=False,
+                )
+
+    # -- input ----------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        stdin = self._process.stdin
+        while True:
+            try:
+                data = await stdin.read(READ_SIZE)
+            except asyncssh.TerminalSizeChanged as change:
+                self._resized(change.width, change.height)
+                continue
+            except asyncssh.SignalReceived as signal:
+                if signal.signal == "INT":
+                    self._deliver(CTRL_C)
+                continue
+            except asyncssh.BreakReceived:
+                continue
+            except (OSError, asyncssh.Error):
+                self._gone()
+                return
+            if not data:
+                self.input_ended = True
+                self._stop_input(interrupt=False)
+                return
+            if not self._record_input(data):
+                return
+            self._deliver(data)
+
+    def _record_input(self, data: bytes) -> bool:
+        return self._record(lambda recorder: recorder.input(data))
+
+    def _deliver(self, data: bytes) -> None:
+        if self.prompting:
+            self.input.feed(data)
+            return
+        if CTRL_C in data and self.on_interrupt is not None:
+            # Type-ahead before a Ctrl-C is dropped with the statement it interrupts.
+            self._pending[:] = data[data.rindex(CTRL_C) + 1 :]
+            self.on_interrupt()
+        elif len(self._pending) + len(data) <= MAX_PENDING:
+            self._pending += data
+        self._input_ready.set()
+
+    def _resized(self, cols: int, rows: int) -> None:
+        if cols <= 0 or rows <= 0:
+            return
+        self.cols, self.rows = cols, rows
+        self._record(lambda recorder: recorder.resize(cols, rows))
+        app = self._app_session.app if self._app_session is not None else None
+        if self.prompting and app is not None:
+            app._on_resize()
+
+    def _gone(self) -> None:
+        if not self.client_gone:
+            self.client_gone = True
+            self._stop_input()
+
+    def _stop_input(self, *, interrupt: bool = True) -> None:
+        if self.prompting:
+            self.input.close()
+        if interrupt and self.on_interrupt is not None:
+            self.on_interrupt()
+        self._input_ready.set()
+
+    async def prompt(self, session: PromptSession[str], **kwargs: Any) -> str:
+        """Run one prompt of SESSION on the channel; raises EOFError when input has ended."""
+        if self.finished:
+            raise EOFError
+        self.prompting = True
+        try:
+            if self._pending:
+                data = bytes(self._pending)
+                self._pending.clear()
+                self.input.feed(data)
+            if self.input_ended:
+                self.input.close()
+            return await session.prompt_async(
+                handle_sigint=False, set_exception_handler=False, **kwargs
+            )
+        finally:
+            self.prompting = False
+            await self.drain()
+
+    async def read_key(self) -> bytes:
+        """The next key typed while no prompt is shown (one byte; an escape sequence is dropped
+        and returned as ESC); b"" when no more input will come."""
+        while not self._pending:
+            if self.input_ended or self.finished:
+                return b""
+            self._input_ready.clear()
+            await self._input_ready.wait()
+        key = bytes(self._pending[:1])
+        if key == b"\x1b":
+            self._pending.clear()
+        else:
+            del self._pending[:1]
+        return key
+
+    def discard_typeahead(self) -> None:
+        self._pending.clear()
