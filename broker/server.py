@@ -141,10 +141,52 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
     if session_class is None:
         _refuse(process, f"target {target.name} does not take `{request.verb}`", 2)
         return
+    grant = None
+    if target.access == "request":
+        grant = await broker.approvals.active_grant(ctx.user, target.name)
+        if grant is None:
+            await _refuse_without_grant(broker, process, ctx, target)
+            return
     session = session_class(
         broker, ctx, process, target, broker.config.policy_for(target), broker.approvals, request
     )
-    process.exit(await _guarded(process, session.run()))
+    session.grant = grant
+    status = await _guarded(process, session.run())
+    with contextlib.suppress(OSError, asyncssh.Error):
+        process.exit(status)
+
+
+async def _refuse_without_grant(
+    broker: Broker,
+    process: asyncssh.SSHServerProcess[bytes],
+    ctx: ConnectionContext,
+    target: Target,
+) -> None:
+    """A target with `access = "request"` and no active grant for this user: say how to get one."""
+    pending = await broker.approvals.pending_access(ctx.user, target.name)
+    if pending is not None:
+        message = (
+            f"target {target.name} needs an access grant: your request {pending.id} still "
+            f"waits for {pending.groups_text()}"
+        )
+    else:
+        message = (
+            f"target {target.name} needs an access grant: "
+            f'hoopctl request {target.name} --for 1h --reason "why"'
+        )
+    await broker.audit.emit(
+        AuditEvent(
+            type="session.rejected",
+            actor=ctx.user,
+            groups=ctx.groups,
+            target=target.name,
+            outcome="failure",
+            reason="no active access grant",
+            remote=ctx.remote,
+            details={"pending_request": pending.id if pending else None},
+        )
+    )
+    _refuse(process, message, 4)
 
 
 def _family(target: Target) -> str:

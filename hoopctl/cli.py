@@ -23,6 +23,7 @@ from rich.prompt import Confirm
 
 from broker.durations import format_duration
 from hoopctl.address import BrokerAddress, save_default
+from hoopctl.approvals_cli import exec_words, run_exec
 from hoopctl.cli_common import BrokerOption, OutputOption, _address, _run, app
 from hoopctl.credentials import CredentialStore, announce_backend
 from hoopctl.errors import HostKeyError, UsageError
@@ -31,7 +32,7 @@ from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
 from hoopctl.output import OutputFormat, render, render_record, stderr
 from hoopctl.session import connect_api, current_profile, exchange, profile_from
 from hoopctl.ssh_config import write_ssh_config
-from hoopctl.terminal import run_command, run_session
+from hoopctl.terminal import run_session
 from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
 
 
@@ -293,12 +294,34 @@ def exec_(
     reason: Annotated[
         str | None, typer.Option("--reason", help="Recorded with the request.")
     ] = None,
+    wait: Annotated[
+        str | None,
+        typer.Option(
+            "--wait",
+            metavar="DURATION",
+            help="If the command needs approval, wait this long for it (default 5m).",
+        ),
+    ] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait", help="If the command needs approval, exit 4 at once with the request id."
+        ),
+    ] = False,
+    request: Annotated[
+        str | None,
+        typer.Option(
+            "--request",
+            metavar="ID",
+            help="Run the command of this approved request (once); no input runs it as approved.",
+        ),
+    ] = None,
     broker: BrokerOption = None,
 ) -> None:
     """Run SQL (or a command) on a target once, for scripts and agents.
 
-    Exit codes: 0 success, 1 error from the target, 2 usage, 3 denied by policy,
-    4 approval required.
+    Exit codes: 0 success, 1 error from the target, 2 usage, 3 denied by policy or by an
+    approver, 4 approval required, expired or cancelled (Ctrl-C while waiting cancels).
     """
 
     def read_input() -> bytes:
@@ -316,10 +339,13 @@ def exec_(
             except OSError as exc:
                 raise UsageError(f"cannot read {file}: {exc.strerror}") from None
         if sys.stdin.isatty():
+            if request is not None:
+                return b""  # run the approved text as it was approved
             raise UsageError("no SQL given: use -c SQL, -f FILE, or pipe it on stdin")
         return sys.stdin.buffer.read()
 
     async def work() -> int:
+        approval_words = exec_words(wait, no_wait, request)
         data = read_input()
         address = _address(broker)
         store = CredentialStore(address)
@@ -330,11 +356,12 @@ def exec_(
         words = ["exec", "--output", output.value]
         if reason:
             words += ["--reason", reason]
+        words += approval_words
         words.append(target)
         if command:
             words += ["--", *command]
         try:
-            return await run_command(conn, shlex.join(words), data)
+            return await run_exec(conn, shlex.join(words), data)
         finally:
             conn.close()
 

@@ -1,15 +1,24 @@
-"""Just-in-time approval: review requests, decisions, time-boxed access grants."""
+"""Just-in-time approval: review requests, decisions, time-boxed access grants.
+
+The state lives in the broker's store (tables of this package's own); an in-process notifier
+pushes every change to waiting sessions and watching approvers; a sweeper expires requests
+on time, also those left from before a restart.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from broker.sessions.approvals import ApprovalGate, NoApprovalWorkflow
+from broker.approvals.service import ApprovalService
 
 if TYPE_CHECKING:
     from broker.app import Broker
 
+__all__ = ["ApprovalService", "start_approvals"]
 
-async def start_approvals(broker: Broker) -> ApprovalGate:
+
+async def start_approvals(broker: Broker) -> ApprovalService:
     """The broker's approval gate, started with the broker (its state lives in the store)."""
-    return NoApprovalWorkflow()
+    service = ApprovalService(broker)
+    await service.start()
+    return service

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -16,14 +18,55 @@ from broker.config import Policy, Target
 from broker.policy.decision import Decision
 from broker.recording import Recorder, RecordingError, RecordingHeader
 from broker.session_context import ConnectionContext
-from broker.sessions.approvals import ApprovalGate, ReviewOutcome, ReviewRequest
+from broker.sessions.approvals import (
+    ApprovalError,
+    ApprovalGate,
+    ApprovalRecord,
+    OutcomeState,
+    ReviewOutcome,
+    ReviewRequest,
+    decided_by,
+)
 from broker.sessions.request import SessionCommand
 
 if TYPE_CHECKING:
     from broker.app import Broker
 
+log = logging.getLogger("hoop.broker.session")
+
 EXIT_DENIED = 3
 EXIT_APPROVAL = 4
+# A session under an access grant is warned this many seconds before the grant ends.
+GRANT_WARNING = 60
+# Without a live status line, a waiting session says so at most this often.
+PLAIN_STATUS_EVERY = 10.0
+
+# Asks the user for a reason (the prompt text); None if they cancelled.
+AskReason = Callable[[str], Awaitable[str | None]]
+
+
+def _clock(seconds: float) -> str:
+    """m:ss (h:mm:ss past an hour), rounded up so a timer never shows 0:00 while time is left."""
+    total = max(0, int(-(-seconds // 1)))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class _PlainStatus:
+    """The waiting line for clients without a live status line: at once, then every 10 s."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self._say = say
+        self._last: float | None = None
+
+    def __call__(self, text: str | None) -> None:
+        if text is None:
+            return
+        now = time.monotonic()
+        if self._last is None or now - self._last >= PLAIN_STATUS_EVERY:
+            self._last = now
+            self._say(text)
 
 
 def new_session_id() -> str:
@@ -57,6 +100,9 @@ class SessionBase:
         self._reason = request.reason
         self.session_id = new_session_id()
         self._recorder: Recorder | None = None
+        # The access grant this session runs under (targets with access = "request").
+        self.grant: ApprovalRecord | None = None
+        self._grant_task: asyncio.Future[None] | None = None
 
     async def run(self) -> int:
         raise NotImplementedError
@@ -105,36 +151,373 @@ class SessionBase:
         say: Callable[[str], None],
         subject: str = "command",
         screen: tuple[str, ...] = (),
+        ask_reason: AskReason | None = None,
+        status: Callable[[str | None], None] | None = None,
+        watch_cancel: Callable[[], Awaitable[bool]] | None = None,
+        wait: float | None = None,
+        in_session: bool = True,
+        inform: Callable[[str], None] | None = None,
     ) -> ReviewOutcome:
-        """A command or statement the policy did not simply allow: deny it, or ask the gate.
+        """A command or statement the policy did not simply allow: deny it, or ask for approval.
 
-        The refusal is shown with SAY and audited as `<subject>.blocked`; an approval is
-        returned for the caller to audit when the command actually runs.
+        For `review`, a request is stored and the session waits (at most WAIT seconds, 0 for
+        not at all; None: until the request expires) for approvers to decide. Optional parts
+        for interactive sessions: ASK_REASON asks the user for a reason where the rule wants
+        one (otherwise the session's --reason is used, or the hold is refused); STATUS shows a
+        live status line about once a second (None clears it; without it SAY gets a line at
+        once and then every 10 s); WATCH_CANCEL returns True when the user cancels (Ctrl-C)
+        and False when they left without cancelling (the request then stays pending).
+        Cancelling the task that runs _hold cancels the request too. IN_SESSION binds the approval to this session (a command typed in it),
+        as opposed to a one-off command that `--request ID` may run later. INFORM shows what
+        is not a refusal (the request id, who approved); SAY when not given.
+
+        Every refusal is shown with SAY and audited as `<subject>.blocked`. An approved
+        outcome means "run it now": the request is already marked executed (exactly once);
+        the caller audits the command when it runs.
         """
-        if decision.action == "review":
-            await self._audit_decision("approval.requested", subject, text, decision)
-            outcome = await self._gate.review(
-                ReviewRequest(
-                    session_id=self.session_id,
+        if decision.action != "review":
+            rule = f"rule {decision.rule}" if decision.rule else "policy"
+            message = f"denied by {rule}: {decision.reason}"
+            say(message)
+            await self._audit_decision(f"{subject}.blocked", subject, text, decision)
+            return ReviewOutcome(approved=False, message=message, state="blocked")
+        outcome = await self._review(
+            text,
+            decision,
+            say=say,
+            subject=subject,
+            screen=screen,
+            ask_reason=ask_reason,
+            status=status,
+            watch_cancel=watch_cancel,
+            wait=wait,
+            in_session=in_session,
+            inform=inform or say,
+        )
+        if not outcome.approved:
+            await self._audit_decision(
+                f"{subject}.blocked",
+                subject,
+                text,
+                decision,
+                note=outcome.message,
+                extra={"request": outcome.request_id} if outcome.request_id else None,
+            )
+        return outcome
+
+    async def _review(
+        self,
+        text: str,
+        decision: Decision,
+        *,
+        say: Callable[[str], None],
+        subject: str,
+        screen: tuple[str, ...],
+        ask_reason: AskReason | None,
+        status: Callable[[str | None], None] | None,
+        watch_cancel: Callable[[], Awaitable[bool]] | None,
+        wait: float | None,
+        in_session: bool,
+        inform: Callable[[str], None],
+    ) -> ReviewOutcome:
+        rule = f"rule {decision.rule}" if decision.rule else "the target's policy"
+        groups = tuple(decision.approvers) or tuple(self._target.access_approvers)
+        if not groups:
+            message = (
+                f"not run: approval required ({rule}), but no approver groups are set for it, "
+                "so nobody can approve it"
+            )
+            say(message)
+            return ReviewOutcome(approved=False, message=message, state="refused")
+        reason = self._reason
+        if decision.reason_required:
+            if ask_reason is not None:
+                reason = await ask_reason(f"{rule} needs a reason; why run this? ")
+                if reason is None:
+                    message = "not run: cancelled"
+                    say(message)
+                    return ReviewOutcome(approved=False, message=message, state="cancelled")
+            if not (reason or "").strip():
+                message = f"not run: {rule} requires a reason: run it again with --reason TEXT"
+                say(message)
+                return ReviewOutcome(approved=False, message=message, state="usage")
+        names = ", ".join(groups)
+        no_wait = wait is not None and wait <= 0
+        nobody = not no_wait and not await self._gate.can_be_decided(self._ctx.user, groups)
+        # A request nobody waits for in this session is not bound to it: `--request` runs it.
+        will_wait = not (no_wait or nobody)
+        record = await self._gate.submit(
+            ReviewRequest(
+                session_id=self.session_id,
+                user=self._ctx.user,
+                groups=self._ctx.groups,
+                target=self._target.name,
+                command=text,
+                decision=decision,
+                screen=screen,
+                reason=reason,
+                approver_groups=groups,
+                in_session=in_session and will_wait,
+                subject=subject,
+            )
+        )
+        self._mark(f"approval requested: {record.id}")
+        later = f"once approved run: hoopctl exec {self._target.name} --request {record.id}"
+        if no_wait:
+            message = f"approval required: request {record.id} waits for {names}; {later}"
+            say(message)
+            return self._outcome(record, message, "pending")
+        if nobody:
+            message = (
+                f"not run: approval required from {names} ({rule}): request {record.id} waits, "
+                f"but nobody in {names} has logged in to this broker yet; {later}"
+            )
+            say(message)
+            return self._outcome(record, message, "pending")
+        if in_session:
+            inform(f"approval required from {names} ({rule}): request {record.id}")
+        record = await self._await_decision(record, say, status, watch_cancel, wait)
+        return await self._settle_hold(record, say, inform, text, in_session, later)
+
+    async def _await_decision(
+        self,
+        record: ApprovalRecord,
+        say: Callable[[str], None],
+        status: Callable[[str | None], None] | None,
+        watch_cancel: Callable[[], Awaitable[bool]] | None,
+        wait: float | None,
+    ) -> ApprovalRecord:
+        """Wait for approvers, showing a live timer; the request as it stands when done."""
+        show = status or _PlainStatus(say)
+        until = None if wait is None else time.monotonic() + wait
+        cancel = asyncio.ensure_future(watch_cancel()) if watch_cancel else None
+        try:
+            while record.state == "pending":
+                left = record.expires_at - time.time()
+                if until is not None:
+                    left = min(left, until - time.monotonic())
+                if left <= 0:
+                    if until is not None and time.monotonic() >= until:
+                        break  # our wait is over; the request stays pending
+                    record = await self._gate.wait(record.id, 0.2)  # expiry is due
+                    continue
+                ctrl_c = "; Ctrl-C cancels" if status is not None else ""
+                show(
+                    f"waiting for approval {record.id} from {record.groups_text()} "
+                    f"({_clock(left)} left{ctrl_c})"
+                )
+                change = asyncio.ensure_future(self._gate.wait(record.id, min(1.0, left)))
+                waiting: set[asyncio.Future[Any]] = {change, *([cancel] if cancel else [])}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if cancel is not None and cancel.done():
+                    change.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ApprovalError):
+                        await change
+                    if cancel.result() is False:
+                        # The user left without cancelling (a dropped connection): the
+                        # request stays; once approved, `--request` runs it.
+                        return await self._gate.get(record.id) or record
+                    return await self._cancel_request(record)
+                record = change.result()
+            return record
+        except asyncio.CancelledError:
+            # The session is going away mid-wait: nobody is left to run it.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._cancel_request(record))
+            raise
+        finally:
+            if cancel is not None:
+                cancel.cancel()
+                with contextlib.suppress(BaseException):
+                    await cancel
+            show(None)
+
+    async def _cancel_request(self, record: ApprovalRecord) -> ApprovalRecord:
+        try:
+            return await self._gate.cancel(record.id, self._ctx.user)
+        except ApprovalError:
+            return await self._gate.get(record.id) or record
+
+    async def _settle_hold(
+        self,
+        record: ApprovalRecord,
+        say: Callable[[str], None],
+        inform: Callable[[str], None],
+        text: str,
+        in_session: bool,
+        later: str,
+    ) -> ReviewOutcome:
+        """Turn the request's state at the end of the wait into what the session does."""
+        if record.state == "approved":
+            try:
+                record = await self._gate.execute(
+                    record.id,
                     user=self._ctx.user,
-                    groups=self._ctx.groups,
                     target=self._target.name,
                     command=text,
-                    decision=decision,
-                    screen=screen,
+                    session=self.session_id,
+                    in_session=in_session,
                 )
+            except ApprovalError as exc:
+                say(exc.message)
+                return self._outcome(record, exc.message, "refused")
+            approvers = ", ".join(d.approver for d in record.approvers())
+            message = f"approved by {decided_by(record, 'approve')}"
+            inform(message)
+            self._mark(f"approval: {record.id} approved by {approvers}")
+            comment = record.approvers()[-1].comment if record.approvers() else None
+            return ReviewOutcome(
+                approved=True,
+                message=message,
+                approver=approvers,
+                request_id=record.id,
+                state="approved",
+                comment=comment,
             )
-            if not outcome.approved:
-                say(f"not run: {outcome.message}")
-                await self._audit_decision(
-                    f"{subject}.blocked", subject, text, decision, note=outcome.message
-                )
-            return outcome
-        rule = f"rule {decision.rule}" if decision.rule else "policy"
-        message = f"denied by {rule}: {decision.reason}"
+        if record.state == "denied":
+            denial = record.denial()
+            message = f"denied by {decided_by(record, 'deny')}"
+            say(message)
+            self._mark(f"approval: {record.id} {message}")
+            return ReviewOutcome(
+                approved=False,
+                message=message,
+                approver=denial.approver if denial else None,
+                request_id=record.id,
+                state="denied",
+                comment=denial.comment if denial else None,
+            )
+        if record.state == "pending":
+            message = (
+                f"approval required: request {record.id} waits for {record.groups_text()}; {later}"
+            )
+            say(message)
+            return self._outcome(record, message, "pending")
+        if record.state == "cancelled":
+            message = f"request {record.id} cancelled; not run"
+        elif record.state == "expired":
+            message = f"request {record.id} expired"
+        else:
+            message = f"request {record.id} is {record.state}; not run"
         say(message)
-        await self._audit_decision(f"{subject}.blocked", subject, text, decision)
-        return ReviewOutcome(approved=False, message=message)
+        self._mark(f"approval: {message}")
+        return self._outcome(record, message, record.state)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _outcome(record: ApprovalRecord, message: str, state: OutcomeState) -> ReviewOutcome:
+        return ReviewOutcome(approved=False, message=message, request_id=record.id, state=state)
+
+    async def _client_cancelled(self) -> bool:
+        """True when a client without a terminal cancels: it closes the channel or sends a
+        signal (hoopctl's Ctrl-C while `exec` waits for an approval)."""
+        process = self._process
+        closed = asyncio.ensure_future(process.wait_closed())
+        try:
+            while not closed.done():
+                try:
+                    data = await process.stdin.read(65536)
+                except asyncssh.SignalReceived:
+                    return True
+                except (asyncssh.TerminalSizeChanged, asyncssh.BreakReceived):
+                    continue
+                except (OSError, asyncssh.Error):
+                    return True
+                if not data:
+                    # At EOF a signal still queues up behind it: look again now and then.
+                    await asyncio.wait({closed}, timeout=0.25)
+            return True
+        finally:
+            closed.cancel()
+
+    def _mark(self, label: str) -> None:
+        if self._recorder is not None:
+            with contextlib.suppress(RecordingError):
+                self._recorder.mark(label)
+
+    async def _run_approved_request(
+        self, request_id: str, command: str | None, *, say: Callable[[str], None]
+    ) -> tuple[ApprovalRecord, str] | int:
+        """`exec --request ID`: check the request can run here; (record, text) or an exit status.
+
+        COMMAND None (no input) means the approved text. The request is not claimed yet:
+        call _claim_request once the text has also passed the policy again.
+        """
+        try:
+            record, _ = await self._gate.check_run(
+                request_id,
+                user=self._ctx.user,
+                target=self._target.name,
+                command=command,
+                session=self.session_id,
+                in_session=False,
+            )
+        except ApprovalError as exc:
+            say(exc.message)
+            return exc.exit_status
+        return record, record.command or ""
+
+    async def _claim_request(
+        self, record: ApprovalRecord, text: str, *, say: Callable[[str], None]
+    ) -> str | int:
+        """Mark REQUEST executed (exactly once); the approvers' names, or an exit status."""
+        try:
+            record = await self._gate.execute(
+                record.id,
+                user=self._ctx.user,
+                target=self._target.name,
+                command=text,
+                session=self.session_id,
+                in_session=False,
+            )
+        except ApprovalError as exc:
+            say(exc.message)
+            return exc.exit_status
+        return ", ".join(d.approver for d in record.approvers())
+
+    # -- time-boxed access ----------------------------------------------------------------
+    def _watch_grant(self, *, warn: Callable[[str], None], end: Callable[[str], None]) -> None:
+        """Warn the session a minute before its access grant ends, and end it then."""
+        if self.grant is not None and self._grant_task is None:
+            self._grant_task = asyncio.ensure_future(self._grant_loop(warn, end))
+
+    async def _grant_loop(self, warn: Callable[[str], None], end: Callable[[str], None]) -> None:
+        try:
+            await self._follow_grant(warn, end)
+        except Exception:  # fail closed: a grant that cannot be checked ends the session
+            log.exception("session %s: checking the access grant failed", self.session_id)
+            end(
+                f"your access grant to {self._target.name} cannot be checked; this session is closed"
+            )
+
+    async def _follow_grant(self, warn: Callable[[str], None], end: Callable[[str], None]) -> None:
+        assert self.grant is not None
+        grant: ApprovalRecord | None = self.grant
+        warned: str | None = None
+        name = self._target.name
+        while True:
+            current = await self._gate.get(grant.id) if grant is not None else None
+            now = time.time()
+            if current is None or current.state != "approved" or (current.grant_until or 0) <= now:
+                # A newer grant (asked for while this session ran) takes over.
+                grant = await self._gate.active_grant(self._ctx.user, name)
+                if grant is not None:
+                    self.grant = grant
+                    await self._audit(
+                        "session.grant", details={"grant": grant.id, "until": grant.grant_until}
+                    )
+                    continue
+                why = "was cancelled" if current and current.state == "cancelled" else "ended"
+                end(f"your access grant to {name} {why}; this session is closed")
+                return
+            left = (current.grant_until or now) - now
+            if left <= GRANT_WARNING and warned != current.id:
+                warned = current.id
+                warn(
+                    f"your access grant to {name} ends in {_clock(left)}; this session will be "
+                    f"closed then (more time: hoopctl request {name} --for 1h --reason ...)"
+                )
+            pause = left if warned == current.id else left - GRANT_WARNING
+            await self._gate.changed(current.id, max(0.05, pause))
 
     async def _audit(self, event_type: str, **fields: object) -> None:
         await self._broker.audit.emit(
@@ -178,8 +561,17 @@ class SessionBase:
         return self._recorder
 
     async def _begin(
-        self, *, kind: str, started: float, command: str | None, details: dict[str, object]
+        self,
+        *,
+        kind: str,
+        started: float,
+        command: str | None,
+        details: dict[str, object],
+        on_grant_warning: Callable[[str], None] | None = None,
+        on_grant_end: Callable[[str], None] | None = None,
     ) -> None:
+        """Record the session's start. Under an access grant, ON_GRANT_WARNING is told a minute
+        before the grant ends and ON_GRANT_END when it has ended (the session must close)."""
         await self._broker.store.create_session(
             session_id=self.session_id,
             user=self._ctx.user,
@@ -190,9 +582,18 @@ class SessionBase:
             reason=self._reason,
             command=command,
         )
+        if self.grant is not None:
+            details = {**details, "grant": self.grant.id}
         await self._audit("session.start", details={"reason": self._reason, **details})
+        if self.grant is not None:
+            if on_grant_end is not None:
+                self._watch_grant(warn=on_grant_warning or (lambda _text: None), end=on_grant_end)
 
     async def _end(self, *, state: str, status: int, reason: str | None = None) -> None:
+        if self._grant_task is not None:
+            self._grant_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._grant_task
         if self._recorder is not None:
             with contextlib.suppress(RecordingError):
                 self._recorder.close()

@@ -18,7 +18,7 @@ from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
 from broker.recording import RecordingError
-from broker.sessions.base import EXIT_APPROVAL, EXIT_DENIED, SessionBase
+from broker.sessions.base import SessionBase
 from broker.targets.base import TargetError, TerminalRequest
 from broker.targets.local import SHELL_PROGRAMS, target_environment
 from broker.targets.ssh import connect_target
@@ -36,22 +36,49 @@ class CommandExec(SessionBase):
             self._process.stderr.write(f"hoop: {text}\n".encode())
 
     async def run(self) -> int:
+        if self._request.request_id:
+            return await self._run_request(self._request.request_id)
         if not self._argv:
             self._error(f"exec {self._target.name}: give the command after --")
             return 2
         command = shlex.join(self._argv)
-        try:
-            decision = await asyncio.to_thread(decide_shell, self._policy, command)
-        except Exception as exc:  # fail closed
-            decision = Decision(action="deny", rule=None, reason=f"policy error: {exc}")
-        if decision.action != "allow" and not await self._allowed_after_review(command, decision):
-            return EXIT_DENIED if decision.action == "deny" else EXIT_APPROVAL
+        decision = await self._judge(command)
+        if decision.action != "allow":
+            outcome = await self._hold(
+                command,
+                decision,
+                say=self._error,
+                wait=self._request.wait,
+                watch_cancel=self._client_cancelled,
+                in_session=False,
+            )
+            if not outcome.approved:
+                return outcome.exit_status
+            self._approver = outcome.approver
         return await self._run(command, decision)
 
-    async def _allowed_after_review(self, command: str, decision: Decision) -> bool:
-        outcome = await self._hold(command, decision, say=self._error)
-        self._approver = outcome.approver
-        return outcome.approved
+    async def _judge(self, command: str) -> Decision:
+        try:
+            return await asyncio.to_thread(decide_shell, self._policy, command)
+        except Exception as exc:  # fail closed
+            return Decision(action="deny", rule=None, reason=f"policy error: {exc}")
+
+    async def _run_request(self, request_id: str) -> int:
+        """`exec --request ID [-- CMD]`: the approved command, once; CMD must be that command."""
+        given = shlex.join(self._argv) if self._argv else None
+        checked = await self._run_approved_request(request_id, given, say=self._error)
+        if isinstance(checked, int):
+            return checked
+        record, command = checked
+        decision = await self._judge(command)
+        if decision.action == "deny":  # the policy changed since: deny still wins
+            outcome = await self._hold(command, decision, say=self._error)
+            return outcome.exit_status
+        claimed = await self._claim_request(record, command, say=self._error)
+        if isinstance(claimed, int):
+            return claimed
+        self._approver = claimed
+        return await self._run(command, decision)
 
     async def _run(self, command: str, decision: Decision) -> int:
         started = time.time()

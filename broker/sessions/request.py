@@ -1,13 +1,24 @@
-"""Parsing what the client asked the broker to run: `connect [--reason TEXT] NAME [-- CMD …]`."""
+"""Parsing what the client asked the broker to run (docs/approvals-contract.md):
+
+exec [--reason TEXT] [--output table|json|csv] [--wait SECONDS | --no-wait] [--request ID]
+     NAME [-- CMD ...]
+connect [--reason TEXT] NAME [-- CMD ...]
+"""
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
 
+from broker.durations import parse_duration
+
 
 class RequestError(ValueError):
     """The session command is malformed; the message is for the user."""
+
+
+# How long `exec` waits for an approval unless told otherwise (--wait / --no-wait).
+DEFAULT_EXEC_WAIT = 300
 
 
 @dataclass(frozen=True)
@@ -17,9 +28,36 @@ class SessionCommand:
     reason: str | None = None
     argv: tuple[str, ...] = ()
     output: str = "table"
+    # exec: seconds to wait for an approval (0: --no-wait).
+    wait: int = DEFAULT_EXEC_WAIT
+    # exec: run this approved request (exactly once).
+    request_id: str | None = None
 
 
 VERBS = ("connect", "exec")
+USAGE = {
+    "connect": "connect [--reason TEXT] TARGET [-- COMMAND …]",
+    "exec": "exec [--reason TEXT] [--output table|json|csv] [--wait SECONDS | --no-wait] "
+    "[--request ID] TARGET [-- COMMAND …]",
+}
+_EXEC_ONLY = ("--wait", "--no-wait", "--request")
+
+
+def _value(word: str, rest: list[str]) -> str:
+    """The value of `--flag VALUE` or `--flag=VALUE`."""
+    if "=" in word and word.startswith("--"):
+        return word.split("=", 1)[1]
+    if not rest:
+        raise RequestError(f"{word} needs a value")
+    return rest.pop(0)
+
+
+def _seconds(text: str) -> int:
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise RequestError(f"--wait takes seconds (or 90s, 5m), not {text!r}") from None
+    return seconds
 
 
 def parse_session_command(command: str) -> SessionCommand:
@@ -28,26 +66,35 @@ def parse_session_command(command: str) -> SessionCommand:
     except ValueError as exc:
         raise RequestError(f"cannot parse the command: {exc}") from None
     if not words or words[0] not in VERBS:
-        raise RequestError("expected: connect [--reason TEXT] TARGET [-- COMMAND …]")
+        raise RequestError(f"expected: {USAGE['connect']}")
     verb, rest = words[0], words[1:]
     reason: str | None = None
     output = "table"
+    wait: int | None = None
+    no_wait = False
+    request_id: str | None = None
     target: str | None = None
     while rest:
         word = rest.pop(0)
         if word == "--":
             break
-        if word == "--reason":
-            if not rest:
-                raise RequestError("--reason needs a value")
-            reason = rest.pop(0)
-        elif word.startswith("--reason="):
-            reason = word.split("=", 1)[1]
-        elif word in ("--output", "-o") or word.startswith("--output="):
-            value = word.split("=", 1)[1] if "=" in word else (rest.pop(0) if rest else "")
-            if value not in ("table", "json", "csv"):
+        flag = word.split("=", 1)[0] if word.startswith("--") else word
+        if verb != "exec" and flag in _EXEC_ONLY:
+            raise RequestError(f"{flag} applies to exec only")
+        if flag == "--reason":
+            reason = _value(word, rest)
+        elif flag in ("--output", "-o"):
+            output = _value(word, rest)
+            if output not in ("table", "json", "csv"):
                 raise RequestError("--output must be table, json or csv")
-            output = value
+        elif flag == "--wait":
+            wait = _seconds(_value(word, rest))
+        elif word == "--no-wait":
+            no_wait = True
+        elif flag == "--request":
+            request_id = _value(word, rest).strip()
+            if not request_id:
+                raise RequestError("--request needs a request id")
         elif word.startswith("-"):
             raise RequestError(f"unknown option {word}")
         elif target is None:
@@ -55,6 +102,16 @@ def parse_session_command(command: str) -> SessionCommand:
         else:
             rest.insert(0, word)
             break
+    if wait is not None and no_wait:
+        raise RequestError("give either --wait or --no-wait, not both")
     if target is None:
-        raise RequestError(f"{verb}: which target?")
-    return SessionCommand(verb=verb, target=target, reason=reason, argv=tuple(rest), output=output)
+        raise RequestError(f"{verb}: which target? ({USAGE[verb]})")
+    return SessionCommand(
+        verb=verb,
+        target=target,
+        reason=reason,
+        argv=tuple(rest),
+        output=output,
+        wait=0 if no_wait else DEFAULT_EXEC_WAIT if wait is None else wait,
+        request_id=request_id,
+    )

@@ -15,7 +15,6 @@ from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.sql import ParsedSql, decide_sql
 from broker.recording import RecordingError
-from broker.sessions.base import EXIT_APPROVAL, EXIT_DENIED
 from broker.sessions.formats import ResultWriter
 from broker.sessions.sql_base import SqlSessionBase
 from broker.targets.base import TargetError
@@ -64,12 +63,9 @@ class SqlExec(SqlSessionBase):
         if sql is None:
             self._error(f"SQL input larger than {MAX_SQL_BYTES // (1024 * 1024)} MiB")
             return 2
-        decision, parsed = await asyncio.to_thread(
-            decide_sql,
-            self._policy,
-            sql,
-            self.dialect,  # type: ignore[arg-type]
-        )
+        if self._request.request_id:
+            return await self._run_request(self._request.request_id, sql)
+        decision, parsed = await self._decide(sql)
         if decision.action != "allow":
             refused = await self._refused(sql, decision)
             if refused != -1:
@@ -78,17 +74,52 @@ class SqlExec(SqlSessionBase):
             return 0
         return await self._execute(sql, parsed, decision)
 
+    async def _decide(self, sql: str) -> tuple[Decision, ParsedSql]:
+        return await asyncio.to_thread(
+            decide_sql,
+            self._policy,
+            sql,
+            self.dialect,  # type: ignore[arg-type]
+        )
+
     async def _refused(self, sql: str, decision: Decision) -> int:
         def say(text: str) -> None:
             if decision.action == "deny":
                 text += "; nothing in this input was run"
             self._error(text)
 
-        outcome = await self._hold(sql, decision, say=say, subject="query")
+        outcome = await self._hold(
+            sql,
+            decision,
+            say=say,
+            subject="query",
+            wait=self._request.wait,
+            watch_cancel=self._client_cancelled,
+            in_session=False,
+        )
         if outcome.approved:
             self._approver = outcome.approver
             return -1
-        return EXIT_DENIED if decision.action == "deny" else EXIT_APPROVAL
+        return outcome.exit_status
+
+    async def _run_request(self, request_id: str, sql: str) -> int:
+        """`exec --request ID`: the approved SQL, once; input given must be exactly that SQL."""
+        checked = await self._run_approved_request(
+            request_id, sql if sql.strip() else None, say=self._error
+        )
+        if isinstance(checked, int):
+            return checked
+        record, text = checked
+        decision, parsed = await self._decide(text)
+        if decision.action == "deny":  # the policy changed since: deny still wins
+            return await self._refused(text, decision)
+        claimed = await self._claim_request(record, text, say=self._error)
+        if isinstance(claimed, int):
+            return claimed
+        self._approver = claimed
+        if not parsed.statements:
+            return 0
+        return await self._execute(text, parsed, decision)
 
     async def _execute(self, sql: str, parsed: ParsedSql, decision: Decision) -> int:
         started = time.time()

@@ -10,6 +10,7 @@ on the target and a notice shown. Review: the approval gate decides.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import logging
 import shlex
@@ -24,7 +25,8 @@ from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
 from broker.recording import Recorder, RecordingError
-from broker.sessions.base import EXIT_APPROVAL, EXIT_DENIED, SessionBase
+from broker.sessions.approvals import ReviewOutcome
+from broker.sessions.base import SessionBase
 from broker.sessions.screen import ScreenTracker, ShellState
 from broker.targets.base import TargetError, TerminalProcess, TerminalRequest
 from broker.targets.local import LocalPty
@@ -40,6 +42,18 @@ ECHO_SETTLE_MAX = 2.0
 # After an allowed command, further pasted lines wait for the next prompt this long.
 NEXT_PROMPT_WAIT = 2.0
 FLUSH_EVERY = 1.0
+# A reason asked for in the terminal: this long to answer, this many characters at most.
+REASON_TIMEOUT = 300.0
+MAX_REASON = 500
+
+
+def _escape_done(sequence: str) -> bool:
+    """True once SEQUENCE (ESC and what followed) is a whole escape sequence (CSI, SS3, ESC x)."""
+    if len(sequence) < 2:
+        return False
+    if len(sequence) == 2:
+        return sequence[1] not in "[O"
+    return sequence[-1].isalpha() or sequence[-1] == "~" or len(sequence) > 16
 
 
 async def open_terminal(
@@ -63,6 +77,7 @@ class TerminalSession(SessionBase):
         self._output_arrived = asyncio.Event()
         self._ending: str | None = None
         self._client_gone = False
+        self._status_shown = False
 
     # -- set-up ---------------------------------------------------------------------------
     def _terminal_request(self) -> TerminalRequest:
@@ -76,9 +91,9 @@ class TerminalSession(SessionBase):
             pty=self._process.get_terminal_type() is not None,
         )
 
-    def _notice(self, text: str) -> None:
+    def _notice(self, text: str, colour: str = "1;31") -> None:
         """A one-line message from the broker on the user's terminal, recorded like any output."""
-        data = f"\r\n\x1b[1;31m[hoop]\x1b[0m {text}\r\n".encode()
+        data = f"\r\n\x1b[{colour}m[hoop]\x1b[0m {text}\r\n".encode()
         # Recorded and shown, but not fed to the screen emulator: the shell did not print it,
         # and the emulator must keep following what the shell believes is on screen.
         self._record(lambda recorder: recorder.output(data))
@@ -96,9 +111,9 @@ class TerminalSession(SessionBase):
         if command_text is not None:
             decision = await self._judge(command_text)
             if decision.action != "allow":
-                allowed = await self._decide_held(command_text, decision)
-                if not allowed:
-                    return EXIT_DENIED if decision.action == "deny" else EXIT_APPROVAL
+                outcome = await self._held(command_text, decision)
+                if not outcome.approved:
+                    return outcome.exit_status
         try:
             recorder = self._open_recording(
                 width=request.cols,
@@ -117,6 +132,8 @@ class TerminalSession(SessionBase):
             started=started,
             command=command_text,
             details={"command": command_text, "recording": f"{self.session_id}.cast"},
+            on_grant_warning=self._notice,
+            on_grant_end=self._grant_ended,
         )
         self._stderr(f"session {self.session_id} started on {self._target.name}")
         status = 255
@@ -129,6 +146,8 @@ class TerminalSession(SessionBase):
                 recorder.mark(f"error: {exc}")
                 state, status = "failed", 1
                 return status
+            if self._ending:  # the access grant ended while the target was opening
+                self._terminal.hangup()
             self._tracker = ScreenTracker(
                 request.cols,
                 request.rows,
@@ -360,14 +379,30 @@ class TerminalSession(SessionBase):
         return True
 
     async def _decide_held(self, command: str, decision: Decision) -> bool:
-        """A command the policy did not simply allow: deny it, or ask the approval gate."""
-        screen = tuple(self._tracker.last_lines(20)) if self._tracker else ()
-        outcome = await self._hold(command, decision, say=self._say, screen=screen)
+        """A command the policy did not simply allow: deny it, or wait here for approvers."""
+        outcome = await self._held(command, decision)
         if outcome.approved:
             await self._audit_decision(
                 "command", "command", command, decision, approver=outcome.approver
             )
         return outcome.approved
+
+    async def _held(self, command: str, decision: Decision) -> ReviewOutcome:
+        in_session = self._recorder is not None
+        screen = tuple(self._tracker.last_lines(20)) if self._tracker else ()
+        # A one-off command (`connect NAME -- CMD`) is the session: its --reason counts.
+        ask = self._ask_reason if in_session or not self._reason else None
+        return await self._hold(
+            command,
+            decision,
+            say=self._say,
+            inform=self._inform,
+            screen=screen,
+            ask_reason=ask,
+            status=self._status,
+            watch_cancel=self._watch_ctrl_c,
+            in_session=in_session,
+        )
 
     def _say(self, text: str) -> None:
         if self._recorder is None:
@@ -375,6 +410,111 @@ class TerminalSession(SessionBase):
         else:
             self._notice(text)
             self._record(lambda recorder: recorder.mark(f"blocked: {text}"))
+
+    def _inform(self, text: str) -> None:
+        if self._recorder is None:
+            self._stderr(text)
+        else:
+            self._notice(text, colour="1;33")
+
+    # -- while a command waits for approval -----------------------------------------------
+    def _show(self, text: str) -> None:
+        """Broker text on the user's terminal: recorded in a session, on stderr before one."""
+        data = text.encode()
+        if self._recorder is None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._process.stderr.write(data)
+            return
+        self._record(lambda recorder: recorder.output(data))
+        self._send(data)
+
+    def _status(self, text: str | None) -> None:
+        """One status line, redrawn in place (None: the wait is over, leave the line)."""
+        if text is None:
+            if self._status_shown:
+                self._status_shown = False
+                self._show("\r\n")
+            return
+        self._status_shown = True
+        self._show(f"\r\x1b[2K\x1b[1;33m[hoop]\x1b[0m {text}")
+
+    async def _read_keys(self, seconds: float | None = None) -> bytes | None:
+        """The user's next keystrokes while the session holds a command; None when they left."""
+        while True:
+            try:
+                read = self._process.stdin.read(4096)
+                data = await (read if seconds is None else asyncio.wait_for(read, seconds))
+            except asyncssh.TerminalSizeChanged as change:
+                if self._terminal is not None:
+                    self._resize(change.width, change.height)
+                continue
+            except (asyncssh.BreakReceived, asyncssh.SignalReceived):
+                return CTRL_C
+            except (OSError, asyncssh.Error):
+                data = b""
+            if not data:
+                self._client_gone = True
+                return None
+            return data
+
+    async def _watch_ctrl_c(self) -> bool:
+        """True when the user presses Ctrl-C, False when they leave; other keys are ignored."""
+        while True:
+            data = await self._read_keys()
+            if data is None:
+                return False
+            if CTRL_C in data:
+                return True
+
+    async def _ask_reason(self, prompt: str) -> str | None:
+        """A one-line prompt in the user's terminal, typed with the broker's own echo."""
+        self._show(f"\r\n\x1b[1;33m[hoop]\x1b[0m {prompt}")
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        typed: list[str] = []
+        escape = ""
+        deadline = time.monotonic() + REASON_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                data = await self._read_keys(max(0.0, left))
+            except TimeoutError:
+                self._show(" (no answer)\r\n")
+                return None
+            if data is None:
+                return None
+            for char in decoder.decode(data):
+                if escape:  # skip escape sequences (arrow keys and the like)
+                    escape += char
+                    if _escape_done(escape):
+                        escape = ""
+                    continue
+                if char == "\x1b":
+                    escape = char
+                elif char == "\x03":
+                    self._show("^C\r\n")
+                    return None
+                elif char in "\r\n":
+                    self._show("\r\n")
+                    return "".join(typed).strip()
+                elif char in "\x7f\x08":
+                    if typed:
+                        typed.pop()
+                        self._show("\b \b")
+                elif char == "\x15":  # Ctrl-U
+                    self._show("\b \b" * len(typed))
+                    typed.clear()
+                elif char.isprintable() and len(typed) < MAX_REASON:
+                    typed.append(char)
+                    self._show(char)
+
+    # -- time-boxed access ----------------------------------------------------------------
+    def _grant_ended(self, text: str) -> None:
+        if self._ending:
+            return
+        self._ending = text
+        self._notice(text)
+        if self._terminal is not None:
+            self._terminal.hangup()
 
     def _cancel_line(self) -> None:
         assert self._terminal is not None
