@@ -6,9 +6,9 @@
 Creates a fresh PostgreSQL database and a fresh MariaDB database (each with its own login),
 fills a table `big (id, email, note)` with --rows rows server-side (PostgreSQL
 generate_series, MariaDB the Sequence engine's seq_1_to_N, else batched inserts), starts
-`hoop-broker serve --dev` with targets `pg` (column rule: email redacted), `pg-detect` (value
-detectors card and email, no column rule) and `maria` (no masking), logs a user in with the real
-`hoopctl login` (tests.helpers.User), then measures:
+`hoop-broker serve --dev` with targets `pg` (column rule: email redacted), `pg-detect` (all nine
+value detectors, no column rule) and `maria` (no masking), logs a user in with the real `hoopctl
+login` (tests.helpers.User), then measures:
 
 1. `SELECT 1`: statements per second and p50/p99 latency of `hoopctl exec` (a subprocess, Python
    start-up included; --cli-statements rounds) against `psql -c` / `mariadb -e` straight to the
@@ -16,7 +16,9 @@ detectors card and email, no column rule) and `maria` (no masking), logs a user 
 2. rows per second of `SELECT * FROM big` exported as CSV to /dev/null: `hoopctl exec pg` (column
    rule), `hoopctl exec pg-detect` (detectors), `hoopctl exec maria` (no masking), against psql
    (`COPY ... TO STDOUT CSV`) and `mariadb -B --quick` straight to the database.
-3. the broker's VmHWM (/proc/PID/status) before and after each export through it.
+3. the broker's VmHWM (/proc/PID/status) before and after each export through it, and the CPU
+   time the broker spent on it (/proc/PID/stat): rows per broker CPU-second hardly depends on
+   what else the machine is doing, rows per second does (the load average is printed).
 
 Both databases are dropped at the end, also on error. Every subprocess has a time limit and the
 measuring phases share --max-seconds (set-up not counted). Prints figures; asserts nothing.
@@ -163,7 +165,7 @@ strategy = "redact"
 name = "pg-detect"
 {pg}
 [targets.masking]
-detectors = ["card", "email"]
+detectors = ["card", "email", "phone", "iban", "us_ssn", "aws_key", "jwt", "private_key", "secret"]
 
 [[targets]]
 name = "maria"
@@ -181,7 +183,14 @@ class Results:
     latency: dict[str, list[float]] = field(default_factory=dict)
     exports: dict[str, tuple[int, float]] = field(default_factory=dict)  # rows, seconds
     memory: dict[str, tuple[float, float]] = field(default_factory=dict)  # MiB before, after
+    cpu: dict[str, float] = field(default_factory=dict)  # broker CPU seconds per export
     notes: list[str] = field(default_factory=list)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of PID (all its threads) from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> None:
@@ -284,6 +293,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> Results:
                     results.notes.append(f"{name}: skipped, time budget spent")
                     continue
                 before = proc_status(pid)["VmHWM"] / MiB
+                cpu_before = cpu_seconds(pid)
                 start = time.perf_counter()
                 try:
                     once()
@@ -293,6 +303,10 @@ def bench(args: argparse.Namespace, workdir: Path) -> Results:
                 results.exports[name] = (args.rows, time.perf_counter() - start)
                 if through_broker:
                     results.memory[name] = (before, proc_status(pid)["VmHWM"] / MiB)
+                    results.cpu[name] = cpu_seconds(pid) - cpu_before
+            results.notes.append(
+                "load average after the exports: " + " ".join(f"{n:.2f}" for n in os.getloadavg())
+            )
             results.memory["broker VmRSS at the end"] = (0.0, proc_status(pid)["VmRSS"] / MiB)
         finally:
             broker.stop()
@@ -329,10 +343,16 @@ def report(results: Results) -> str:
         if name in results.memory:
             before, after = results.memory[name]
             hwm = f"{before:.1f} -> {after:.1f} MiB (+{after - before:.1f})"
+        cpu = ""
+        if results.cpu.get(name):
+            used = results.cpu[name]
+            cpu = f"{used:.2f} s ({count / used:,.0f} rows/CPU-s)"
         rows.append(
-            (f"{EXPORT}, {name}", f"{count / seconds:,.0f} rows/s", f"{seconds:.2f} s", hwm)
+            (f"{EXPORT}, {name}", f"{count / seconds:,.0f} rows/s", f"{seconds:.2f} s", hwm, cpu)
         )
-    parts.append(render(rows, ("export (CSV to /dev/null)", "rate", "time", "broker VmHWM")))
+    parts.append(
+        render(rows, ("export (CSV to /dev/null)", "rate", "time", "broker VmHWM", "broker CPU"))
+    )
     end = results.memory.get("broker VmRSS at the end")
     if end:
         parts.append(f"broker VmRSS at the end: {end[1]:.1f} MiB")

@@ -188,6 +188,7 @@ class ChannelTerminal:
         self.prompting = False
         self.input_ended = False
         self.client_gone = False
+        self.ended: str | None = None
         self.failure: RecordingError | None = None
         # Called (from the reader task) when Ctrl-C arrives while no prompt is shown.
         self.on_interrupt: Callable[[], None] | None = None
@@ -223,7 +224,7 @@ class ChannelTerminal:
     @property
     def finished(self) -> bool:
         """No more input will come, or the session must end (recording failed)."""
-        return self.client_gone or self.failure is not None
+        return self.client_gone or self.failure is not None or self.ended is not None
 
     def _size(self) -> Size:
         return Size(rows=self.rows, columns=self.cols)
@@ -255,6 +256,15 @@ class ChannelTerminal:
     def notice(self, text: str) -> None:
         """A one-line message from the broker, in red like the terminal session's."""
         self.write(f"\x1b[1;31m[hoop]\x1b[0m {text}\n")
+
+    def end(self, reason: str) -> None:
+        """The broker ends the session (an access grant ran out): stop the prompt and any statement."""
+        self.ended = reason
+        self._stop_input()
+
+    def status(self, text: str | None) -> None:
+        """One status line redrawn in place; None ends it with a newline."""
+        self.write("\n" if text is None else f"\r\x1b[2K\x1b[1;33m[hoop]\x1b[0m {text}")
 
     def mark(self, label: str) -> None:
         self._record(lambda recorder: recorder.mark(label))

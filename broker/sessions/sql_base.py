@@ -10,12 +10,13 @@ from typing import Any
 
 from broker.credentials import resolve_credential
 from broker.keys import load_or_create_secret
-from broker.masking import Masker, MaskPlan, mask_text
-from broker.masking_views import column_sources
+from broker.masking import Masker, MaskPlan
+from broker.masking_views import column_sources, prepare_column_sources
 from broker.policy.decision import Decision
 from broker.sessions.base import SessionBase
 from broker.targets.database import DatabaseConnection, DatabaseTarget, StatementError
 
+MASK_BATCH = 500
 # Statement kinds whose rows are streamed from a server-side cursor.
 QUERY_KINDS = ("SELECT", "EXPLAIN", "SHOW", "DESCRIBE", "VALUES", "TABLE", "PRAGMA")
 
@@ -57,12 +58,13 @@ class SqlSessionBase(SessionBase):
 
     def _masked_error(self, exc: StatementError) -> str:
         """The database's error message, with any values it echoes masked."""
-        detectors = self._target.masking.detectors
-        return mask_text(str(exc), detectors) if detectors else str(exc)
+        return self._masking().mask_error(str(exc))
 
     async def _query(self, conn: DatabaseConnection, text: str, kind: str) -> MaskedResult:
         """Run one statement; its rows come back masked (raises StatementError, masked)."""
         started = time.monotonic()
+        # The view catalog is read before the statement: once rows stream, the connection is busy.
+        await prepare_column_sources(conn, self.dialect, text)
         try:
             result = await conn.execute(text, query=kind.split()[0] in QUERY_KINDS)
         except StatementError as exc:
@@ -74,11 +76,23 @@ class SqlSessionBase(SessionBase):
         plan = self._masking().plan(sources)
 
         async def masked_rows() -> AsyncIterator[tuple[Any, ...]]:
+            # Rows are masked a batch at a time (one detector pass per column over the batch);
+            # a batch goes out when it is full or the result ends.
+            batch: list[tuple[Any, ...]] = []
             try:
                 async for row in result.rows:
-                    yield plan.apply(row) if plan.active else row
+                    if not plan.active:
+                        yield row
+                        continue
+                    batch.append(row)
+                    if len(batch) >= MASK_BATCH:
+                        for masked in plan.apply_batch(batch):
+                            yield masked
+                        batch = []
             except StatementError as exc:
                 raise StatementError(self._masked_error(exc)) from None
+            for masked in plan.apply_batch(batch) if batch else ():
+                yield masked
 
         return MaskedResult(result.columns, masked_rows(), result.status, plan, started)
 

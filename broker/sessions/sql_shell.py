@@ -123,6 +123,9 @@ class SqlShell(SqlSessionBase):
         self._timing = False
         self._cancel: asyncio.Task[None] | None = None
         self._session: PromptSession[str] | None = None
+        # Grant notices that arrive before the terminal is open are shown once it is.
+        self._early_notices: list[str] = []
+        self._grant_ended: str | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def _stderr(self, text: str) -> None:
@@ -173,6 +176,8 @@ class SqlShell(SqlSessionBase):
             started=started,
             command=None,
             details={"recording": f"{self.session_id}.cast", "dialect": self.dialect},
+            on_grant_warning=self._grant_warning,
+            on_grant_end=self._grant_over,
         )
         self._stderr(f"session {self.session_id} started on {self._target.name}")
         status, state, reason = 1, "closed", None
@@ -181,6 +186,10 @@ class SqlShell(SqlSessionBase):
                 self._process, recorder, term=term_type, cols=cols, rows=rows
             ) as term:
                 self._term = term
+                for notice in self._early_notices:
+                    term.notice(clean(notice))
+                if self._grant_ended is not None:
+                    term.end(self._grant_ended)
                 try:
                     self._conn = await open_database(self._target)
                 except (TargetError, CredentialError) as exc:
@@ -196,6 +205,8 @@ class SqlShell(SqlSessionBase):
                 if term.failure is not None:
                     state, status = "terminated", 1
                     reason = f"recording failed: {term.failure}"
+                elif term.ended is not None:
+                    state, status, reason = "terminated", 1, term.ended
             return status
         finally:
             await self._end(state=state, status=status, reason=reason)
@@ -362,7 +373,27 @@ class SqlShell(SqlSessionBase):
             term.notice(clean(message))
             term.mark(f"blocked: {message}")
 
-        task = asyncio.create_task(self._hold(text, decision, say=say, subject="query"))
+        def inform(message: str) -> None:
+            term.write(f"\x1b[1;33m[hoop]\x1b[0m {clean(message)}\n")
+
+        async def ask_reason(prompt: str) -> str | None:
+            try:
+                reason = await term.prompt(PromptSession(), message=f"{prompt} ")
+            except (KeyboardInterrupt, EOFError):
+                return None
+            return reason.strip() or None
+
+        task = asyncio.create_task(
+            self._hold(
+                text,
+                decision,
+                say=say,
+                subject="query",
+                inform=inform,
+                status=lambda line: term.status(None if line is None else clean(line)),
+                ask_reason=ask_reason,
+            )
+        )
         term.on_interrupt = task.cancel
         try:
             return await task
@@ -376,6 +407,20 @@ class SqlShell(SqlSessionBase):
             return ReviewOutcome(approved=False, message=message)
         finally:
             term.on_interrupt = None
+
+    def _grant_warning(self, text: str) -> None:
+        if self._term is None:
+            self._early_notices.append(text)
+        else:
+            self._term.notice(clean(text))
+
+    def _grant_over(self, text: str) -> None:
+        self._grant_ended = text
+        if self._term is None:
+            self._early_notices.append(text)
+        else:
+            self._term.notice(clean(text))
+            self._term.end(text)
 
     def _interrupt(self) -> None:
         """Ctrl-C while a statement runs: ask the server to cancel it."""
