@@ -18,6 +18,7 @@ from broker.config import BrokerConfig, OidcSection
 from broker.errors import BrokerError, ConfigError
 from broker.identity.dev_issuer import DevIssuer, DevUser
 from broker.identity.tokens import TokenValidator
+from broker.integrity import seal_recording
 from broker.keys import BrokerKeys, load_or_create_keys
 from broker.server import BrokerConnection, handle_process
 from broker.session_index import schedule_indexing
@@ -63,7 +64,6 @@ class Broker:
         self.validator = TokenValidator(self.oidc)
         self.approvals: ApprovalGate = await start_approvals(self)
         await self._close_interrupted_sessions()
-        schedule_indexing(self)
         host, port = _split_host_port(listen or self.config.broker.listen)
         try:
             self._server = await asyncssh.listen(
@@ -81,6 +81,7 @@ class Broker:
             )
         except OSError as exc:
             raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        schedule_indexing(self)
         bound = self._server.sockets[0].getsockname()
         self.listen_address = f"{bound[0]}:{bound[1]}"
         print(
@@ -93,6 +94,13 @@ class Broker:
     async def _close_interrupted_sessions(self) -> None:
         """Sessions left open by a crash: mark them interrupted; their recordings stay as flushed."""
         for session in await self.store.interrupt_open_sessions(time.time()):
+            details: dict[str, object] = {"state": "interrupted"}
+            if session.get("recording"):
+                signature = await seal_recording(
+                    self.keys, Path(session["recording"]), session["id"]
+                )
+                if signature is not None:
+                    details["recording_sha256"] = signature["sha256"]
             await self.audit.emit(
                 AuditEvent(
                     type="session.end",
@@ -101,7 +109,7 @@ class Broker:
                     session=session["id"],
                     outcome="failure",
                     reason="broker stopped during the session",
-                    details={"state": "interrupted"},
+                    details=details,
                 )
             )
 
@@ -141,6 +149,8 @@ class Broker:
             await self._server.wait_closed()
         if self._dev_issuer is not None:
             await self._dev_issuer.stop()
+        if getattr(self, "audit", None) is not None:
+            await self.audit.close()  # drains the sinks and signs the chain head
         if self._store is not None:
             await self._store.close()
 

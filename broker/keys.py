@@ -1,4 +1,5 @@
-"""The broker's own keys in its data dir: the SSH host key and the user certificate authority."""
+"""The broker's own keys in its data dir: the SSH host key, the user certificate authority and
+the audit signing key (recording signatures, prune checkpoints, the signed chain head)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from broker.errors import BrokerError
 
 HOST_KEY_FILE = "host_key"
 USER_CA_FILE = "user_ca"
+AUDIT_KEY_FILE = "audit_key"
 
 
 @dataclass(frozen=True)
 class BrokerKeys:
     host_key: asyncssh.SSHKey
     user_ca: asyncssh.SSHKey
+    audit_key: asyncssh.SSHKey
 
     @property
     def host_fingerprint(self) -> str:
@@ -59,7 +62,24 @@ def load_or_create_keys(data_dir: Path) -> BrokerKeys:
     return BrokerKeys(
         host_key=_load_or_create(data_dir / HOST_KEY_FILE),
         user_ca=_load_or_create(data_dir / USER_CA_FILE),
+        audit_key=_load_or_create(data_dir / AUDIT_KEY_FILE),
     )
+
+
+def load_or_create_audit_key(data_dir: Path) -> asyncssh.SSHKey:
+    """The Ed25519 key that signs recordings and audit checkpoints (0600, created when missing)."""
+    ensure_data_dir(data_dir)
+    return _load_or_create(data_dir / AUDIT_KEY_FILE)
+
+
+def load_audit_key(data_dir: Path) -> asyncssh.SSHKey:
+    """The audit signing key of a broker that has run before; never creates one."""
+    path = data_dir / AUDIT_KEY_FILE
+    if not path.exists():
+        raise BrokerError(
+            f"no audit signing key {path}: start the broker once with this data dir first"
+        )
+    return _load_or_create(path)
 
 
 def load_or_create_secret(data_dir: Path, name: str, size: int = 32) -> bytes:

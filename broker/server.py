@@ -11,6 +11,7 @@ import asyncssh
 
 from broker.audit import AuditEvent
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget, Target
+from broker.errors import BrokerError
 from broker.protocol import LOGIN_USER, SUBSYSTEM
 from broker.session_context import ConnectionContext
 from broker.sessions.base import SessionBase
@@ -147,6 +148,23 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
         if grant is None:
             await _refuse_without_grant(broker, process, ctx, target)
             return
+    refusal = broker.audit.refusal_reason()
+    if refusal is not None:
+        # Strict audit: no session may start while its events could be lost.
+        with contextlib.suppress(BrokerError):
+            await broker.audit.emit(
+                AuditEvent(
+                    type="session.rejected",
+                    actor=ctx.user,
+                    groups=ctx.groups,
+                    target=target.name,
+                    outcome="failure",
+                    reason=refusal,
+                    remote=ctx.remote,
+                )
+            )
+        _refuse(process, f"session refused: {refusal}", 1)
+        return
     session = session_class(
         broker, ctx, process, target, broker.config.policy_for(target), broker.approvals, request
     )

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from broker.errors import StoreError
+from broker.integrity import GENESIS, chain_hash
+
+log = logging.getLogger("hoop.audit")
+T = TypeVar("T")
 
 STORE_FILE = "hoop.db"
 
@@ -40,9 +49,26 @@ CREATE TABLE IF NOT EXISTS audit_events (
     actor TEXT,
     session TEXT,
     target TEXT,
-    event TEXT NOT NULL
+    event TEXT NOT NULL,
+    seq INTEGER,
+    prev_hash TEXT,
+    hash TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_events_type ON audit_events(type);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    event_time REAL NOT NULL,
+    created_at REAL NOT NULL,
+    cut REAL NOT NULL,
+    events INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     user TEXT NOT NULL,
@@ -67,13 +93,176 @@ class StoredIdentity:
     updated_at: float
 
 
+_CHAIN_COLUMNS = (("seq", "INTEGER"), ("prev_hash", "TEXT"), ("hash", "TEXT"))
+_EVENT_COLUMNS = "id, seq, prev_hash, hash, time, type, actor, session, target, event"
+
+
+def connect_sync(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection to the store, in autocommit mode (explicit transactions)."""
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def migrate_audit_chain(conn: sqlite3.Connection, now: float | None = None) -> int:
+    """Bring a store made by an older broker up to the hash chain; return events newly chained.
+
+    Adds the chain columns when they are missing and chains every event that has none, in
+    the order they were written. Changes made to those events before this ran cannot be
+    detected; `audit_meta.chain_since` records when chaining began.
+    """
+    conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(audit_events)")}
+    for name, kind in _CHAIN_COLUMNS:
+        if name not in columns:
+            conn.execute(f"ALTER TABLE audit_events ADD COLUMN {name} {kind}")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS audit_events_seq ON audit_events(seq)")
+    conn.execute(
+        "INSERT OR IGNORE INTO audit_meta(key, value) VALUES ('chain_since', ?)",
+        (repr(time.time() if now is None else now),),
+    )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "SELECT id, event FROM audit_events WHERE seq IS NULL ORDER BY id"
+        ).fetchall()
+        seq, prev = chain_head(conn)
+        for row_id, text in rows:
+            record = json.loads(text)
+            for key in ("seq", "prev_hash", "hash"):
+                record.pop(key, None)
+            seq += 1
+            digest = chain_hash(record, seq, prev)
+            conn.execute(
+                "UPDATE audit_events SET seq = ?, prev_hash = ?, hash = ? WHERE id = ?",
+                (seq, prev, digest, row_id),
+            )
+            prev = digest
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    if rows:
+        log.warning("audit: chained %d events written by an older broker", len(rows))
+    return len(rows)
+
+
+def chain_head(conn: sqlite3.Connection) -> tuple[int, str]:
+    """(seq, hash) of the newest event; after a prune that left none, of the checkpoint."""
+    row = conn.execute(
+        "SELECT seq, hash FROM audit_events WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        row = conn.execute(
+            "SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+
+def append_chained(
+    conn: sqlite3.Connection,
+    record: dict[str, Any],
+    floor: tuple[int, str] | None = None,
+) -> dict[str, Any]:
+    """Append RECORD to the chain in one write transaction; return it with seq and hashes.
+
+    `BEGIN IMMEDIATE` takes SQLite's write lock before the head is read, so two writers
+    (the broker and `hoop-broker prune`) cannot both extend the same head. FLOOR is the head
+    this writer last saw: if the store's head is older, events were deleted from its end, and
+    the chain goes on from FLOOR so that the gap stays visible to `hoop-broker verify`.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        head_seq, prev = chain_head(conn)
+        if floor is not None and floor[0] > head_seq:
+            log.critical(
+                "audit: events seq %d-%d were deleted from the store behind the broker's back; "
+                "the chain goes on from seq %d so that the gap stays visible",
+                head_seq + 1,
+                floor[0],
+                floor[0],
+            )
+            head_seq, prev = floor
+        seq = head_seq + 1
+        digest = chain_hash(record, seq, prev)
+        conn.execute(
+            "INSERT INTO audit_events(time, type, actor, session, target, event, seq, prev_hash, "
+            "hash) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                record["time"],
+                record["type"],
+                record.get("actor"),
+                record.get("session"),
+                record.get("target"),
+                json.dumps(record, sort_keys=True),
+                seq,
+                prev,
+                digest,
+            ),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return {**record, "seq": seq, "prev_hash": prev, "hash": digest}
+
+
+def _event_row(row: Sequence[Any]) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(row[-1])
+    if row[1] is not None:
+        record.update(seq=row[1], prev_hash=row[2], hash=row[3])
+    return record
+
+
+class _AuditWriter:
+    """The one writer of the audit chain: its own connection, used from one thread only.
+
+    Appends run one at a time in submission order, each as a single function call in that
+    thread, so a cancelled caller can never leave a transaction half done.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="hoop-audit-writer")
+        self._conn: sqlite3.Connection | None = None
+        self.floor: tuple[int, str] | None = None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def open(self) -> None:
+        self._conn = connect_sync(self._path)
+        migrate_audit_chain(self._conn)
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        assert self._conn is not None
+        chained = append_chained(self._conn, record, self.floor)
+        self.floor = (chained["seq"], chained["hash"])
+        return chained
+
+    def close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        await self.call(self.close_sync)
+        self._executor.shutdown(wait=False)
+
+
 class Store:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path | None = None) -> None:
         self._db = db
+        self._path = path
+        self._writer: _AuditWriter | None = None
 
     @classmethod
     async def open(cls, data_dir: Path) -> Store:
         path = data_dir / STORE_FILE
+        writer = _AuditWriter(path)
         try:
             db = await aiosqlite.connect(path)
             await db.execute("PRAGMA journal_mode=WAL")
@@ -81,17 +270,31 @@ class Store:
             await db.execute("PRAGMA busy_timeout=5000")
             await db.executescript(_SCHEMA)
             await db.commit()
-        except sqlite3.Error as exc:
+            await writer.call(writer.open)
+        except (sqlite3.Error, ValueError) as exc:
+            await writer.close()
             raise StoreError(f"cannot open store {path}: {exc}") from None
         path.chmod(0o600)
-        return cls(db)
+        store = cls(db, path)
+        store._writer = writer
+        return store
 
     @property
     def db(self) -> aiosqlite.Connection:
         """The store's connection, for modules that keep their own tables in it."""
         return self._db
 
+    @property
+    def path(self) -> Path:
+        """The SQLite file (for readers that open their own connection, e.g. verification)."""
+        if self._path is None:
+            raise StoreError("this store was not opened from a file")
+        return self._path
+
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
         await self._db.close()
 
     async def _write(self, sql: str, params: Sequence[Any]) -> int:
@@ -207,25 +410,58 @@ class Store:
         )
         return dict(zip(keys, row, strict=True))
 
-    async def append_audit(self, event: dict[str, Any]) -> int:
-        return await self._write(
-            "INSERT INTO audit_events(time, type, actor, session, target, event) VALUES (?,?,?,?,?,?)",
-            (
-                event["time"],
-                event["type"],
-                event.get("actor"),
-                event.get("session"),
-                event.get("target"),
-                json.dumps(event, sort_keys=True),
-            ),
-        )
+    # -- the audit chain ------------------------------------------------------------------
+
+    def set_chain_floor(self, seq: int, digest: str) -> None:
+        """The newest head this broker knows of (its signed head file): never chain below it."""
+        if self._writer is not None and (self._writer.floor or (0, ""))[0] < seq:
+            self._writer.floor = (seq, digest)
+
+    async def append_audit(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Append EVENT (a JSON-safe dict) to the hash chain; return it with seq, prev_hash, hash.
+
+        Appends are serialized (one writer thread, and SQLite's write lock across processes),
+        so the chain cannot fork.
+        """
+        if self._writer is None:
+            raise StoreError("the store is closed")
+        try:
+            return await self._writer.call(self._writer.append, event)
+        except sqlite3.Error as exc:
+            raise StoreError(f"audit event could not be stored: {exc}") from None
+
+    async def audit_head(self) -> tuple[int, str]:
+        """(seq, hash) of the newest audit event (or of the prune checkpoint, or (0, GENESIS))."""
+        async with self._db.execute(
+            "SELECT seq, hash FROM audit_events WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1"
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            async with self._db.execute(
+                "SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+            ) as cursor:
+                row = await cursor.fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
     async def audit_events(self, event_type: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT event FROM audit_events"
+        sql = f"SELECT {_EVENT_COLUMNS} FROM audit_events"  # noqa: S608 (constant)
         params: tuple[Any, ...] = ()
         if event_type:
             sql += " WHERE type = ?"
             params = (event_type,)
-        async with self._db.execute(sql + " ORDER BY id", params) as cursor:
+        async with self._db.execute(sql + " ORDER BY seq, id", params) as cursor:
             rows = await cursor.fetchall()
-        return [json.loads(row[0]) for row in rows]
+        return [_event_row(row) for row in rows]
+
+    async def audit_events_between(
+        self, after: int, before: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Chained events with AFTER < seq < BEFORE, oldest first, at most LIMIT of them."""
+        sql = f"SELECT {_EVENT_COLUMNS} FROM audit_events WHERE seq > ?"  # noqa: S608
+        params: list[Any] = [after]
+        if before is not None:
+            sql += " AND seq < ?"
+            params.append(before)
+        async with self._db.execute(sql + " ORDER BY seq LIMIT ?", [*params, limit]) as cursor:
+            rows = await cursor.fetchall()
+        return [_event_row(row) for row in rows]

@@ -54,8 +54,12 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
     cols, rows = _terminal_size(stdout_fd if os.isatty(stdout_fd) else stdin_fd)
     term = os.environ.get("TERM") or "xterm-256color"
     try:
+        # Like ssh: a PTY only when the input is a terminal, so piped input is a script.
         process = await conn.create_process(
-            command, term_type=term, term_size=(cols, rows), encoding=None
+            command,
+            term_type=term if interactive else None,
+            term_size=(cols, rows) if interactive else None,
+            encoding=None,
         )
     except asyncssh.Error as exc:
         raise BrokerUnreachable(f"the broker refused the session: {exc.reason}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pexpect
 import pytest
 
 from broker.recording import read_events
-from tests.helpers import BrokerProcess, User, assert_one_line_error
+from tests.helpers import HOOPCTL, BrokerProcess, User, assert_one_line_error
 from tests.terminal_helpers import (
     PROMPT,
     close_shell,
@@ -259,3 +260,27 @@ def test_exec_denied_command_exits_3_and_never_runs(user: User, sandbox: Path) -
     assert result.returncode == 3
     assert "denied by rule no-recursive-rm" in result.stderr
     assert (sandbox / "victim" / "data").exists()
+
+
+def test_piped_input_is_judged_and_the_session_ends_with_it(user: User, sandbox: Path) -> None:
+    """Input from a pipe runs as a script through the same guardrails; its end ends the shell."""
+    proof = sandbox / "piped"
+    script = f"echo piped-ok\ntouch {proof}\nrm -rf {sandbox}/victim\n"
+    result = user.run("connect", "shell", input=script, timeout=60)
+    assert "piped-ok\n" in result.stdout.replace("\r", ""), repr(result.stdout)
+    assert proof.exists()
+    assert (sandbox / "victim" / "data").exists()  # the denied line never ran
+    assert "denied by rule" in result.stdout + result.stderr
+
+
+def test_one_off_command_with_stdin_from_dev_null(user: User) -> None:
+    result = subprocess.run(
+        [HOOPCTL, "connect", "shell", "--", "echo", "inside"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=user.env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "inside" in result.stdout

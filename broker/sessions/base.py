@@ -15,9 +15,11 @@ import asyncssh
 
 from broker.audit import AuditEvent
 from broker.config import Policy, Target
+from broker.integrity import seal_recording
 from broker.policy.decision import Decision
 from broker.recording import Recorder, RecordingError, RecordingHeader
 from broker.session_context import ConnectionContext
+from broker.session_index import schedule_indexing
 from broker.sessions.approvals import (
     ApprovalError,
     ApprovalGate,
@@ -594,9 +596,16 @@ class SessionBase:
             self._grant_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._grant_task
+        details: dict[str, object] = {"exit_status": status, "state": state}
         if self._recorder is not None:
             with contextlib.suppress(RecordingError):
                 self._recorder.close()
+            # The broker signs the finished recording; its digest also goes into the chain.
+            signature = await seal_recording(
+                self._broker.keys, self._recorder.path, self.session_id
+            )
+            if signature is not None:
+                details["recording_sha256"] = signature["sha256"]
         await self._broker.store.end_session(
             self.session_id, state=state, ended_at=time.time(), exit_status=status
         )
@@ -604,5 +613,6 @@ class SessionBase:
             "session.end",
             outcome="success" if state == "closed" else "failure",
             reason=reason,
-            details={"exit_status": status, "state": state},
+            details=details,
         )
+        schedule_indexing(self._broker)

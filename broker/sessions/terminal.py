@@ -41,6 +41,8 @@ ECHO_SETTLE_QUIET = 0.015
 ECHO_SETTLE_MAX = 2.0
 # After an allowed command, further pasted lines wait for the next prompt this long.
 NEXT_PROMPT_WAIT = 2.0
+# When the client's input ends, Ctrl-D waits this long at most for the shell's prompt.
+END_INPUT_WAIT = 10.0
 FLUSH_EVERY = 1.0
 # A reason asked for in the terminal: this long to answer, this many characters at most.
 REASON_TIMEOUT = 300.0
@@ -77,6 +79,7 @@ class TerminalSession(SessionBase):
         self._output_arrived = asyncio.Event()
         self._ending: str | None = None
         self._client_gone = False
+        self._cancelled_at = -1  # prompts seen when the broker last cancelled a line
         self._status_shown = False
 
     # -- set-up ---------------------------------------------------------------------------
@@ -88,7 +91,9 @@ class TerminalSession(SessionBase):
             cols=cols or 80,
             rows=rows or 24,
             command=list(self._argv) or None,
-            pty=self._process.get_terminal_type() is not None,
+            # An interactive shell always gets a PTY on the target (the guardrails read its
+            # echo), even when the client's input is a pipe; a one-off command only with one.
+            pty=self._process.get_terminal_type() is not None or not self._argv,
         )
 
     def _notice(self, text: str, colour: str = "1;31") -> None:
@@ -259,11 +264,34 @@ class TerminalSession(SessionBase):
             except (asyncssh.BreakReceived, asyncssh.SignalReceived):
                 continue
             except (OSError, asyncssh.Error):
-                data = b""
+                self._client_gone = True  # the connection is gone
+                return
             if not data:
-                self._client_gone = True
+                await self._client_input_ended()
                 return
             await self._handle_input(data)
+
+    async def _client_input_ended(self) -> None:
+        """EOF from the client (its stdin was a pipe or a file that ran out): end the target's
+        input as Ctrl-D would, and go on relaying its output until it exits or the client
+        closes the channel."""
+        assert self._terminal is not None and self._tracker is not None
+        # A shell reading a command sees Ctrl-D only at its prompt: sent while a command runs,
+        # the terminal's line discipline may drop it when the shell switches modes.
+        # After a cancelled line the shell flushes its input on Ctrl-C: wait for its new prompt.
+        tracker = self._tracker
+        deadline = time.monotonic() + END_INPUT_WAIT
+        while tracker.integration and time.monotonic() < deadline:
+            if tracker.state is ShellState.PROMPT and tracker.prompts_seen > self._cancelled_at:
+                break
+            self._output_arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._output_arrived.wait(), ECHO_SETTLE_MAX)
+        self._record(lambda recorder: recorder.mark("input ended"))
+        self._terminal.end_input()
+        with contextlib.suppress(OSError, asyncssh.Error):
+            await self._process.channel.wait_closed()
+        self._client_gone = True
 
     def _resize(self, cols: int, rows: int) -> None:
         assert self._terminal is not None and self._tracker is not None
@@ -518,6 +546,8 @@ class TerminalSession(SessionBase):
 
     def _cancel_line(self) -> None:
         assert self._terminal is not None
+        if self._tracker is not None:
+            self._cancelled_at = self._tracker.prompts_seen
         self._record(lambda recorder: recorder.input(CTRL_C))
         self._terminal.write(CTRL_C)
 

@@ -31,6 +31,10 @@ class TerminalProcess(Protocol):
 
     def resize(self, cols: int, rows: int) -> None: ...
 
+    def end_input(self) -> None:
+        """The client's input has ended: end the target's input as a terminal would (Ctrl-D)."""
+        ...
+
     def echo_enabled(self) -> bool | None:
         """True/False when the target's terminal echo state is known, None when it cannot be seen."""
         ...

@@ -172,6 +172,9 @@ class LocalPty:
             asyncio.get_running_loop().add_reader(self._master, self._on_readable)
         return data
 
+    def end_input(self) -> None:
+        self.write(b"\x04")  # always a PTY: Ctrl-D is end of input
+
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:

@@ -84,9 +84,12 @@ class SshTerminal:
         conn: asyncssh.SSHClientConnection,
         process: asyncssh.SSHClientProcess[bytes],
         shell_integration: bool,
+        *,
+        pty: bool = True,
     ) -> None:
         self._conn = conn
         self._process = process
+        self._pty = pty
         self.shell_integration = shell_integration
         self._stdout_done = False
         # Bounded, so a flood waits in the SSH window instead of the broker's memory.
@@ -118,7 +121,7 @@ class SshTerminal:
             raise TargetError(
                 f"target {target.name}: cannot open a session: {exc.reason}"
             ) from None
-        return cls(conn, process, integration)
+        return cls(conn, process, integration, pty=request.pty)
 
     async def _pump(self, stream: asyncssh.SSHReader[bytes]) -> None:
         try:
@@ -148,6 +151,12 @@ class SshTerminal:
             self._process.stdin.write_eof()
         except (asyncssh.Error, OSError, BrokenPipeError):
             pass
+
+    def end_input(self) -> None:
+        if self._pty:
+            self.write(b"\x04")
+        else:
+            self.write_eof()
 
     def resize(self, cols: int, rows: int) -> None:
         try:
