@@ -39,8 +39,10 @@ format: install
 demo: install
 	bash scripts/demo.sh
 
-bench: install system-deps
-	$(PY) -m bench.login
+# Every benchmark in turn; each prints its figures (bench/README.md has a recent run).
+BENCHES ?= login terminal sql approvals replay session_search audit_sinks
+bench: install system-deps idp
+	for b in $(BENCHES); do $(PY) -m bench.$$b || exit 1; done
 
 completions: install
 	$(PY) scripts/gen_completions.py

@@ -221,6 +221,49 @@ def latency(
         samples.append(time.perf_counter() - start)
 
 
+# The SQL shell brackets each prompt with bracketed-paste on/off (prompt-toolkit).
+SHELL_PROMPT = "\x1b[?2004h"
+
+
+def shell_latency(
+    results: Results,
+    name: str,
+    argv: list[str],
+    env: dict[str, str] | None,
+    prompt: str,
+    rounds: int,
+    deadline: float,
+) -> None:
+    """`SELECT 1;` + Enter at an interactive prompt until the next prompt, ROUNDS times."""
+    import pexpect
+
+    child = pexpect.spawn(
+        argv[0], argv[1:], env=env, encoding="utf-8", timeout=30, dimensions=(40, 120)
+    )
+    child.delaybeforesend = None  # pexpect would add 50 ms before every send
+
+    def at_prompt() -> None:
+        if prompt:
+            child.expect(prompt)
+        else:
+            child.expect_exact(SHELL_PROMPT)
+
+    try:
+        at_prompt()
+        samples = results.latency.setdefault(name, [])
+        for done in range(rounds + 1):
+            if done and time.monotonic() >= deadline:
+                results.notes.append(f"{name}: time budget spent after {done} rounds")
+                break
+            start = time.perf_counter()
+            child.send("SELECT 1;\r")
+            at_prompt()
+            if done:  # the first round is a warm-up
+                samples.append(time.perf_counter() - start)
+    finally:
+        child.terminate(force=True)
+
+
 def bench(args: argparse.Namespace, workdir: Path) -> Results:
     results = Results()
     pg_password = "pg-" + secrets.token_hex(8)
@@ -272,6 +315,25 @@ def bench(args: argparse.Namespace, workdir: Path) -> Results:
                 ("hoopctl exec maria", args.cli_statements, cli("maria", "-c", "SELECT 1")),
             ):
                 latency(results, name, rounds, deadline, once)
+
+            # Interactive shells: the same statement typed at a prompt, timed from Enter until
+            # the next prompt, in a real terminal (pexpect) for both.
+            shells: tuple[tuple[str, list[str], dict[str, str] | None, str], ...] = (
+                ("psql (interactive)", psql[:-1], None, r"=# $"),
+                ("hoopctl connect pg (SQL shell)", [*hoopctl[:-1], "connect", "pg"], user.env, ""),
+                ("mariadb (interactive)", maria, None, r"\]> $"),
+                (
+                    "hoopctl connect maria (SQL shell)",
+                    [*hoopctl[:-1], "connect", "maria"],
+                    user.env,
+                    "",
+                ),
+            )
+            for name, argv, env, prompt in shells:
+                if left() <= 1:
+                    results.notes.append(f"{name}: skipped, time budget spent")
+                    continue
+                shell_latency(results, name, argv, env, prompt, args.statements, deadline)
 
             exports: tuple[tuple[str, Callable[[], None], bool], ...] = (
                 (

@@ -23,6 +23,7 @@ log = logging.getLogger("hoop.audit")
 T = TypeVar("T")
 
 STORE_FILE = "hoop.db"
+WRITE_ATTEMPTS = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -298,12 +299,23 @@ class Store:
         await self._db.close()
 
     async def _write(self, sql: str, params: Sequence[Any]) -> int:
-        try:
-            cursor = await self._db.execute(sql, params)
-            await self._db.commit()
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from None
-        return cursor.lastrowid or 0
+        # Another connection (the audit writer, `hoop-broker prune`) may have written since
+        # this connection's read snapshot: SQLite then refuses at once ("database is locked")
+        # instead of waiting. Roll back, so no half-open transaction blocks later writes, and
+        # try again on a fresh snapshot.
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                cursor = await self._db.execute(sql, params)
+                await self._db.commit()
+                return cursor.lastrowid or 0
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.rollback()
+                retry = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+                if not retry or attempt == WRITE_ATTEMPTS - 1:
+                    raise StoreError(f"store write failed: {exc}") from None
+                await asyncio.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def record_identity(
         self, user: str, groups: Sequence[str], subject: str, issuer: str, now: float

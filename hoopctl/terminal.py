@@ -116,18 +116,3 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
     if completed.exit_status is not None and completed.exit_status >= 0:
         return completed.exit_status
     return 255
-
-
-async def run_command(conn: asyncssh.SSHClientConnection, command: str, stdin_data: bytes) -> int:
-    """Run COMMAND on the broker without a PTY: send STDIN_DATA, relay stdout and stderr."""
-    try:
-        process = await conn.create_process(command, encoding=None)
-    except asyncssh.Error as exc:
-        raise BrokerUnreachable(f"the broker refused the request: {exc.reason}") from None
-    process.stdin.write(stdin_data)
-    process.stdin.write_eof()
-    await asyncio.gather(_copy_out(process.stdout, 1), _copy_out(process.stderr, 2))
-    completed = await process.wait(check=False)
-    if completed.exit_status is not None and completed.exit_status >= 0:
-        return completed.exit_status
-    return 255
