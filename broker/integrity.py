@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
 from broker.errors import BrokerError
+from broker.session_index import drop_from_index
 
 if TYPE_CHECKING:
     from broker.app import Broker
@@ -980,6 +981,8 @@ def prune(
                         f"DELETE FROM sessions WHERE id IN ({','.join('?' * len(part))})",  # noqa: S608
                         part,
                     )
+                # The search index's text of a pruned session goes with its recording.
+                drop_from_index(conn, result.sessions)
             open_ids = {
                 row[0] for row in conn.execute("SELECT id FROM sessions WHERE state = 'open'")
             }

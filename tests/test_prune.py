@@ -203,3 +203,18 @@ def test_prune_refuses_bad_input(broker: BrokerProcess, tmp_path: Path) -> None:
     )
     assert result.returncode == 1 and "no store at" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_prune_takes_a_session_out_of_the_search_index(broker: BrokerProcess, user: User) -> None:
+    exec_session(broker, user, "findable-word-77")
+    found = user.run("sessions", "search", "findable-word-77", "--output", "json")
+    assert found.returncode == 0 and "findable-word-77" in found.stdout, found.stderr
+    broker.stop()
+    time.sleep(1.2)
+    result = run_prune(broker, "--older-than", "1s")
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(broker.data_dir / "hoop.db") as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM session_lines WHERE text LIKE '%findable-word-77%'"
+        ).fetchone()[0]
+    assert left == 0
