@@ -214,6 +214,13 @@ def test_select_as_json(dba: User, target: str) -> None:
     assert json.loads(result.stdout) == [{"id": 1, "tens": 10}, {"id": 2, "tens": 20}]
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_select_without_rows_is_an_empty_json_array(dba: User, target: str) -> None:
+    result = dba.run("exec", target, "-c", "SELECT id FROM accounts WHERE id < 0", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
 def test_unmasked_target_returns_values_as_stored(dba: User) -> None:
     sql = "SELECT id, email FROM accounts ORDER BY id"
     result = dba.run("exec", "maria", "-c", sql, "-o", "json")

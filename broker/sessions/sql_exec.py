@@ -16,7 +16,7 @@ from broker.policy.decision import Decision
 from broker.policy.sql import ParsedSql, decide_sql
 from broker.recording import RecordingError
 from broker.sessions.formats import ResultWriter
-from broker.sessions.sql_base import SqlSessionBase
+from broker.sessions.sql_base import QUERY_KINDS, SqlSessionBase
 from broker.targets.base import TargetError
 from broker.targets.database import DatabaseConnection, StatementError, open_database
 
@@ -188,6 +188,10 @@ class SqlExec(SqlSessionBase):
                     await self._write(result.status + "\n")
                 else:
                     self._error(result.status)
+            elif kind.split()[0] in QUERY_KINDS:
+                # A query without rows whose columns the driver could not name (PostgreSQL's
+                # chunked stream): still an empty result, so json readers get [].
+                await self._write({"json": "[]\n", "table": "(0 rows)\n"}.get(self._output, ""))
         except StatementError as exc:
             error = str(exc)
             self._error(error)
