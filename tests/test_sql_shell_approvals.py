@@ -71,11 +71,17 @@ def test_delete_without_where_waits_in_the_shell_until_approved_then_runs_once(
     broker: BrokerProcess = world["broker"]
     before = rows(ledger)
     sh = Shell(alice.user, "ledger")
+    assert "ben" in sh.run("SELECT owner FROM accounts ORDER BY id;")
     sh.child.send("DELETE FROM accounts;\r")
     sh.child.expect(REQUEST_ID)
     request_id = sh.child.match.group(1)
     sh.child.expect(rf"waiting for approval {request_id} from dba-leads")
     assert rows(ledger) == before  # nothing ran while it waits
+    # The approver sees what the requester's screen showed before the statement.
+    screen = asyncio.run(bob.call("approvals.get", {"id": request_id}))["screen"]
+    assert any("ben" in line for line in screen), screen
+    assert any("SELECT owner FROM accounts" in line for line in screen), screen
+    assert not any("\x1b" in line for line in screen)
     approve = bob.user.run("approve", request_id, "--comment", "cleanup ticket 7")
     assert approve.returncode == 0, approve.stderr
     sh.child.expect(r"approved by bob")

@@ -26,6 +26,7 @@ import codecs
 import contextlib
 import logging
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from itertools import count
@@ -42,6 +43,11 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.shortcuts import PromptSession
 
 from broker.recording import Recorder, RecordingError
+
+SCREEN_CONTEXT = 20
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])"
+)
 
 log = logging.getLogger("hoop.broker.session")
 
@@ -190,6 +196,8 @@ class ChannelTerminal:
         self.client_gone = False
         self.ended: str | None = None
         self.failure: RecordingError | None = None
+        # What the user last saw, as plain lines: context for approvers of a held statement.
+        self.recent: deque[str] = deque(maxlen=SCREEN_CONTEXT)
         # Called (from the reader task) when Ctrl-C arrives while no prompt is shown.
         self.on_interrupt: Callable[[], None] | None = None
         self._pending = bytearray()
@@ -234,6 +242,13 @@ class ChannelTerminal:
         """Show TEXT (\\n becomes \\r\\n), recorded first: what cannot be recorded is not shown."""
         if text:
             self._send(crlf(text).encode("utf-8", "replace"))
+            self.remember(text)
+
+    def remember(self, text: str) -> None:
+        """Keep TEXT's lines (escape sequences removed) among the recent ones."""
+        for line in _ESCAPE_SEQUENCE.sub("", text).replace("\r", "").split("\n"):
+            if line.strip():
+                self.recent.append(line.rstrip())
 
     def _send(self, data: bytes, *, record: bool = True) -> None:
         if self.client_gone or (record and self.failure is not None):

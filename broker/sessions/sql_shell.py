@@ -298,6 +298,7 @@ class SqlShell(SqlSessionBase):
         while not term.finished:
             try:
                 text = await term.prompt(session, default=carry)
+                term.remember(f"{self._target.name}=> {text}")
             except KeyboardInterrupt:
                 carry = ""
                 continue
@@ -389,6 +390,7 @@ class SqlShell(SqlSessionBase):
                 decision,
                 say=say,
                 subject="query",
+                screen=tuple(term.recent),
                 inform=inform,
                 status=lambda line: term.status(None if line is None else clean(line)),
                 ask_reason=ask_reason,
