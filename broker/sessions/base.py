@@ -352,14 +352,7 @@ class SessionBase:
         """Turn the request's state at the end of the wait into what the session does."""
         if record.state == "approved":
             try:
-                record = await self._gate.execute(
-                    record.id,
-                    user=self._ctx.user,
-                    target=self._target.name,
-                    command=text,
-                    session=self.session_id,
-                    in_session=in_session,
-                )
+                record = await self._execute_approved(record, text, in_session=in_session)
             except ApprovalError as exc:
                 say(exc.message)
                 return self._outcome(record, exc.message, "refused")
@@ -458,19 +451,26 @@ class SessionBase:
             return exc.exit_status
         return record, record.command or ""
 
+    async def _execute_approved(
+        self, record: ApprovalRecord, text: str, *, in_session: bool
+    ) -> ApprovalRecord:
+        """Mark an approved request executed for this user, target and session (exactly once;
+        raises ApprovalError when anything about it does not match)."""
+        return await self._gate.execute(
+            record.id,
+            user=self._ctx.user,
+            target=self._target.name,
+            command=text,
+            session=self.session_id,
+            in_session=in_session,
+        )
+
     async def _claim_request(
         self, record: ApprovalRecord, text: str, *, say: Callable[[str], None]
     ) -> str | int:
         """Mark REQUEST executed (exactly once); the approvers' names, or an exit status."""
         try:
-            record = await self._gate.execute(
-                record.id,
-                user=self._ctx.user,
-                target=self._target.name,
-                command=text,
-                session=self.session_id,
-                in_session=False,
-            )
+            record = await self._execute_approved(record, text, in_session=False)
         except ApprovalError as exc:
             say(exc.message)
             return exc.exit_status
