@@ -48,14 +48,16 @@ from typing import Any
 
 import asyncssh
 
-from tests.helpers import User, dev_config, free_port, start_broker
+from tests.helpers import TARGET_USER, User, dev_config, ensure_os_users, free_port, start_broker
 
 ROUND_TIMEOUT = 15.0
 
-TARGETS = """
+TARGETS = f"""
 [[targets]]
 name = "bench"
 type = "local"
+guard = "screen"
+run_as = "{TARGET_USER}"
 command = ["bash", "--noprofile", "--norc"]
 allowed_groups = ["engineers"]
 policy = "bench"
@@ -312,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         "--burst", type=int, default=50, help="requests pending at once in the burst (0: none)"
     )
     args = parser.parse_args(argv)
+    try:
+        ensure_os_users()  # the OS users local targets run as (run_as); make system-deps too
+    except RuntimeError as exc:
+        parser.error(str(exc))
 
     with tempfile.TemporaryDirectory(prefix="hoop-bench-approvals-") as tmp:
         root = Path(tmp)

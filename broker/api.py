@@ -18,7 +18,7 @@ from broker.approvals.api import approval_methods
 from broker.audit import AuditEvent
 from broker.audit_api import audit_methods
 from broker.errors import AuthError, BrokerError
-from broker.identity.certificates import issue_certificate, parse_public_key
+from broker.identity.certificates import parse_public_key
 from broker.protocol import PROTOCOL_VERSION, ApiError, decode, encode
 from broker.session_context import ConnectionContext
 
@@ -174,11 +174,10 @@ class Api:
         try:
             identity = await broker.validator.validate(token)
             public_key = parse_public_key(public_key_text)
-            issued = issue_certificate(
-                broker.keys.user_ca,
-                public_key,
-                identity,
-                max_ttl=broker.config.broker.certificate_ttl,
+            # Signed with the current CA and recorded in the registry before it is handed out:
+            # the broker admits only certificates it finds there.
+            issued = await broker.certificates.issue(
+                public_key, identity, max_ttl=broker.config.broker.certificate_ttl
             )
         except AuthError as exc:
             await broker.audit.emit(
@@ -188,15 +187,6 @@ class Api:
         now = time.time()
         await broker.store.record_identity(
             identity.user, identity.groups, identity.subject, identity.issuer, now
-        )
-        await broker.store.record_certificate(
-            serial=issued.serial,
-            user=identity.user,
-            key_fingerprint=issued.key_fingerprint,
-            groups=identity.groups,
-            valid_after=issued.valid_after,
-            valid_before=issued.valid_before,
-            now=now,
         )
         await broker.audit.emit(
             AuditEvent(

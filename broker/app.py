@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -17,9 +20,10 @@ from broker.audit import AuditEvent, open_audit_log
 from broker.config import BrokerConfig, OidcSection
 from broker.errors import BrokerError, ConfigError
 from broker.identity.dev_issuer import DevIssuer, DevUser
+from broker.identity.registry import CertificateRegistry
 from broker.identity.tokens import TokenValidator
 from broker.integrity import seal_recording
-from broker.keys import BrokerKeys, load_or_create_keys
+from broker.keys import BrokerKeys, UserCA, load_or_create_keys
 from broker.server import BrokerConnection, handle_process
 from broker.session_index import schedule_indexing
 from broker.sessions.approvals import ApprovalGate
@@ -28,6 +32,44 @@ from broker.store import Store
 log = logging.getLogger("hoop.broker")
 
 DEV_CLIENT_ID = "hoopctl"
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def make_non_dumpable() -> bool:
+    """prctl(PR_SET_DUMPABLE, 0): no core dumps, no ptrace by other processes, and
+    /proc/<pid>/environ, mem, fd, maps … owned by root, so even a process of the broker's own
+    uid cannot read its environment or memory. Linux only; False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """The data dir is the broker user's alone: owned by it, mode 0700 (tightened if looser)."""
+    try:
+        st = data_dir.stat()
+    except OSError as exc:
+        raise BrokerError(f"cannot read data dir {data_dir}: {exc.strerror}") from None
+    if st.st_uid != os.geteuid():
+        raise BrokerError(
+            f"data dir {data_dir} is owned by uid {st.st_uid}, not the broker's user "
+            f"(uid {os.geteuid()}); run: chown {os.geteuid()} {data_dir}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        data_dir.chmod(mode & 0o700)
+        print(
+            f"hoop-broker: data dir {data_dir} was mode {mode:o}, readable by other users; "
+            f"now {mode & 0o700:o}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _split_host_port(value: str) -> tuple[str, int]:
@@ -48,7 +90,8 @@ class Broker:
         self._dev_issuer: DevIssuer | None = None
         self._store: Store | None = None
         self.oidc: OidcSection = config.oidc or OidcSection(
-            issuer="http://placeholder.invalid", client_id=DEV_CLIENT_ID
+            issuer="http://127.0.0.1",
+            client_id=DEV_CLIENT_ID,  # replaced at start
         )
 
     @property
@@ -56,8 +99,15 @@ class Broker:
         return self.config.broker.data_dir
 
     async def start(self, *, listen: str | None = None) -> None:
+        # Before any secret is loaded: the keys, credentials and environment stay in this
+        # process, out of reach of local targets and of anything else running as its user.
+        make_non_dumpable()
         self.keys: BrokerKeys = load_or_create_keys(self.data_dir)
+        check_data_dir(self.data_dir)
         self.store = self._store = await Store.open(self.data_dir)
+        self.certificates = await CertificateRegistry.open(
+            self.store.db, UserCA(self.data_dir, self.keys.user_ca)
+        )
         self.audit = await open_audit_log(self.store, self.config)
         if self.dev_mode:
             await self._start_dev_issuer()
@@ -118,6 +168,8 @@ class Broker:
         users = dict(dev.users) if dev else {}
         self._dev_issuer = DevIssuer(
             key_path=self.data_dir / "dev_issuer_key.json",
+            # Refresh grants survive a restart (only token digests are written, mode 0600).
+            refresh_path=self.data_dir / "dev_issuer_refresh.json",
             users={
                 name: DevUser(name=name, groups=tuple(user.groups), email=user.email)
                 for name, user in users.items()

@@ -21,13 +21,13 @@ from broker.api_methods import ApiMethods, Push
 from broker.audit import AuditEvent
 from broker.protocol import ApiError
 from broker.session_context import ConnectionContext
-from broker.session_index import SearchError, index_for
+from broker.session_index import MarkClock, SearchError, index_for, read_marks
 
 if TYPE_CHECKING:
     from broker.app import Broker
 
 SESSION_ID = re.compile(r"\d{8}-[0-9a-f]{12}")
-STATES = ("open", "closed", "interrupted", "failed", "terminated")
+STATES = ("open", "closed", "interrupted", "failed", "terminated", "blocked")
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 10_000
 CHUNK = 192 * 1024  # recording bytes per pushed event (256 KiB once in base64)
@@ -187,15 +187,22 @@ class AuditApi:
             (row["id"], *TIMELINE_EVENTS),
         ) as cursor:
             events = await cursor.fetchall()
+        # Offsets as `replay --commands` and the search index give them: at the recording's
+        # mark of the command when it has one.
+        marks = await asyncio.to_thread(read_marks, path) if path is not None else []
+        clock = MarkClock(row["started_at"], marks)
         timeline = []
         for at, event_type, raw in events:
             event = json.loads(raw)
             details = event.get("details") or {}
             subject = "query" if event_type.startswith("query") else "command"
             blocked = event_type.endswith(".blocked")
+            text = details.get(subject)
             timeline.append(
                 {
-                    "offset": round(max(0.0, at - row["started_at"]), 3),
+                    "offset": clock.offset(text, at)
+                    if isinstance(text, str)
+                    else round(max(0.0, at - row["started_at"]), 3),
                     "time": at,
                     "type": event_type,
                     "text": details.get(subject),

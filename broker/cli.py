@@ -1,9 +1,11 @@
-"""`hoop-broker`: run the broker daemon, check its configuration, verify and prune its records."""
+"""`hoop-broker`: run the broker daemon, check its configuration, verify and prune its records,
+revoke certificates and rotate the user CA."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -11,12 +13,16 @@ from typing import Annotated
 
 import typer
 
-from broker.config import BrokerConfig, load_config, parse_config
-from broker.defaults import DEV_CONFIG, default_dev_data_dir
+from broker import __version__
+from broker.cli_help import plain_help_types
+from broker.config import BrokerConfig, load_config, parse_config, review_problems
+from broker.defaults import create_demo_database, default_dev_data_dir, dev_config_text
 from broker.durations import parse_duration
 from broker.errors import BrokerError, ConfigError
 from broker.integrity import prune as prune_data_dir
 from broker.integrity import verify_data_dir
+
+plain_help_types()
 
 app = typer.Typer(
     name="hoop-broker",
@@ -24,7 +30,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"hoop-broker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """The hoop session broker: an SSH gateway that records and polices every session."""
 
 
 def _fail(error: BrokerError) -> None:
@@ -40,9 +62,9 @@ def _load(config: Path | None, dev: bool) -> BrokerConfig:
         return load_config(config)
     if not dev:
         raise ConfigError("--config FILE is required (or --dev for the embedded demo)")
-    loaded = parse_config(DEV_CONFIG, base_dir=Path.cwd(), source="embedded dev config")
-    broker = loaded.broker.model_copy(update={"data_dir": default_dev_data_dir()})
-    return loaded.model_copy(update={"broker": broker})
+    return parse_config(
+        dev_config_text(default_dev_data_dir()), base_dir=Path.cwd(), source="embedded dev config"
+    )
 
 
 @app.command()
@@ -65,6 +87,11 @@ def serve(
 
     try:
         loaded = _load(config, dev)
+        if config is None:
+            _demo_database(loaded)
+        for problem in review_problems(loaded):
+            # check-config reports it as an error; a running broker refuses such input at once.
+            print(f"hoop-broker: warning: {problem}", file=sys.stderr, flush=True)
         asyncio.run(serve_forever(loaded, dev_mode=dev, listen=listen))
     except BrokerError as exc:
         _fail(exc)
@@ -72,11 +99,26 @@ def serve(
         pass
 
 
+def _demo_database(loaded: BrokerConfig) -> None:
+    """The embedded demo's SQLite target needs its database: made on first start."""
+    target = loaded.target("demo-db")
+    path = getattr(target, "path", None)
+    if path is None:
+        return
+    try:
+        create_demo_database(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise BrokerError(f"cannot create the demo database {path}: {exc}") from None
+
+
 @app.command("check-config")
 def check_config(file: Annotated[Path, typer.Argument(help="Config file to check.")]) -> None:
     """Validate FILE; print every problem with its key path and exit 2 if there are any."""
     try:
         loaded = load_config(file)
+        problems = review_problems(loaded)
+        if problems:
+            raise ConfigError(f"{file}: {len(problems)} problem(s)", problems)
     except ConfigError as exc:
         _fail(exc)
         return
@@ -164,6 +206,92 @@ def prune(
     if result.event is not None:
         checkpoint = f"checkpoint at seq {result.last_seq}; " if result.events else ""
         print(f"hoop-broker prune: {checkpoint}recorded as audit event seq {result.event['seq']}")
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+@app.command()
+def revoke(
+    who: Annotated[
+        str,
+        typer.Argument(
+            metavar="USER|SERIAL",
+            help="A user (all of their active certificates) or one certificate's serial.",
+        ),
+    ],
+    config: ConfigOption = None,
+    dev: DevOption = False,
+) -> None:
+    """Revoke every active certificate of USER, or the one certificate with SERIAL.
+
+    The broker refuses a revoked certificate from the next connection on, also while it runs
+    (it reads its certificate registry at every login); the user logs in again to get a new
+    one. The revocation is an audit event (auth.revoked). Exit 0 when revoked (or revoked
+    already), 2 for a user or serial the broker never issued a certificate to, or a bad config.
+    """
+    from broker.identity.registry import revoke as revoke_certificates
+
+    try:
+        loaded = _load(config, dev)
+        result = revoke_certificates(loaded.broker.data_dir, who)
+    except BrokerError as exc:
+        _fail(exc)
+        return
+    if result.already is not None:
+        when = _when(result.already.revoked_at or 0)
+        print(
+            f"hoop-broker revoke: serial {result.subject} ({result.already.user}) was revoked "
+            f"already, at {when}"
+        )
+        return
+    if not result.revoked:
+        print(f"hoop-broker revoke: {result.subject} has no active certificates; nothing revoked")
+        return
+    for record in result.revoked:
+        print(
+            f"revoked serial {record.serial} of {record.user} (issued {_when(record.issued_at)}, "
+            f"valid until {_when(record.valid_before)})"
+        )
+    count = len(result.revoked)
+    what = f"{count} certificate{'s' if count != 1 else ''}"
+    of = f" of {result.subject}" if result.by == "user" else ""
+    seq = result.event["seq"] if result.event else "?"
+    print(f"hoop-broker revoke: revoked {what}{of}; recorded as audit event seq {seq}")
+
+
+@app.command("rotate-ca")
+def rotate_ca(config: ConfigOption = None, dev: DevOption = False) -> None:
+    """Replace the user CA with a new key and revoke every certificate the old one signed.
+
+    The old key is kept as DATA_DIR/user_ca.retired-STAMP (0600) for the record and is not
+    trusted any more; everyone logs in again (hoopctl says so at their next command). Safe
+    while the broker runs: it signs with, and trusts, only the new CA from the next login on.
+    Recorded as an audit event (auth.ca_rotated).
+    """
+    from broker.identity.registry import rotate_ca as rotate
+
+    try:
+        loaded = _load(config, dev)
+        result = rotate(loaded.broker.data_dir)
+    except BrokerError as exc:
+        _fail(exc)
+        return
+    count = len(result.revoked)
+    users = sorted({record.user for record in result.revoked})
+    print(f"hoop-broker rotate-ca: new user CA {result.fingerprint}")
+    print(
+        f"hoop-broker rotate-ca: retired {result.previous_fingerprint} as "
+        f"{result.retired_path} (no longer trusted)"
+    )
+    print(
+        f"hoop-broker rotate-ca: revoked {count} certificate{'s' if count != 1 else ''}"
+        + (f" of {', '.join(users)}" if users else "")
+        + "; they log in again with hoopctl login"
+    )
+    if result.event is not None:
+        print(f"hoop-broker rotate-ca: recorded as audit event seq {result.event['seq']}")
 
 
 def main() -> None:

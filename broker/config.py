@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import os
+import pwd
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -88,6 +93,16 @@ class BrokerSection(_Strict):
     login_timeout: Duration = Field(default=60, gt=0)
 
 
+def _loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class OidcSection(_Strict):
     issuer: str
     client_id: str = Field(min_length=1)
@@ -95,7 +110,7 @@ class OidcSection(_Strict):
     groups_claim: str = "groups"
     username_claim: str = "preferred_username"
     scopes: list[str] = Field(
-        default_factory=lambda: ["openid", "profile", "email", "offline_access"]
+        default_factory=lambda: ["openid", "profile", "email", "groups", "offline_access"]
     )
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
     jwks_cache_ttl: Duration = Field(default=600, ge=0)
@@ -107,6 +122,10 @@ class OidcSection(_Strict):
     def _issuer_is_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("issuer must be an http(s) URL")
+        if not value.startswith("https://") and not _loopback_url(value):
+            # Discovery, the JWKS and tokens would travel in clear text: anyone on the path
+            # could swap the keys the broker trusts.
+            raise ValueError("issuer must use https (plain http only on a loopback address)")
         return value.rstrip("/")
 
     @field_validator("algorithms")
@@ -145,6 +164,8 @@ class DevSection(_Strict):
 
 
 Action = Literal["allow", "deny", "review"]
+# What a statement can do (broker.policy.sql classifies every statement by these).
+SqlEffect = Literal["destroys", "writes", "reads", "session", "code"]
 
 
 class Rule(_Strict):
@@ -153,8 +174,9 @@ class Rule(_Strict):
     # Shell matching: program names and argument patterns, tokenised as the shell would.
     program: list[str] | None = None
     args: list[str] | None = None
-    # SQL matching: statement kinds, tables, and DML without a WHERE clause.
+    # SQL matching: statement kinds, effects, tables, and DML without a WHERE clause.
     statement: list[str] | None = None
+    effect: list[SqlEffect] | None = None
     tables: list[str] | None = None
     without_where: bool | None = None
     # Fallback for anything the parsers do not cover.
@@ -168,6 +190,10 @@ class Rule(_Strict):
 class Policy(_Strict):
     default: Action = "allow"
     on_unknown: Action = "review"
+    # Who decides input the broker cannot classify (on_unknown = "review"): a typo such as
+    # `selec 1;` included. Without it, the target's access_approvers; with neither, nobody
+    # can, which check-config reports (review_problems).
+    unknown_approvers: list[str] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
 
     def summary(self) -> str:
@@ -210,6 +236,9 @@ CredentialRef = Annotated[str | None, BeforeValidator(_credential_ref)]
 class _TerminalTarget(_TargetBase):
     # Where the shell cannot be given prompt marks: the prompt as a regex on the cursor line.
     prompt_pattern: Regex = None
+    # "strict": the broker owns the command line; "screen": the older reconstruction from the
+    # screen, a declared weaker grade (docs/configuration.md, docs/sessions.md).
+    guard: Literal["strict", "screen"] = "strict"
 
 
 class SshTarget(_TerminalTarget):
@@ -220,8 +249,28 @@ class SshTarget(_TerminalTarget):
     known_host: str | None = None
 
 
+def _run_as_user(value: str) -> str:
+    """An OS user of its own: it exists here, and it is neither root nor the broker's user."""
+    try:
+        entry = pwd.getpwnam(value)
+    except KeyError:
+        raise ValueError(
+            f"no OS user named {value!r} on this host (create it, e.g. useradd -m {value})"
+        ) from None
+    if entry.pw_uid == 0:
+        raise ValueError(f"{value!r} is root (uid 0); local targets never run as root")
+    if entry.pw_uid in (os.getuid(), os.geteuid()):
+        raise ValueError(
+            f"{value!r} is the broker's own OS user (uid {entry.pw_uid}); a local target "
+            "needs a user of its own, or it could read the broker's keys and store"
+        )
+    return value
+
+
 class LocalTarget(_TerminalTarget):
     type: Literal["local"]
+    # The OS user the target's processes run as; required (see broker/targets/os_user.py).
+    run_as: Annotated[str, Field(min_length=1), AfterValidator(_run_as_user)]
     command: list[str] = Field(default_factory=lambda: ["bash", "-l"], min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
 
@@ -298,8 +347,9 @@ def _location(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
     node: Any = data
     for part in loc:
         if isinstance(part, int):
-            path += f"[{part}]"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
+            item = node[part] if isinstance(node, list) and part < len(node) else None
+            path += f"[{_name_or_index(item, part)}]"
+            node = item
             continue
         # Discriminated unions add the tag ("ssh", "postgres") as a location step; it is not a key.
         if isinstance(node, dict) and part not in node and part in _TARGET_TYPES:
@@ -310,6 +360,51 @@ def _location(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
 
 
 _TARGET_TYPES = {"ssh", "local", "postgres", "mysql", "sqlite"}
+
+
+def _name_or_index(item: Any, index: int) -> str:
+    """How a list entry is named in messages: by its `name` (targets[prod-db]), else its index."""
+    name = item.get("name") if isinstance(item, dict) else getattr(item, "name", None)
+    if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        return name
+    return str(index)
+
+
+def _known_keys() -> set[str]:
+    """Every key the configuration file takes, for "did you mean" suggestions."""
+    keys: set[str] = set()
+    models: list[Any] = [BrokerConfig]
+    seen: set[Any] = set()
+    while models:
+        model = models.pop()
+        if model in seen or not hasattr(model, "model_fields"):
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            keys.add(field.alias or name)
+            for inner in _models_in(field.annotation):
+                models.append(inner)
+    return keys
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    found = []
+    if hasattr(annotation, "model_fields"):
+        found.append(annotation)
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found += _models_in(arg)
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and hasattr(origin, "model_fields"):
+        found.append(origin)
+    metadata = getattr(annotation, "__metadata__", None)
+    if metadata is not None:
+        found += _models_in(getattr(annotation, "__origin__", None))
+    return found
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _cross_checks(data: dict[str, Any]) -> list[str]:
@@ -333,9 +428,45 @@ def _cross_checks(data: dict[str, Any]) -> list[str]:
                 seen[name] = index
         policy = target.get("policy")
         if isinstance(policy, str) and policy not in policy_names:
-            problems.append(f"targets[{index}].policy: no policy named {policy!r} in [policies]")
+            ref = _name_or_index(target, index)
+            problems.append(
+                f"targets[{ref}].policy: no policy named {policy!r} in [policies]"
+                + _did_you_mean(policy, policy_names)
+            )
     if "oidc" not in data and "dev" not in data:
         problems.append("oidc: missing; configure an [oidc] issuer (or a [dev] section for --dev)")
+    return problems
+
+
+def review_problems(config: BrokerConfig) -> list[str]:
+    """Targets where unknown input goes to review that no approver group can decide.
+
+    `hoop-broker check-config` reports these as errors; `serve` starts anyway and warns, and
+    such input is refused at once with a message naming the same key."""
+    problems = []
+    unserved: dict[str, list[str]] = {}
+    for target in config.targets:
+        policy = config.policy_for(target)
+        if policy.on_unknown != "review" or policy.unknown_approvers or target.access_approvers:
+            continue
+        if target.policy is None:
+            problems.append(
+                f"targets[{target.name}].policy: missing: target {target.name} has no policy, "
+                "so input "
+                'the broker cannot parse (such as "selec 1;") goes to review (the default '
+                "on_unknown), but no group may approve it; set policy to one with "
+                'unknown_approvers = ["GROUP"] (or on_unknown = "deny")'
+            )
+        else:
+            unserved.setdefault(target.policy, []).append(target.name)
+    for name, targets in unserved.items():
+        on = ", ".join(targets)
+        problems.append(
+            f'policies.{name}.unknown_approvers: missing: on_unknown = "review" sends input '
+            'the broker cannot parse (such as "selec 1;") to approvers, but no group may '
+            f"approve it on target{'s' if len(targets) > 1 else ''} {on}; set "
+            'unknown_approvers = ["GROUP"] (or on_unknown = "deny")'
+        )
     return problems
 
 
@@ -344,7 +475,7 @@ def parse_config(text: str, *, base_dir: Path, source: str = "config") -> Broker
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}", [f"(syntax): {exc}"]) from None
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     problems: list[str] = []
     try:
         config = BrokerConfig.model_validate(data)
@@ -365,15 +496,51 @@ def parse_config(text: str, *, base_dir: Path, source: str = "config") -> Broker
 def _message(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        return "unknown key" + _did_you_mean(str(tuple(error["loc"])[-1]), _known_keys())
     if kind == "missing":
+        if tuple(error["loc"])[-1:] == ("run_as",):
+            return (
+                "required key is missing: a local target runs as an OS user of its own "
+                '(run_as = "USER"; not root, not the broker\'s user)'
+            )
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"unknown target type; expected one of {', '.join(sorted(_TARGET_TYPES))}"
+        given = str((error.get("ctx") or {}).get("tag", ""))
+        return (
+            f"unknown target type {given!r}; expected one of {', '.join(sorted(_TARGET_TYPES))}"
+            + _did_you_mean(given, _TARGET_TYPES)
+        )
     if kind == "union_tag_not_found":
         return "missing key 'type'"
+    ours = _OUR_WORDS.get(kind)
+    if ours is not None:
+        return ours.format(**{k: _plain(v) for k, v in (error.get("ctx") or {}).items()})
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+# Pydantic's messages ("Input should be a valid list") in the words of a TOML file.
+_OUR_WORDS = {
+    "list_type": 'must be a list, such as ["a", "b"]',
+    "string_type": 'must be text in quotes, such as "value"',
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "dict_type": "must be a table ([section] or { key = value })",
+    "model_type": "must be a table ([section] or { key = value })",
+    "literal_error": "must be one of {expected}",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "is not allowed here: use letters, digits, '.', '_' and '-'",
+}
+
+
+def _plain(value: Any) -> str:
+    return str(value).replace("'", "")
 
 
 def load_config(path: Path) -> BrokerConfig:

@@ -1308,6 +1308,15 @@ def _union(srcs: Iterable[_Src]) -> _Src:
 
 Catalog = Callable[[str], Sequence[str]]
 ViewSources = Callable[[str], dict[str, tuple[str, ...]]]
+Variables = Callable[[str], Sequence[str]]
+
+
+def _from_strings(sources: Iterable[str]) -> _Src:
+    """Source strings (``"*"``: anything) as a _Src."""
+    cols = frozenset(sources)
+    if "*" in cols:
+        return _Src(cols - {"*"}, True, True)
+    return _Src(cols)
 
 
 class _Rel:
@@ -1391,6 +1400,9 @@ class _TableRel(_Rel):
     def _source(self, column: str) -> _Src:
         cols = {f"{self.qualified}.{column}"}
         cols.update(self._underlying.get(column, ()))
+        cols.update(self._underlying.get("*", ()))  # what every column of it may hold
+        if "*" in cols:  # may hold anything (broker.masking_views: a table of unknown lineage)
+            return _Src(frozenset(cols - {"*"}), True, True)
         return _Src(frozenset(cols))
 
     def columns(self) -> list[tuple[str, _Src]] | None:
@@ -1407,7 +1419,10 @@ class _TableRel(_Rel):
     def whole(self) -> _Src:
         if self._cols is not None:
             return _union(src for _, src in self._cols)
-        return _Src(frozenset({f"{self.qualified}.*"}), opaque=True)
+        extra = {s for sources in self._underlying.values() for s in sources}
+        return _Src(
+            frozenset({f"{self.qualified}.*", *extra} - {"*"}), opaque=True, anywhere="*" in extra
+        )
 
     def matches(self, qualifier: Sequence[str]) -> bool:
         q = [part.lower() for part in qualifier]
@@ -1777,8 +1792,9 @@ def column_sources_postgres(
     as written in the query) and makes ``*`` and whole-row references exact; without it they
     are resolved by the result's column names where that is sound, or are opaque.
     ``view_sources(view)`` may return ``{view_column: (underlying source columns, ...)}`` so
-    that rules on the base tables also apply through a view. Never raises: anything not
-    understood yields opaque columns.
+    that rules on the base tables also apply through a view; for a table it may name what a
+    column was filled with in this session (key ``"*"``: every column; source ``"*"``:
+    anything). Never raises: anything not understood yields opaque columns.
     """
     names = list(result_columns)
     try:
@@ -2169,9 +2185,14 @@ def column_sources_sqlglot(
     catalog: Catalog | None = None,
     *,
     view_sources: ViewSources | None = None,
+    variables: Variables | None = None,
 ) -> list[ColumnSource]:
     """Like :func:`column_sources_postgres`, for MySQL ("mysql") or SQLite ("sqlite") with
-    sqlglot's AST. Best effort with the same fail-closed rule: never raises."""
+    sqlglot's AST. Best effort with the same fail-closed rule: never raises.
+
+    ``variables(name)`` gives the sources of what a MySQL variable holds in this session
+    (``"@name"`` a user variable, ``"@@name"`` a system variable; ``"*"``: anything). Without
+    it a user variable may hold anything (opaque) and a system variable holds no table data."""
     names = list(result_columns)
     try:
         import sqlglot
@@ -2185,16 +2206,40 @@ def column_sources_sqlglot(
     if len(statements) != 1:
         return _all_opaque(names)
     try:
-        return _GlotResolver(exp, catalog, view_sources).statement(statements[0], names)
+        resolver = _GlotResolver(exp, catalog, view_sources, variables)
+        return resolver.statement(statements[0], names)
     except Exception:
         return _all_opaque(names)
 
 
 class _GlotResolver:
-    def __init__(self, exp: Any, catalog: Catalog | None, view_sources: ViewSources | None) -> None:
+    def __init__(
+        self,
+        exp: Any,
+        catalog: Catalog | None,
+        view_sources: ViewSources | None,
+        variables: Variables | None = None,
+    ) -> None:
         self.exp = exp
         self.catalog = catalog
         self.view_sources = view_sources
+        self.variables = variables
+
+    def variable(self, node: Any) -> _Src:
+        """What ``@name`` (exp.Parameter) or ``@@name`` (exp.SessionParameter) holds."""
+        e = self.exp
+        system = isinstance(node, e.SessionParameter)
+        inner = node.this
+        name = inner.name if isinstance(inner, e.Expression) else str(inner or "")
+        if not name:
+            return _NONE if system else _ANYWHERE
+        if self.variables is None:
+            return _NONE if system else _ANYWHERE
+        try:
+            sources = tuple(self.variables(("@@" if system else "@") + name.lower()))
+        except Exception:
+            return _ANYWHERE
+        return _from_strings(sources)
 
     @staticmethod
     def arg(node: Any, *keys: str) -> Any:
@@ -2370,6 +2415,8 @@ class _GlotResolver:
             return rel.get(parts[-1])
         if isinstance(node, e.Star):
             return _union(item.star.whole() if item.star else item.src for item in scope.star())
+        if isinstance(node, e.Parameter | e.SessionParameter):
+            return self.variable(node)
         if isinstance(node, e.Exists):  # chooses rows, produces no value (as in PostgreSQL)
             return _NONE
         if isinstance(node, e.Count) and isinstance(node.this, e.Star):

@@ -27,19 +27,34 @@ Fail closed: a relation whose lookup failed, that was not looked up, that the ca
 not know, or a view whose definition cannot be resolved (or nests deeper than MAX_DEPTH)
 makes the result columns derived from it opaque: masked whenever the target has a column
 rule (value detectors still run on the others).
+
+The connection's state also holds the *taint* of its session: what each statement wrote where
+(broker.masking_effects works it out, ``prepare_column_sources`` records it before the
+statement runs). A table column filled from ``users.card`` resolves to ``users.card``, as a
+view column would; a MySQL variable to what was assigned to it; after code the broker cannot
+follow, everything is opaque. What is written into lasting tables is also kept in a
+:class:`SharedTaint` file per target, read by the target's later sessions. ``read_sources``
+tells what a statement reads anywhere (for its error messages).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from broker.masking import ColumnSource, column_sources_postgres, column_sources_sqlglot
-from broker.targets.database import DatabaseConnection
+from broker.masking_effects import ANYTHING, Analysis, Reads, analyze, glot_text
+from broker.targets.database import DatabaseConnection, StatementError
 
 log = logging.getLogger("hoop.broker.masking")
 
@@ -80,6 +95,22 @@ _GLOT_KEEP = frozenset(
 
 Key = tuple[str | None, str]  # (schema, name) as the statement writes them
 
+# Catalogs of column statistics: they hold values of every analysed column (most common
+# values, histogram bounds, MariaDB's min_value and max_value). Opaque.
+STATISTICS = frozenset(
+    {
+        "pg_stats",
+        "pg_stats_ext",
+        "pg_stats_ext_exprs",
+        "pg_statistic",
+        "pg_statistic_ext_data",
+        "column_stats",
+        "column_statistics",
+        "sqlite_stat1",
+        "sqlite_stat4",
+    }
+)
+
 
 def _qualified(key: Key) -> str:
     """The name broker.masking's resolvers pass to catalog() and view_sources()."""
@@ -92,6 +123,8 @@ class _Relation:
     columns: tuple[str, ...]
     definition: str | None  # the query of a view
     fetched: float
+    generated: tuple[str, ...] = ()  # generated columns: computed from the others
+    family: tuple[str, ...] = ()  # PostgreSQL: ancestors and descendants (inheritance, partitions)
     _query: tuple[str, list[Key]] | None = None  # the definition parsed (see query())
     _parsed: bool = False
 
@@ -104,25 +137,180 @@ class _Relation:
 
 
 @dataclass
+class _Taint:
+    """What the session wrote where, for the whole life of the connection (never cleared: a
+    rolled-back write only masks more). Sources are as in ColumnSource; ``"*"`` may be
+    anything."""
+
+    # table (bare name, lower case) -> column (lower case; "*": every column) -> sources
+    tables: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
+    variables: dict[str, frozenset[str]] = field(default_factory=dict)  # "@name" -> sources
+    settings: frozenset[str] = frozenset()  # what server settings were assigned from
+    everything: bool = False  # code ran that may have written anything anywhere
+    # table -> column -> generated columns computed from it (tables created in the session)
+    generated: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    family: dict[str, set[str]] = field(default_factory=dict)  # inheritance made in the session
+    # Tables the session created -> their columns when known (MySQL's temporary tables are in
+    # no catalog; these let them resolve like any table).
+    created: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    attached: bool = False  # SQLite ATTACH ran: a name not in main or temp may be elsewhere
+    temporary: set[str] = field(default_factory=set)  # tables the session made temporary
+    version: int = 0
+    # What this session wrote into lasting tables, not yet handed to the SharedTaint.
+    lasting: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
+
+    def add(
+        self, table: str, column: str, sources: frozenset[str], *, shared: bool = False
+    ) -> None:
+        """``table.column`` may now hold values of ``sources``. Unless the table is one the
+        session made temporary (or ``shared``: it came from the SharedTaint), other sessions
+        will read it too: it is kept for the SharedTaint."""
+        if not sources:
+            return
+        columns = self.tables.setdefault(table, {})
+        before = columns.get(column, frozenset())
+        if not sources <= before:
+            columns[column] = before | sources
+            self.version += 1
+        if not shared and table not in self.temporary:
+            lasting = self.lasting.setdefault(table, {})
+            lasting[column] = lasting.get(column, frozenset()) | sources
+
+    def of(self, table: str, column: str) -> frozenset[str]:
+        """What column ``column`` of ``table`` was filled from ("*": any of its columns)."""
+        if self.everything:
+            return frozenset({ANYTHING})
+        columns = self.tables.get(table.lower())
+        if not columns:
+            return frozenset()
+        if column == "*":
+            return frozenset().union(*columns.values())
+        return columns.get(column.lower(), frozenset()) | columns.get("*", frozenset())
+
+    def expand(self, sources: frozenset[str]) -> frozenset[str]:
+        """Sources plus what the session put into those source columns."""
+        out = set(sources)
+        for source in sources:
+            parts = source.split(".")
+            if len(parts) >= 2:
+                out |= self.of(parts[-2], parts[-1])
+        return frozenset(out)
+
+
+@dataclass
 class _State:
-    """The cache of one connection."""
+    """The cache of one connection, and the taint of its session."""
 
     relations: dict[str, _Relation] = field(default_factory=dict)
     generation: int = 0
     prepared: bool = False  # prepare_column_sources ran for this connection
     warned: bool = False
-    # Resolved view sources, valid for one generation of `relations`.
+    # Resolved view sources, valid for one generation of `relations` and of the taint.
     views: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
-    views_generation: int = -1
+    views_generation: tuple[int, int] = (-1, -1)
+    taint: _Taint = field(default_factory=_Taint)
+    # Functions looked up: name -> (user-defined: it may write, when looked up)
+    functions: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    last: tuple[str, Analysis] | None = None  # the statement prepared last, analysed
+    last_reads: list[ColumnSource] | None = None  # what it reads, when worked out already
+    # Relations the last lookups did not find (the lookup itself worked): they do not exist
+    # (or, in MySQL and SQLite, are temporary, attached, or made by code: see _read_columns).
+    absent: set[str] = field(default_factory=set)
 
     def forget(self) -> None:
         self.relations.clear()
+        self.functions.clear()
+        self.absent.clear()
         self.generation += 1
 
 
 _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 # Connections that take no weak reference, held (so that their id is not reused) up to 64.
 _UNREFERENCEABLE: dict[int, tuple[object, _State]] = {}
+
+
+MAX_SOURCES = 256  # sources kept per column in the shared file; more: "*" (anything)
+
+
+class SharedTaint:
+    """What sessions wrote into lasting (not temporary) tables of one target, kept in a file:
+    a table filled in one session (one ``hoopctl exec``) and read in the next, or by another
+    user, carries the taint there too. Holds names only (tables, columns, source columns),
+    never values. Several broker processes may share the file: updates are merged under a
+    lock and replace the file whole. Deleting the file forgets the taint (for tables whose
+    contents an administrator has checked)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tables: dict[str, dict[str, frozenset[str]]] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._mutex = threading.Lock()
+
+    def _read(self) -> dict[str, dict[str, frozenset[str]]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        tables = data.get("tables", {}) if isinstance(data, dict) else {}
+        return {
+            str(t): {str(c): frozenset(map(str, v)) for c, v in cols.items()}
+            for t, cols in tables.items()
+            if isinstance(cols, dict)
+        }
+
+    def refresh(self) -> dict[str, dict[str, frozenset[str]]]:
+        """The taint as the file holds it now (re-read when it changed)."""
+        with self._mutex:
+            try:
+                st = self.path.stat()
+                stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                stamp = None
+            if stamp != self._stamp:
+                self.tables = self._read() if stamp is not None else {}
+                self._stamp = stamp
+            return self.tables
+
+    def record(self, additions: dict[str, dict[str, frozenset[str]]]) -> None:
+        """Merge ``additions`` into the file."""
+        if not additions:
+            return
+        with self._mutex:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = self.path.with_name(self.path.name + ".lock")
+            with open(lock, "a") as held:
+                fcntl.flock(held, fcntl.LOCK_EX)
+                tables = self._read()
+                for table, columns in additions.items():
+                    mine = tables.setdefault(table, {})
+                    for column, sources in columns.items():
+                        merged = mine.get(column, frozenset()) | sources
+                        mine[column] = merged if len(merged) <= MAX_SOURCES else frozenset({"*"})
+                temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+                payload = {
+                    "tables": {
+                        t: {c: sorted(v) for c, v in cols.items()} for t, cols in tables.items()
+                    }
+                }
+                temporary.write_text(json.dumps(payload, sort_keys=True))
+                os.replace(temporary, self.path)
+                self.tables = tables
+                with contextlib.suppress(OSError):
+                    st = self.path.stat()
+                    self._stamp = (st.st_mtime_ns, st.st_size)
+
+
+_SHARED: dict[Path, SharedTaint] = {}
+_SHARED_MUTEX = threading.Lock()
+
+
+def shared_taint(path: Path) -> SharedTaint:
+    """The SharedTaint kept in ``path`` (one object per file in this process)."""
+    with _SHARED_MUTEX:
+        found = _SHARED.get(path)
+        if found is None:
+            found = _SHARED[path] = SharedTaint(path)
+        return found
 
 
 def _state(conn: object) -> _State:
@@ -152,6 +340,7 @@ def forget_views(conn: DatabaseConnection) -> None:
 class _Parsed:
     keys: list[Key]  # relations named, in order, without duplicates
     keep_cache: bool  # a query or DML: the catalog is as it was
+    show: bool = False  # SHOW: the values of server settings
 
 
 def _parse(dialect: str, sql: str) -> _Parsed | None:
@@ -186,18 +375,22 @@ def _parse_postgres(sql: str) -> _Parsed | None:
             value = getattr(node, attr, None)
             if isinstance(value, ast.Node | list | tuple):
                 stack.append(value)
-    return _Parsed(list(keys), type(root).__name__ in _PG_KEEP)
+    return _Parsed(
+        list(keys), type(root).__name__ in _PG_KEEP, isinstance(root, ast.VariableShowStmt)
+    )
 
 
 def _parse_sqlglot(dialect: str, sql: str) -> _Parsed | None:
     import sqlglot
     from sqlglot import exp
 
-    statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    statements = [s for s in sqlglot.parse(glot_text(dialect, sql), read=dialect) if s is not None]
     if len(statements) != 1:
         return None
     root = statements[0]
-    return _Parsed(_glot_keys(root, exp), type(root).__name__ in _GLOT_KEEP)
+    return _Parsed(
+        _glot_keys(root, exp), type(root).__name__ in _GLOT_KEEP, isinstance(root, exp.Show)
+    )
 
 
 def _glot_keys(root: Any, exp: Any) -> list[Key]:
@@ -254,7 +447,18 @@ def _postgres_lookup(keys: Sequence[Key]) -> str:
         "SELECT x.k, c.relkind::text,"  # noqa: S608 (names checked by _literal)
         " CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,"
         " ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a"
-        " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)"
+        " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),"
+        " ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a"
+        " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+        " AND a.attgenerated <> ''),"
+        # Tables that share rows with it: its ancestors and descendants (inheritance, partitions).
+        " ARRAY(WITH RECURSIVE up(o) AS (SELECT i.inhparent FROM pg_catalog.pg_inherits i"
+        " WHERE i.inhrelid = c.oid UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i"
+        " JOIN up ON i.inhrelid = up.o), down(o) AS (SELECT i.inhrelid FROM"
+        " pg_catalog.pg_inherits i WHERE i.inhparent = c.oid UNION SELECT i.inhrelid FROM"
+        " pg_catalog.pg_inherits i JOIN down ON i.inhparent = down.o)"
+        " SELECT r.relname::text FROM pg_catalog.pg_class r"
+        " WHERE r.oid IN (SELECT o FROM up UNION SELECT o FROM down))"
         f" FROM (VALUES {', '.join(rows)}) AS x(k, s, r)"
         " JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass("
         "CASE WHEN x.s IS NULL THEN pg_catalog.quote_ident(x.r)"
@@ -268,7 +472,8 @@ def _mysql_lookup(keys: Sequence[Key]) -> str:
         s = _literal(schema) if schema is not None else "''"
         rows.append(f"SELECT {k} AS k, {s} AS s, {_literal(name)} AS n")
     return (
-        "SELECT x.k, t.TABLE_TYPE, v.VIEW_DEFINITION, c.COLUMN_NAME"  # noqa: S608 (_literal)
+        "SELECT x.k, t.TABLE_TYPE, v.VIEW_DEFINITION, c.COLUMN_NAME,"  # noqa: S608 (_literal)
+        " c.EXTRA LIKE '%GENERATED%' OR c.EXTRA IN ('VIRTUAL', 'PERSISTENT', 'STORED')"
         f" FROM ({' UNION ALL '.join(rows)}) AS x"
         " JOIN information_schema.TABLES t"
         " ON t.TABLE_SCHEMA = COALESCE(NULLIF(x.s, ''), DATABASE()) AND t.TABLE_NAME = x.n"
@@ -294,11 +499,12 @@ def _sqlite_lookup(keys: Sequence[Key]) -> str:
         for sch in schemas  # (names checked by _literal)
     )
     return (
-        "SELECT x.k, m.type, m.sql, p.name, x.pri"  # noqa: S608 (names checked by _literal)
+        "SELECT x.k, m.type, m.sql, p.name, x.pri, p.hidden IN (2, 3)"  # noqa: S608 (_literal)
         f" FROM ({' UNION ALL '.join(rows)}) AS x"
         f" JOIN ({masters}) AS m"
         " ON m.s = x.s AND m.name = x.n COLLATE NOCASE AND m.type IN ('table', 'view')"
-        " JOIN pragma_table_info(m.name, m.s) AS p"
+        # table_xinfo: generated columns too (hidden 2, 3); not a virtual table's hidden ones.
+        " JOIN pragma_table_xinfo(m.name, m.s) AS p ON p.hidden <> 1"
         " ORDER BY x.k, x.pri, p.cid"
     )
 
@@ -321,17 +527,24 @@ async def _fetch(
         k = int(row[0])
         key = keys[k]
         if dialect == "postgres":
-            _, relkind, definition, names = row
+            _, relkind, definition, names, generated, family = row
             if relkind not in ("r", "v", "m", "p", "f", "S"):
                 continue
             kind = "view" if relkind in ("v", "m") else "table"  # materialised: a view too
-            found[key] = _Relation(kind, tuple(names or ()), definition, now)
+            found[key] = _Relation(
+                kind,
+                tuple(names or ()),
+                definition,
+                now,
+                tuple(generated or ()),
+                tuple(family or ()),
+            )
             continue
         if dialect == "mysql":
-            _, table_type, definition, column = row
+            _, table_type, definition, column, generated = row
             kind = "view" if str(table_type).upper() == "VIEW" else "table"
         else:
-            _, table_type, definition, column, priority = row
+            _, table_type, definition, column, priority, generated = row
             if chosen.setdefault(k, priority) != priority:
                 continue
             kind = "view" if table_type == "view" else "table"
@@ -340,25 +553,78 @@ async def _fetch(
             rel = found[key] = _Relation(kind, (), definition if kind == "view" else None, now)
         if column is not None:
             rel.columns = (*rel.columns, str(column))
+            if generated:
+                rel.generated = (*rel.generated, str(column))
     return found
 
 
-async def prepare_column_sources(conn: DatabaseConnection, dialect: str, sql: str) -> None:
-    """Look up (or find cached) the relations ``sql`` names and the views under them. Call it
-    before ``conn.execute(sql)``, while the connection is idle. Never raises: a failed lookup
-    leaves the relations unknown, and :func:`column_sources` fails closed on them."""
+async def prepare_column_sources(
+    conn: DatabaseConnection, dialect: str, sql: str, shared: SharedTaint | None = None
+) -> None:
+    """Look up (or find cached) the relations ``sql`` names and the views under them, and
+    record what the statement writes (which tables, columns, variables, settings, from which
+    sources: broker.masking_effects) in the taint of the session. Call it before
+    ``conn.execute(sql)``, while the connection is idle, for every statement. Never raises: a
+    failed lookup leaves the relations unknown, and :func:`column_sources` fails closed on
+    them. With ``shared``, what other sessions wrote into lasting tables counts too, and what
+    this statement writes into them is added to it."""
     state = _state(conn)
     state.prepared = True
+    if shared is not None:
+        try:
+            for table, columns in shared.refresh().items():
+                for column, sources in columns.items():
+                    state.taint.add(table, column, sources, shared=True)
+        except Exception:  # an unreadable file: every table may hold anything
+            log.exception("masking: the shared taint file cannot be read; all opaque")
+            state.taint.everything = True
+            state.taint.version += 1
     parsed = _parse(dialect, sql)
-    if parsed is None or not parsed.keep_cache:
-        # DDL, SET search_path, USE, ... or not understood: what is cached may change, and
-        # whatever the statement names is looked up after it ran, by the next statement.
+    ddl = parsed is None or not parsed.keep_cache
+    if ddl:
+        # DDL, SET search_path, USE, ... or not understood: what is cached may change.
         state.forget()
-        return
-    if not parsed.keys:
-        return
+    if parsed is not None and parsed.keys:
+        await _look_up(conn, state, dialect, parsed.keys)
+    try:
+        analysis = _analysis(state, dialect, sql)
+        # Statements only the fallback analysis understands (MySQL's SET @a = …, @b = …;
+        # SELECT … INTO @a, @b): the relations it found, looked up, and analysed again.
+        named = [*analysis.reads.relations, *(w.table for w in analysis.effects.writes)]
+        missing = [
+            key
+            for key in dict.fromkeys(named)
+            if _qualified(key) not in state.relations and _qualified(key) not in state.absent
+        ]
+        if missing:
+            await _look_up(conn, state, dialect, missing)
+            analysis = _analysis(state, dialect, sql)
+        await _check_functions(conn, state, dialect, analysis)
+        _apply(state, dialect, analysis)
+        if shared is not None and state.taint.lasting:
+            lasting, state.taint.lasting = state.taint.lasting, {}
+            shared.record(lasting)
+    except Exception:  # never unmask because of a bug here
+        log.exception("masking: recording what a statement writes failed; all opaque")
+        state.taint.everything = True
+        state.taint.version += 1
+        analysis = Analysis()
+        analysis.reads.anything = True
+    state.last = (sql, analysis)
+    state.last_reads = None
+    if ddl:
+        # What the statement reads, while its relations are known (for its errors).
+        state.last_reads = _read_columns(state, dialect, analysis.reads)
+        # What the statement names is looked up again after it ran, by the next statement.
+        state.forget()
+
+
+async def _look_up(
+    conn: DatabaseConnection, state: _State, dialect: str, keys: Sequence[Key]
+) -> None:
+    """The relations ``keys`` and the views under them, into state.relations."""
     now = time.monotonic()
-    pending = list(parsed.keys)
+    pending = list(keys)
     seen: set[Key] = set()
     for _ in range(MAX_DEPTH + 1):
         wanted: list[Key] = []
@@ -381,12 +647,15 @@ async def prepare_column_sources(conn: DatabaseConnection, dialect: str, sql: st
                 found = {}
                 for key in wanted:  # unknown now, even if cached before
                     state.relations.pop(_qualified(key), None)
+                    state.absent.discard(_qualified(key))
             else:
                 for key in wanted:
                     if key in found:
                         state.relations[_qualified(key)] = found[key]
+                        state.absent.discard(_qualified(key))
                     else:
                         state.relations.pop(_qualified(key), None)
+                        state.absent.add(_qualified(key))
             state.generation += 1
         # The relations under the views of this level: the next level.
         level, pending = pending, []
@@ -400,23 +669,275 @@ async def prepare_column_sources(conn: DatabaseConnection, dialect: str, sql: st
             return
 
 
+# --------------------------------------------------------------------------- session taint
+
+
+def _analysis(state: _State, dialect: str, sql: str) -> Analysis:
+    views = _Views(state, dialect)
+    return analyze(dialect, sql, views.catalog, views.view_sources, views.variable)
+
+
+def _functions_lookup(dialect: str, names: Sequence[str]) -> str:
+    listed = ", ".join(_literal(n) or "''" for n in names)
+    if dialect == "postgres":
+        # Built-ins (oid < 16384) write no table. Any other function may, but for the stable
+        # and immutable functions of extensions (pgcrypto's digest, …): PostgreSQL refuses
+        # writes in non-volatile functions, but a user's stable function may call a volatile
+        # one, which may.
+        return (
+            "SELECT DISTINCT lower(p.proname::text) FROM pg_catalog.pg_proc p"  # noqa: S608
+            f" WHERE p.oid >= 16384 AND lower(p.proname::text) IN ({listed})"
+            " AND (p.provolatile = 'v' OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d"
+            " WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid"
+            " AND d.deptype = 'e'))"
+        )
+    return (
+        "SELECT DISTINCT LOWER(ROUTINE_NAME) FROM information_schema.ROUTINES"  # noqa: S608
+        f" WHERE ROUTINE_TYPE = 'FUNCTION' AND LOWER(ROUTINE_NAME) IN ({listed})"
+    )
+
+
+async def _check_functions(
+    conn: DatabaseConnection, state: _State, dialect: str, analysis: Analysis
+) -> None:
+    """A statement that calls a user-defined function that may write runs code: whatever it
+    wrote, anything may hold anything afterwards (effects.code)."""
+    effects = analysis.effects
+    if effects.code or not effects.functions or dialect == "sqlite":
+        return
+    now = time.monotonic()
+    wanted = []
+    for name in sorted(effects.functions):
+        cached = state.functions.get(name)
+        if cached is not None and now - cached[1] < CACHE_SECONDS:
+            if cached[0]:
+                effects.code = True
+                return
+            continue
+        if _literal(name) is None:  # a name we do not put in a query: may be anything
+            effects.code = True
+            return
+        wanted.append(name)
+    if not wanted:
+        return
+    try:
+        result = await conn.execute(_functions_lookup(dialect, wanted[:MAX_RELATIONS]), query=True)
+        found = {str(row[0]) async for row in result.rows}
+    except StatementError as exc:
+        if exc.sqlstate != "25P02":  # in an aborted transaction the statement runs nothing
+            effects.code = True
+        return
+    except Exception:
+        effects.code = True
+        return
+    for name in wanted:
+        state.functions[name] = (name in found, now)
+    if found or len(wanted) > MAX_RELATIONS:
+        effects.code = True
+
+
+def _bare(key: Key | str) -> str:
+    name = key[1] if isinstance(key, tuple) else key.split(".")[-1]
+    return name.lower()
+
+
+def _apply(state: _State, dialect: str, analysis: Analysis) -> None:
+    """Record what one statement writes in the session's taint (before it runs: a RETURNING
+    clause or a later statement reads it back)."""
+    taint = state.taint
+    effects = analysis.effects
+    before = taint.version
+    if effects.code and not taint.everything:
+        taint.everything = True
+        taint.version += 1
+    if effects.attach:
+        taint.attached = True
+    taint.temporary.update(_bare(key) for key in effects.temporary)
+    for key, columns in effects.created:
+        name = _bare(key)
+        if name in taint.created and taint.created[name] != columns:
+            columns = None  # created twice with different columns: which one is read is unknown
+        taint.created[name] = columns
+        taint.version += 1
+    reads: frozenset[str] | None = None
+
+    def what_it_reads() -> frozenset[str]:
+        nonlocal reads
+        if reads is None:
+            reads = _strings(_read_columns(state, dialect, analysis.reads))
+        return reads
+
+    for write in effects.writes:
+        sources = what_it_reads() if write.from_reads else write.sources
+        sources = taint.expand(sources)
+        rel = state.relations.get(_qualified(write.table))
+        if rel is not None and rel.kind == "view":
+            # Written through a view (its base tables, or INSTEAD OF triggers: code).
+            if not taint.everything:
+                taint.everything = True
+                taint.version += 1
+            continue
+        tables = {_bare(write.table)}
+        if rel is not None:
+            tables.update(name.lower() for name in rel.family)
+        tables |= taint.family.get(_bare(write.table), set())
+        for table in tables:
+            columns = {write.column}
+            if rel is not None and rel.generated:
+                columns.update(c.lower() for c in rel.generated)
+            generated = taint.generated.get(table, {})
+            if write.column == "*":
+                columns.update(c for cs in generated.values() for c in cs)
+            else:
+                columns.update(generated.get(write.column, ()))
+            for column in columns:
+                taint.add(table, column, sources)
+    for old, new in effects.renames:
+        rel = state.relations.get(_qualified(old))
+        old_name, new_name = _bare(old), _bare(new)
+        if rel is not None and rel.columns:
+            for column in rel.columns:
+                c = column.lower()
+                taint.add(new_name, c, frozenset({f"{old_name}.{c}"}) | taint.of(old_name, c))
+        else:
+            taint.add(new_name, "*", frozenset({f"{old_name}.*"}) | taint.of(old_name, "*"))
+    for table, old_column, new_column in effects.column_renames:
+        name = _bare(table)
+        o = old_column.lower()
+        taint.add(name, new_column.lower(), frozenset({f"{name}.{o}"}) | taint.of(name, o))
+    for table, column, names in effects.generated:
+        name = _bare(table)
+        for source in names:
+            taint.generated.setdefault(name, {}).setdefault(source, set()).add(column)
+            taint.add(name, column, frozenset({f"{name}.{source}"}) | taint.of(name, source))
+    for child, parent in effects.family:
+        a, b = _bare(child), _bare(parent)
+        taint.family.setdefault(a, set()).add(b)
+        taint.family.setdefault(b, set()).add(a)
+        for x, y in ((a, b), (b, a)):  # rows already in one are read through the other
+            for column, sources in list(taint.tables.get(x, {}).items()):
+                taint.add(y, column, sources)
+    for variable in effects.variables:
+        sources = taint.expand(what_it_reads())
+        current = taint.variables.get(variable, frozenset())
+        if not sources <= current:
+            taint.variables[variable] = current | sources
+            taint.version += 1
+    if effects.settings:
+        sources = taint.expand(what_it_reads())
+        if not sources <= taint.settings:
+            taint.settings = taint.settings | sources
+            taint.version += 1
+    if taint.version != before:
+        state.views = {}
+
+
+def _strings(columns: Sequence[ColumnSource]) -> frozenset[str]:
+    out: set[str] = set()
+    for column in columns:
+        if column.opaque and not column.sources:
+            out.add(ANYTHING)
+        else:
+            out.update(column.sources)
+    return frozenset(out)
+
+
+def _read_columns(state: _State, dialect: str, reads: Reads) -> list[ColumnSource]:
+    """Every value a statement may read, as pseudo-columns: for each relation it names, the
+    columns it names (all of them for ``*`` or a whole-row reference) with their sources
+    through views and the session's taint; its variables; opaque for anything unknown."""
+    out: list[ColumnSource] = []
+    if reads.anything or state.taint.everything:
+        out.append(ColumnSource("?", (), True))
+    views = _Views(state, dialect)
+    taint = state.taint
+    for key in reads.relations:
+        name = _qualified(key)
+        rel = state.relations.get(name)
+        columns: Sequence[str] | None = rel.columns if rel is not None else None
+        if rel is None:
+            bare = _bare(key)
+            columns = views.session_columns(name)
+            if columns is None:
+                made = bare in taint.tables or bare in taint.created
+                elsewhere = dialect != "postgres" and (made or taint.attached)
+                if name in state.absent and not elsewhere:
+                    continue  # it does not exist: the statement fails, naming it, no value
+                # Not looked up, the lookup failed, a temporary table of unknown shape, a
+                # table of an attached database: may be a view of anything.
+                out.append(ColumnSource(name, (), True))
+                continue
+        under = {k.lower(): v for k, v in views.view_sources(name).items()}
+        for column in columns:
+            c = column.lower()
+            if reads.star or c in reads.names:
+                sources = {f"{name}.{c}", *under.get(c, ()), *under.get("*", ())}
+                out.append(ColumnSource(f"{name}.{c}", tuple(sorted(sources))))
+    for variable in sorted(reads.variables):
+        sources = views.variable(variable)
+        if sources:
+            out.append(ColumnSource(variable, tuple(sorted(sources))))
+    if reads.settings and (state.taint.settings or state.taint.everything):
+        out.append(ColumnSource("@@", tuple(sorted(views.variable("@@")))))
+    return out
+
+
+def read_sources(conn: DatabaseConnection, dialect: str, sql: str) -> list[ColumnSource]:
+    """The values statement ``sql`` may read anywhere (not only in its result: ``WHERE``,
+    casts, subqueries), as columns to hand to Masker.strategy_for: what an error of the
+    statement may echo. Uses what :func:`prepare_column_sources` looked up; does not touch
+    the connection."""
+    state = _state(conn)
+    try:
+        if state.last is not None and state.last[0] == sql:
+            if state.last_reads is not None:
+                return state.last_reads
+            analysis = state.last[1]
+        else:
+            analysis = _analysis(state, dialect, sql)
+        return _read_columns(state, dialect, analysis.reads)
+    except Exception:
+        log.exception("masking: what a statement reads could not be worked out")
+        return [ColumnSource("?", (), True)]
+
+
 # --------------------------------------------------------------------------- resolution
 
 
-def _resolver(dialect: str) -> Callable[..., list[ColumnSource]]:
+def _resolver(dialect: str, state: _State) -> Callable[..., list[ColumnSource]]:
     if dialect == "postgres":
         return lambda sql, names, catalog, view_sources: column_sources_postgres(
             sql, names, catalog, view_sources=view_sources
         )
     return lambda sql, names, catalog, view_sources: column_sources_sqlglot(
-        sql, dialect, names, catalog, view_sources=view_sources
+        glot_text(dialect, sql),
+        dialect,
+        names,
+        catalog,
+        view_sources=view_sources,
+        variables=lambda name: _variable(state, name),
     )
+
+
+def _variable(state: _State, name: str) -> frozenset[str]:
+    """What MySQL variable ``name`` ("@v", "@@v") holds: the sources it was assigned from."""
+    taint = state.taint
+    if taint.everything:
+        return frozenset({ANYTHING})
+    if name.startswith("@@"):
+        return taint.settings
+    return taint.variables.get(name.lower(), frozenset())
 
 
 def _unknown(state: _State, keys: Sequence[Key]) -> list[str]:
     """Prefixes of the sources of relations we know nothing about (not found: maybe a CTE,
-    maybe not looked up, maybe a failed lookup)."""
-    return [_qualified(key) + "." for key in keys if _qualified(key) not in state.relations]
+    maybe not looked up, maybe a failed lookup; not a table the session made itself)."""
+    return [
+        _qualified(key) + "."
+        for key in keys
+        if _qualified(key) not in state.relations
+        and not (_qualified(key) in state.absent and state.taint.created.get(_bare(key)))
+    ]
 
 
 def _taint(sources: list[ColumnSource], unknown: Sequence[str]) -> list[ColumnSource]:
@@ -438,19 +959,39 @@ class _Views:
     def __init__(self, state: _State, dialect: str) -> None:
         self.state = state
         self.dialect = dialect
-        self.resolve = _resolver(dialect)
-        if state.views_generation != state.generation:
+        self.resolve = _resolver(dialect, state)
+        generation = (state.generation, state.taint.version)
+        if state.views_generation != generation:
             state.views = {}
-            state.views_generation = state.generation
+            state.views_generation = generation
 
     def catalog(self, name: str) -> Sequence[str]:
         rel = self.state.relations.get(name)
-        return rel.columns if rel is not None else ()
+        if rel is not None:
+            return rel.columns
+        return self.session_columns(name) or ()
+
+    def session_columns(self, name: str) -> tuple[str, ...] | None:
+        """The columns of a table the session created that the catalog does not show (a
+        MySQL temporary table), when known."""
+        if name in self.state.relations or name not in self.state.absent:
+            return None
+        return self.state.taint.created.get(_bare(name))
+
+    def variable(self, name: str) -> frozenset[str]:
+        return _variable(self.state, name)
 
     def view_sources(self, name: str, stack: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+        if _bare(name) in STATISTICS:
+            return {"*": (ANYTHING,)}
         rel = self.state.relations.get(name)
         if rel is None or rel.kind != "view":
-            return {}
+            # A table: what the session filled it with ("*": into every column).
+            taint = self.state.taint
+            if taint.everything:
+                return {"*": (ANYTHING,)}
+            columns = taint.tables.get(_bare(name))
+            return {c: tuple(sorted(v)) for c, v in columns.items()} if columns else {}
         cached = self.state.views.get(name)
         if cached is not None:
             return cached
@@ -492,6 +1033,10 @@ async def column_sources(
     parsed = _parse(dialect, sql)
     if parsed is None:
         return sources  # the resolver could not parse it either: all opaque already
+    if parsed.show and (state.taint.settings or state.taint.everything):
+        # SHOW x after set_config('x', <a masked value>) / SET @@x = …
+        settings = tuple(sorted(_variable(state, "@@")))
+        sources = [ColumnSource(c.name, (*c.sources, *settings), c.opaque) for c in sources]
     unknown = _unknown(state, parsed.keys)
     if unknown and not state.prepared and not state.warned:
         state.warned = True

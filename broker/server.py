@@ -16,6 +16,7 @@ from broker.protocol import LOGIN_USER, SUBSYSTEM
 from broker.session_context import ConnectionContext
 from broker.sessions.base import SessionBase
 from broker.sessions.command_exec import CommandExec
+from broker.sessions.guarded_terminal import GuardedTerminalSession
 from broker.sessions.request import RequestError, parse_session_command
 from broker.sessions.sql_exec import SqlExec
 from broker.sessions.sql_shell import SqlShell
@@ -28,7 +29,8 @@ log = logging.getLogger("hoop.broker")
 
 
 class BrokerConnection(asyncssh.SSHServer):
-    """One client connection. Only certificates from the broker's own CA are accepted.
+    """One client connection. Only certificates the broker issued itself are accepted: signed
+    by its current CA and found, unrevoked and unchanged, in its certificate registry.
 
     The reserved user `hoop-login` needs no authentication and may only call the login
     methods of the hoop-api subsystem: it is how a client without a certificate gets one.
@@ -37,12 +39,28 @@ class BrokerConnection(asyncssh.SSHServer):
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
         self._remote = "unknown"
+        self._presented: bytes | None = None
         self.context: ConnectionContext | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         peer = conn.get_extra_info("peername")
         if peer:
             self._remote = f"{peer[0]}:{peer[1]}"
+        # asyncssh hands validate_ca_key only the signing key, not the certificate; its serial
+        # and key id are in the bytes the client sent, which pass through here first. Should
+        # asyncssh stop calling this, no certificate is seen and every one is refused.
+        check = conn.validate_public_key
+
+        async def remember_presented(
+            username: str, key_data: bytes, msg: bytes, signature: bytes
+        ) -> bool:
+            self._presented = key_data
+            try:
+                return await check(username, key_data, msg, signature)
+            finally:
+                self._presented = None
+
+        conn.validate_public_key = remember_presented  # type: ignore[method-assign]
 
     def begin_auth(self, username: str) -> bool:
         self.context = None
@@ -66,15 +84,26 @@ class BrokerConnection(asyncssh.SSHServer):
         return False
 
     async def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        # asyncssh checks the certificate's validity period and principals after this returns.
-        if key.public_data != self._broker.keys.user_ca.public_data:
+        # asyncssh checks the certificate's validity period and principals after this returns,
+        # and then that the client holds the certificate's private key.
+        refusal = await self._broker.certificates.check(username, key, self._presented)
+        if refusal is not None:
+            serial = refusal.details().get("certificate_serial", "unreadable")
+            log.warning(
+                "refused certificate serial %s for user %r from %s: %s",
+                serial,
+                username,
+                self._remote,
+                refusal.reason,
+            )
             await self._broker.audit.emit(
                 AuditEvent(
                     type="auth.rejected",
                     actor=username,
                     outcome="failure",
-                    reason="certificate not signed by this broker's CA",
+                    reason=refusal.reason,
                     remote=self._remote,
+                    details=refusal.details(),
                 )
             )
             return False
@@ -210,13 +239,18 @@ async def _refuse_without_grant(
 def _family(target: Target) -> str:
     if isinstance(target, (PostgresTarget, MysqlTarget, SqliteTarget)):
         return "database"
+    # guard = "screen" is the declared weaker grade: prompt-level checks off the screen.
+    if getattr(target, "guard", "strict") == "screen":
+        return "screen-terminal"
     return "terminal"
 
 
 # Which kind of session serves each verb on each family of target.
 SESSIONS: dict[tuple[str, str], type[SessionBase]] = {
-    ("terminal", "connect"): TerminalSession,
+    ("terminal", "connect"): GuardedTerminalSession,
     ("terminal", "exec"): CommandExec,
+    ("screen-terminal", "connect"): TerminalSession,
+    ("screen-terminal", "exec"): CommandExec,
     ("database", "exec"): SqlExec,
     ("database", "connect"): SqlShell,
 }

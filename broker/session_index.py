@@ -263,26 +263,59 @@ def read_recording_text(path: Path) -> RecordingText:
     return RecordingText(lines=lines, marks=marks, note=note)
 
 
+def read_marks(path: Path) -> list[tuple[float, str]]:
+    """The marks of a recording (time, label), up to any damage; cheap on output lines."""
+    marks: list[tuple[float, str]] = []
+    try:
+        with path.open("rb") as file:
+            for lineno, raw in enumerate(file, 1):
+                if lineno == 1 or b'"m"' not in raw:
+                    continue
+                try:
+                    at, code, data = json.loads(raw)
+                except ValueError:
+                    break
+                if code == "m" and isinstance(at, int | float) and isinstance(data, str):
+                    marks.append((float(at), data))
+    except OSError:
+        pass
+    return marks
+
+
+class MarkClock:
+    """Where each command or statement sits in its recording: at its `command: …` /
+    `query: …` mark when it has one (what `replay --commands` shows), else at its audit
+    event's time since the session started. Marks are used once each, in order."""
+
+    def __init__(self, started_at: float, marks: list[tuple[float, str]]) -> None:
+        self.started_at = started_at
+        self._unused: dict[str, list[float]] = {}
+        for at, label in marks:
+            for prefix in ("command: ", "query: "):
+                if label.startswith(prefix):
+                    self._unused.setdefault(label[len(prefix) :], []).append(at)
+
+    def offset(self, text: str, event_time: float) -> float:
+        times = self._unused.get(text)
+        offset = times.pop(0) if times else max(0.0, event_time - self.started_at)
+        return round(offset, 3)
+
+
 def command_lines(
     started_at: float,
     events: Iterable[tuple[float, str, dict[str, Any]]],
     marks: list[tuple[float, str]],
 ) -> list[tuple[float, str]]:
     """(offset, text) of every command and statement, placed at its recording mark if it has one."""
-    unused: dict[str, list[float]] = {}
-    for at, label in marks:
-        for prefix in ("command: ", "query: "):
-            if label.startswith(prefix):
-                unused.setdefault(label[len(prefix) :], []).append(at)
+    clock = MarkClock(started_at, marks)
     result = []
     for event_time, event_type, details in events:
         subject = "query" if event_type.startswith("query") else "command"
         text = details.get(subject)
         if not isinstance(text, str) or not text.strip():
             continue
-        times = unused.get(text)
-        offset = times.pop(0) if times else max(0.0, event_time - started_at)
-        result.append((round(offset, 3), _CONTROL.sub(" ", text.replace("\n", " ")).strip()))
+        offset = clock.offset(text, event_time)
+        result.append((offset, _CONTROL.sub(" ", text.replace("\n", " ")).strip()))
     return result
 
 

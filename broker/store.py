@@ -33,16 +33,6 @@ CREATE TABLE IF NOT EXISTS identities (
     issuer TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS certificates (
-    serial INTEGER PRIMARY KEY,
-    user TEXT NOT NULL,
-    key_fingerprint TEXT NOT NULL,
-    groups TEXT NOT NULL,
-    valid_after INTEGER NOT NULL,
-    valid_before INTEGER NOT NULL,
-    issued_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS certificates_user ON certificates(user);
 CREATE TABLE IF NOT EXISTS audit_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
@@ -335,31 +325,6 @@ class Store:
         if row is None:
             return None
         return StoredIdentity(user=row[0], groups=tuple(json.loads(row[1])), updated_at=row[2])
-
-    async def record_certificate(
-        self,
-        *,
-        serial: int,
-        user: str,
-        key_fingerprint: str,
-        groups: Sequence[str],
-        valid_after: int,
-        valid_before: int,
-        now: float,
-    ) -> None:
-        await self._write(
-            "INSERT INTO certificates(serial, user, key_fingerprint, groups, valid_after, "
-            "valid_before, issued_at) VALUES (?,?,?,?,?,?,?)",
-            (
-                serial,
-                user,
-                key_fingerprint,
-                json.dumps(list(groups)),
-                valid_after,
-                valid_before,
-                now,
-            ),
-        )
 
     async def create_session(
         self,

@@ -122,6 +122,10 @@ class ApprovalRequest:
     command_sha256: str | None
     rule: str | None
     reason: str | None
+    # Why the broker asks: its one-line reason ("cannot tell what this SQL does: cannot parse:
+    # …"); what approvers see in place of a rule when no rule decided.
+    cause: str | None
+    unknown: bool
     approver_groups: tuple[str, ...]
     approvals_needed: int
     decisions: tuple[Decision, ...]
@@ -153,6 +157,8 @@ class ApprovalRequest:
             command_sha256=text("command_sha256"),
             rule=text("rule"),
             reason=text("reason"),
+            cause=text("cause"),
+            unknown=record.get("unknown") is True,
             approver_groups=_strings(record.get("approver_groups")),
             approvals_needed=int(record.get("approvals_needed") or 1),
             decisions=tuple(
@@ -180,6 +186,14 @@ class ApprovalRequest:
 
     def decision_by(self, user: str) -> Decision | None:
         return next((item for item in self.decisions if item.approver == user), None)
+
+    def why(self) -> tuple[str, str]:
+        """(label, text) of why it was asked: the rule, else the broker's cause, else "-"."""
+        if self.rule:
+            return "rule", self.rule
+        if self.cause:
+            return "cause", self.cause
+        return "rule", "-"
 
     def what(self) -> str:
         """What is asked, unescaped: the command, or the access asked for."""
@@ -248,7 +262,7 @@ WAITING = re.compile(
 # Lines after which the session no longer waits (the last: --no-wait, or --wait ran out).
 ENDED = re.compile(
     r"^hoop: (approved by|denied by|request \S+ expired|request \S+ cancelled"
-    r"|approval required: request )"
+    r"|approval required(?: \(.*\))?: request \S+ waits for )"
 )
 
 
@@ -562,6 +576,7 @@ def _table_row(request: ApprovalRequest, now: float) -> dict[str, Text | str]:
         "target": shown(request.target),
         "what": shown(request.what()),
         "rule": shown(request.rule),
+        "why": shown(request.rule or request.cause),
         "reason": shown(request.reason),
         "approvers": shown(f"{approvers} ({request.approvals}/{request.approvals_needed})"),
         "age": "" if age is None else format_duration(age),
@@ -715,7 +730,7 @@ def approvals(
                 ("requester", "Requester"),
                 ("target", "Target"),
                 ("what", "Command"),
-                ("rule", "Rule"),
+                ("why", "Rule or cause"),
                 ("reason", "Reason"),
                 ("approvers", "Approvers"),
                 ("expires", "Expires"),

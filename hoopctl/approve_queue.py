@@ -269,9 +269,10 @@ def row_fragments(
         head.append(("class:warning", "  ! control characters, shown escaped"))
     what_prefix = "    $ " if request.kind == "command" else "    "
     what: Fragments = [("", what_prefix), *escaped(request.what())]
+    label, because = request.why()
     why: Fragments = [
-        ("class:dim", "    rule: "),
-        *escaped(request.rule or "-", "class:dim"),
+        ("class:dim", f"    {label}: "),
+        *escaped(because, "class:dim"),
         ("class:dim", " · approvers: "),
         *escaped(", ".join(request.approver_groups) or "-", "class:dim"),
         ("class:dim", " · reason: "),
@@ -336,6 +337,7 @@ def detail_lines(request: ApprovalRequest, me: str, now: float) -> list[Fragment
         field_("Session", escaped(request.session or "-")),
         field_("Approvers", escaped(", ".join(request.approver_groups) or "-")),
         field_("Rule", escaped(request.rule or "-")),
+        *([field_("Cause", escaped(request.cause))] if request.cause else []),
         field_("Reason", escaped(request.reason or "-")),
         field_("Created", plain(created)),
         field_("Expires", plain(expires)),

@@ -51,6 +51,7 @@ class SessionState(StrEnum):
     interrupted = "interrupted"
     failed = "failed"
     terminated = "terminated"
+    blocked = "blocked"  # a one-off exec refused before it ran
 
 
 class ExportFormat(StrEnum):
@@ -241,7 +242,7 @@ def sessions_show(
             stderr.print("no commands in this session")
             return
         table = Table(show_edge=False, header_style="bold", pad_edge=False)
-        for heading in ("Offset", "Command", "Outcome", "Decision", "Rule", "Approver"):
+        for heading in ("Offset", "Command", "Outcome", "Decision", "Rule", "Decided by"):
             table.add_column(heading, overflow="fold")
         for entry in timeline:
             outcome = entry["outcome"]

@@ -24,9 +24,17 @@ from rich.prompt import Confirm
 from broker.durations import format_duration
 from hoopctl.address import BrokerAddress, save_default
 from hoopctl.approvals_cli import exec_words, run_exec
-from hoopctl.cli_common import BrokerOption, OutputOption, _address, _run, app
+from hoopctl.cli_common import (
+    EXIT_CLOSED_PIPE,
+    BrokerOption,
+    OutputOption,
+    _address,
+    _run,
+    app,
+    closed_stdout,
+)
 from hoopctl.credentials import CredentialStore, announce_backend
-from hoopctl.errors import HostKeyError, UsageError
+from hoopctl.errors import HostKeyError, LoginError, UsageError
 from hoopctl.hostkeys import fingerprint, forget
 from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
 from hoopctl.output import OutputFormat, render, render_record, stderr
@@ -96,6 +104,15 @@ def login(
             help="Read an ID token from stdin instead of the device flow (CI, agents).",
         ),
     ] = False,
+    dev_user: Annotated[
+        str | None,
+        typer.Option(
+            "--dev-user",
+            metavar="NAME",
+            help="Log in at once as this user of the broker's dev.users; only against a "
+            "broker's built-in dev issuer (hoop-broker serve --dev).",
+        ),
+    ] = None,
 ) -> None:
     """Log in with your identity provider and get a short-lived certificate from the broker."""
 
@@ -107,6 +124,10 @@ def login(
     # Synchronous on purpose: the device-flow wait must stop at the first Ctrl-C, which an
     # event loop would only deliver at its next await.
     def work() -> None:
+        if dev_user is not None and token_stdin:
+            raise UsageError("--dev-user and --token-stdin exclude each other")
+        if dev_user is not None and not dev_user.strip():
+            raise UsageError("--dev-user needs a user name (one of the broker's [dev.users])")
         address = _address(broker)
         store = CredentialStore(address)
         store.check_usable()
@@ -115,6 +136,11 @@ def login(
         config = asyncio.run(login_settings(address))
         if config.get("dev"):
             stderr.print("[yellow]warning:[/] this broker runs a DEV identity provider (insecure)")
+        elif dev_user is not None:
+            raise UsageError(
+                f"--dev-user works only with a broker's built-in dev issuer "
+                f"(hoop-broker serve --dev); {address} logs in with {config['issuer']}"
+            )
         token_endpoint = None
         if token_stdin:
             id_token = sys.stdin.read().strip()
@@ -125,22 +151,33 @@ def login(
             endpoints = discover(config["issuer"])
             token_endpoint = endpoints.token
             authorization = start_device_authorization(
-                endpoints, config["client_id"], list(config["scopes"])
+                endpoints,
+                config["client_id"],
+                list(config["scopes"]),
+                login_hint=dev_user.strip() if dev_user else None,
             )
             url = authorization.verification_uri_complete or authorization.verification_uri
-            stderr.print(
-                f"To log in, open [bold]{authorization.verification_uri}[/] "
-                f"and enter the code [bold]{authorization.user_code}[/]",
-            )
-            if authorization.verification_uri_complete:
-                stderr.print(f"or open {authorization.verification_uri_complete}", markup=False)
-            if not no_browser and _can_open_browser():
-                webbrowser.open(url)
+            if dev_user:
+                stderr.print(f"Logging in as {dev_user.strip()} with the dev issuer", markup=False)
+            else:
+                stderr.print(
+                    f"To log in, open [bold]{authorization.verification_uri}[/] "
+                    f"and enter the code [bold]{authorization.user_code}[/]",
+                )
+                if authorization.verification_uri_complete:
+                    stderr.print(f"or open {authorization.verification_uri_complete}", markup=False)
+                if not no_browser and _can_open_browser():
+                    webbrowser.open(url)
             with stderr.status("Waiting for you to approve the login…"):
                 tokens = poll_for_tokens(endpoints, config["client_id"], authorization)
             id_token, refresh_token = tokens.id_token, tokens.refresh_token
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"hoopctl {address}")
         result = asyncio.run(exchange(address, id_token, key))
+        if dev_user and result["user"] != dev_user.strip():
+            raise LoginError(
+                f"the dev issuer logged you in as {result['user']}, not {dev_user.strip()} "
+                "(is the broker older than --dev-user?)"
+            )
         profile = profile_from(
             address,
             result,
@@ -289,8 +326,15 @@ def exec_(
         Path | None, typer.Option("--file", "-f", help="Read SQL from FILE (- for stdin).")
     ] = None,
     output: Annotated[
-        ExecOutput, typer.Option("--output", "-o", help="Result format.", case_sensitive=False)
-    ] = ExecOutput.table,
+        ExecOutput | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="SQL result format (default table); a command's output passes through as it is.",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ] = None,
     reason: Annotated[
         str | None, typer.Option("--reason", help="Recorded with the request.")
     ] = None,
@@ -328,6 +372,10 @@ def exec_(
         if command:
             if sql is not None or file is not None:
                 raise UsageError("give either a command after -- or SQL with -c/-f, not both")
+            if output is not None:
+                raise UsageError(
+                    "--output formats SQL results; a command's output is passed through as it is"
+                )
             return b""
         if sql is not None and file is not None:
             raise UsageError("give SQL with either -c or -f, not both")
@@ -353,7 +401,7 @@ def exec_(
         conn = await open_connection(
             address, username=profile.user, client_keys=[(store.private_key(), profile.cert())]
         )
-        words = ["exec", "--output", output.value]
+        words = ["exec"] if command else ["exec", "--output", (output or ExecOutput.table).value]
         if reason:
             words += ["--reason", reason]
         words += approval_words
@@ -394,7 +442,11 @@ from hoopctl import approvals_cli, audit_cli  # noqa: E402,F401
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # output written outside a command body (help, completion)
+        closed_stdout()
+        sys.exit(EXIT_CLOSED_PIPE)
 
 
 if __name__ == "__main__":

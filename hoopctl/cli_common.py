@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -10,10 +11,13 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from broker.cli_help import plain_help_types
 from hoopctl import __version__
 from hoopctl.address import BrokerAddress, resolve
 from hoopctl.errors import HoopError
 from hoopctl.output import OutputFormat
+
+plain_help_types()
 
 T = TypeVar("T")
 
@@ -59,12 +63,29 @@ def _run(work: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
     except KeyboardInterrupt:
         print("hoopctl: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        closed_stdout()
+        raise typer.Exit(EXIT_CLOSED_PIPE) from None
     except Exception as exc:
         # A bug must still end in one line; HOOP_DEBUG=1 shows the traceback.
         if os.environ.get("HOOP_DEBUG"):
             raise
         print(f"hoopctl: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
+
+
+# As a process killed by SIGPIPE reports it (128 + 13), without a word: the reader (`head`,
+# `less` quitting) has what it wanted.
+EXIT_CLOSED_PIPE = 141
+
+
+def closed_stdout() -> None:
+    """The reader of stdout went away: point stdout at /dev/null, so that nothing more (not
+    even the interpreter's final flush) fails on it."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _version(value: bool) -> None:

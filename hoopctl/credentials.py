@@ -112,22 +112,29 @@ class CredentialStore:
 
     def profile(self) -> Profile:
         if not self._profile_path.exists():
-            raise NotLoggedIn(f"not logged in to {self.address}: run hoopctl login")
+            raise NotLoggedIn(
+                f"not logged in to {self.address}: run hoopctl login --broker {self.address}"
+            )
         try:
             return Profile(**json.loads(self._profile_path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as exc:
             raise NotLoggedIn(
-                f"login state for {self.address} is unreadable ({exc}): run hoopctl login"
+                f"login state for {self.address} is unreadable ({exc}): "
+                f"run hoopctl login --broker {self.address}"
             ) from None
 
     def private_key(self) -> asyncssh.SSHKey:
         text = self._get_secret("private_key")
         if not text:
-            raise NotLoggedIn(f"no key for {self.address} in the keyring: run hoopctl login")
+            raise NotLoggedIn(
+                f"no key for {self.address} in the keyring: run hoopctl login --broker {self.address}"
+            )
         try:
             return asyncssh.import_private_key(text)
         except asyncssh.KeyImportError:
-            raise NotLoggedIn("the key in the keyring is damaged: run hoopctl login") from None
+            raise NotLoggedIn(
+                f"the key in the keyring is damaged: run hoopctl login --broker {self.address}"
+            ) from None
 
     def refresh_token(self) -> str | None:
         return self._get_secret("refresh_token")

@@ -86,14 +86,13 @@ def _client(client_id: str) -> OAuth2Client:
 
 
 def start_device_authorization(
-    endpoints: Endpoints, client_id: str, scopes: list[str]
+    endpoints: Endpoints, client_id: str, scopes: list[str], *, login_hint: str | None = None
 ) -> DeviceAuthorization:
+    data = {"client_id": client_id, "scope": " ".join(scopes)}
+    if login_hint:
+        data["login_hint"] = login_hint
     try:
-        response = httpx.post(
-            endpoints.device_authorization,
-            data={"client_id": client_id, "scope": " ".join(scopes)},
-            timeout=HTTP_TIMEOUT,
-        )
+        response = httpx.post(endpoints.device_authorization, data=data, timeout=HTTP_TIMEOUT)
         body: dict[str, Any] = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise LoginError(f"device authorization request failed: {exc}") from None
@@ -160,14 +159,23 @@ def poll_for_tokens(
                 raise LoginError(f"cannot reach the token endpoint: {exc}") from None
 
 
+class LoginExpired(LoginError):
+    """The identity provider refused the refresh token: a new login is needed."""
+
+
+class IdpUnreachable(LoginError):
+    """The identity provider did not answer the refresh."""
+
+
 def refresh(endpoint: str, client_id: str, refresh_token: str) -> TokenSet:
     try:
         with _client(client_id) as client:
             token = client.refresh_token(endpoint, refresh_token=refresh_token)
     except OAuthError as exc:
-        raise LoginError(f"your login has expired ({exc.error}): run hoopctl login") from None
+        raise LoginExpired(f"your login has expired ({exc.error})") from None
     except (httpx.HTTPError, ValueError) as exc:
-        raise LoginError(f"cannot renew the login at the identity provider: {exc}") from None
+        host = urlsplit(endpoint).netloc or endpoint
+        raise IdpUnreachable(f"the identity provider {host} cannot be reached ({exc})") from None
     tokens = _token_set(dict(token))
     # Providers that do not rotate refresh tokens return none; keep the one we have.
     return TokenSet(tokens.id_token, tokens.refresh_token or refresh_token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -20,8 +21,48 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit 1; every command ends the same quiet way (hoopctl.cli_common).
+        raise BrokenPipeError
+
+
+# Into a pipe or a file a table is as wide as its content: a script (`| grep ID`, `| awk`)
+# never meets a row wrapped, or an id cut across two lines, at the 80 columns rich assumes.
+_PIPE_WIDTH = 100_000
+
+
+def _width(stream: Any) -> int | None:
+    try:
+        return None if stream.isatty() else _PIPE_WIDTH
+    except (AttributeError, ValueError):
+        return _PIPE_WIDTH
+
+
+stdout = _Console(soft_wrap=True, width=_width(sys.stdout))
+stderr = _Console(stderr=True, soft_wrap=True, highlight=False, width=_width(sys.stderr))
+
+
+_TIME_KEYS = {"at", "grant_until"}
+
+
+def rfc3339_times(value: Any) -> Any:
+    """VALUE with every time given as epoch seconds (keys ending in `_at`, and `at`,
+    `grant_until`) written as an RFC 3339 UTC string, as every JSON output of hoopctl has them."""
+    if isinstance(value, dict):
+        return {
+            key: _as_time(item) if key.endswith("_at") or key in _TIME_KEYS else rfc3339_times(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [rfc3339_times(item) for item in value]
+    return value
+
+
+def _as_time(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC).isoformat()
+    return rfc3339_times(value)
 
 
 def render(
@@ -33,7 +74,7 @@ def render(
 ) -> None:
     """COLUMNS are (key, heading) pairs; JSON output carries every key of every row."""
     if fmt is OutputFormat.json:
-        sys.stdout.write(json.dumps(list(rows), indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(rfc3339_times(list(rows)), indent=2, default=str) + "\n")
         return
     if not rows:
         stderr.print(empty)
@@ -51,7 +92,7 @@ def render_record(
     record: dict[str, Any], fields: Sequence[tuple[str, str]], fmt: OutputFormat
 ) -> None:
     if fmt is OutputFormat.json:
-        sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(rfc3339_times(record), indent=2, default=str) + "\n")
         return
     width = max(len(label) for _, label in fields)
     for key, label in fields:

@@ -10,7 +10,7 @@ import asyncssh
 from hoopctl.address import BrokerAddress
 from hoopctl.credentials import CredentialStore, Profile
 from hoopctl.errors import ApiCallError, LoginError, NotLoggedIn
-from hoopctl.oidc import TokenSet, refresh
+from hoopctl.oidc import IdpUnreachable, LoginExpired, TokenSet, refresh
 from hoopctl.ssh_config import refresh_exported_certificate
 from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
 
@@ -60,13 +60,27 @@ def profile_from(
 async def renew(store: CredentialStore, profile: Profile) -> Profile:
     refresh_token = store.refresh_token()
     if not refresh_token or not profile.token_endpoint:
-        raise NotLoggedIn(f"your certificate for {store.address} has expired: run hoopctl login")
-    tokens: TokenSet = refresh(profile.token_endpoint, profile.client_id, refresh_token)
+        raise NotLoggedIn(
+            f"your certificate for {store.address} has expired: "
+            f"run hoopctl login --broker {store.address}"
+        )
+    login = f"hoopctl login --broker {store.address}"
+    try:
+        tokens: TokenSet = refresh(profile.token_endpoint, profile.client_id, refresh_token)
+    except LoginExpired as exc:
+        raise LoginError(f"{exc}: run {login}") from None
+    except IdpUnreachable as exc:
+        raise LoginError(
+            f"your certificate for {store.address} has expired and cannot be renewed: {exc}; "
+            f"check the network (VPN) and run the command again, or run {login} once the "
+            "identity provider is back"
+        ) from None
     key = store.private_key()
     result = await exchange(store.address, tokens.id_token, key)
     if result["user"] != profile.user:
         raise LoginError(
-            f"renewal returned user {result['user']!r}, not {profile.user!r}: run hoopctl login"
+            f"renewal returned user {result['user']!r}, not {profile.user!r}: "
+            f"run hoopctl login --broker {store.address}"
         )
     renewed = profile_from(
         store.address,

@@ -26,17 +26,21 @@ def _terminal_size(fd: int) -> tuple[int, int]:
 
 
 async def _copy_out(stream: asyncssh.SSHReader[bytes], fd: int) -> None:
+    gone = False  # the terminal went away (EIO after a hang-up): read on, show nothing
     while True:
         data = await stream.read(_CHUNK)
         if not data:
             return
         view = memoryview(data)
-        while view:
+        while view and not gone:
             try:
                 written = os.write(fd, view)
             except BlockingIOError:
                 await asyncio.sleep(0.005)
                 continue
+            except OSError:
+                gone = True
+                break
             view = view[written:]
 
 
@@ -88,6 +92,27 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
         with contextlib.suppress(OSError, asyncssh.Error):
             process.change_terminal_size(*_terminal_size(stdout_fd))
 
+    ended_by: list[int] = []
+    leaving: list[asyncio.Task[None]] = []
+
+    def on_terminate(signum: int) -> None:
+        """SIGTERM: hoopctl is being ended on purpose. A Ctrl-C first, so that a command held for
+        approval is cancelled rather than left to approvers, then the end. (A hang-up, like a
+        dropped connection, ends the session as it is: the target sees the hang-up.)"""
+        if ended_by:
+            return
+        ended_by.append(signum)
+
+        async def leave() -> None:
+            with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
+                process.stdin.write(b"\x03")
+                async with asyncio.timeout(1):
+                    await process.stdin.drain()
+                await asyncio.sleep(0.2)  # the broker reads the key before the channel closes
+            process.close()
+
+        leaving.append(asyncio.ensure_future(leave()))
+
     try:
         if saved is not None:
             tty.setraw(stdin_fd)
@@ -99,6 +124,7 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
             feeder = asyncio.ensure_future(_feed_from_file(stdin_fd, process))
         if interactive:
             loop.add_signal_handler(signal.SIGWINCH, on_resize)
+            loop.add_signal_handler(signal.SIGTERM, on_terminate, signal.SIGTERM)
         await asyncio.gather(
             _copy_out(process.stdout, stdout_fd), _copy_out(process.stderr, stderr_fd)
         )
@@ -109,10 +135,17 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
         if stdin_open:
             loop.remove_reader(stdin_fd)
         if interactive:
-            loop.remove_signal_handler(signal.SIGWINCH)
+            for signum in (signal.SIGWINCH, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        for task in leaving:
+            task.cancel()
         if saved is not None:
-            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
-        sys.stdout.flush()
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+    if ended_by:
+        return 128 + ended_by[0]
     if completed.exit_status is not None and completed.exit_status >= 0:
         return completed.exit_status
     return 255

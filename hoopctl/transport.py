@@ -92,9 +92,12 @@ async def open_connection(
             f"run hoopctl login --forget-host-key"
         ) from None
     except asyncssh.PermissionDenied:
+        # The broker does not say why (revoked, its CA rotated, expired, not issued by it):
+        # whichever it is, a fresh login is the way back in.
         raise NotLoggedIn(
-            f"broker {address} refused your certificate (expired, revoked, for another user "
-            f"or from another CA): run hoopctl login"
+            f"broker {address} refused your certificate (revoked, issued before a CA "
+            f"rotation, expired, or not issued by this broker): log in again with "
+            f"hoopctl login --broker {address}"
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise BrokerUnreachable(f"cannot reach broker at {address}: {_reason(exc)}") from None

@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests drive for real: OpenSSH (sshd, ssh, ssh-keygen), tmux,
-# asciinema, Node.js and npm. Uses apt when something is missing and we are root; otherwise says
-# what to install and fails.
+# asciinema, Node.js and npm, and creates the OS users local targets run as in the tests
+# (`run_as`: hoop-target, hoop-target2). Uses apt/useradd when something is missing and we are
+# root; otherwise says what to do and fails. Safe to run again.
 set -euo pipefail
+
+# The OS users the tests' local targets run as: never root, never the broker's own user.
+target_users=(hoop-target hoop-target2 hoop-demo)
+for name in "${target_users[@]}"; do
+    id -u "$name" >/dev/null 2>&1 && continue
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing OS user $name (create it, e.g. sudo useradd -m -s /bin/bash $name)" >&2
+        exit 1
+    fi
+    group=()
+    getent group "$name" >/dev/null 2>&1 && group=(-g "$name")
+    echo "creating OS user: $name" >&2
+    useradd -m -s /bin/bash ${group[@]+"${group[@]}"} "$name"
+done
 
 missing=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)

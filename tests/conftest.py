@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
+from tests.helpers import (
+    BrokerProcess,
+    User,
+    dev_config,
+    ensure_os_users,
+    free_port,
+    make_target_dir,
+    remove_target_dir,
+    start_broker,
+)
 
 
 @pytest.fixture
@@ -51,3 +61,19 @@ def user(broker: BrokerProcess, alice: User) -> User:
     """Alice, logged in to the module's `broker`."""
     assert alice.login(broker).returncode == 0
     return alice
+
+
+@pytest.fixture(scope="session", autouse=True)
+def os_users() -> None:
+    """The OS users local targets run as (run_as): created when missing and running as root.
+    Otherwise scripts/install-system-deps.sh must have made them (check-config names the key)."""
+    if os.geteuid() == 0:
+        ensure_os_users()
+
+
+@pytest.fixture
+def target_dir() -> Iterator[Path]:
+    """A fresh directory the target user (hoop-target) owns: files a local target must see."""
+    path = make_target_dir()
+    yield path
+    remove_target_dir(path)

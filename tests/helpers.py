@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +27,59 @@ HOOP_BROKER = str(BIN / "hoop-broker")
 REPO = Path(__file__).resolve().parent.parent
 # hoopctl prints the code in bold on a terminal: allow colour codes before it.
 USER_CODE = r"enter the code (?:\x1b\[[0-9;]*m)*(\w{4}-\w{4})"
+
+
+# The OS users local targets run as (`run_as`): scripts/install-system-deps.sh creates them, and
+# so does ensure_os_users() when the tests run as root.
+TARGET_USER = "hoop-target"
+TARGET_USER2 = "hoop-target2"
+
+
+def ensure_os_users(*names: str) -> None:
+    """Create the OS users NAMES (default: both test users) when missing; needs root."""
+    for name in names or (TARGET_USER, TARGET_USER2):
+        try:
+            pwd.getpwnam(name)
+            continue
+        except KeyError:
+            pass
+        if os.geteuid() != 0:
+            raise RuntimeError(
+                f"OS user {name} is missing: run scripts/install-system-deps.sh as root "
+                f"(or useradd -m -s /bin/bash {name})"
+            )
+        group = ["-g", name] if _group_exists(name) else []
+        subprocess.run(
+            ["useradd", "-m", "-s", "/bin/bash", *group, name], check=True, capture_output=True
+        )
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def give_to(path: Path, user: str = TARGET_USER) -> Path:
+    """Make PATH (and everything under it) USER's, so a local target running as USER can use it."""
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+def make_target_dir(prefix: str = "hoop-target-", user: str = TARGET_USER) -> Path:
+    """A fresh directory USER owns and can reach (pytest's tmp_path is root's alone, mode 0700):
+    for the files a local target must read or write, such as a sentinel that must survive."""
+    return give_to(Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")), user)
+
+
+def remove_target_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -65,6 +122,8 @@ groups = ["contractors"]
 [[targets]]
 name = "dev-shell"
 type = "local"
+guard = "screen"
+run_as = "{TARGET_USER}"
 description = "bash on the broker host"
 allowed_groups = ["engineers"]
 policy = "guardrails"
@@ -78,10 +137,14 @@ user = "app"
 credential = "env:PROD_DB_PASSWORD"
 description = "production database"
 allowed_groups = ["dba"]
+# No policy: unknown input goes to review by these (check-config wants a group). No test user
+# is in "leads", so such input does not run: nobody may approve it.
+access_approvers = ["leads"]
 
 [policies.guardrails]
 default = "allow"
 on_unknown = "review"
+unknown_approvers = ["leads"]  # no test user is in it: unknown input does not run
 
 [[policies.guardrails.rules]]
 name = "no-rm"
@@ -108,13 +171,19 @@ scopes = ["openid", "profile", "email", "groups", "offline_access"]
 [[targets]]
 name = "dev-shell"
 type = "local"
+guard = "screen"
+run_as = "{TARGET_USER}"
 description = "bash on the broker host"
 allowed_groups = ["engineers"]
+access_approvers = ["leads"]
 
 [[targets]]
 name = "contractor-box"
 type = "local"
+guard = "screen"
+run_as = "{TARGET_USER2}"
 allowed_groups = ["contractors"]
+access_approvers = ["leads"]
 {targets}
 """
 
@@ -136,13 +205,17 @@ class BrokerProcess:
     dev_issuer: str | None = None
     stdout_path: Path = field(default_factory=Path)
     stderr_path: Path = field(default_factory=Path)
+    # Added to the broker's environment (e.g. the variables env: credentials name).
+    env: dict[str, str] = field(default_factory=dict)
+    # Runs the broker through this command, e.g. ["setpriv", "--bounding-set=-setuid", "--"].
+    prefix: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 20.0, *, file_size_limit: int | None = None) -> BrokerProcess:
         """Start the broker; FILE_SIZE_LIMIT (bytes, RLIMIT_FSIZE) makes large writes fail for real."""
         workdir = self.config_path.parent
         self.stdout_path = workdir / f"{self.config_path.stem}.stdout"
         self.stderr_path = workdir / f"{self.config_path.stem}.stderr"
-        args = [HOOP_BROKER, "serve", "--config", str(self.config_path)]
+        args = [*self.prefix, HOOP_BROKER, "serve", "--config", str(self.config_path)]
         if self.dev:
             args.append("--dev")
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
@@ -152,6 +225,7 @@ class BrokerProcess:
                 stdout=out,
                 stderr=err,
                 cwd=workdir,
+                env={**os.environ, **self.env},
                 preexec_fn=(lambda: _limit_file_size(file_size_limit)) if file_size_limit else None,
             )
         deadline = time.monotonic() + timeout
@@ -199,12 +273,24 @@ class BrokerProcess:
 
 
 def start_broker(
-    tmp_path: Path, config_text: str, *, dev: bool = True, name: str = "broker"
+    tmp_path: Path,
+    config_text: str,
+    *,
+    dev: bool = True,
+    name: str = "broker",
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
 ) -> BrokerProcess:
     config_path = tmp_path / f"{name}.toml"
     config_path.write_text(config_text)
     data_dir = Path(re.search(r'data_dir = "([^"]+)"', config_text).group(1))  # type: ignore[union-attr]
-    return BrokerProcess(config_path=config_path, data_dir=data_dir, dev=dev).start()
+    return BrokerProcess(
+        config_path=config_path,
+        data_dir=data_dir,
+        dev=dev,
+        env=dict(env or {}),
+        prefix=list(prefix or []),
+    ).start()
 
 
 @dataclass

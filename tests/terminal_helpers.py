@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pexpect
 
-from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
+from tests.helpers import TARGET_USER, BrokerProcess, User, dev_config, free_port, start_broker
 
 SHELL_POLICY = """
 [policies.shell]
@@ -27,15 +27,22 @@ program = ["reboot", "shutdown"]
 approvers = ["approvers"]
 """
 
-PROMPT = r"[$#] \x1b\]133;B\x07"
+# `$ `/`# ` (bash, sh), `% ` (zsh's default for a user other than root: local targets run as one).
+PROMPT = r"[$#%] \x1b\]133;B\x07"
 SESSION_ID = re.compile(r"session (\d{8}-[0-9a-f]{12}) started")
 
 
-def local_target(name: str = "shell", extra: str = "", groups: str = '["engineers"]') -> str:
+def local_target(
+    name: str = "shell", extra: str = "", groups: str = '["engineers"]', guard: str = "screen"
+) -> str:
+    """A local bash target. These shared helpers test the `screen` grade (prompt marks off the
+    screen); the strict grade has its own tests (tests/test_guard_strict.py)."""
     return f"""
 [[targets]]
 name = "{name}"
 type = "local"
+guard = "{guard}"
+run_as = "{TARGET_USER}"
 command = ["bash", "--noprofile", "--norc", "-i"]
 env = {{ PS1 = "$ " }}
 allowed_groups = {groups}

@@ -21,7 +21,7 @@ from typing import Any
 import asyncssh
 
 from hoopctl.transport import ApiClient
-from tests.helpers import BrokerProcess, User, free_port, start_broker
+from tests.helpers import TARGET_USER, BrokerProcess, User, free_port, start_broker
 
 SHELL_RULES = """
 [policies.shell]
@@ -88,6 +88,8 @@ def shell_target(name: str, extra: str = "") -> str:
 [[targets]]
 name = "{name}"
 type = "local"
+guard = "screen"
+run_as = "{TARGET_USER}"
 command = ["bash", "--noprofile", "--norc", "-i"]
 env = {{ PS1 = "$ " }}
 allowed_groups = ["engineers"]

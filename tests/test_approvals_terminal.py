@@ -30,12 +30,14 @@ def ssh_target(name: str, sshd: SshdServer) -> str:
 [[targets]]
 name = "{name}"
 type = "ssh"
+guard = "screen"
 address = "{sshd.host}:{sshd.port}"
 user = "{sshd.user}"
 credential = "file:{sshd.client_key_path}"
 known_host = "{sshd.host_key_line}"
 allowed_groups = ["engineers"]
 policy = "shell"
+access_approvers = ["leads"]  # unknown input: nobody here may approve it, so it does not wait
 """
 
 
@@ -119,11 +121,11 @@ def decide(person: Person, request_id: str, decision: str, comment: str | None =
 
 
 def test_held_command_on_real_sshd_runs_once_approved_in_another_terminal(
-    world: dict[str, Any], alice: Person, bob: Person, broker: BrokerProcess, tmp_path: Path
+    world: dict[str, Any], alice: Person, bob: Person, broker: BrokerProcess, target_dir: Path
 ) -> None:
     if not sshd_available():
         pytest.skip("OpenSSH sshd is not installed")
-    proof = tmp_path / "approved-on-sshd"
+    proof = target_dir / "approved-on-sshd"
     child = open_shell(alice, "web")
     request_id = held(child, f"touch {proof}")
     # The timer counts down in place, about once a second.
@@ -158,9 +160,9 @@ def test_held_command_on_real_sshd_runs_once_approved_in_another_terminal(
 
 
 def test_denial_names_the_approver_and_the_comment(
-    alice: Person, bob: Person, broker: BrokerProcess, tmp_path: Path
+    alice: Person, bob: Person, broker: BrokerProcess, target_dir: Path
 ) -> None:
-    proof = tmp_path / "denied"
+    proof = target_dir / "denied"
     child = open_shell(alice, "shell")
     request_id = held(child, f"touch {proof}")
     decide(bob, request_id, "deny", "use the runbook")
@@ -178,9 +180,9 @@ def test_denial_names_the_approver_and_the_comment(
 
 
 def test_ctrl_c_cancels_the_waiting_request(
-    alice: Person, bob: Person, broker: BrokerProcess, tmp_path: Path
+    alice: Person, bob: Person, broker: BrokerProcess, target_dir: Path
 ) -> None:
-    proof = tmp_path / "cancelled"
+    proof = target_dir / "cancelled"
     child = open_shell(alice, "shell")
     request_id = held(child, f"touch {proof}")
     child.send("typed while waiting is ignored")
@@ -204,12 +206,17 @@ def test_ctrl_c_cancels_the_waiting_request(
 
 
 def test_a_dropped_session_leaves_the_request_to_run_later_with_request(
-    alice: Person, bob: Person, broker: BrokerProcess, tmp_path: Path
+    alice: Person, bob: Person, broker: BrokerProcess, target_dir: Path
 ) -> None:
-    proof = tmp_path / "later"
+    import signal
+
+    proof = target_dir / "later"
     child = open_shell(alice, "shell")
     request_id = held(child, f"touch {proof}")
-    child.close(force=True)  # the terminal goes away without Ctrl-C
+    # The connection drops: hoopctl gets no chance to say anything (a SIGTERM or a closed
+    # terminal is different: the person is gone, so the request is cancelled; below).
+    child.kill(signal.SIGKILL)
+    child.close(force=True)
     deadline = time.monotonic() + 20
     while not [e for e in broker.audit_events("session.end") if e["session"] == child.session_id]:
         assert time.monotonic() < deadline, "the session did not end"
@@ -249,9 +256,9 @@ def test_a_required_reason_is_asked_for_in_the_terminal(alice: Person, bob: Pers
 
 
 def test_one_off_command_waits_on_stderr_and_runs_when_approved(
-    alice: Person, bob: Person, tmp_path: Path
+    alice: Person, bob: Person, target_dir: Path
 ) -> None:
-    proof = tmp_path / "one-off"
+    proof = target_dir / "one-off"
     child = alice.user.spawn("connect", "shell", "--", "touch", str(proof), timeout=30)
     child.expect(WAITING)
     decide(bob, child.match.group(1), "approve")
@@ -329,3 +336,38 @@ def test_access_requests_are_checked_and_capped(alice: Person, bob: Person) -> N
         await alice.call("approvals.cancel", {"id": long["id"]})
 
     asyncio.run(calls())
+
+
+def _state_soon(person: Person, request_id: str, want: str, within: float = 10) -> str:
+    deadline = time.monotonic() + within
+    state = ""
+    while time.monotonic() < deadline:
+        state = asyncio.run(person.call("approvals.get", {"id": request_id}))["state"]
+        if state == want:
+            return state
+        time.sleep(0.2)
+    return state
+
+
+@pytest.mark.parametrize(("how", "signame"), [("connect", "SIGTERM"), ("exec", "SIGTERM")])
+def test_a_requester_terminated_while_waiting_cancels_the_request_at_once(
+    alice: Person, bob: Person, target_dir: Path, how: str, signame: str
+) -> None:
+    import signal
+
+    proof = target_dir / f"never-{how}-{signame}"
+    if how == "connect":
+        child = open_shell(alice, "shell")
+        request_id = held(child, f"touch {proof}")
+    else:
+        child = alice.user.spawn("exec", "shell", "--", "touch", str(proof), timeout=30)
+        child.expect(WAITING)
+        request_id = child.match.group(1)
+    child.kill(getattr(signal, signame))
+    child.expect(pexpect.EOF, timeout=10)
+    child.close()
+    # The approver's queue loses it at once: nobody is left to run it.
+    assert _state_soon(alice, request_id, "cancelled") == "cancelled"
+    pending = asyncio.run(bob.call("approvals.list", {"scope": "review", "state": "pending"}))
+    assert request_id not in [r["id"] for r in pending]
+    assert not proof.exists()

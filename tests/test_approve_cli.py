@@ -19,6 +19,7 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,8 @@ APPROVAL_TARGETS = """
 [[targets]]
 name = "box"
 type = "local"
+guard = "screen"
+run_as = "hoop-target"
 command = ["bash", "--noprofile", "--norc"]
 description = "a shell whose printf needs review"
 allowed_groups = ["engineers"]
@@ -286,6 +289,8 @@ access_approvers = ["approvers"]
 [[targets]]
 name = "vault"
 type = "local"
+guard = "screen"
+run_as = "hoop-target"
 command = ["bash", "--noprofile", "--norc"]
 description = "connect only with a grant"
 allowed_groups = ["engineers"]
@@ -484,6 +489,12 @@ def test_deny_with_a_comment_reaches_the_waiting_requester(team: Team) -> None:
     assert status == 3
     assert "never" not in rest
     assert record_of(team.bob, request_id)["state"] == "denied"
+    # The refused exec is a session of its own, and its timeline says who denied it.
+    blocked = json.loads(team.alice.run("sessions", "--state", "blocked", "-o", "json").stdout)
+    (session,) = [row for row in blocked if row["command"] == "printf 'never\\n'"]
+    show = team.alice.run("sessions", "show", session["id"], "-o", "json")
+    (entry,) = json.loads(show.stdout)["timeline"]
+    assert (entry["outcome"], entry["approver"]) == ("blocked", "bob")
 
 
 def test_self_approval_is_refused_with_exit_3(team: Team) -> None:
@@ -494,14 +505,18 @@ def test_self_approval_is_refused_with_exit_3(team: Team) -> None:
     assert record_of(team.alice, request_id)["state"] == "pending"
 
 
-def test_approval_by_a_non_member_is_refused_with_exit_3(team: Team) -> None:
+def test_approval_by_a_non_member_is_answered_as_an_unknown_request(team: Team) -> None:
+    # Someone outside the approver groups learns nothing: not that the request exists, nor
+    # which groups may decide it. The answer is the one for a request id that does not exist.
     request_id = ask_no_wait(team.alice, "printf", "members-only\\n")
     result = team.dave.run("approve", request_id, "--comment", "sure")
-    assert result.returncode == 3
-    assert_one_line_error(result, f"cannot approve {request_id}", "only members of approvers")
+    nonexistent = team.dave.run("approve", "ar_doesnotexist")
+    assert result.returncode == nonexistent.returncode == 2
+    assert_one_line_error(result, f"cannot approve {request_id}", "no request")
+    assert "approvers" not in result.stderr
     denied = team.dave.run("approve", request_id, "--deny")
-    assert denied.returncode == 3
-    assert_one_line_error(denied, f"cannot deny {request_id}", "only members of approvers")
+    assert denied.returncode == 2
+    assert_one_line_error(denied, f"cannot deny {request_id}", "no request")
     assert record_of(team.alice, request_id)["decisions"] == []
 
 
@@ -555,6 +570,11 @@ def test_approvals_state_filter_and_scope(team: Team) -> None:
     team.bob.run("approve", request_id, "--deny")
     pending = json.loads(team.bob.run("approvals", "--state", "pending", "-o", "json").stdout)
     denied = json.loads(team.bob.run("approvals", "--state", "denied", "-o", "json").stdout)
+    # Times are RFC 3339 strings in every JSON output, never epoch numbers.
+    record = next(r for r in denied if r["id"] == request_id)
+    for key in ("created_at", "expires_at", "decided_at"):
+        assert datetime.fromisoformat(record[key]).tzinfo is not None, record[key]
+    assert isinstance(record["decisions"][0]["at"], str)
     assert request_id not in [r["id"] for r in pending]
     assert request_id in [r["id"] for r in denied]
     assert all(r["state"] == "denied" for r in denied)

@@ -469,6 +469,8 @@ OIDC_TARGETS = """
 [[targets]]
 name = "box"
 type = "local"
+guard = "screen"
+run_as = "hoop-target"
 command = ["bash", "--noprofile", "--norc"]
 allowed_groups = ["engineers"]
 policy = "gate"

@@ -6,9 +6,12 @@ not only by what hoopctl happens to send.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
+import sqlite3
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -118,15 +121,39 @@ def sign_with_broker_ca(
     valid_after: int | None = None,
     valid_before: int | None = None,
 ) -> Path:
+    """Sign KEY with the broker's CA and record it in the broker's certificate registry, as
+    the broker does when it issues one, so that only the check under test can refuse it.
+    (Signed and not recorded, it is refused: tests/test_cert_registry.py.)"""
     ca = asyncssh.read_private_key(broker.data_dir / "user_ca")
     now = int(time.time())
+    serial = secrets.randbits(63) + 1
+    valid_after = now - 60 if valid_after is None else valid_after
+    valid_before = now + 3600 if valid_before is None else valid_before
     cert = ca.generate_user_certificate(
         key,
         key_id=principal,
+        serial=serial,
         principals=[principal],
-        valid_after=now - 60 if valid_after is None else valid_after,
-        valid_before=now + 3600 if valid_before is None else valid_before,
+        valid_after=valid_after,
+        valid_before=valid_before,
     )
+    with contextlib.closing(sqlite3.connect(broker.data_dir / "hoop.db", timeout=10)) as db:
+        db.execute(
+            "INSERT INTO issued_certificates(serial, key_id, user, principals, key_fingerprint, "
+            "ca_fingerprint, valid_after, valid_before, issued_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                str(serial),
+                principal,
+                principal,
+                json.dumps([principal]),
+                key.get_fingerprint("sha256"),
+                ca.get_fingerprint("sha256"),
+                valid_after,
+                valid_before,
+                time.time(),
+            ),
+        )
+        db.commit()
     cert_path.write_bytes(cert.export_certificate())
     return cert_path
 
@@ -245,7 +272,8 @@ def test_certificate_not_yet_valid_is_refused(
 def test_certificate_for_another_principal_is_refused(
     manual_dev_broker: BrokerProcess, alice: User, bob: User, tmp_path: Path
 ) -> None:
-    # Both users are known to the broker, so only the principal check can refuse.
+    # Both users are known to the broker and both certificates are in its registry, so only
+    # the principal (and the registry's user) check can refuse.
     alice.login_as(manual_dev_broker, "alice")
     bob.login_as(manual_dev_broker, "bob")
     alice_key, alice_key_path = new_key(tmp_path / "a")
@@ -380,7 +408,8 @@ def test_issued_certificate_names_the_user_and_lasts_the_shorter_lifetime(
             env={**os.environ, "TZ": "UTC"},
         ).stdout
         assert "user certificate" in listing
-        assert 'Key ID: "alice"' in listing
+        # One key id per certificate: the user, then a random nonce.
+        assert re.search(r'Key ID: "alice:[0-9a-f]{12}"', listing), listing
         assert ca.get_fingerprint("sha256") in listing
         valid = re.search(r"Valid: from (\S+) to (\S+)", listing)
         assert valid, listing

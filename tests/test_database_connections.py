@@ -425,7 +425,7 @@ tls_ca = "/etc/ssl/ca.pem"
     with pytest.raises(ConfigError) as caught:
         parse_config(text, base_dir=Path("/"))
     assert caught.value.problems == [
-        'targets[0].tls_ca: tls_ca applies only with tls = "verify-full"'
+        'targets[db].tls_ca: tls_ca applies only with tls = "verify-full"'
     ]
     ok = parse_config(text.replace('"require"', '"verify-full"'), base_dir=Path("/"))
     assert ok.targets[0].tls_ca == Path("/etc/ssl/ca.pem")  # type: ignore[union-attr]

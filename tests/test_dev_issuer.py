@@ -406,3 +406,76 @@ async def test_verification_page_escapes(
     assert resp.status_code == 400
     assert "<script>" not in resp.text and "<b>x</b>" not in resp.text
     assert "&lt;script&gt;" in resp.text
+
+
+@pytest.mark.asyncio
+async def test_login_hint_signs_in_that_user_at_once(
+    make_issuer: IssuerFactory, client: httpx.AsyncClient
+) -> None:
+    issuer = await make_issuer(auto_approve="alice")
+    resp = await client.post(
+        f"{issuer.issuer}/device/code",
+        data={"client_id": "hoopctl", "scope": "openid", "login_hint": "bob"},
+    )
+    assert resp.status_code == 200, resp.text
+    tokens = await poll(client, issuer, resp.json()["device_code"])
+    assert (await verify(client, issuer, tokens.json()["id_token"])).claims["sub"] == "bob"
+
+    unknown = await client.post(
+        f"{issuer.issuer}/device/code",
+        data={"client_id": "hoopctl", "scope": "openid", "login_hint": "mallory"},
+    )
+    assert unknown.status_code == 400
+    assert (
+        unknown.json()["error_description"] == "no dev user named 'mallory' (dev users: alice, bob)"
+    )
+
+
+@pytest.mark.asyncio
+async def test_refresh_tokens_outlive_the_issuer_as_digests_only(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    saved = tmp_path / "state" / "refresh.json"
+
+    async def started() -> DevIssuer:
+        issuer = DevIssuer(
+            key_path=tmp_path / "state" / "key.jwk",
+            users=USERS,
+            auto_approve="alice",
+            poll_interval=0,
+            refresh_path=saved,
+        )
+        await issuer.start()
+        return issuer
+
+    async def refresh(issuer: DevIssuer, token: str) -> httpx.Response:
+        return await client.post(
+            f"{issuer.issuer}/token",
+            data={"grant_type": "refresh_token", "client_id": "hoopctl", "refresh_token": token},
+        )
+
+    first = await started()
+    try:
+        body = await device_code(client, first)
+        token = (await poll(client, first, body["device_code"])).json()["refresh_token"]
+    finally:
+        await first.stop()
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert token not in saved.read_text()
+
+    second = await started()
+    try:
+        resp = await refresh(second, token)
+        assert resp.status_code == 200, resp.text
+        assert (await refresh(second, token)).json()["error"] == "invalid_grant"  # spent
+        rotated = resp.json()["refresh_token"]
+    finally:
+        await second.stop()
+
+    # A damaged file is ignored: the issuer starts, and old tokens are simply unknown.
+    saved.write_text("{not json")
+    third = await started()
+    try:
+        assert (await refresh(third, rotated)).json()["error"] == "invalid_grant"
+    finally:
+        await third.stop()

@@ -123,7 +123,10 @@ def test_logout_removes_the_login(dev_broker: BrokerProcess, alice: User) -> Non
     assert alice.login(dev_broker).returncode == 0
     assert alice.run("logout").returncode == 0
     result = alice.run("whoami")
-    assert_one_line_error(result, "not logged in")
+    # The way back in is the whole command, ready to paste.
+    assert_one_line_error(
+        result, "not logged in", f"run hoopctl login --broker {dev_broker.address}"
+    )
 
 
 def test_unreachable_broker_is_one_line_error(alice: User) -> None:
@@ -194,3 +197,100 @@ def test_expired_certificate_without_refresh_token_asks_to_log_in(
     profile["token_endpoint"] = None
     profile_path.write_text(json.dumps(profile))
     assert_one_line_error(alice.run("whoami"), "expired", "hoopctl login")
+
+
+# -- any dev user: hoopctl login --dev-user NAME ---------------------------------------------
+
+
+def test_dev_user_logs_in_as_that_user_even_where_alice_is_auto_approved(
+    dev_broker: BrokerProcess, alice: User, bob: User
+) -> None:
+    result = bob.login(dev_broker, "--dev-user", "bob")
+    assert result.returncode == 0, result.stderr
+    assert "Logging in as bob" in result.stderr and "enter the code" not in result.stderr
+    assert "Logged in" in result.stderr and "as bob" in result.stderr
+    me = json.loads(bob.run("whoami", "-o", "json").stdout)
+    assert (me["user"], me["groups"]) == ("bob", ["approvers", "engineers"])
+
+    # A name that is not in [dev.users]: one line that names those who are.
+    wrong = alice.login(dev_broker, "--dev-user", "mallory")
+    assert wrong.returncode == 1
+    assert_one_line_error(wrong, "no dev user named 'mallory'", "alice, bob, carol")
+    assert_one_line_error(alice.run("whoami", "--broker", dev_broker.address), "not logged in")
+
+
+def test_dev_user_is_refused_by_a_broker_with_a_real_identity_provider(
+    tmp_path, alice: User
+) -> None:
+    from tests.helpers import free_port, oidc_config, start_broker
+
+    # The broker names its issuer without reaching it; --dev-user stops before the IdP.
+    broker = start_broker(
+        tmp_path,
+        oidc_config(tmp_path / "oidc-data", port=free_port(), issuer="http://127.0.0.1:9"),
+        dev=False,
+        name="oidc-broker",
+    )
+    try:
+        result = alice.login(broker, "--dev-user", "bob")
+    finally:
+        broker.stop()
+    assert result.returncode == 2
+    assert_one_line_error(result, "--dev-user works only with", "hoop-broker serve --dev")
+
+
+# -- dev-issuer refresh tokens outlive a broker restart ------------------------------------
+
+
+def _refresh_token(user: User, broker: BrokerProcess) -> str:
+    """The refresh token hoopctl keeps in USER's keyring (read as hoopctl reads it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hoopctl.address import BrokerAddress; "
+        "from hoopctl.credentials import CredentialStore; "
+        "print(CredentialStore(BrokerAddress.parse(sys.argv[1])).refresh_token())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, broker.address],
+        env=user.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_refresh_after_a_broker_restart_renews_the_login(
+    dev_broker: BrokerProcess, alice: User
+) -> None:
+    assert alice.login(dev_broker).returncode == 0
+    token = _refresh_token(alice, dev_broker)
+    assert len(token) > 20
+    saved = dev_broker.data_dir / "dev_issuer_refresh.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+
+    dev_broker.stop()
+    dev_broker.start()
+    # The certificate has run out: the next command renews it with the refresh token,
+    # which the restarted issuer still knows.
+    profile_path = next((alice.config_dir / "profiles").iterdir())
+    profile = json.loads(profile_path.read_text())
+    profile["valid_before"] = int(time.time()) - 10
+    profile_path.write_text(json.dumps(profile))
+    whoami = alice.run("whoami", "-o", "json")
+    assert whoami.returncode == 0, whoami.stderr
+    assert json.loads(whoami.stdout)["user"] == "alice"
+    assert json.loads(profile_path.read_text())["valid_before"] > time.time()
+    rotated = _refresh_token(alice, dev_broker)
+    assert rotated != token
+
+    # No usable token is written anywhere by the broker: the file holds digests only.
+    for path in (saved, dev_broker.stdout_path, dev_broker.stderr_path):
+        text = path.read_text()
+        assert token not in text and rotated not in text, path
+    grants = json.loads(saved.read_text())["grants"]
+    assert all(len(digest) == 64 for digest in grants)
+    assert {grant["username"] for grant in grants.values()} == {"alice"}

@@ -267,6 +267,20 @@ def test_certificate_renews_with_refresh_token(
     assert len({event["details"]["certificate_serial"] for event in logins}) == 3
 
 
+def test_expired_login_with_the_provider_down_says_what_to_do(
+    make_idp: ProviderFactory, make_broker: BrokerFactory, alice: User
+) -> None:
+    idp = make_idp(id_token_ttl=30)  # under the renewal margin: the next command renews
+    broker = make_broker(idp.issuer)
+    login_ok(alice, broker, idp.issuer, "alice")
+    idp.stop()
+    result = alice.run("whoami")
+    assert result.returncode != 0
+    error = one_line_error(result.stderr, "cannot be renewed", "cannot be reached")
+    assert "check the network" in error
+    assert f"hoopctl login --broker {broker.address}" in error
+
+
 def test_device_code_expired_is_clear_error(
     make_idp: ProviderFactory, make_broker: BrokerFactory, alice: User
 ) -> None:

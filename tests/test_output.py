@@ -29,3 +29,23 @@ def test_record_fields_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
 def test_json_keeps_the_raw_value(capsys: pytest.CaptureFixture[str]) -> None:
     render([{"command": "a\x1bb"}], [("command", "COMMAND")], OutputFormat.json)
     assert '"a\\u001bb"' in capsys.readouterr().out
+
+
+def test_help_shows_what_each_option_takes() -> None:
+    import subprocess
+
+    from tests.helpers import HOOP_BROKER, HOOPCTL
+
+    shown = subprocess.run(
+        [HOOPCTL, "exec", "-h"], capture_output=True, text=True, timeout=30, env={"COLUMNS": "120"}
+    ).stdout
+    assert "<bool>" not in shown and "<str>" not in shown
+    line = next(line for line in shown.splitlines() if "--no-wait" in line)
+    assert "TEXT" not in line  # a flag takes no value
+    assert "--reason" in shown and "TEXT" in next(
+        line for line in shown.splitlines() if "--reason" in line
+    )
+    broker = subprocess.run(
+        [HOOP_BROKER, "serve", "-h"], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert "<bool>" not in broker and "--dev" in broker

@@ -148,6 +148,18 @@ def test_commands_prints_the_timeline(world: World) -> None:
     assert "no-recursive-rm" in blocked
 
 
+def test_sessions_show_and_replay_commands_give_the_same_offsets(world: World) -> None:
+    from hoopctl.replay.errors import format_offset
+
+    lines = world.dave.run("replay", world.session, "--commands").stdout.splitlines()
+    ran = [line for line in lines if " command " in f" {line} " or " query " in f" {line} "]
+    timeline = hoop_json(world.dave, "sessions", "show", world.session)["timeline"]
+    entries = [entry for entry in timeline if entry["outcome"] != "blocked"]
+    assert entries and len(entries) == len(ran), (timeline, lines)
+    for entry, shown in zip(entries, ran, strict=True):
+        assert shown.split()[0] == format_offset(entry["offset"]), (entry, shown)
+
+
 def test_replay_plays_in_a_real_terminal(world: World) -> None:
     child = world.dave.spawn("replay", world.session, "--speed", "8")
     child.expect("first-screenful")
@@ -295,3 +307,26 @@ def test_verify_of_someone_elses_session_looks_unknown(world: World) -> None:
     result = world.bob.run("replay", world.session, "--verify")
     assert result.returncode == 1
     assert_one_line_error(result, "no session")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("replay", "{s}", "--format", "text"), ("replay", "{s}", "--format", "json"), ("sessions",)],
+)
+def test_output_into_a_closed_pipe_ends_quietly(world: World, args: tuple[str, ...]) -> None:
+    # `hoopctl … | head`: the reader leaves early (here at once, before hoopctl writes a
+    # byte); hoopctl must not complain.
+    import subprocess
+
+    from tests.helpers import HOOPCTL
+
+    argv = " ".join(a.format(s=world.session) for a in args)
+    result = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {HOOPCTL} {argv} | true"],
+        capture_output=True,
+        text=True,
+        env=world.dave.env,
+        timeout=60,
+    )
+    assert result.stderr == "", result.stderr
+    assert result.returncode == 141, result.returncode  # as a process SIGPIPE ended

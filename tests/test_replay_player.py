@@ -363,6 +363,28 @@ def test_n_jumps_to_the_next_command_and_left_arrow_goes_back(
     assert shown.exit_status() == 0
 
 
+def test_n_stops_at_a_blocked_command_too(
+    tmp_path: Path, terminals: list[Tmux], trace: Path
+) -> None:
+    recording = write_cast(
+        tmp_path / "b.cast",
+        [
+            (0.1, "o", "$ "),
+            (40.0, "o", "rm -rf /srv"),
+            (40.1, "m", "blocked: denied by rule no-recursive-rm: rm -rf /srv"),
+            (40.2, "o", "\r\n[hoop] denied-shown\r\n$ "),
+            (300.0, "o", "end\r\n"),
+        ],
+    )
+    shown = player(terminals, tmp_path, str(recording), trace=trace)
+    shown.wait_for("$")
+    shown.keys("n")
+    shown.wait_for("denied-shown")
+    assert wait_for_trace(trace, "next ").startswith("next 40.100 blocked: denied by rule")
+    shown.keys("q")
+    assert shown.exit_status() == 0
+
+
 def test_q_quits_and_leaves_the_terminal_as_it_was(tmp_path: Path, terminals: list[Tmux]) -> None:
     recording = write_cast(
         tmp_path / "q.cast",

@@ -61,6 +61,7 @@ user = "{database}_app"
 credential = "file:{secret}"
 tls = "disable"
 allowed_groups = ["dba"]
+access_approvers = ["leads"]
 
 [[targets.masking.columns]]
 match = ["email"]
@@ -286,3 +287,25 @@ def test_highlight_marks_whole_phrases_and_a_final_prefix() -> None:
     assert highlight_spans(line, "rm -rf", prefix=False) == [(0, 6)]
     assert highlight_spans(line, "rm -rf", prefix=True) == [(0, 6), (15, 23)]
     assert highlight_spans("Café crème", "cafe", prefix=False) == [(0, 4)]
+
+
+def test_a_refused_exec_is_a_blocked_session_listed_shown_and_searchable(world: World) -> None:
+    alice = world.alice
+    result = alice.run("exec", "shell", "--", "rm", "-rf", "/tmp/hoop-blocked-attempt")
+    assert result.returncode == 3, result.stderr
+    (row,) = hoop_json(alice, "sessions", "--state", "blocked")
+    assert (row["user"], row["target"], row["kind"], row["state"]) == (
+        "alice",
+        "shell",
+        "exec",
+        "blocked",
+    )
+    assert row["blocked"] == 1 and row["commands"] == 0
+    summary = hoop_json(alice, "sessions", "show", row["id"])
+    (entry,) = summary["timeline"]
+    assert entry["outcome"] == "blocked" and entry["rule"] == "no-recursive-rm"
+    assert entry["text"] == "rm -rf /tmp/hoop-blocked-attempt"
+    found = search(alice, "hoop-blocked-attempt")
+    assert [match["session"] for match in found] == [row["id"]]
+    # The auditor sees it among everyone's refused attempts.
+    assert row["id"] in {r["id"] for r in hoop_json(world.dave, "sessions", "--state", "blocked")}

@@ -143,6 +143,15 @@ def test_table_output_names_the_columns(world: World) -> None:
     assert world.interactive in result.stdout
 
 
+def test_a_piped_table_keeps_each_row_on_one_line_whatever_the_width(world: World) -> None:
+    narrow = world.alice.run("sessions", env={"COLUMNS": "30"})
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert "Session" in lines[0] and "Approved" in lines[0]
+    (row,) = [line for line in lines if world.interactive in line]  # the whole id, once
+    assert "alice" in row and "shell" in row and "closed" in row
+
+
 def test_filter_by_user(world: World) -> None:
     assert ids(hoop_json(world.dave, "sessions", "--user", "bob")) == {world.bob_exec}
     assert hoop_json(world.dave, "sessions", "--user", "nobody") == []

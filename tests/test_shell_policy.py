@@ -349,8 +349,10 @@ UNKNOWN = [
     "ls |",
     "ls &&",
     "echo ${X:-$(rm -rf x)}",
-    "echo $((1 + 2))",
-    "[[ -f x ]] && rm x",
+    # arithmetic and [[ ]] parse now (see test_arithmetic_and_double_brackets_parse), but
+    # reading a variable there is unknown: bash evaluates its value, and `a[$(cmd)]` runs cmd
+    "echo $((x + 2))",
+    "[[ $n -eq 1 ]] && rm x",
     "case x in a) ls;; esac",
     "coproc rm x",
     "x=(a b)",
@@ -388,6 +390,16 @@ def test_lines_that_cannot_be_classified_are_unknown(line: str) -> None:
     assert decision.unknown is True
     assert decision.rule is None
     assert decision.reason.startswith("cannot tell")
+
+
+def test_arithmetic_and_double_brackets_parse() -> None:
+    """Once unknown because bashlex could not parse them; now judged exactly."""
+    for line in ("echo $((1 + 2))", "[[ -f x ]] && rm x"):
+        decision = decide(line)
+        assert decision.action == "allow", decision
+        assert decision.unknown is False
+    assert decide("[[ -f x ]] && rm -rf x").action == "deny"
+    assert [c.program for c in parse_command_line("[[ -f x ]] && rm x").commands] == ["rm"]
 
 
 @pytest.mark.parametrize(

@@ -452,3 +452,52 @@ def test_million_row_export_streams_in_bounded_broker_memory(
     grown_mib = (peak[0] - before) / 1024
     # The result is about 40 MiB of CSV (1M rows); a broker that held it would grow far more.
     assert grown_mib < 30, f"broker memory grew {grown_mib:.1f} MiB during the export"
+
+
+# -- several statements ---------------------------------------------------------------------
+
+
+def test_json_over_several_statements_is_one_document(dba: User) -> None:
+    result = dba.run(
+        "exec",
+        "pg",
+        "-o",
+        "json",
+        "-c",
+        "SELECT 1 AS a; SELECT id FROM accounts ORDER BY id; SET statement_timeout = 0",
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert [item["kind"] for item in document] == ["SELECT", "SELECT", "SET"]
+    assert document[0]["rows"] == [{"a": 1}] and document[0]["columns"] == ["a"]
+    assert document[1]["rows"] == [{"id": 1}, {"id": 2}]
+    assert document[1]["statement"] == "SELECT id FROM accounts ORDER BY id"
+    assert document[2]["status"] == "SET"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_json_document_stays_whole_when_a_statement_fails(dba: User, target: str) -> None:
+    result = dba.run(
+        "exec", target, "-o", "json", "-c", "SELECT 7 AS n; SELECT * FROM no_such_table"
+    )
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert document[0]["rows"] == [{"n": 7}]
+    assert "no_such_table" in document[1]["error"]
+
+
+def test_csv_over_several_statements_is_refused_before_anything_runs(dba: User) -> None:
+    result = dba.run(
+        "exec", "lite", "-o", "csv", "-c", "INSERT INTO accounts VALUES (9, 'x', 1); SELECT 1"
+    )
+    assert result.returncode == 2
+    assert "CSV holds one result" in result.stderr
+    check = dba.run("exec", "lite", "-c", "SELECT count(id) AS n FROM accounts", "-o", "json")
+    assert json.loads(check.stdout)[0]["n"] == 2
+
+
+def test_output_format_on_a_command_is_refused_not_ignored(dba: User) -> None:
+    result = dba.run("exec", "pg", "-o", "json", "--", "ls")
+    assert result.returncode == 2
+    assert "--output formats SQL results" in result.stderr
+    assert "Traceback" not in result.stderr

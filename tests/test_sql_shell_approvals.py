@@ -81,6 +81,9 @@ def test_delete_without_where_waits_in_the_shell_until_approved_then_runs_once(
     screen = asyncio.run(bob.call("approvals.get", {"id": request_id}))["screen"]
     assert any("ben" in line for line in screen), screen
     assert any("SELECT owner FROM accounts" in line for line in screen), screen
+    # Each line once: not the prompt's redraws of the line being typed.
+    assert sum("SELECT owner FROM accounts" in line for line in screen) == 1, screen
+    assert not any(line.rstrip().endswith("SELEC") for line in screen), screen
     assert not any("\x1b" in line for line in screen)
     approve = bob.user.run("approve", request_id, "--comment", "cleanup ticket 7")
     assert approve.returncode == 0, approve.stderr

@@ -12,7 +12,7 @@ import pexpect
 import pytest
 
 from broker.recording import read_events
-from tests.helpers import HOOPCTL, BrokerProcess, User, assert_one_line_error
+from tests.helpers import HOOPCTL, BrokerProcess, User, assert_one_line_error, give_to
 from tests.terminal_helpers import (
     PROMPT,
     close_shell,
@@ -24,20 +24,23 @@ from tests.terminal_helpers import (
 )
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    # One broker for the module: each test works in sessions of its own.
     targets = local_target() + local_target("dba-only", groups='["dba-leads"]')
-    process = start_terminal_broker(tmp_path, targets)
+    process = start_terminal_broker(tmp_path_factory.mktemp("local"), targets)
     yield process
     process.stop()
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Path:
-    victim = tmp_path / "victim"
+def sandbox(target_dir: Path) -> Path:
+    """A directory the target user owns: its victim could really be deleted by the target."""
+    victim = target_dir / "victim"
     victim.mkdir()
     (victim / "data").write_text("precious")
-    return tmp_path
+    give_to(target_dir)
+    return target_dir
 
 
 def test_interactive_shell_runs_commands_and_exit_status_becomes_hoopctls(user: User) -> None:
@@ -65,6 +68,20 @@ def test_denied_command_never_runs_and_names_the_rule(
     assert blocked and blocked[-1]["details"]["rule"] == "no-recursive-rm"
     assert blocked[-1]["details"]["command"] == f"rm -rf {sandbox}/victim"
     assert blocked[-1]["session"] == child.session_id
+
+
+def test_a_clean_exit_after_a_denied_command_exits_0(user: User, sandbox: Path) -> None:
+    # The screen grade throws the denied line away with a Ctrl-C to the shell; that status
+    # must not become the session's.
+    child = open_shell(user)
+    child.send(f"rm -rf {sandbox}/victim\r")
+    child.expect(r"denied by rule no-recursive-rm")
+    child.expect(PROMPT)
+    child.send("exit\r")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (sandbox / "victim" / "data").exists()
 
 
 @pytest.mark.parametrize(

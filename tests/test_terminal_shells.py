@@ -11,7 +11,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from tests.helpers import BrokerProcess, User
+from tests.helpers import TARGET_USER, BrokerProcess, User, give_to
 from tests.terminal_helpers import (
     PROMPT,
     close_shell,
@@ -29,6 +29,8 @@ def custom_target(name: str, command: str, extra: str = "") -> str:
 [[targets]]
 name = "{name}"
 type = "local"
+guard = "screen"
+run_as = "{TARGET_USER}"
 command = {command}
 allowed_groups = ["engineers"]
 policy = "shell"
@@ -56,14 +58,15 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
 
 
 @pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    path = tmp_path / "victim"
+def victim(target_dir: Path) -> Path:
+    """A directory the target's user could delete (it owns it): only the guard keeps it."""
+    path = target_dir / "victim"
     path.mkdir()
-    return path
+    return give_to(path)
 
 
-def test_typed_ahead_command_is_discarded_not_run(user: User, tmp_path: Path) -> None:
-    proof = tmp_path / "typed-ahead"
+def test_typed_ahead_command_is_discarded_not_run(user: User, target_dir: Path) -> None:
+    proof = target_dir / "typed-ahead"  # where the target's user could create it
     child = open_shell(user)
     child.send("sleep 2\r")
     time.sleep(0.5)
@@ -112,9 +115,10 @@ def test_prompt_pattern_fallback_judges_the_line_after_the_prompt(user: User, vi
 
 
 @pytest.mark.skipif(shutil.which("less") is None, reason="less is not installed")
-def test_full_screen_program_gets_enter_and_keys(user: User, tmp_path: Path) -> None:
-    text = tmp_path / "long.txt"
+def test_full_screen_program_gets_enter_and_keys(user: User, target_dir: Path) -> None:
+    text = target_dir / "long.txt"
     text.write_text("".join(f"line {n}\n" for n in range(1, 500)))
+    give_to(text)
     child = open_shell(user)
     child.send(f"less {text}\r")
     child.expect("line 1\r")

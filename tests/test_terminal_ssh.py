@@ -25,11 +25,13 @@ def ssh_target(
     known_host: str | None = None,
     address: str | None = None,
     credential: str | None = None,
+    guard: str = "screen",
 ) -> str:
     return f"""
 [[targets]]
 name = "{name}"
 type = "ssh"
+guard = "{guard}"
 address = "{address or f"{sshd.host}:{sshd.port}"}"
 user = "{sshd.user}"
 credential = "{credential or f"file:{sshd.client_key_path}"}"
@@ -39,15 +41,15 @@ policy = "shell"
 """
 
 
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshdServer]:
-    server = start_sshd(tmp_path / "sshd")
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdServer]:
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
 
 
-@pytest.fixture
-def broker(tmp_path: Path, sshd: SshdServer) -> Iterator[BrokerProcess]:
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory, sshd: SshdServer) -> Iterator[BrokerProcess]:
     other_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
     targets = (
         ssh_target("web", sshd)
@@ -55,7 +57,7 @@ def broker(tmp_path: Path, sshd: SshdServer) -> Iterator[BrokerProcess]:
         + ssh_target("web-down", sshd, address=f"127.0.0.1:{free_port()}")
         + ssh_target("web-no-secret", sshd, credential="env:HOOP_TEST_MISSING_SECRET")
     )
-    process = start_terminal_broker(tmp_path, targets)
+    process = start_terminal_broker(tmp_path_factory.mktemp("sshbroker"), targets)
     yield process
     process.stop()
 

@@ -326,9 +326,8 @@ class ApprovalService:
         if comment is not None and not isinstance(comment, str):
             raise ApprovalError("bad_request", "comment must be text")
         comment = (comment or "").strip()[:MAX_COMMENT] or None
-        record = await self.get(request_id)
-        if record is None:
-            raise ApprovalError("not_found", f"no request {request_id}")
+        # Someone who may not see the request learns nothing of it, not even its approvers.
+        record = await self.get_visible(request_id, actor, groups)
         if record.requester == actor:
             raise ApprovalError("forbidden", "you cannot approve your own request")
         if not set(groups) & set(record.approver_groups):

@@ -2,12 +2,19 @@
 
 Used by ``hoop-broker serve --dev`` for demos and tests. It is deliberately
 INSECURE: anyone who can reach the verification page can approve a login as
-any configured user, without a password.
+any configured user, without a password. For the same reason a device
+authorization request may name the user to sign in as (``login_hint``, what
+``hoopctl login --dev-user NAME`` sends): that login is approved at once.
+
+Refresh tokens outlive a restart when ``refresh_path`` is given: the file (mode
+0600) holds only the SHA-256 of each token with its grant, never a usable token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import html
 import json
 import logging
@@ -81,7 +88,75 @@ class _RefreshGrant:
     client_id: str
     scope: str
     auth_time: int
-    expires_at: float  # time.monotonic()
+    expires_at: float  # time.time(): a grant may outlive the process (refresh_path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "username": self.username,
+            "client_id": self.client_id,
+            "scope": self.scope,
+            "auth_time": self.auth_time,
+            "expires_at": self.expires_at,
+        }
+
+
+def _token_digest(token: str) -> str:
+    """What the issuer keeps of a refresh token: its SHA-256, so a leaked file grants nothing."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace PATH atomically with TEXT, readable by its owner only (0600) from the start."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _load_refresh_grants(path: Path) -> dict[str, _RefreshGrant]:
+    """The refresh grants a previous run saved (digest -> grant); expired ones are dropped.
+
+    A missing file is no grants; an unreadable or damaged one is logged (without its content)
+    and ignored: the users log in again."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return {}
+    if mode & 0o077:
+        log.warning("dev issuer: refresh token file %s had mode %o, tightening to 0600", path, mode)
+        path.chmod(0o600)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = data["grants"]
+        now = time.time()
+        grants = {}
+        for digest, entry in entries.items():
+            grant = _RefreshGrant(
+                username=str(entry["username"]),
+                client_id=str(entry["client_id"]),
+                scope=str(entry["scope"]),
+                auth_time=int(entry["auth_time"]),
+                expires_at=float(entry["expires_at"]),
+            )
+            if isinstance(digest, str) and grant.expires_at > now:
+                grants[digest] = grant
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning(
+            "dev issuer: ignoring the refresh token file %s (%s); logins must be made again",
+            path,
+            type(exc).__name__,
+        )
+        return {}
+    return grants
 
 
 class _OAuthError(Exception):
@@ -147,6 +222,7 @@ class DevIssuer:
         device_code_ttl: int = 600,
         refresh_token_ttl: int = 86400,
         poll_interval: int = 1,
+        refresh_path: Path | None = None,
     ) -> None:
         for username, user in users.items():
             if username != user.name:
@@ -172,7 +248,9 @@ class DevIssuer:
         self._issuer: str | None = None
         self._devices: dict[str, _DeviceGrant] = {}  # device_code -> grant
         self._user_codes: dict[str, str] = {}  # user_code -> device_code
-        self._refresh: dict[str, _RefreshGrant] = {}  # refresh_token -> grant
+        # sha256(refresh_token) -> grant; saved to refresh_path (when given) on every change.
+        self._refresh: dict[str, _RefreshGrant] = {}
+        self._refresh_path = Path(refresh_path) if refresh_path is not None else None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -180,6 +258,8 @@ class DevIssuer:
         if self._runner is not None:
             raise RuntimeError("dev issuer already started")
         self._key = await asyncio.to_thread(_load_or_create_key, self._key_path)
+        if self._refresh_path is not None:
+            self._refresh = await asyncio.to_thread(_load_refresh_grants, self._refresh_path)
         app = web.Application(middlewares=[self._housekeeping])
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/jwks", self._jwks)
@@ -268,9 +348,27 @@ class DevIssuer:
         for code, grant in list(self._devices.items()):
             if now >= grant.expires_at + _EXPIRED_RETENTION:
                 self._drop_device(code)
-        for token, rgrant in list(self._refresh.items()):
-            if now >= rgrant.expires_at:
-                del self._refresh[token]
+        wall = time.time()
+        expired = [digest for digest, rgrant in self._refresh.items() if wall >= rgrant.expires_at]
+        for digest in expired:
+            del self._refresh[digest]
+        if expired:
+            self._save_refresh()
+
+    def _save_refresh(self) -> None:
+        if self._refresh_path is None:
+            return
+        document = {
+            "note": "hoop-broker dev issuer refresh grants; only SHA-256 digests of the tokens",
+            "grants": {digest: grant.to_dict() for digest, grant in self._refresh.items()},
+        }
+        try:
+            _write_private(self._refresh_path, json.dumps(document))
+        except OSError as exc:
+            # Logins keep working; only a restart would forget them.
+            log.warning(
+                "dev issuer: cannot save refresh tokens to %s: %s", self._refresh_path, exc.strerror
+            )
 
     def _drop_device(self, device_code: str) -> None:
         grant = self._devices.pop(device_code, None)
@@ -311,13 +409,14 @@ class DevIssuer:
         while len(self._refresh) >= _MAX_REFRESH_TOKENS:
             del self._refresh[next(iter(self._refresh))]  # evict the oldest
         refresh_token = secrets.token_urlsafe(32)
-        self._refresh[refresh_token] = _RefreshGrant(
+        self._refresh[_token_digest(refresh_token)] = _RefreshGrant(
             username=user.name,
             client_id=client_id,
             scope=scope,
             auth_time=auth_time,
-            expires_at=time.monotonic() + self._refresh_token_ttl,
+            expires_at=time.time() + self._refresh_token_ttl,
         )
+        self._save_refresh()
         return {
             "access_token": access_token,
             "token_type": "Bearer",
@@ -374,10 +473,21 @@ class DevIssuer:
             expires_at=time.monotonic() + self._device_code_ttl,
             interval=self._poll_interval,
         )
+        login_hint = _form_str(form, "login_hint").strip()
+        if login_hint and login_hint not in self._users:
+            known = ", ".join(sorted(self._users)) or "none"
+            return _error_response(
+                _OAuthError(
+                    "invalid_request", f"no dev user named {login_hint!r} (dev users: {known})"
+                )
+            )
         self._devices[device_code] = grant
         self._user_codes[user_code] = device_code
-        if self._auto_approve is not None:
-            self._decide(grant, "approved", self._auto_approve)
+        # Naming the user is as good as picking them on the verification page, which anyone
+        # who can reach this issuer may do: the login is approved at once.
+        chosen = login_hint or self._auto_approve
+        if chosen is not None:
+            self._decide(grant, "approved", chosen)
         verification_uri = f"{self.issuer}/device"
         return web.json_response(
             {
@@ -438,12 +548,17 @@ class DevIssuer:
     def _refresh_grant(self, client_id: str, refresh_token: str) -> dict[str, Any]:
         if not refresh_token:
             raise _OAuthError("invalid_request", "refresh_token is required")
-        grant = self._refresh.get(refresh_token)
+        digest = _token_digest(refresh_token)
+        grant = self._refresh.get(digest)
         if grant is None or grant.client_id != client_id:
             raise _OAuthError("invalid_grant", "unknown or expired refresh_token")
-        del self._refresh[refresh_token]  # rotation: the old token is now spent
-        if time.monotonic() >= grant.expires_at:
+        del self._refresh[digest]  # rotation: the old token is now spent
+        if time.time() >= grant.expires_at:
+            self._save_refresh()
             raise _OAuthError("invalid_grant", "unknown or expired refresh_token")
+        if grant.username not in self._users:
+            self._save_refresh()
+            raise _OAuthError("invalid_grant", "the user is no longer a configured dev user")
         return self._issue_tokens(
             username=grant.username,
             client_id=client_id,

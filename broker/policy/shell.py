@@ -6,6 +6,11 @@ wrappers such as ``sudo``, ``env``, ``xargs`` or ``sh -c``. Every simple command
 the strongest decision wins. Anything that cannot be classified with certainty (a program
 name computed at run time, ``eval``, a parse error, …) is "unknown" and gets the policy's
 ``on_unknown``. The module fails closed: an exception while judging yields ``deny``.
+
+Programs that run their arguments as a command ("wrappers") come from one table,
+``WRAPPERS``, each with the reason it is one. A program given inline code (``python -c``,
+``perl -e``, an unknown program's ``-c 'a command'``) is "opaque": its command is judged
+as unknown unless a rule names it at least as strictly as ``on_unknown``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from itertools import pairwise
 
@@ -26,6 +32,7 @@ from broker.config import Policy, Rule
 from broker.policy.decision import Decision, combine, stronger
 
 MAX_LINE = 16384  # longer lines are not inspected (unknown); parsing costs ~25 ms per KiB
+MAX_INPUT = 64 * 1024  # longer input is refused before any other look at it
 MAX_DEPTH = 16  # nesting of wrappers and `sh -c` strings
 MAX_WORDS = 1024  # words one brace expansion may produce
 
@@ -41,6 +48,10 @@ class SimpleCommand:
     # for an argument known as typed, or an fnmatch pattern of the values the argument may
     # take at run time ("*" for `$X`, "*.log" for the glob *.log, "x*" for "x$Y").
     runtime: tuple[str | None, ...] = ()
+    # Why what this command runs cannot be read (inline code such as `python -c CODE`, or
+    # a command string given to an option of a program the broker does not know); None
+    # when its arguments are plain data as far as the broker knows.
+    opaque: str | None = None
 
     @property
     def name(self) -> str:
@@ -69,7 +80,11 @@ def decide_shell(policy: Policy, line: str) -> Decision:
 def _decide(policy: Policy, line: str) -> Decision:
     if not line.strip(" \t\n"):
         return Decision("allow", None, "empty line")
-    parsed = parse_command_line(line)
+    token = _RULE_PROGRAMS.set(tuple(p for rule in policy.rules for p in (rule.program or ())))
+    try:
+        parsed = parse_command_line(line)
+    finally:
+        _RULE_PROGRAMS.reset(token)
     parts = [_judge(policy, command, line) for command in parsed.commands]
     if parsed.unknown is not None:
         unknown = Decision(
@@ -91,6 +106,10 @@ def _decide(policy: Policy, line: str) -> Decision:
         None,
         f"no program runs (only assignments or redirections); default {policy.default}",
     )
+
+
+# Program-name patterns of the policy being applied (see parse_command_line).
+_RULE_PROGRAMS: ContextVar[tuple[str, ...]] = ContextVar("_RULE_PROGRAMS", default=())
 
 
 def _rule_label(rule: Rule, index: int) -> str:
@@ -118,11 +137,32 @@ def _short(text: str, limit: int = 120) -> str:
 def _applies_to_shell(rule: Rule) -> bool:
     """Rules with program/args/regex, or no match keys at all; never SQL-only rules."""
     shell = rule.program is not None or rule.args is not None or rule.regex is not None
-    sql = rule.statement is not None or rule.tables is not None or rule.without_where is not None
+    sql = (
+        rule.statement is not None
+        or rule.effect is not None
+        or rule.tables is not None
+        or rule.without_where is not None
+    )
     return shell or not sql
 
 
 def _judge(policy: Policy, command: SimpleCommand, line: str) -> Decision:
+    decision = _judge_rules(policy, command, line)
+    if command.opaque is None:
+        return decision
+    # Code the broker cannot read: a rule decides only when it is at least as strict as
+    # on_unknown (it names the program, e.g. `python*` -> review); nothing can relax it.
+    if decision.rule is not None and not stronger(policy.on_unknown, decision.action):
+        return decision
+    return Decision(
+        policy.on_unknown,
+        None,
+        f"cannot tell what `{_short(command.text)}` runs: {command.opaque}",
+        unknown=True,
+    )
+
+
+def _judge_rules(policy: Policy, command: SimpleCommand, line: str) -> Decision:
     for index, rule in enumerate(policy.rules):
         if not _applies_to_shell(rule):
             continue
@@ -288,6 +328,9 @@ class _Ctx:
     src: str  # the text positions refer to (the line, or the string given to `sh -c`)
     depth: int
     stdin: bool  # standard input comes from a pipe or a redirection, not the terminal
+    # Regions of src replaced before parsing: start -> (end, kind); see _Masker.
+    masks: dict[int, tuple[int, str]] = field(default_factory=dict)
+    redirected: bool = False  # the simple command being judged has redirections
 
 
 _Token = tuple[str, str, bool]  # ("c", char, quoted) or ("d", raw expansion, in double quotes)
@@ -298,11 +341,23 @@ _SIMPLE_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-])")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=")
 _PROMPTS = {"PS0", "PS1", "PS2", "PS3", "PS4"}
 _SOURCED = {"BASH_ENV", "ENV", "LD_PRELOAD", "LD_AUDIT"}
+_COMMAND_VARS = {
+    "PAGER", "MANPAGER", "GIT_PAGER", "SYSTEMD_PAGER", "PSQL_PAGER", "EDITOR", "VISUAL",
+    "GIT_EDITOR", "SUDO_EDITOR", "GIT_SEQUENCE_EDITOR", "GIT_SSH_COMMAND", "GIT_EXTERNAL_DIFF",
+    "RSYNC_RSH", "LESSOPEN", "LESSCLOSE", "BROWSER", "FCEDIT",
+}  # fmt: skip
 
 
-def parse_command_line(line: str) -> ParsedLine:
-    """Split a command line into the simple commands it runs; say why if it cannot be sure."""
-    parser = _Parser()
+def parse_command_line(line: str, *, programs: tuple[str, ...] | None = None) -> ParsedLine:
+    """Split a command line into the simple commands it runs; say why if it cannot be sure.
+
+    ``programs`` are program-name patterns (by default those of the rules of the policy
+    being applied): an option value of an unknown program that names one of them is taken
+    for a command (`foo -c rm`)."""
+    problem = _input_problem(line)
+    if problem is not None:
+        return ParsedLine((), problem)
+    parser = _Parser(_RULE_PROGRAMS.get() if programs is None else programs)
     try:
         if len(line) > MAX_LINE:
             raise _Unknown("the line is too long to inspect")
@@ -312,6 +367,25 @@ def parse_command_line(line: str) -> ParsedLine:
     except RecursionError:
         parser.note("the line is nested too deeply")
     return ParsedLine(tuple(parser.commands), parser.unknown)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _input_problem(line: str) -> str | None:
+    """Input refused before it is parsed: cheap checks, each a scan at C speed."""
+    if len(line) > MAX_INPUT or (
+        len(line) > MAX_INPUT // 4 and len(line.encode("utf-8", "surrogatepass")) > MAX_INPUT
+    ):
+        return f"the input is longer than {MAX_INPUT // 1024} KiB; it is not inspected"
+    if "\x00" in line:
+        return "the line contains a NUL byte, which the shell would not read as it is shown"
+    bad = _SURROGATE.search(line)
+    if bad is not None:
+        code = ord(bad.group(0))
+        detail = f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        return f"the line is not valid UTF-8 ({detail} at character {bad.start()})"
+    return None
 
 
 def _bad_char(text: str) -> str | None:
@@ -419,13 +493,378 @@ def _guard_bashlex() -> None:
 _guard_bashlex()
 
 
-def _bashlex_parse(src: str) -> list[bashlex.ast.node]:
+# ------------------------------------------------------------ preprocessing for bashlex
+#
+# bashlex 0.18 cannot parse `$(( ))`, `(( ))`, `for (( ))` or `[[ ]]`. Before parsing, each
+# such region is replaced by text of the same length that bashlex reads (`${___}`, `:`,
+# `for x`), so every position still points into the original line; the walker reads words
+# from the original. Nothing that can run a command is hidden by this:
+# - arithmetic may hold only numbers, operators and names; a substitution inside it (`$(`,
+#   backtick, `${`) is unknown, and so is reading a variable not assigned a number in the
+#   same expression, because bash evaluates a variable's value as arithmetic in turn and a
+#   value such as `a[$(cmd)]` runs cmd;
+# - in `[[ ]]` every word holding a substitution is kept in place and parsed as usual; an
+#   operand of -eq/-ne/-lt/-le/-gt/-ge must be a plain number (it is arithmetic too);
+# - a region never spans a newline, the line has no here-document, and anything the scanner
+#   is not sure of is left alone (bashlex then fails: unknown).
+
+
+class _NoMask(Exception):
+    """The scanner is not sure how bash reads this text; leave it to bashlex."""
+
+
+_BEFORE_COMMAND = {"!", "time", "{", "then", "do", "else", "elif", "if", "while", "until"}
+_ARITH_CHARS = re.compile(r"[A-Za-z0-9_ \t+\-*/%<>=!&|^~?:,;()\[\]#$]*")
+_ARITH_TOKEN = re.compile(
+    r"(?P<num>[0-9]+#[0-9A-Za-z@_]+|0[xX][0-9A-Fa-f]+|[0-9]+)"
+    r"|\$(?P<param>[A-Za-z_][A-Za-z0-9_]*|[0-9]|[#?$!@*-])"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|.",
+    re.S,
+)
+_ARITH_TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
+_NUMERIC_PARAMS = {"#", "?", "$", "!"}
+_ARITH_TESTS = {"-eq", "-ne", "-lt", "-le", "-gt", "-ge"}
+_NUMERIC_OPERAND = re.compile(r'"?(-?[0-9]+|\$[#?$!])"?')
+# A here-document (`<<EOF`, `<<-'X'`), not a shift in arithmetic (`1 << 4`, `x<<(n)`): a
+# delimiter made of digits cannot hold a region, so it may pass as a shift.
+_HEREDOC = re.compile(r"(?<!<)<<-?[ \t]*[^\s\d(<]")
+
+
+def _arith_segments(text: str) -> list[str]:
+    """Split arithmetic at the top-level `,` and `;` (the order bash evaluates it in)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch in ",;" and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _check_arith(
+    text: str, where: str, *, semicolons: bool = False, outside: str | None = None
+) -> None:
+    """Raise _Unknown unless evaluating this arithmetic can run nothing."""
+    if "$(" in text or "`" in text or "${" in text:
+        raise _Unknown(f"{where} holds a substitution, which arithmetic would run")
+    if not _ARITH_CHARS.fullmatch(text) or (";" in text and not semicolons):
+        raise _Unknown(f"{where} holds characters the broker does not read in arithmetic")
+    assigned: set[str] = set()
+    for segment in _arith_segments(text):
+        target = _ARITH_TARGET.match(segment)
+        rest = segment[target.end() :] if target else segment
+        for token in _ARITH_TOKEN.finditer(rest):
+            name = token.group("name") or token.group("param")
+            if not name or name in _NUMERIC_PARAMS or name in assigned:
+                continue
+            shown = f"${name}" if token.group("param") else name
+            raise _Unknown(
+                f"{where} reads `{shown}`: bash evaluates a variable's value as arithmetic, "
+                "where a value such as `a[$(cmd)]` runs cmd"
+            )
+        if target:
+            assigned.add(target.group(1))
+    for name in sorted(assigned if outside is not None else ()):
+        assert outside is not None
+        if re.search(rf"(?<![\w$])(?<!\$\{{){name}(?!\w)", outside):
+            raise _Unknown(
+                f"{where} assigns `{name}`, which the line may change elsewhere (its value "
+                "is evaluated as arithmetic on each turn of the loop)"
+            )
+
+
+class _Masker:
+    """Find the regions bashlex cannot parse and replace them (see above)."""
+
+    def __init__(self, src: str) -> None:
+        self.s = src
+        self.n = len(src)
+        self.out = list(src)
+        self.regions: dict[int, tuple[int, str]] = {}
+        self.checks: list[tuple[str, str, int, int]] = []  # (text, kind, start, end)
+
+    # ---- results
+
+    def run(self) -> tuple[str, dict[int, tuple[int, str]]]:
+        if self.commands(0, None) != self.n:
+            raise _NoMask
+        outside = list(self.s)
+        for start, (end, _) in self.regions.items():
+            outside[start:end] = " " * (end - start)
+        blanked = "".join(outside)
+        for text, kind, _start, _end in self.checks:
+            if kind == "arith-for":
+                _check_arith(text, "`for (( … ))`", semicolons=True, outside=blanked)
+            else:
+                _check_arith(text, "`$(( … ))`" if kind == "arith" else "`(( … ))`")
+        return "".join(self.out), self.regions
+
+    def replace(self, start: int, end: int, kind: str, text: str) -> None:
+        self.regions[start] = (end, kind)
+        self.out[start:end] = text.ljust(end - start)
+
+    # ---- commands and words
+
+    def commands(self, i: int, stop: str | None) -> int:
+        """Scan commands from i; return the index after the `)` that ends a `$(`."""
+        s, n = self.s, self.n
+        cmdpos, depth = True, 0
+        while i < n:
+            c = s[i]
+            if c in " \t":
+                i += 1
+            elif c == "\n":
+                cmdpos = True
+                i += 1
+            elif c == "#":
+                end = s.find("\n", i)
+                i = n if end < 0 else end
+            elif c in "<>" and not s.startswith("(", i + 1):
+                i += 1
+                while i < n and s[i] in "<>&|-" and not s.startswith("(", i):
+                    i += 1
+            elif c == "&" and s.startswith(">", i + 1):
+                i += 2
+            elif c in ";&|":
+                i += 1
+                while i < n and s[i] in ";&|":
+                    i += 1
+                cmdpos = True
+            elif c == "(":
+                end = (
+                    self.arith(i, i + 2, "arith-cmd") if cmdpos and s.startswith("((", i) else None
+                )
+                if end is not None:
+                    i, cmdpos = end, False
+                else:
+                    depth += 1
+                    i += 1
+                    cmdpos = True
+            elif c == ")":
+                if depth == 0:
+                    if stop == ")":
+                        return i + 1
+                    raise _NoMask
+                depth -= 1
+                i += 1
+                cmdpos = True
+            elif cmdpos and s.startswith("[[", i) and s[i + 2 : i + 3] in (" ", "\t"):
+                i = self.test(i)
+                cmdpos = False
+            else:
+                start = i
+                i = self.word(i)
+                word = s[start:i]
+                if cmdpos and word in ("case", "select", "coproc"):
+                    raise _NoMask
+                if cmdpos and word == "for":
+                    j = i
+                    while j < n and s[j] in " \t":
+                        j += 1
+                    if s.startswith("((", j):
+                        end = self.arith(start, j + 2, "arith-for")
+                        if end is None:
+                            raise _NoMask
+                        i, cmdpos = end, False
+                        continue
+                cmdpos = cmdpos and word in _BEFORE_COMMAND
+        if stop is not None:
+            raise _NoMask
+        return i
+
+    def word(self, i: int) -> int:
+        s, n = self.s, self.n
+        start = i
+        while i < n:
+            c = s[i]
+            if c in " \t\n;&|()" or (c in "<>" and not (i == start and s.startswith("(", i + 1))):
+                break
+            if c == "\\":
+                i += 2
+            elif c == "'":
+                end = s.find("'", i + 1)
+                if end < 0:
+                    raise _NoMask
+                i = end + 1
+            elif c == '"':
+                i = self.dquote(i + 1)
+            elif c == "$" and s.startswith("'", i + 1):
+                i = self.ansi_c(i + 2)
+            elif c in "<>":  # process substitution at the start of a word
+                i = self.commands(i + 2, ")")
+            else:
+                i = self.dollar_or_backtick(i)
+        if i == start:
+            raise _NoMask
+        return min(i, n)
+
+    def dquote(self, i: int) -> int:
+        s, n = self.s, self.n
+        while i < n:
+            c = s[i]
+            if c == '"':
+                return i + 1
+            if c == "\\":
+                i += 2
+            else:
+                i = self.dollar_or_backtick(i)
+        raise _NoMask
+
+    def dollar_or_backtick(self, i: int) -> int:
+        s = self.s
+        if s.startswith("$((", i):
+            end = self.arith(i, i + 3, "arith")
+            if end is not None:
+                return end
+        if s.startswith("$(", i):
+            return self.commands(i + 2, ")")
+        if s.startswith("${", i):
+            return self.braces(i + 2)
+        if s[i] == "`":
+            return self.backtick(i + 1)
+        return i + 1
+
+    def ansi_c(self, i: int) -> int:
+        s, n = self.s, self.n
+        while i < n:
+            if s[i] == "\\":
+                i += 2
+            elif s[i] == "'":
+                return i + 1
+            else:
+                i += 1
+        raise _NoMask
+
+    def backtick(self, i: int) -> int:
+        s, n = self.s, self.n
+        while i < n:
+            if s[i] == "\\":
+                i += 2
+            elif s[i] == "`":
+                return i + 1
+            else:
+                i += 1
+        raise _NoMask
+
+    def braces(self, i: int) -> int:
+        s, n = self.s, self.n
+        depth = 0
+        while i < n:
+            c = s[i]
+            if c == "\\":
+                i += 2
+                continue
+            if s.startswith("${", i):
+                depth += 1
+                i += 2
+                continue
+            if c == "}":
+                if depth == 0:
+                    return i + 1
+                depth -= 1
+            i += 1
+        raise _NoMask
+
+    # ---- the regions
+
+    def arith(self, start: int, i: int, kind: str) -> int | None:
+        """`$((`, `((` or `for ((` at start, contents from i: the end, or None when bash
+        would not read it as arithmetic (a `$(` or subshell that starts with `(`)."""
+        s, n = self.s, self.n
+        depth = 0
+        while i < n:
+            c = s[i]
+            if c == "\n":
+                raise _NoMask
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                if depth:
+                    depth -= 1
+                elif s.startswith(")", i + 1):
+                    inner = s[s.index("((", start) + 2 : i]
+                    end = i + 2
+                    if kind == "arith":
+                        self.replace(start, end, kind, "${" + "_" * (end - start - 3) + "}")
+                    elif kind == "arith-cmd":
+                        self.replace(start, end, kind, ":")
+                    else:
+                        self.replace(start, end, kind, "for x")
+                    self.checks.append((inner, kind, start, end))
+                    return end
+                else:
+                    return None
+            i += 1
+        return None
+
+    def test(self, start: int) -> int:
+        """`[[ … ]]`: blank all but the words that hold a substitution; check its operands."""
+        s, n = self.s, self.n
+        i = start + 2
+        words: list[tuple[int, int]] = []
+        while True:
+            while i < n and s[i] in " \t":
+                i += 1
+            if i >= n or s[i] == "\n":
+                raise _NoMask
+            if s.startswith("]]", i) and (i + 2 == n or s[i + 2] in " \t\n;&|)"):
+                end = i + 2
+                break
+            if s.startswith(("&&", "||"), i):
+                i += 2
+            elif s[i] in ";&|":
+                raise _NoMask
+            elif s[i] in "()!" or (s[i] in "<>" and not s.startswith("(", i + 1)):
+                i += 1
+            else:
+                word_start = i
+                i = self.word(i)
+                words.append((word_start, i))
+        texts = [s[a:b] for a, b in words]
+        for k, text in enumerate(texts):
+            if text in _ARITH_TESTS:
+                for operand in (
+                    texts[k - 1] if k else "",
+                    texts[k + 1] if k + 1 < len(texts) else "",
+                ):
+                    if not _NUMERIC_OPERAND.fullmatch(operand):
+                        raise _Unknown(
+                            f"`[[ … {text} … ]]` evaluates `{operand}` as arithmetic, where a "
+                            "value such as `a[$(cmd)]` runs cmd"
+                        )
+            if text == "-v" and k + 1 < len(texts):
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", texts[k + 1]):
+                    raise _Unknown(f"`[[ -v {texts[k + 1]} ]]` evaluates a subscript")
+        keep = list(self.out[start:end])
+        self.replace(start, end, "test", ":")
+        for a, b in words:
+            if any(m in s[a:b] for m in ("$(", "`", "${", "<(", ">(")):
+                self.out[a:b] = keep[a - start : b - start]
+        return end
+
+
+def _mask(src: str) -> tuple[str, dict[int, tuple[int, str]]]:
+    if not any(m in src for m in ("((", "[[")) or _HEREDOC.search(src):
+        return src, {}
+    try:
+        return _Masker(src).run()
+    except _NoMask:
+        return src, {}
+
+
+def _bashlex_parse(src: str) -> tuple[list[bashlex.ast.node], dict[int, tuple[int, str]]]:
     # bashlex does not support the `time` keyword; a same-length plain word keeps every
     # position intact, and words are always read from the original text.
-    text = _TIME.sub("tim3", src)
+    masked, regions = _mask(src)
+    text = _TIME.sub("tim3", masked)
     for _ in range(16):
         try:
-            return list(bashlex.parse(text))
+            return list(bashlex.parse(text)), regions
         except bashlex.errors.ParsingError as exc:
             wanted = _HEREDOC_EOF.search(str(exc))
             # A single line that starts a here-document: the body is typed on later lines.
@@ -474,6 +913,32 @@ def _substitution_end(node: bashlex.ast.node, src: str) -> int | None:
         return None
     closing = _CLOSE_PAREN.match(src, inner_end)
     return closing.end() if closing else None
+
+
+def _backquoted_text(raw: str) -> str | None:
+    """The command bash runs for the text between backquotes; None when it depends on
+    whether the substitution sits inside double quotes (a backslash before `"`)."""
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == "\\" and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            if nxt == '"':
+                return None
+            if nxt == "\n":
+                i += 2
+                continue
+            if nxt in "$`\\":
+                out.append(nxt)
+                i += 2
+                continue
+            out.append(c + nxt)
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _is_input(redirect: bashlex.ast.node) -> bool:
@@ -796,12 +1261,49 @@ def _parse_options(args: list[_Arg], spec: _Options, prog: str) -> tuple[int, di
 
 
 _RUNTIME_ARG = "..."  # stands for the arguments xargs reads from its input
+_FD_PATH = re.compile(r"/(?:dev/fd|proc/[^/]+/fd)/([0-9]+)")
+_VAR_REDIRECT = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_PARAMETER = re.compile(
+    r"[#!]?(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])(?:\[(?P<sub>[^\]]*)\])?(?P<rest>.*)", re.S
+)
+
+
+_SUBSCRIPTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[([^\]]*)\]")
+
+
+def _check_subscript(arg: _Arg, where: str = "") -> None:
+    """`a[i]=1`, `read 'a[i]'`, `printf -v 'a[i]'`, `test -v 'a[i]'`: bash evaluates the
+    subscript of an indexed array as arithmetic (and `a[$(cmd)]` runs cmd)."""
+    found = _SUBSCRIPTED.match(arg.value)
+    if found and not re.fullmatch(r"\s*(-?[0-9]+|@|\*)\s*", found.group(1)):
+        raise _Unknown(
+            f"{where or 'the name'} `{_short(found.group(0), 40)}` has a subscript that bash "
+            "evaluates as arithmetic, where a value such as `a[$(cmd)]` runs cmd"
+        )
+
+
+def _parameter_arithmetic(value: str) -> str | None:
+    """The part of `${…}` that bash evaluates as arithmetic and that is not a plain number:
+    an array subscript (`${a[i]}`) or a substring offset or length (`${x:i:2}`)."""
+    found = _PARAMETER.fullmatch(value)
+    if found is None:
+        return None
+    subscript = found.group("sub")
+    if subscript is not None and not re.fullmatch(r"\s*(@|\*|-?[0-9]+)\s*", subscript):
+        return subscript
+    rest = found.group("rest")
+    if rest.startswith(":") and rest[1:2] not in ("-", "=", "+", "?"):
+        for part in rest[1:].split(":", 1):
+            if not re.fullmatch(r"\s*-?[0-9]*\s*", part):
+                return part
+    return None
 
 
 class _Parser:
-    def __init__(self) -> None:
+    def __init__(self, programs: tuple[str, ...] = ()) -> None:
         self.commands: list[SimpleCommand] = []
         self.unknown: str | None = None
+        self.programs = programs  # program-name patterns the policy's rules mention
 
     def note(self, reason: str) -> None:
         if self.unknown is None:
@@ -821,8 +1323,9 @@ class _Parser:
             history = _history_expansion(src)
             if history:
                 raise _Unknown(history)
-        ctx = _Ctx(src, depth, stdin)
-        for node in _bashlex_parse(src):
+        nodes, masks = _bashlex_parse(src)
+        ctx = _Ctx(src, depth, stdin, masks)
+        for node in nodes:
             self.walk(node, ctx)
 
     def walk(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
@@ -844,26 +1347,72 @@ class _Parser:
             for redirect in redirects:
                 self.redirect(redirect, ctx)
         elif kind in ("commandsubstitution", "processsubstitution"):
+            if self.backquoted(node, ctx):
+                return
             self.check_substitution(node, ctx)
             self.walk(node.command, ctx)
         elif kind == "parameter":
+            start, end = node.pos
+            if ctx.masks.get(start, (0, ""))[1] == "arith":
+                return  # `$(( … ))`, checked when it was masked
             value = str(getattr(node, "value", "") or "")
             if any(s in value for s in ("$(", "`", "<(", ">(")):
-                start, end = node.pos
                 self.note(f"cannot see inside `{ctx.src[start:end]}`")
+            elif (evaluated := _parameter_arithmetic(value)) is not None:
+                self.note(
+                    f"`{ctx.src[start:end]}` evaluates `{evaluated}` as arithmetic, where a "
+                    "value such as `a[$(cmd)]` runs cmd"
+                )
         elif kind == "redirect":
             self.redirect(node, ctx)
+        elif kind == "function":
+            self.function(node, ctx)
         else:
             for child in _children(node):
                 self.walk(child, ctx)
+
+    def backquoted(self, node: bashlex.ast.node, ctx: _Ctx) -> bool:
+        """A `…` substitution holding a backslash. Bash first drops a backslash before `$`,
+        a backquote or a backslash (and removes a backslash-newline), then parses what is
+        left: backquotes holding `$'\\\\x72m' -rf x` run rm, and `\\$X` is an expansion.
+        The text is judged as its own command line. True when it was judged here."""
+        start, end = node.pos
+        if not ctx.src.startswith("`", start) or _substitution_end(node, ctx.src) is None:
+            return False
+        raw = ctx.src[start + 1 : end - 1]
+        if "\\" not in raw:
+            return False  # read as written: the walk keeps positions into the line
+        text = _backquoted_text(raw)
+        if text is None:
+            self.note(
+                f"`{_short(ctx.src[start:end], 60)}` holds a backslash before a double quote, "
+                "which bash removes only inside double quotes"
+            )
+            return False
+        try:
+            self.parse_string(text, ctx, stdin=ctx.stdin)
+        except _Unknown as exc:
+            self.note(str(exc))
+        return True
 
     def check_substitution(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
         if _substitution_end(node, ctx.src) is None:
             start, end = node.pos
             self.note(f"cannot see all of `{_short(ctx.src[start:end], 60)}`")
 
+    def function(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
+        name = getattr(node, "name", None)
+        if isinstance(name, bashlex.ast.node):
+            start, end = name.pos
+            word = ctx.src[start:end]
+            if word in _SHADOWED:
+                self.note(f"a function named like the {_SHADOWED[word]} `{word}` shadows it")
+        for child in _children(node):
+            self.walk(child, ctx)
+
     def redirect(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
         target = getattr(node, "output", None)
+        self.check_descriptors(node, ctx)
         if isinstance(target, bashlex.ast.node):
             self.walk(target, ctx)
         heredoc = getattr(node, "heredoc", None)
@@ -873,6 +1422,35 @@ class _Parser:
             body = str(getattr(heredoc, "value", ""))
             if not quoted and ("$(" in body or "`" in body):
                 self.note("the here-document body contains a command substitution")
+
+    def check_descriptors(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
+        """File descriptors 10 and up are the shell's own (where it reads its commands)."""
+        kind = str(getattr(node, "type", ""))
+        source = getattr(node, "input", None)
+        target = getattr(node, "output", None)
+        numbers = [source] if isinstance(source, int) else []
+        if isinstance(target, int):
+            numbers.append(target)
+        elif isinstance(target, bashlex.ast.node) and kind in (">&", "<&"):
+            start, end = target.pos
+            text = ctx.src[start:end]
+            digits = re.fullmatch(r"([0-9]+)-?", text)
+            if digits:
+                numbers.append(int(digits.group(1)))
+            elif "$" in text or "`" in text:
+                self.note(f"the file descriptor `{text}` is only known at run time")
+                return
+        elif isinstance(target, bashlex.ast.node):
+            start, end = target.pos
+            path = _FD_PATH.fullmatch(ctx.src[start:end])
+            if path:
+                numbers.append(int(path.group(1)))
+        if any(n >= 10 for n in numbers):
+            start, end = node.pos
+            self.note(
+                f"`{ctx.src[start:end]}` uses a file descriptor of 10 or more, which is the "
+                "shell's own"
+            )
 
     def command(self, node: bashlex.ast.node, ctx: _Ctx) -> None:
         assigns: list[bashlex.ast.node] = []
@@ -894,14 +1472,39 @@ class _Parser:
             self.redirect(redirect, ctx)
         stdin = ctx.stdin or any(map(_is_input, redirects))
         try:
+            for word in words:
+                start, end = word.pos
+                if _VAR_REDIRECT.fullmatch(ctx.src[start:end]) and any(
+                    r.pos[0] == end for r in redirects
+                ):
+                    raise _Unknown(
+                        f"`{ctx.src[start : end + 2]}…` makes the shell open a file descriptor "
+                        "(10 or more) of its own"
+                    )
+            if self.masked_command(words, ctx):
+                return
             for assign in assigns:
                 for arg in self.expand(assign, ctx, brace=False):
                     self.assignment(arg, ctx, declaration=False)
             argv = [arg for word in words for arg in self.expand(word, ctx)]
             if argv:
-                self.simple(argv, node.pos[1], ctx, stdin)
+                self.simple(argv, node.pos[1], replace(ctx, redirected=bool(redirects)), stdin)
         except _Unknown as exc:
             self.note(str(exc))
+
+    def masked_command(self, words: list[bashlex.ast.node], ctx: _Ctx) -> bool:
+        """`[[ … ]]` and `(( … ))` run no program (their substitutions are walked above)."""
+        for index, word in enumerate(words):
+            region = ctx.masks.get(word.pos[0])
+            if region is None or region[1] not in ("test", "arith-cmd"):
+                continue
+            end = region[0]
+            if any(w.pos[0] >= end for w in words[index:]):
+                raise _Unknown(
+                    f"the parser and the shell disagree about `{_short(ctx.src[word.pos[0] :], 60)}`"
+                )
+            return True
+        return False
 
     def expand(self, word: bashlex.ast.node, ctx: _Ctx, *, brace: bool = True) -> list[_Arg]:
         start, end = word.pos
@@ -926,17 +1529,37 @@ class _Parser:
         program, args = argv[0], argv[1:]
         if program.pattern is not None:
             raise _Unknown(f"the program name `{program.value}` is only known at run time")
+        for arg in args:
+            path = _FD_PATH.fullmatch(arg.value)
+            if path and int(path.group(1)) >= 10:
+                self.note(f"`{arg.value}` is a file descriptor of 10 or more, the shell's own")
         runtime = tuple(a.match_pattern for a in args)
+        name = program.value.rsplit("/", 1)[-1].replace("\\", "")
+        opaque, strings = _code_check(self, name, args)
         command = SimpleCommand(
             program.value,
             tuple(a.value for a in args),
             ctx.src[program.start : end].strip() or program.value,
             runtime if any(r is not None for r in runtime) else (),
+            opaque,
         )
         self.commands.append(command)
+        inner = replace(ctx, depth=ctx.depth + 1)
+        for text in strings:
+            self.best_effort(text, inner)
         handler = _HANDLERS.get(command.name)
         if handler is not None:
-            handler(self, command.name, args, end, replace(ctx, depth=ctx.depth + 1), stdin)
+            handler(self, command.name, args, end, inner, stdin)
+
+    def best_effort(self, text: str, ctx: _Ctx) -> None:
+        """Judge a string that some program may run as a shell line: its commands can only
+        make the decision stricter; the program is already judged as opaque."""
+        sub = _Parser(self.programs)
+        try:
+            sub.parse(text, ctx.depth, stdin=False)
+        except (_Unknown, RecursionError):
+            pass
+        self.commands.extend(sub.commands)
 
     def run(self, argv: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
         """Judge the command a wrapper runs."""
@@ -951,6 +1574,7 @@ class _Parser:
                 if declaration:
                     raise _Unknown(f"the variable name in `{arg.value}` is only known at run time")
                 return
+        _check_subscript(arg)
         if "=" not in arg.value:
             return
         name, _, value = arg.value.partition("=")
@@ -964,6 +1588,11 @@ class _Parser:
                 raise _Unknown(f"{name} would run commands each time the prompt is shown")
         elif name in _SOURCED or name.startswith("BASH_FUNC_"):
             raise _Unknown(f"setting {name} makes programs run code the broker cannot see")
+        elif name in _COMMAND_VARS and value:
+            # programs run these as commands (man's pager, git's editor, less's LESSOPEN)
+            if arg.pattern is not None:
+                raise _Unknown(f"{name} is set to a command only known at run time")
+            self.parse_string(value.lstrip("|-"), ctx, stdin=False)
 
 
 # ----------------------------------------------------------- special names and wrappers
@@ -1003,20 +1632,45 @@ def _declare(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin
         if arg.pattern is None and arg.value[:1] in "-+" and not arg.value.startswith("--"):
             if name != "export" and "n" in arg.value[1:]:
                 raise _Unknown(f"`{name} -n` makes a name refer to another variable")
+            if arg.value[0] == "-" and "i" in arg.value[1:]:
+                raise _Unknown(
+                    f"`{name} -i` makes every assignment to the name arithmetic, where a value "
+                    "such as `a[$(cmd)]` runs cmd"
+                )
             continue
         p.assignment(arg, ctx, declaration=True)
 
 
-def _wrapper(spec: _Options, *, skip: int = 0, none_if: str = "") -> _Handler:
-    """A wrapper that runs its first operand as a command, after options and `skip` words."""
+def _wrapper(
+    spec: _Options, *, skip: int = 0, none_if: str = "", shell_if_empty: bool = False
+) -> _Handler:
+    """A wrapper that runs its first operand as a command, after options and `skip` words.
+
+    ``none_if``: options with which it runs no command; ``shell_if_empty``: without a
+    command it starts an interactive shell ($SHELL), which is unknown."""
 
     def handle(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
         index, seen = _parse_options(args, spec, name)
         if any(opt in seen for opt in none_if.split()):
             return
-        p.run(args[index + skip :] if len(args) > index + skip else [], end, ctx, stdin)
+        _skip_operands(p, name, args[index : index + skip])
+        argv = args[index + skip :]
+        if not argv and shell_if_empty:
+            raise _Unknown(_STARTS_SHELL.format(name=name))
+        p.run(argv, end, ctx, stdin)
 
     return handle
+
+
+_STARTS_SHELL = "`{name}` without a command starts an interactive shell ($SHELL)"
+
+
+def _skip_operands(p: _Parser, name: str, operands: list[_Arg]) -> None:
+    """Operands a wrapper reads before its command (a mask, a duration, a user): one that may
+    split into several words, or none, moves the command; judge it as written, but unknown."""
+    for arg in operands:
+        if arg.splits:
+            p.note(f"an operand of `{name}` is only known at run time: `{arg.value}`")
 
 
 _SUDO = _opts(
@@ -1068,10 +1722,32 @@ def _time(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: b
 def _sudo(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
     if [a.value for a in args] == ["-h"]:
         return  # help
-    index, seen = _parse_options(args, _SUDO, name)
+    # sudo takes VAR=value words among its options (`sudo FOO=1 -u root rm`): any word with
+    # a `=` that does not start with `/`. (Recent versions also exclude a leading `=` and a
+    # word right after `--`, and run it as the command: taking it for a variable instead
+    # errs on the strict side, whatever the version.)
+    index, seen = 0, {}
+    while True:
+        used, options = _parse_options(args[index:], _SUDO, name)
+        seen.update(options)
+        index += used
+        if index >= len(args):
+            break
+        arg = args[index]
+        value = arg.value
+        literal = arg.pattern is None and "=" in value and not value.startswith("/")
+        if not (literal or _ASSIGNMENT.match(value)):
+            break
+        p.assignment(arg, ctx, declaration=False)
+        index += 1
     if any(opt in seen for opt in ("e", "edit", "V", "version", "v", "validate", "K")):
         return  # sudoedit, or no command at all
     p.run(args[index:], end, ctx, stdin)
+
+
+def _env_variable(arg: _Arg) -> bool:
+    """GNU env takes every word holding a `=` for VAR=value, whatever comes before it."""
+    return bool(_ASSIGNMENT.match(arg.value)) or (arg.pattern is None and "=" in arg.value)
 
 
 def _env(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
@@ -1080,7 +1756,7 @@ def _env(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bo
         raise _Unknown("`env -S` splits a string into a command")
     while index < len(args) and args[index].pattern is None and args[index].value == "-":
         index += 1
-    while index < len(args) and _ASSIGNMENT.match(args[index].value):
+    while index < len(args) and _env_variable(args[index]):
         p.assignment(args[index], ctx, declaration=False)
         index += 1
     p.run(args[index:], end, ctx, stdin)
@@ -1278,39 +1954,1080 @@ def _busybox(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin
         p.run(args, end, ctx, stdin)
 
 
-_HANDLERS: dict[str, _Handler] = {
+def _exec(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    index, _ = _parse_options(args, _opts(flags="cl", values="a"), name)
+    if index >= len(args):
+        if ctx.redirected:
+            raise _Unknown("`exec` with redirections and no command changes the shell's own file "
+                           "descriptors (where it reads its commands from)")  # fmt: skip
+        return
+    p.run(args[index:], end, ctx, stdin)
+
+
+def _taskset(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    spec = _opts(flags="apchV", long_flags="all-tasks pid cpu-list help version")
+    index, seen = _parse_options(args, spec, name)
+    if any(opt in seen for opt in ("p", "pid", "h", "help", "V", "version")):
+        return  # `taskset -p [MASK] PID` changes a running process
+    _skip_operands(p, name, args[index : index + 1])  # the CPU mask or list
+    p.run(args[index + 1 :], end, ctx, stdin)
+
+
+def _flock(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    spec = _opts(
+        flags="sexnoFuhV",
+        values="wE",
+        long_flags="shared exclusive unlock nonblocking nb close no-fork verbose fcntl help version",
+        long_values="timeout wait conflict-exit-code start length",
+    )
+    if any(a.pattern is None and a.value in ("-c", "--command") for a in args[:1]):
+        raise _Unknown("`flock -c` before the lock file is an option the broker does not know")
+    index, seen = _parse_options(args, spec, name)
+    if any(opt in seen for opt in ("h", "help", "V", "version")):
+        return
+    rest = args[index + 1 :]  # after the lock file; `flock FD` alone runs nothing
+    _skip_operands(p, name, args[index : index + 1])
+    if rest and rest[0].pattern is None and rest[0].value in ("-c", "--command"):
+        if len(rest) < 2:
+            return
+        if rest[1].pattern is not None:
+            raise _Unknown("the command string of `flock -c` is only known at run time")
+        p.parse_string(rest[1].value, ctx, stdin=stdin)  # run with $SHELL -c
+        return
+    p.run(rest, end, ctx, stdin)
+
+
+def _chrt(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    spec = _opts(
+        flags="pmabdforiRvhV",
+        values="TPD",
+        long_flags="pid max all-tasks batch deadline fifo idle other rr reset-on-fork verbose "
+        "help version",
+        long_values="sched-runtime sched-period sched-deadline",
+    )
+    index, seen = _parse_options(args, spec, name)
+    if any(opt in seen for opt in ("p", "pid", "m", "max", "h", "help", "V", "version")):
+        return
+    # The priority; newer chrt lets it out for policies without one, so only a number (or a
+    # value known at run time) is taken for it.
+    if index < len(args) and (
+        args[index].pattern is not None or re.fullmatch(r"-?[0-9]+", args[index].value)
+    ):
+        _skip_operands(p, name, args[index : index + 1])
+        index += 1
+    p.run(args[index:], end, ctx, stdin)
+
+
+def _sg(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    # sg [-|-l] GROUP [-c] COMMAND: COMMAND is one word, run with `/bin/sh -c` (shadow-utils)
+    i = 0
+    if args and args[0].pattern is None and args[0].value in ("-", "-l"):
+        i = 1
+    if i >= len(args):
+        return  # usage
+    group = args[i]
+    if group.pattern is None and group.value.startswith("-"):
+        return  # usage
+    _skip_operands(p, name, [group])
+    rest = args[i + 1 :]
+    if len(rest) > 1 and rest[0].pattern is None and rest[0].value == "-c":
+        rest = rest[1:]
+    if not rest:
+        raise _Unknown(_STARTS_SHELL.format(name=name))
+    if rest[0].pattern is not None:
+        raise _Unknown(f"the command string of `{name}` is only known at run time")
+    if len(rest) > 1:
+        p.note(f"`{name}` takes one word as its command; versions differ on the words after it")
+    p.parse_string(rest[0].value, ctx, stdin=stdin)
+
+
+_SCRIPT_VALUES = {"B": "log-io", "I": "log-in", "O": "log-out", "T": "log-timing",
+                  "m": "logging-format", "E": "echo", "o": "output-limit", "c": "command"}  # fmt: skip
+_SCRIPT_FLAGS = {"a": "append", "e": "return", "f": "flush", "q": "quiet", "h": "help",
+                 "V": "version"}  # fmt: skip
+
+
+def _script(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    """script [options] [file]: options may follow the file (GNU getopt permutes)."""
+    command: _Arg | None = None
+    done = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = arg.value
+        i += 1
+        if arg.pattern is not None:
+            if value.startswith("-") or arg.splits:
+                raise _Unknown(f"an option of `{name}` is only known at run time: `{value}`")
+            continue  # the typescript file
+        if value == "--":
+            break
+        if not value.startswith("-") or value == "-":
+            continue
+        if value.startswith("--"):
+            opt, eq, val = value[2:].partition("=")
+            if opt in _SCRIPT_VALUES.values():
+                if not eq:
+                    if i >= len(args):
+                        raise _Unknown(f"`{name} --{opt}` lacks its value")
+                    given = args[i]
+                    i += 1
+                else:
+                    given = replace(arg, value=val, pattern=None if arg.pattern is None else "*")
+                if opt == "command":
+                    command = given
+            elif opt in _SCRIPT_FLAGS.values() or opt in ("force", "timing"):
+                done = done or opt in ("help", "version")
+            else:
+                raise _Unknown(f"`{name}` option `{value}` is not one the broker knows")
+            continue
+        for k, ch in enumerate(value[1:], start=1):
+            if ch in _SCRIPT_VALUES:
+                if value[k + 1 :]:
+                    given = replace(arg, value=value[k + 1 :])
+                else:
+                    if i >= len(args):
+                        raise _Unknown(f"`{name} -{ch}` lacks its value")
+                    given = args[i]
+                    i += 1
+                if ch == "c":
+                    command = given
+                break
+            if ch == "t":
+                break  # -t[FILE]: its value is attached or absent
+            if ch not in _SCRIPT_FLAGS:
+                raise _Unknown(f"`{name}` option `-{ch}` is not one the broker knows")
+            done = done or ch in "hV"
+    if done:
+        return
+    if command is None:
+        raise _Unknown(_STARTS_SHELL.format(name=name))
+    if command.pattern is not None:
+        raise _Unknown(f"the command string of `{name} -c` is only known at run time")
+    p.parse_string(command.value, ctx, stdin=stdin)  # run with $SHELL -c
+
+
+def _tracer(spec: _Options) -> _Handler:
+    """strace/ltrace [options] [COMMAND]: with -p PID alone they attach and start nothing."""
+
+    def handle(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+        index, _ = _parse_options(args, spec, name)
+        p.run(args[index:], end, ctx, stdin)
+
+    return handle
+
+
+_STRACE = _opts(
+    flags="ACcDdfFhikNnqrTtVvwxYyZz",
+    values="abeEIoOpPsSuUX",
+    long_flags="help version summary-only summary debug follow-forks output-separately "
+    "instruction-pointer stack-traces syscall-number output-append-mode relative-timestamps "
+    "absolute-timestamps syscall-times no-abbrev strings-in-hex decode-fds decode-pids "
+    "successful-only failed-only summary-wall-clock seccomp-bpf daemonize tips quiet "
+    "always-show-pid timestamps",
+    long_values="attach user detach-on env interruptible trace signal status trace-path columns "
+    "abbrev verbose raw read write kvm inject fault output string-limit const-print-style "
+    "summary-syscall-overhead summary-sort-by summary-columns trace-fds",
+)
+_LTRACE = _opts(
+    flags="bcCfhiLrStTV",
+    values="aAeFlnopsuwxD",
+    long_flags="help version demangle no-signals",
+    long_values="align config debug indent library output where",
+)
+
+
+def _ssh_agent(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    index, seen = _parse_options(args, _opts(flags="cDdks", values="EaOPt"), name)
+    if any(opt in seen for opt in "kDd"):
+        return  # kill the agent, or run it in the foreground
+    p.run(args[index:], end, ctx, stdin)  # without a command it prints its environment
+
+
+_PARALLEL = _opts(
+    flags="0kqvtuXmgeDrh",
+    values="jnNIaCdESP",
+    long_flags="null keep-order quote verbose tag ungroup group line-buffer bar progress eta "
+    "dry-run will-cite no-notice halt-on-error version help xargs no-run-if-empty shuf "
+    "linebuffer lb",
+    long_values="jobs max-args max-replace-args arg-file colsep delimiter eof sshlogin timeout "
+    "retries halt joblog results res delay memfree load tmpdir workdir wd env tagstring "
+    "max-procs max-line-length-allowed sshloginfile basefile return",
+)
+_PARALLEL_ARGS = {":::", "::::", ":::+", "::::+"}
+_PARALLEL_REPLACE = re.compile(r"\{(?:[0-9]*(?:\.|/|//|/\.|#|%)?|[0-9]+)\}")
+
+
+def _parallel(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    """parallel [options] COMMAND [args] ::: ARGS: the command line goes through a shell,
+    with each input in place of {} (or after it)."""
+    index, seen = _parse_options(args, _PARALLEL, name)
+    if any(opt in seen for opt in ("version", "help", "h")):
+        return
+    words: list[_Arg] = []
+    for arg in args[index:]:
+        if arg.pattern is None and arg.value in _PARALLEL_ARGS:
+            break
+        words.append(arg)
+    if not words:
+        raise _Unknown(f"`{name}` without a command runs its input lines as commands")
+    if "q" in seen or "quote" in seen:
+        argv = [replace(a, pattern="*") if _PARALLEL_REPLACE.search(a.value) else a
+                for a in words]  # fmt: skip
+        if not any(_PARALLEL_REPLACE.search(a.value) for a in words):
+            argv.append(_Arg(_RUNTIME_ARG, "*", False, words[0].start))
+        p.run(argv, end, ctx, stdin=True)
+        return
+    if any(a.pattern is not None for a in words):
+        raise _Unknown(f"the command `{name}` runs is only known at run time")
+    line = " ".join(a.value for a in words)
+    if _PARALLEL_REPLACE.search(line):
+        line = _PARALLEL_REPLACE.sub("$PARALLEL_INPUT", line)
+    else:
+        line += " $PARALLEL_INPUT"
+    p.parse_string(line, ctx, stdin=True)
+
+
+def _setarch(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    spec = _opts(
+        flags="v3BFILRSTXZhV",
+        long_flags="verbose 3gb 4gb addr-no-randomize fdpic-funcptrs mmap-page-zero "
+        "addr-compat-layout read-implies-exec 32bit short-inode whole-seconds sticky-timeouts "
+        "list help version",
+        long_values="uname-2.6",
+    )
+    if name == "setarch":
+        if not args or (args[0].pattern is None and args[0].value.startswith("-")):
+            return  # --list, --help
+        _skip_operands(p, name, args[:1])
+        args = args[1:]
+    index, seen = _parse_options(args, spec, name)
+    if any(opt in seen for opt in ("h", "help", "V", "version", "list")):
+        return
+    if index >= len(args):
+        raise _Unknown(_STARTS_SHELL.format(name=name))
+    p.run(args[index:], end, ctx, stdin)
+
+
+def _systemd_run(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    spec = _opts(
+        flags="hrtPqGdS",
+        values="HMEpu",
+        long_flags="help version no-ask-password user system scope slice-inherit no-block "
+        "remain-after-exit wait send-sighup same-dir pty pipe quiet collect shell "
+        "on-timezone-change on-clock-change ignore-failure expand-environment",
+        long_values="host machine unit property description slice service-type uid gid nice "
+        "working-directory setenv path-property socket-property timer-property on-active "
+        "on-boot on-startup on-unit-active on-unit-inactive on-calendar json job-mode "
+        "background capsule",
+    )
+    index, seen = _parse_options(args, spec, name)
+    if any(opt in seen for opt in ("h", "help", "version")):
+        return
+    if index >= len(args) and ("S" in seen or "shell" in seen):
+        raise _Unknown(f"`{name} --shell` starts an interactive shell ($SHELL)")
+    p.run(args[index:], end, ctx, stdin)
+
+
+def _git(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    """git runs configured commands (`-c alias.x='!cmd'`, `core.pager`, hooks …) and some
+    subcommands run a given command; both are judged as command lines."""
+    i = 0
+    while i < len(args) and args[i].value.startswith("-"):
+        arg = args[i]
+        if arg.value in ("-c", "--config-env", "-C", "--git-dir", "--work-tree", "--namespace",
+                         "--exec-path", "--super-prefix", "--list-cmds", "--attr-source"):  # fmt: skip
+            if arg.value == "-c" and i + 1 < len(args):
+                setting = args[i + 1]
+                if setting.pattern is not None:
+                    raise _Unknown("a `git -c` setting is only known at run time")
+                value = setting.value.partition("=")[2]
+                if value and (_looks_like_command(value, p.programs) or value.startswith("!")):
+                    p.parse_string(value.lstrip("!"), ctx, stdin=stdin)
+            i += 2
+            continue
+        i += 1
+    sub = [a.value if a.pattern is None else None for a in args[i:]]
+    rest = args[i + 1 :]
+    if sub[:2] == ["bisect", "run"]:
+        p.run(args[i + 2 :], end, ctx, stdin)
+    elif sub[:1] == ["submodule"] and "foreach" in sub:
+        strings = [a for a in args[i + sub.index("foreach") + 1 :]
+                   if not (a.pattern is None and a.value.startswith("-"))]  # fmt: skip
+        if strings:
+            if any(a.pattern is not None for a in strings):
+                raise _Unknown("the command of `git submodule foreach` is only known at run time")
+            p.parse_string(" ".join(a.value for a in strings), ctx, stdin=stdin)
+    elif sub[:1] in (["rebase"], ["filter-branch"]):
+        for k, arg in enumerate(rest):
+            opt, eq, val = arg.value.partition("=")
+            if opt in ("-x", "--exec") or opt.endswith("-filter"):
+                given = val if eq else (rest[k + 1].value if k + 1 < len(rest) else "")
+                if arg.pattern is not None or (not eq and k + 1 < len(rest)
+                                               and rest[k + 1].pattern is not None):  # fmt: skip
+                    raise _Unknown(f"the command of `git {sub[0]} {opt}` is only known at run time")
+                p.parse_string(given, ctx, stdin=stdin)
+
+
+# ---- builtins that change how the shell itself reads or runs its input
+
+
+def _set(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = arg.value
+        if arg.pattern is not None:
+            if value[:1] in "-+" or arg.splits:
+                raise _Unknown(f"an option of `{name}` is only known at run time: `{value}`")
+            return  # positional parameters
+        if value in ("-", "--") or len(value) < 2 or value[0] not in "-+":
+            return
+        if "o" in value[1:]:
+            i += 1
+            if i < len(args):
+                _line_editing(name, value[0], args[i])
+        i += 1
+
+
+def _line_editing(name: str, sign: str, option: _Arg) -> None:
+    if option.pattern is not None:
+        raise _Unknown(f"the option `{name} {sign}o` sets is only known at run time")
+    if sign == "-" and option.value in ("emacs", "vi"):
+        raise _Unknown(
+            f"`{name} -o {option.value}` turns on the shell's own line editing, whose key "
+            "bindings can run input the broker has not judged"
+        )
+
+
+def _shopt(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    flags = "".join(a.value[1:] for a in args if a.pattern is None and a.value.startswith("-"))
+    if "o" not in flags or "u" in flags:
+        return
+    for arg in args:
+        if not (arg.pattern is None and arg.value.startswith("-")):
+            _line_editing(name, "-", arg)
+
+
+def _names(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    """Builtins that assign to (or test) variables named by their arguments."""
+    value_of = {"printf": ("-v",), "test": ("-v", "-R"), "[": ("-v", "-R"), "wait": ("-p",)}
+    if name in value_of:
+        targets = [b for a, b in pairwise(args) if a.pattern is None and a.value in value_of[name]]
+    elif name == "getopts":
+        targets = args[1:2]
+    else:  # read, mapfile, readarray, unset: every word that is not an option
+        targets = [a for a in args if not a.value.startswith("-")]
+    for arg in targets:
+        _check_subscript(arg, f"`{name}` of")
+
+
+def _refuse(reason: str) -> _Handler:
+    def handle(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+        raise _Unknown(reason)
+
+    return handle
+
+
+def _let(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    if any(a.pattern is not None for a in args):
+        raise _Unknown("an expression of `let` is only known at run time")
+    _check_arith(", ".join(a.value for a in args), "`let`")
+
+
+# ------------------------------------------------------------ the table of wrappers
+
+
+@dataclass(frozen=True)
+class Wrapper:
+    """A program that runs (part of) its arguments as a command, and why it is one."""
+
+    handler: _Handler
+    reason: str
+
+
+_AS_USER = "runs a command as another user"
+_SHELL_REASON = "a shell: runs the string given with -c as a command line"
+
+WRAPPERS: dict[str, Wrapper] = {
+    "sudo": Wrapper(_sudo, _AS_USER),
+    "doas": Wrapper(_wrapper(_opts(flags="nLs", values="uC"), none_if="s"), _AS_USER),
+    "su": Wrapper(_su, "runs a login shell, or the -c command string, as another user"),
+    "runuser": Wrapper(_su, "like su; `runuser -u USER CMD` runs CMD directly"),
+    "pkexec": Wrapper(
+        _wrapper(
+            _opts(long_flags="version disable-internal-agent help keep-cwd", long_values="user"),
+            none_if="version help",
+            shell_if_empty=True,
+        ),
+        _AS_USER + " (polkit)",
+    ),
+    "setpriv": Wrapper(
+        _wrapper(
+            _opts(
+                flags="dhV",
+                long_flags="dump nnp no-new-privs clear-groups keep-groups init-groups "
+                "reset-env help version",
+                long_values="ruid euid rgid egid reuid regid groups inh-caps ambient-caps "
+                "bounding-set securebits pdeathsig selinux-label apparmor-profile "
+                "landlock-access landlock-rule seccomp-filter",
+            ),
+            none_if="d dump h help V version",
+        ),
+        "runs a command with other uids, gids, groups or capabilities",
+    ),
+    "sg": Wrapper(_sg, "runs a command string (`/bin/sh -c`) as another group"),
+    "env": Wrapper(_env, "runs a command with a changed environment"),
+    "nice": Wrapper(
+        _wrapper(_opts(values="n", long_values="adjustment", numeric=True)),
+        "runs a command at another CPU priority",
+    ),
+    "ionice": Wrapper(
+        _wrapper(
+            _opts(
+                flags="t",
+                values="cnpPu",
+                long_flags="ignore",
+                long_values="class classdata pid pgid uid",
+            ),
+            none_if="p P u pid pgid uid",
+        ),
+        "runs a command in another I/O scheduling class",
+    ),
+    "chrt": Wrapper(_chrt, "runs a command with another scheduling policy and priority"),
+    "taskset": Wrapper(_taskset, "runs a command on a given set of CPUs"),
+    "prlimit": Wrapper(
+        _wrapper(
+            _opts(
+                flags="hV",
+                values="po",
+                optional="cdefilmnqrstuvxy",
+                long_flags="noheadings raw verbose help version core data nice fsize "
+                "sigpending memlock rss nofile msgqueue rtprio stack cpu nproc as locks rttime",
+                long_values="pid output",
+            ),
+            none_if="p pid h help V version",
+        ),
+        "runs a command with other resource limits",
+    ),
+    "nohup": Wrapper(_wrapper(_opts()), "runs a command immune to hangups"),
+    "setsid": Wrapper(
+        _wrapper(_opts(flags="cfw", long_flags="ctty fork wait")), "runs a command in a new session"
+    ),
+    "timeout": Wrapper(_wrapper(_TIMEOUT, skip=1), "runs a command with a time limit"),
+    "stdbuf": Wrapper(
+        _wrapper(_opts(values="ioe", long_values="input output error")),
+        "runs a command with other stdio buffering",
+    ),
+    "flock": Wrapper(_flock, "runs a command, or a -c command string, holding a file lock"),
+    "unshare": Wrapper(
+        _wrapper(
+            _opts(
+                flags="fhVmuinpCTUrc",
+                values="RwSG",
+                long_flags="fork help version mount uts ipc net pid user cgroup time "
+                "map-root-user map-current-user map-auto keep-caps kill-child mount-proc "
+                "mount-binfmt",
+                long_values="map-user map-users map-group map-groups propagation setgroups root "
+                "wd setuid setgid monotonic boottime load-interp",
+            ),
+            none_if="h help V version",
+            shell_if_empty=True,
+        ),
+        "runs a command in new namespaces",
+    ),
+    "nsenter": Wrapper(
+        _wrapper(
+            _opts(
+                flags="ahVFZ",
+                values="tSGW",
+                optional="muinpCUTrw",
+                long_flags="all help version no-fork follow-context preserve-credentials "
+                "user-parent keep-caps env join-cgroup mount uts ipc net pid cgroup user time "
+                "root wd",
+                long_values="target setuid setgid wdns",
+            ),
+            none_if="h help V version",
+            shell_if_empty=True,
+        ),
+        "runs a command in the namespaces of another process",
+    ),
+    "chroot": Wrapper(
+        _wrapper(
+            _opts(long_flags="skip-chdir help version", long_values="userspec groups"),
+            skip=1,
+            none_if="help version",
+            shell_if_empty=True,
+        ),
+        "runs a command in another root directory",
+    ),
+    "systemd-run": Wrapper(_systemd_run, "runs a command as a transient systemd unit"),
+    "setarch": Wrapper(_setarch, "runs a command with another architecture personality"),
+    "linux32": Wrapper(_setarch, "setarch for a 32-bit personality"),
+    "linux64": Wrapper(_setarch, "setarch for a 64-bit personality"),
+    "script": Wrapper(_script, "runs the -c command string ($SHELL -c), or a shell, in a new pty"),
+    "strace": Wrapper(_tracer(_STRACE), "runs a command under the system-call tracer"),
+    "ltrace": Wrapper(_tracer(_LTRACE), "runs a command under the library-call tracer"),
+    "fakeroot": Wrapper(
+        _wrapper(
+            _opts(
+                flags="uvh",
+                values="lfisb",
+                long_flags="unknown-is-real version help",
+                long_values="lib faked fd-base",
+            ),
+            none_if="v h version help",
+            shell_if_empty=True,
+        ),
+        "runs a command with faked root privileges",
+    ),
+    "eatmydata": Wrapper(_wrapper(_opts()), "runs a command with fsync disabled"),
+    "unbuffer": Wrapper(_wrapper(_opts(flags="p")), "runs a command in a pty (expect)"),
+    "rlwrap": Wrapper(_wrapper(_opts()), "runs a command with readline line editing"),
+    "gosu": Wrapper(_wrapper(_opts(), skip=1), _AS_USER),
+    "su-exec": Wrapper(_wrapper(_opts(), skip=1), _AS_USER),
+    "ssh-agent": Wrapper(_ssh_agent, "runs a command with an SSH agent in its environment"),
+    "xargs": Wrapper(_xargs, "runs a command with arguments read from its input"),
+    "parallel": Wrapper(_parallel, "runs a command line (through a shell) for each input"),
+    "find": Wrapper(_find, "runs the command of -exec, -execdir, -ok and -okdir"),
+    "watch": Wrapper(_watch, "runs a command line repeatedly (through `sh -c`)"),
+    "busybox": Wrapper(_busybox, "runs the applet its first argument names"),
+    "time": Wrapper(_time, "runs a command and reports its times"),
+    "command": Wrapper(
+        _wrapper(_opts(flags="pvV"), none_if="v V"), "runs a command, bypassing functions"
+    ),
+    "builtin": Wrapper(_wrapper(_opts()), "runs a shell builtin, bypassing functions"),
+    "exec": Wrapper(_exec, "replaces the shell with a command"),
+    **{shell: Wrapper(_shell, _SHELL_REASON) for shell in sorted(_SHELLS)},
+    **{
+        shell: Wrapper(_foreign_shell, "a shell whose -c language the broker does not parse")
+        for shell in sorted(_FOREIGN_SHELLS)
+    },
+}
+
+# Shell builtins with handlers of their own (not wrappers: they do not run their arguments
+# as a program, but they can run strings as commands or change how the shell runs them).
+_BUILTINS: dict[str, _Handler] = {
     **dict.fromkeys(("eval", "source", ".", "alias", "fc"), _opaque),
     "hash": _hash,
     "trap": _trap,
     **dict.fromkeys(("export", "declare", "typeset", "local", "readonly"), _declare),
-    "sudo": _sudo,
-    "doas": _wrapper(_opts(flags="nLs", values="uC"), none_if="s"),
-    "env": _env,
-    "xargs": _xargs,
-    "nice": _wrapper(_opts(values="n", long_values="adjustment", numeric=True)),
-    "nohup": _wrapper(_opts()),
-    "time": _time,
-    "timeout": _wrapper(_TIMEOUT, skip=1),
-    "command": _wrapper(_opts(flags="pvV"), none_if="v V"),
-    "exec": _wrapper(_opts(flags="cl", values="a")),
-    "builtin": _wrapper(_opts()),
-    "stdbuf": _wrapper(_opts(values="ioe", long_values="input output error")),
-    "ionice": _wrapper(
-        _opts(
-            flags="t",
-            values="cnpPu",
-            long_flags="ignore",
-            long_values="class classdata pid pgid uid",
-        ),
-        none_if="p P u pid pgid uid",
+    "set": _set,
+    "shopt": _shopt,
+    **dict.fromkeys(
+        ("read", "mapfile", "readarray", "unset", "printf", "test", "[", "getopts", "wait"), _names
     ),
-    "chroot": _wrapper(_opts(long_flags="skip-chdir", long_values="userspec groups"), skip=1),
-    "setsid": _wrapper(_opts(flags="cfw", long_flags="ctty fork wait")),
-    "su": _su,
-    "runuser": _su,
-    "find": _find,
-    "watch": _watch,
-    "busybox": _busybox,
-    **dict.fromkeys(_SHELLS, _shell),
-    **dict.fromkeys(_FOREIGN_SHELLS, _foreign_shell),
+    "let": _let,
+    "bind": _refuse(
+        "`bind` changes the shell's own key bindings (and `bind -x` runs commands from a key)"
+    ),
+    "bindkey": _refuse("`bindkey` changes the shell's own key bindings (zsh line editor)"),
+    "zle": _refuse("`zle` drives the shell's own line editor (zsh)"),
+    "enable": _refuse(
+        "`enable` turns shell builtins on or off, or loads new ones from a shared object"
+    ),
+    "git": _git,
+}
+
+_HANDLERS: dict[str, _Handler] = {
+    **_BUILTINS,
+    **{name: wrapper.handler for name, wrapper in WRAPPERS.items()},
+}
+
+
+# ------------------------------------------------------------------------ inline code
+#
+# A program that is not a wrapper may still run code given on its command line: inline
+# code of an interpreter (`python -c`, `perl -e`), a command string given to an option
+# (`foo -c 'rm -rf x'`, `rsync -e 'sh -c …'`, `tar --to-command=…`). Such a command is
+# "opaque" (SimpleCommand.opaque): unknown, unless a rule decides it at least as strictly.
+# A command string is also parsed, best effort, so what it would run can make the
+# decision stricter.
+
+_Check = Callable[[str, list[_Arg], tuple[str, ...]], tuple[str | None, list[str]]]
+_META = set(";|&$`()<>")
+_CODE_OPTIONS = ("-c", "-e", "--command", "--exec", "--eval")
+
+# Programs whose -c/-e are plain data, and what they mean there.
+_DATA_OPTIONS: dict[str, str] = {
+    **dict.fromkeys(("grep", "egrep", "fgrep", "zgrep", "rg", "ag", "ack", "pgrep", "pkill"),
+                    "-e gives a pattern, -c counts"),
+    **dict.fromkeys(("cut", "head", "tail", "wc", "xxd", "od", "split", "fold", "tr"),
+                    "-c counts or selects characters or bytes"),
+    **dict.fromkeys(("ls", "du", "df", "stat", "date", "cmp", "sort", "uniq", "cp", "ps", "top",
+                     "free", "column", "pr", "nl", "touch", "chmod", "chown", "chgrp", "file",
+                     "journalctl", "dmesg", "lsblk", "lsof", "iconv", "strings", "jq", "ip",
+                     "md5sum", "sha1sum", "sha256sum", "sha512sum", "b2sum", "cksum", "base64",
+                     "basenc", "more", "diff", "make", "ulimit"),
+                    "-c/-e are options of its own that take no command"),
+    **dict.fromkeys(("gzip", "gunzip", "zcat", "bzip2", "bunzip2", "bzcat", "xz", "unxz",
+                     "xzcat", "zstd", "unzstd", "lz4", "lzop"), "-c writes to standard output"),
+    **dict.fromkeys(("echo", "printf", "test", "[", "read", "mapfile", "readarray", "history",
+                     "type", "help", "kill", "jobs", "ulimit", "compgen", "cd", "pushd", "popd",
+                     "dirs", "wait", "umask", "printenv", "true", "false", ":"),
+                    "a shell builtin whose -c/-e take no command"),
+    **dict.fromkeys(("ssh", "scp", "sftp"), "-c names a cipher, -e an escape character"),
+    **dict.fromkeys(("curl",), "-c names a cookie jar, -e a referer"),
+    **dict.fromkeys(("docker", "podman", "kubectl", "oc", "nerdctl"),
+                    "-e sets a variable, -c names a container (commands run elsewhere)"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Interpreter:
+    short: str  # option letters that take inline code, also inside a cluster (`-pe`)
+    long: tuple[str, ...] = ()  # options that take inline code, `--eval CODE` or `--eval=CODE`
+    plus: bool = False  # `+CMD` runs an editor command (vim)
+
+
+_VIM = _Interpreter("c", ("--cmd", "-S"), plus=True)
+_INTERPRETERS: dict[str, _Interpreter] = {
+    **dict.fromkeys(("python", "pypy", "jython", "ipython"), _Interpreter("c")),
+    **dict.fromkeys(("perl",), _Interpreter("eE")),
+    **dict.fromkeys(("ruby", "jruby", "lua", "luajit", "ghc", "osascript", "R", "Rscript"),
+                    _Interpreter("e", ("--eval", "--expr"))),
+    **dict.fromkeys(("node", "nodejs", "bun"), _Interpreter("ep", ("--eval", "--print"))),
+    "deno": _Interpreter("", ("eval",)),
+    "php": _Interpreter("rBRFE", ("--run", "--process-begin", "--process-code",
+                                  "--process-file", "--process-end")),
+    "julia": _Interpreter("eE", ("--eval", "--print")),
+    "expect": _Interpreter("c"),
+    "tclsh": _Interpreter(""),
+    "gdb": _Interpreter("", ("-ex", "--ex", "-eval-command", "--eval-command", "-iex", "--iex",
+                             "-init-eval-command", "--init-eval-command", "-x", "--command",
+                             "-ix", "--init-command")),
+    **dict.fromkeys(("vim", "vi", "nvim", "view", "vimdiff", "rvim", "gvim", "ex", "evim"), _VIM),
+    "emacs": _Interpreter("", ("--eval", "-eval", "--execute", "-execute", "--funcall",
+                               "-funcall", "-f", "--load", "-load", "-l")),
+}  # fmt: skip
+_AWKS = {"awk", "gawk", "mawk", "nawk", "busybox-awk"}
+_SEDS = {"sed", "gsed"}
+
+_KNOWN_PROGRAMS = {
+    "rm", "rmdir", "mv", "cp", "dd", "shred", "truncate", "mkfs", "wipefs", "fdisk", "parted",
+    "chmod", "chown", "chgrp", "chattr", "ln", "install", "kill", "pkill", "killall",
+    "shutdown", "reboot", "halt", "poweroff", "systemctl", "service", "crontab", "at",
+    "curl", "wget", "nc", "ncat", "netcat", "socat", "ssh", "scp", "rsync", "sftp", "telnet",
+    "tee", "sed", "awk", "git", "make", "mount", "umount", "iptables", "nft", "useradd",
+    "userdel", "usermod", "passwd", "chpasswd", "visudo", "tar", "zip", "unzip", "docker",
+    "kubectl", "psql", "mysql", "sqlite3", "vim", "vi", "nvim", "emacs", "nano", "ed", "less",
+    "more", "man", "tmux", "screen", "cat", "ls", "echo", "printf", "touch", "mkdir",
+}  # fmt: skip
+
+
+def _looks_like_command(value: str, programs: tuple[str, ...]) -> bool:
+    """Whitespace, a shell metacharacter, or a first word that names a program."""
+    if not value.strip():
+        return False
+    if any(ch.isspace() or ch in _META for ch in value):
+        return True
+    base = value.rsplit("/", 1)[-1]
+    return base in _COMMAND_NAMES or any(
+        fnmatchcase(base, p) or fnmatchcase(value, p) for p in programs
+    )
+
+
+def _option_values(
+    args: list[_Arg], short: str, long: tuple[str, ...]
+) -> Iterator[tuple[str, _Arg | None]]:
+    """(option, value) for each option in `short` (also inside a cluster, value attached or
+    in the next word) or `long` (`--opt VALUE`, `--opt=VALUE`); value None when missing."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = arg.value
+        i += 1
+        if arg.pattern is None and value == "--":
+            return
+        if value in long or (value.startswith(long) and value.partition("=")[0] in long
+                             and "=" in value):  # fmt: skip
+            opt, eq, attached = value.partition("=")
+            if eq:
+                yield opt, replace(arg, value=attached)
+            else:
+                yield opt, args[i] if i < len(args) else None
+                i += 1
+            continue
+        if not short or len(value) < 2 or value[0] != "-" or value[1] == "-":
+            continue
+        for k, ch in enumerate(value[1:], start=1):
+            if not ch.isalnum():
+                break
+            if ch in short:
+                if value[k + 1 :]:
+                    yield f"-{ch}", replace(arg, value=value[k + 1 :])
+                else:
+                    yield f"-{ch}", args[i] if i < len(args) else None
+                    i += 1
+                break
+
+
+def _interpreter_check(
+    name: str, args: list[_Arg], programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    spec = _INTERPRETERS.get(name) or _INTERPRETERS[_VERSIONED.sub("", name)]
+    for opt, _ in _option_values(args, spec.short, spec.long):
+        return f"`{name} {opt}` runs inline code that the broker does not read", []
+    if spec.plus:
+        for arg in args:
+            if arg.value.startswith("+") and not re.fullmatch(r"\+([0-9]*|/.*)", arg.value):
+                return f"`{name} {_short(arg.value, 40)}` runs an editor command", []
+    return None, []
+
+
+def _awk_check(
+    name: str, args: list[_Arg], programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    texts: list[_Arg] = []
+    from_file = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = arg.value
+        i += 1
+        if arg.pattern is None and value == "--":
+            break
+        if arg.pattern is None and value.startswith("-") and len(value) > 1:
+            opt = value[:2] if not value.startswith("--") else value.partition("=")[0]
+            if opt in ("-l", "--load", "-E", "--exec"):
+                return f"`{name} {opt}` loads code the broker cannot see", []
+            if opt in ("-f", "--file"):
+                from_file = True
+            if opt in ("-e", "--source"):
+                given = value[2:] if opt == "-e" and len(value) > 2 else None
+                if given is None and "=" in value:
+                    given = value.partition("=")[2]
+                if given is None and i < len(args):
+                    texts.append(args[i])
+                    i += 1
+                elif given is not None:
+                    texts.append(replace(arg, value=given))
+            elif opt in ("-v", "-F", "-f", "--assign", "--field-separator", "--file") and (
+                len(value) == 2 or (value.startswith("--") and "=" not in value)
+            ):
+                i += 1
+            continue
+        if not texts and not from_file:
+            texts.append(arg)
+        break
+    for text in texts:
+        if text.pattern is not None:
+            return f"the `{name}` program is only known at run time", []
+        program = text.value.replace("||", "")
+        if "system" in program or "|" in program or "@load" in program:
+            return f"the `{name}` program runs commands (`system()` or a pipe)", []
+    return None, []
+
+
+def _sed_executes(script: str) -> str | None:
+    """Why this sed script may run a command (the `e` command, the `e` flag of `s`), or
+    None; a script the scanner cannot read counts as running one."""
+    s, n, i = script, len(script), 0
+
+    def delimited(i: int, delim: str) -> int:
+        while i < n:
+            if s[i] == "\\":
+                i += 2
+                continue
+            if s[i] == delim:
+                return i + 1
+            i += 1
+        raise ValueError("unterminated")
+
+    def rest_of_line(i: int) -> int:
+        end = s.find("\n", i)
+        return n if end < 0 else end
+
+    try:
+        while i < n:
+            while i < n and s[i] in " \t\n;":
+                i += 1
+            if i >= n:
+                break
+            if s[i] == "#":
+                i = rest_of_line(i)
+                continue
+            for _ in range(2):  # up to two addresses
+                if s[i].isdigit() or s[i] == "$":
+                    i += 1
+                    while i < n and (s[i].isdigit() or s[i] in "~"):
+                        i += 1
+                elif s[i] in "/\\":
+                    delim = s[i + 1] if s[i] == "\\" else "/"
+                    i = delimited(i + (2 if s[i] == "\\" else 1), delim)
+                    while i < n and s[i] in "IM":
+                        i += 1
+                else:
+                    break
+                while i < n and s[i] in " \t":
+                    i += 1
+                if i < n and s[i] in ",+~":
+                    i += 1
+                    while i < n and s[i] in " \t":
+                        i += 1
+                    if i < n and s[i] in "+~":
+                        i += 1
+                    continue
+                break
+            while i < n and s[i] in " \t!":
+                i += 1
+            if i >= n:
+                raise ValueError("address without a command")
+            cmd = s[i]
+            i += 1
+            if cmd == "e":
+                return "sed's `e` command runs a shell command"
+            if cmd in "{}=dDgGhHnNpPxzF":
+                continue
+            if cmd == "s" or cmd == "y":
+                delim = s[i]
+                if delim in "\\\n":
+                    raise ValueError("bad delimiter")
+                i = delimited(delimited(i + 1, delim), delim)
+                if cmd == "s":
+                    while i < n and s[i] in "gpiImMe0123456789w":
+                        if s[i] == "e":
+                            return "the `e` flag of sed's `s` command runs the result as a command"
+                        if s[i] == "w":
+                            i = rest_of_line(i)
+                            break
+                        i += 1
+                continue
+            if cmd in "aic" or cmd in "rRwW":
+                while True:  # text or file name to the end of the line (\ continues it)
+                    i = rest_of_line(i)
+                    if cmd in "aic" and i > 0 and s[i - 1] == "\\" and i < n:
+                        i += 1
+                        continue
+                    break
+                continue
+            if cmd in ":btTqQLlv":
+                while i < n and s[i] not in ";\n}":
+                    i += 1
+                continue
+            raise ValueError(f"unknown command {cmd!r}")
+    except (ValueError, IndexError):
+        return "the broker cannot read this sed script"
+    return None
+
+
+def _sed_check(
+    name: str, args: list[_Arg], programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    scripts: list[_Arg] = []
+    from_file = sandbox = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = arg.value
+        i += 1
+        if arg.pattern is None and value == "--":
+            break
+        if arg.pattern is None and value.startswith("--"):
+            opt, eq, val = value[2:].partition("=")
+            if opt == "expression":
+                if eq:
+                    scripts.append(replace(arg, value=val))
+                elif i < len(args):
+                    scripts.append(args[i])
+                    i += 1
+            elif opt == "file":
+                from_file = True
+                i += 0 if eq else 1
+            elif opt == "line-length":
+                i += 0 if eq else 1
+            sandbox = sandbox or opt == "sandbox"
+            continue
+        if arg.pattern is None and value.startswith("-") and len(value) > 1:
+            for k, ch in enumerate(value[1:], start=1):
+                if ch in "efl":
+                    attached = value[k + 1 :]
+                    if not attached and i < len(args):
+                        attached_arg: _Arg | None = args[i]
+                        i += 1
+                    else:
+                        attached_arg = replace(arg, value=attached) if attached else None
+                    if ch == "e" and attached_arg is not None:
+                        scripts.append(attached_arg)
+                    from_file = from_file or ch == "f"
+                    break
+                if ch in "iI":
+                    break  # -i[SUFFIX]
+            continue
+        if not scripts and not from_file:
+            scripts.append(arg)
+        break
+    if sandbox:
+        return None, []
+    for script in scripts:
+        if script.pattern is not None:
+            return f"the `{name}` script is only known at run time", []
+        why = _sed_executes(script.value)
+        if why:
+            return why, []
+    return None, []
+
+
+_SQL_ESCAPES = {
+    "psql": (("-c", "--command"), re.compile(r"\\!|\\(?:o|out|g|w|write|gx)\s*\||\bprogram\b", re.I)),
+    "mysql": (("-e", "--execute"), re.compile(r"\\!|(?:^|[;\s])system\s", re.I)),
+    "mariadb": (("-e", "--execute"), re.compile(r"\\!|(?:^|[;\s])system\s", re.I)),
+}  # fmt: skip
+
+
+def _sql_client_check(
+    name: str, args: list[_Arg], programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    """SQL given to a client is data for the database, unless it uses the client's own
+    shell escapes (psql `\\!`, `\\o |cmd`, `COPY … PROGRAM`; mysql `system`; sqlite3
+    `.shell`)."""
+    if name == "sqlite3":
+        pattern = re.compile(r"^\s*\.(shell|system|load)\b|\.(output|once|import)\s+['\"]?\|",
+                             re.M)  # fmt: skip
+        texts = [a for a in args if not a.value.startswith("-")][1:]
+    else:
+        options, pattern = _SQL_ESCAPES[name]
+        short = "".join(o[1] for o in options if len(o) == 2)
+        long = tuple(o for o in options if o.startswith("--"))
+        texts = [v for _, v in _option_values(args, short, long) if v is not None]
+    for text in texts:
+        if text.pattern is not None and any(ch in text.value for ch in "\\.!"):
+            return f"the `{name}` input is only known at run time", []
+        if pattern.search(text.value):
+            return f"`{name}` is asked to run a shell command (a client escape)", []
+    return None, []
+
+
+def _given_command(
+    name: str, opt: str, value: _Arg | None, programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    if value is None:
+        return None, []
+    if value.pattern is not None:
+        return f"the value of `{name} {opt}` is only known at run time (it may be a command)", []
+    if _looks_like_command(value.value, programs):
+        return (
+            f"`{name} {opt}` is given what looks like a command (`{_short(value.value, 60)}`)",
+            [value.value],
+        )
+    return None, []
+
+
+def _tar_check(
+    name: str, args: list[_Arg], programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    long = ("--to-command", "--use-compress-program", "--rsh-command", "--info-script",
+            "--new-volume-script", "--rmt-command")  # fmt: skip
+    for opt, value in _option_values(args, "IF", long):
+        return f"`{name} {opt}` runs a program", [
+            value.value
+        ] if value and not value.pattern else []
+    for arg in args:
+        if "--checkpoint-action=exec" in arg.value or arg.value.startswith("--checkpoint-action"):
+            given = arg.value.partition("exec=")[2]
+            if given or arg.pattern is not None:
+                return f"`{name} --checkpoint-action=exec` runs a command", [given]
+    return None, []
+
+
+def _ssh_check(
+    name: str, args: list[_Arg], programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    for opt, value in _option_values(args, "oS" if name != "ssh" else "o", ()):
+        if value is None:
+            continue
+        if opt == "-S" or value.pattern is not None:
+            return f"`{name} {opt}` names a program to run", []
+        key, _, given = re.sub(r"\s*=\s*|\s+", "=", value.value.strip(), count=1).partition("=")
+        if key.lower() in ("proxycommand", "localcommand", "knownhostscommand", "remotecommand"):
+            return f"`{name} -o {key}` runs a command", [
+                given
+            ] if key.lower() != "remotecommand" else []
+    return None, []
+
+
+def _zip_check(
+    name: str, args: list[_Arg], programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    for opt, value in _option_values(args, "", ("-TT", "--unzip-command")):
+        return f"`{name} {opt}` runs a command", [
+            value.value
+        ] if value and not value.pattern else []
+    return None, []
+
+
+def _generic_check(
+    name: str, args: list[_Arg], programs: tuple[str, ...]
+) -> tuple[str | None, list[str]]:
+    """An unknown program given -c/-e/--command/--exec/--eval with a command-like value."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = arg.value
+        i += 1
+        opt, eq, attached = value.partition("=")
+        if arg.pattern is not None:
+            if eq and opt in _CODE_OPTIONS[2:] and arg.pattern.startswith(opt + "="):
+                return _given_command(name, opt, replace(arg, value=attached), programs)
+            continue
+        if value == "--":
+            break
+        if opt in _CODE_OPTIONS[2:]:
+            given = replace(arg, value=attached) if eq else (args[i] if i < len(args) else None)
+        elif value in ("-c", "-e") or re.fullmatch(r"-[A-Za-z]+[ce]", value):
+            given = args[i] if i < len(args) else None
+            opt = value
+        elif re.fullmatch(r"-[ce].+", value) and any(
+            ch.isspace() or ch in _META for ch in value[2:]
+        ):
+            given, opt = replace(arg, value=value[2:]), value[:2]
+        else:
+            continue
+        found = _given_command(name, opt, given, programs)
+        if found[0] is not None:
+            return found
+    return None, []
+
+
+_CODE_CHECKS: dict[str, _Check] = {
+    **dict.fromkeys(_INTERPRETERS, _interpreter_check),
+    **dict.fromkeys(_AWKS, _awk_check),
+    **dict.fromkeys(_SEDS, _sed_check),
+    **dict.fromkeys(("psql", "mysql", "mariadb", "sqlite3"), _sql_client_check),
+    "tar": _tar_check,
+    **dict.fromkeys(("ssh", "scp", "sftp"), _ssh_check),
+    "zip": _zip_check,
+}
+_VERSIONED = re.compile(r"[0-9][0-9.]*$")
+_COMMAND_NAMES = frozenset(_KNOWN_PROGRAMS | set(WRAPPERS) | set(_INTERPRETERS) | _AWKS | _SEDS)
+
+
+def _code_check(parser: _Parser, name: str, args: list[_Arg]) -> tuple[str | None, list[str]]:
+    """(why this command is opaque or None, command strings worth judging best effort)."""
+    if name in WRAPPERS or (name in _BUILTINS and name != "git"):
+        return None, []
+    key = name
+    if name not in _CODE_CHECKS and _VERSIONED.sub("", name) in _INTERPRETERS:
+        key = _VERSIONED.sub("", name)  # python3.11, perl5.36
+    check = _CODE_CHECKS.get(key)
+    if check is not None:
+        return check(name if check is _interpreter_check else key, args, parser.programs)
+    if key in _DATA_OPTIONS:
+        return None, []
+    return _generic_check(name, args, parser.programs)
+
+
+_BASH_BUILTINS = (
+    ". : [ alias bg bind break builtin caller cd command compgen complete compopt continue "
+    "declare dirs disown echo enable eval exec exit export false fc fg getopts hash help "
+    "history jobs kill let local logout mapfile popd printf pushd pwd read readarray readonly "
+    "return set shift shopt source suspend test times trap true type typeset ulimit umask "
+    "unalias unset wait"
+).split()
+_BASH_KEYWORDS = "! [[ ]] { } case coproc do done elif else esac fi for function if in select then time until while".split()
+# A function with one of these names changes what the broker believes the name does.
+_SHADOWED: dict[str, str] = {
+    **dict.fromkeys(WRAPPERS, "wrapper"),
+    **dict.fromkeys(_BASH_BUILTINS, "builtin"),
+    **dict.fromkeys(_BASH_KEYWORDS, "keyword"),
 }

@@ -16,8 +16,10 @@ that runs SQL text, a MySQL executable comment, …) is "unknown" and gets the p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+import time
 import unicodedata
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -37,6 +39,13 @@ from sqlglot.tokens import TokenType
 
 from broker.config import Policy, Rule
 from broker.policy.decision import Decision, combine, stronger
+from broker.policy.sql_predicates import GlotPredicate, PgPredicate, Verdict
+from broker.policy.sql_session import (
+    SessionState,
+    effects_of_words,
+    mysql_state_problem,
+    pg_state_problem,
+)
 
 Dialect = Literal["postgres", "mysql", "sqlite"]
 
@@ -73,9 +82,17 @@ class Statement:
     # quotes: 'public."a.b"'. References to a CTE are not tables and are left out.
     tables: tuple[str, ...]
     text: str  # the statement's own source text
-    without_where: bool = False  # UPDATE/DELETE with no WHERE (or one naming no column)
+    # UPDATE/DELETE whose WHERE filters nothing (none, or one that folds to true); None when
+    # the broker cannot show that it filters (broker.policy.sql_predicates).
+    without_where: bool | None = False
     program: bool = False  # COPY … TO/FROM PROGRAM: the server runs a shell command
     unknown: str | None = None  # why this statement cannot be classified with certainty
+    # What it can do, wherever it sits ("destroys", "writes", "reads", "session", "code");
+    # an inner statement's effects are the enclosing statement's too.
+    effects: frozenset[str] = frozenset()
+    # Why the broker refuses this statement whatever the policy says: it would change how
+    # the server reads the bytes of later statements (character set, quoting modes).
+    refused: str | None = None
     # Statements that run as part of this one and are judged on their own: the DML of a
     # data-modifying CTE, the statement of EXPLAIN ANALYZE, the elements of CREATE SCHEMA.
     # Their ``text`` is the enclosing statement's text.
@@ -91,10 +108,14 @@ class ParsedSql:
 # --------------------------------------------------------------------------- decisions
 
 
-def decide_sql(policy: Policy, text: str, dialect: Dialect) -> tuple[Decision, ParsedSql]:
+def decide_sql(
+    policy: Policy, text: str, dialect: Dialect, state: SessionState | None = None
+) -> tuple[Decision, ParsedSql]:
     """Judge SQL text; never raises (an internal error is a deny).
 
     The decision covers the whole input: the caller runs none of it unless it is allow.
+    STATE is what earlier input of the same session changed (an interactive shell passes the
+    same object every time); it is updated with what this input may change.
     """
     try:
         parsed = parse_sql(text, dialect)
@@ -102,7 +123,7 @@ def decide_sql(policy: Policy, text: str, dialect: Dialect) -> tuple[Decision, P
         message = _error_text(exc)
         return Decision("deny", None, f"policy error: {message}"), ParsedSql((), message)
     try:
-        return _decide(policy, parsed, text, dialect), parsed
+        return _decide(policy, parsed, text, dialect, state), parsed
     except Exception as exc:
         return Decision("deny", None, f"policy error: {_error_text(exc)}"), parsed
 
@@ -111,14 +132,19 @@ def _error_text(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _decide(policy: Policy, parsed: ParsedSql, text: str, dialect: Dialect) -> Decision:
+def _decide(
+    policy: Policy, parsed: ParsedSql, text: str, dialect: Dialect, state: SessionState | None
+) -> Decision:
     if parsed.unknown is None and not parsed.statements:
         return Decision("allow", None, "nothing to run: the input holds no SQL statement")
-    names = _Names(dialect)
+    names = _Names(dialect, state)
     parts: list[Decision] = []
     for statement in parsed.statements:
         parts += _judge_all(policy, statement, names, inner=False)
         names.after(statement)
+    if state is not None:
+        # Whether or not this input runs: a changed search path only makes names less certain.
+        state.names_unsure = state.names_unsure or names.unsure
     if parsed.unknown is None:
         return combine(parts)
     unknown = Decision(
@@ -161,10 +187,13 @@ def _rule_decision(rule: Rule, index: int, statement: Statement, inner: bool) ->
         found = re.search(rule.regex, statement.text)
         if found and found.group(0):
             matched = found.group(0)
+    why = f"rule {_label(rule, index)} matched {_what(statement, inner)}"
+    if rule.without_where is not None and statement.without_where is None:
+        why += " (the broker cannot show that its WHERE clause filters rows)"
     return Decision(
         rule.action,
         rule.name or f"rule #{index + 1}",
-        f"rule {_label(rule, index)} matched {_what(statement, inner)}",
+        why,
         approvers=tuple(rule.approvers),
         approvals=rule.approvals,
         timeout=rule.timeout,
@@ -179,6 +208,8 @@ def _applies_to_sql(rule: Rule) -> bool:
 
 
 def _judge(policy: Policy, statement: Statement, names: _Names, inner: bool) -> Decision:
+    if statement.refused is not None:
+        return Decision("deny", None, f"refused {_what(statement, inner)}: {statement.refused}")
     if statement.unknown is not None:
         # Allow rules cannot apply to what is not understood; a deny or review rule that
         # matches what is known of it may make it stricter than on_unknown.
@@ -211,15 +242,25 @@ def _match(rule: Rule, statement: Statement, names: _Names) -> bool:
         _kind_matches(entry, statement) for entry in rule.statement
     ):
         return False
-    if rule.without_where is not None and not (
-        statement.kind in _WHERE_KINDS and statement.without_where == rule.without_where
-    ):
+    if rule.effect is not None and not statement.effects & set(rule.effect):
+        return False
+    if rule.without_where is not None and not _where_matches(rule, statement):
         return False
     if rule.tables is not None and not _tables_match(
         rule.tables, statement.tables, names, certain=rule.action == "allow"
     ):
         return False
     return rule.regex is None or re.search(rule.regex, statement.text) is not None
+
+
+def _where_matches(rule: Rule, statement: Statement) -> bool:
+    """A WHERE the broker cannot decide may be either: deny and review rules match it, allow
+    rules do not."""
+    if statement.kind not in _WHERE_KINDS:
+        return False
+    if statement.without_where is None:
+        return rule.action != "allow"
+    return statement.without_where == rule.without_where
 
 
 def _words(kind: str) -> list[str]:
@@ -289,14 +330,15 @@ class _Names:
     the schema of an unqualified name is unknown for the rest of the input.
     """
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, state: SessionState | None = None) -> None:
         self.dialect = dialect
-        self.unsure = dialect == "mysql"
+        self.unsure = dialect == "mysql" or (state is not None and state.names_unsure)
 
     def after(self, statement: Statement) -> None:
         kinds = [statement.kind, *(s.kind for s in statement.inner)]
+        moves = ("SET SEARCH_PATH", "SET ROLE", "SET SESSION AUTHORIZATION", "RESET", "DISCARD")
         if self.dialect == "postgres" and (
-            statement.unknown is not None or any(k.startswith("SET SEARCH_PATH") for k in kinds)
+            statement.unknown is not None or any(k.startswith(moves) for k in kinds)
         ):
             self.unsure = True
         if self.dialect == "sqlite" and any(k.startswith("ATTACH") for k in kinds):
@@ -735,20 +777,121 @@ def _pg_false(arg: Any) -> bool:
 
 
 def _pg_explain_runs(node: ast.ExplainStmt) -> bool:
-    """EXPLAIN ANALYZE executes the statement it explains."""
+    """EXPLAIN ANALYZE executes the statement it explains. PostgreSQL reads the options in
+    order and the last of a repeated option wins: (ANALYZE off, ANALYZE on) runs it."""
+    runs = False
     for option in node.options or ():
-        if getattr(option, "defname", None) == "analyze":
-            return not _pg_false(getattr(option, "arg", None))
+        if str(getattr(option, "defname", "")).lower() == "analyze":
+            runs = not _pg_false(getattr(option, "arg", None))
+    return runs
+
+
+def _without_where(verdict: Verdict) -> bool | None:
+    return {"true": True, "false": False, "bound": False}.get(verdict)
+
+
+def _pg_without_where(node: ast.UpdateStmt | ast.DeleteStmt) -> bool | None:
+    relation = node.relation
+    target = {relation.relname} if relation is not None and relation.relname else set()
+    if relation is not None and relation.alias is not None:
+        target = {relation.alias.aliasname}  # once aliased, the table name no longer qualifies
+    extra = node.usingClause if isinstance(node, ast.DeleteStmt) else node.fromClause
+    judge = PgPredicate(target, joined=bool(extra))
+    return _without_where(judge.verdict(node.whereClause))
+
+
+# What a statement can do, by parse node; anything not listed writes.
+_PG_DESTROYS = {
+    "DeleteStmt",
+    "UpdateStmt",
+    "TruncateStmt",
+    "DropStmt",
+    "DropdbStmt",
+    "DropRoleStmt",
+    "DropOwnedStmt",
+    "DropTableSpaceStmt",
+    "DropSubscriptionStmt",
+    "DropUserMappingStmt",
+    "RenameStmt",
+    "ReassignOwnedStmt",
+    "AlterObjectSchemaStmt",  # SET SCHEMA moves the object away from where it was
+}
+_PG_SESSION = {
+    "VariableSetStmt",
+    "DiscardStmt",
+    "TransactionStmt",
+    "LockStmt",
+    "ListenStmt",
+    "UnlistenStmt",
+    "DeclareCursorStmt",
+    "ClosePortalStmt",
+    "FetchStmt",
+    "DeallocateStmt",
+    "ConstraintsSetStmt",
+    "PrepareStmt",
+}
+_PG_READS = {"SelectStmt", "VariableShowStmt", "ExplainStmt"}
+_PG_CODE = {
+    "DoStmt", "CreateFunctionStmt", "CallStmt", "ExecuteStmt", "LoadStmt", "CreateTrigStmt",
+    "CreateEventTrigStmt", "RuleStmt", "CreatePLangStmt", "CreateExtensionStmt",
+    "PLAssignStmt",
+}  # fmt: skip
+
+
+def _pg_alter_destroys(node: ast.AlterTableStmt) -> bool:
+    """ALTER TABLE … DROP …, DETACH PARTITION, or a column type change (values are rewritten)."""
+    for cmd in node.cmds or ():
+        subtype = _enum_name(getattr(cmd, "subtype", ""))
+        if "DROP" in subtype.upper() or "DETACH" in subtype.upper():
+            return True
+        if subtype in ("AT_AlterColumnType", "AT_SetExpression"):
+            return True
     return False
 
 
-def _pg_unbounded(where: Any) -> bool:
-    """No WHERE, or a WHERE that names no column (WHERE true, WHERE 1 = 1)."""
-    if where is None:
-        return True
-    if isinstance(where, ast.CurrentOfExpr):
-        return False
-    return not any(isinstance(n, ast.ColumnRef) for n in _pg_descendants(where))
+def _pg_effects(node: ast.Node, program: bool, opaque: bool) -> set[str]:
+    name = type(node).__name__
+    effects: set[str] = set()
+    if name in _PG_DESTROYS:
+        effects |= {"destroys", "writes"}
+    elif name in _PG_SESSION:
+        effects.add("session")
+    elif name in _PG_READS:
+        effects.add("reads")
+    elif name in _PG_CODE:
+        effects.add("code")
+    else:
+        effects.add("writes")
+    if isinstance(node, ast.SelectStmt) and node.intoClause is not None:
+        effects.add("writes")
+    if isinstance(node, ast.CopyStmt):
+        effects = {"writes"} if node.is_from else {"reads"}
+    if isinstance(node, ast.AlterTableStmt) and _pg_alter_destroys(node):
+        effects.add("destroys")
+    if isinstance(node, ast.InsertStmt) and node.onConflictClause is not None:
+        if _enum_name(node.onConflictClause.action) == "ONCONFLICT_UPDATE":
+            effects.add("destroys")  # an upsert overwrites the rows it conflicts with
+    if isinstance(node, ast.MergeStmt) and _pg_merge_branches(node):
+        effects.add("destroys")
+    if any(isinstance(n, ast.SelectStmt) and n.valuesLists is None for n in _pg_descendants(node)):
+        effects.add("reads")
+    if getattr(node, "returningList", None):
+        effects.add("reads")
+    if program or opaque:
+        effects.add("code")
+    return effects
+
+
+def _pg_merge_branches(node: ast.MergeStmt) -> list[str]:
+    """The kinds (UPDATE, DELETE) of the MERGE branches that change or remove target rows."""
+    kinds = []
+    for clause in node.mergeWhenClauses or ():
+        command = _enum_name(getattr(clause, "commandType", ""))
+        if command == "CMD_DELETE":
+            kinds.append("DELETE")
+        elif command == "CMD_UPDATE":
+            kinds.append("UPDATE")
+    return list(dict.fromkeys(kinds))
 
 
 def _pg_strings(items: Any) -> tuple[str, ...]:
@@ -837,16 +980,40 @@ def _pg_statement(node: ast.Node, text: str, scope: frozenset[str] = frozenset()
     if kind is None:
         kind = type(node).__name__.removesuffix("Stmt").upper()
         unknown = unknown or f"the statement type {type(node).__name__} is not classified"
+    program = isinstance(node, ast.CopyStmt) and bool(node.is_program)
+    inner = [_pg_statement(n, text, s) for n, s in inner_nodes]
+    if isinstance(node, ast.MergeStmt):
+        # Which target rows a branch updates or deletes is decided by the join with the
+        # source, which the broker cannot bound: each such branch is an UPDATE or DELETE
+        # without WHERE on the target.
+        target = _dedupe([_pg_range_parts(node.relation)]) if node.relation else ()
+        inner += [
+            Statement(branch, target, text, without_where=True, effects=_DESTROYS)
+            for branch in _pg_merge_branches(node)
+        ]
+    effects = _pg_effects(node, program, bool(walk.problems))
+    for part in inner:
+        effects |= part.effects
     return Statement(
         kind=kind,
         tables=_dedupe(walk.tables),
         text=text,
-        without_where=isinstance(node, ast.UpdateStmt | ast.DeleteStmt)
-        and _pg_unbounded(node.whereClause),
-        program=isinstance(node, ast.CopyStmt) and bool(node.is_program),
+        without_where=_pg_without_where(node)
+        if isinstance(node, ast.UpdateStmt | ast.DeleteStmt)
+        else False,
+        program=program,
         unknown=unknown,
-        inner=tuple(_pg_statement(n, text, s) for n, s in inner_nodes),
+        effects=frozenset(effects),
+        refused=pg_state_problem(node),
+        inner=tuple(inner),
     )
+
+
+_DESTROYS = frozenset({"destroys", "writes"})
+
+
+def _pg_range_parts(node: ast.RangeVar) -> tuple[str, ...]:
+    return tuple(p for p in (node.catalogname, node.schemaname, node.relname) if p)
 
 
 def _pg_ambiguous_strings(text: str) -> str | None:
@@ -932,7 +1099,11 @@ def _pg_fallback(text: str, problem: str) -> ParsedSql:
             raws = pglast.parse_sql(chunk)
         except pglast.parser.ParseError as exc:
             reason = f"cannot parse: {exc.args[0] if exc.args else exc}"
-            statements.append(Statement(_guess_kind(blanked[start:end]), (), chunk, unknown=reason))
+            code = blanked[start:end]
+            effects = effects_of_words(code)
+            statements.append(
+                Statement(_guess_kind(code), (), chunk, unknown=reason, effects=effects)
+            )
             continue
         statements += [_pg_statement(raw.stmt, _pg_slice(chunk, raw)) for raw in raws]
     return ParsedSql(tuple(statements), problem)
@@ -987,7 +1158,8 @@ def _lex(text: str, dialect: Dialect) -> _Lexed:
             i = end
             continue
         if text.startswith("/*", i):
-            if mysql and (text.startswith("/*!", i) or text.startswith("/*M!", i)):
+            executable = mysql and (text.startswith("/*!", i) or text.startswith("/*M!", i))
+            if executable:
                 problems.append("a /*! … */ comment, whose content MySQL executes")
             end = text.find("*/", i + 2)
             if end < 0:
@@ -997,6 +1169,11 @@ def _lex(text: str, dialect: Dialect) -> _Lexed:
             else:
                 end += 2
             blank(i, end)
+            if executable:
+                # It is code to MySQL: it stays part of the statement that runs, even at its
+                # end (`UPDATE t SET v = 1 /*! WHERE id = 1 */` must not lose its WHERE).
+                start = i if start is None else start
+                last = end
             i = end
             continue
         if c == ";":
@@ -1235,9 +1412,23 @@ def _glot_statement(
     quoted = [(b - start, e - start) for b, e in lexed.quoted[first_quote:last_quote]]
     guess = _guess_kind(code)
     first = guess.split()[0]
+    bare = _blank_strings(code, quoted)
+    refused = mysql_state_problem(code, bare) if dialect == "mysql" else None
+    if _depth(bare) > GLOT_MAX_DEPTH:
+        # sqlglot's parser can take time exponential in some nestings (DATE(DATE(…)) doubles
+        # per level): a short statement could hold a judging thread for hours.
+        return Statement(
+            guess,
+            (),
+            source,
+            unknown=f"nested more than {GLOT_MAX_DEPTH} levels deep: too deep to inspect",
+            effects=effects_of_words(bare),
+            refused=refused,
+        )
 
     def unknown(reason: str) -> Statement:
-        return Statement(guess, (), source, unknown=reason)
+        effects = effects_of_words(bare)
+        return Statement(guess, (), source, unknown=reason, effects=effects, refused=refused)
 
     # Statements sqlglot does not parse, recognised by their shape.
     if first == "SAVEPOINT" and re.fullmatch(r"\s*SAVEPOINT\s+\w+\s*", code, re.I):
@@ -1256,6 +1447,23 @@ def _glot_statement(
         if explain:  # SQLite's EXPLAIN shows the program; it does not run the statement
             inner = _glot_statement(text, lexed, start + explain.end(), end, dialect, scope)
             return Statement("EXPLAIN", inner.tables, source, unknown=inner.unknown)
+    if dialect == "mysql" and first == "ANALYZE":
+        # MariaDB's ANALYZE [FORMAT=…] statement runs the statement and reports on it.
+        analyzed = re.match(
+            r"\s*ANALYZE(\s+FORMAT\s*=\s*\w+)?\s+(?=(SELECT|UPDATE|DELETE|INSERT|REPLACE|WITH|VALUES|TABLE)\b)",
+            code,
+            re.I,
+        )
+        if analyzed:
+            inner = _glot_statement(text, lexed, start + analyzed.end(), end, dialect, scope)
+            return Statement(
+                "ANALYZE",
+                inner.tables,
+                source,
+                unknown=inner.unknown,
+                effects=inner.effects,
+                inner=(dataclasses.replace(inner, text=source),),
+            )
     replace = first == "REPLACE"
     if replace:  # REPLACE has INSERT's syntax; parse it as one and call it REPLACE
         code = re.sub(r"^(\s*)REPLACE", r"\1INSERT ", code, count=1, flags=re.I)
@@ -1295,14 +1503,8 @@ def _glot_statement(
         walk.visit(tree, scope, collect=True, root=True)
         inner_nodes = walk.nested
     problems = ([problem] if problem else []) + walk.problems
-    return Statement(
-        kind=kind,
-        tables=_dedupe(walk.tables),
-        text=source,
-        without_where=isinstance(tree, exp.Update | exp.Delete) and _glot_unbounded(tree),
-        unknown=problems[0] if problems else None,
-        inner=tuple(_glot_inner(n, s, source, dialect) for n, s in inner_nodes),
-    )
+    inner = [_glot_inner(n, s, source, dialect) for n, s in inner_nodes]
+    return _glot_result(tree, kind, walk, problems, source, dialect, inner, refused)
 
 
 def _glot_inner(
@@ -1314,19 +1516,153 @@ def _glot_inner(
     problems = ([problem] if problem else []) + walk.problems
     if kind is None:
         problems.append("not a statement the SQL parser understands")
+    inner = [_glot_inner(n, s, text, dialect) for n, s in walk.nested]
+    return _glot_result(node, kind or "UNKNOWN", walk, problems, text, dialect, inner, None)
+
+
+def _glot_result(
+    node: exp.Expression,
+    kind: str,
+    walk: _GlotWalk,
+    problems: list[str],
+    text: str,
+    dialect: Dialect,
+    inner: list[Statement],
+    refused: str | None,
+) -> Statement:
+    tables = _dedupe(walk.tables)
+    if isinstance(node, exp.Create) and node.args.get("replace") and _glot_object(node) == "TABLE":
+        # CREATE OR REPLACE TABLE drops the table (and its rows) first.
+        target = node.this.this if isinstance(node.this, exp.Schema) else node.this
+        dropped = _dedupe([_glot_parts(target)]) if isinstance(target, exp.Table) else tables
+        inner.append(Statement("DROP TABLE", dropped, text, effects=_DESTROYS))
+    if isinstance(node, exp.Merge):
+        target = _dedupe([_glot_parts(node.this)]) if isinstance(node.this, exp.Table) else tables
+        inner += [
+            Statement(branch, target, text, without_where=True, effects=_DESTROYS)
+            for branch in _glot_merge_branches(node)
+        ]
+    effects = _glot_effects(node, kind, bool(problems))
+    for part in inner:
+        effects |= part.effects
     return Statement(
-        kind=kind or "UNKNOWN",
-        tables=_dedupe(walk.tables),
+        kind=kind,
+        tables=tables,
         text=text,
-        without_where=isinstance(node, exp.Update | exp.Delete) and _glot_unbounded(node),
+        without_where=_glot_without_where(node, dialect)
+        if isinstance(node, exp.Update | exp.Delete)
+        else False,
         unknown=problems[0] if problems else None,
-        inner=tuple(_glot_inner(n, s, text, dialect) for n, s in walk.nested),
+        effects=frozenset(effects),
+        refused=refused,
+        inner=tuple(inner),
     )
 
 
-def _glot_unbounded(node: exp.Expression) -> bool:
+def _glot_parts(table: exp.Table) -> tuple[str, ...]:
+    return tuple(p.lower() for p in (table.catalog, table.db, table.name) if p)
+
+
+def _glot_merge_branches(node: exp.Merge) -> list[str]:
+    kinds = []
+    for when in node.find_all(exp.When):
+        action = when.args.get("then")
+        if isinstance(action, exp.Update):
+            kinds.append("UPDATE")
+        elif isinstance(action, exp.Var) and action.name.upper() == "DELETE":
+            kinds.append("DELETE")
+        elif action is not None and "DELETE" in action.sql().upper().split()[:1]:
+            kinds.append("DELETE")
+    return list(dict.fromkeys(kinds))
+
+
+def _glot_effects(node: exp.Expression, kind: str, opaque: bool) -> set[str]:
+    effects: set[str] = set()
+    if isinstance(node, exp.Delete | exp.Update | exp.TruncateTable | exp.Drop):
+        effects |= _DESTROYS
+    elif isinstance(node, exp.Insert):
+        effects.add("writes")
+        conflict = node.args.get("conflict")
+        replaces = kind == "REPLACE" or str(node.args.get("alternative") or "").upper() in (
+            "REPLACE",
+        )
+        if replaces or (conflict is not None and not conflict.args.get("nothing")):
+            effects.add("destroys")  # the rows it conflicts with are overwritten
+    elif isinstance(node, exp.Alter):
+        effects.add("writes")
+        for action in node.args.get("actions") or ():
+            if isinstance(action, exp.Drop | exp.AlterRename | exp.RenameColumn):
+                effects.add("destroys")
+            elif isinstance(action, exp.ModifyColumn) or (
+                isinstance(action, exp.AlterColumn) and action.args.get("dtype") is not None
+            ):
+                effects.add("destroys")  # a type change rewrites (and may cut) every value
+            elif not isinstance(action, exp.ColumnDef | exp.AlterColumn):
+                effects.add("destroys")  # an action the broker does not list: assume the worst
+    elif isinstance(node, exp.Set | exp.Use | exp.Transaction | exp.Commit | exp.Rollback):
+        effects.add("session")
+    elif isinstance(node, exp.Pragma):
+        effects |= {"session", "writes"}
+    elif isinstance(node, exp.Query | exp.Show | exp.Describe | exp.Values):
+        effects.add("reads")
+    elif isinstance(node, exp.Merge):
+        effects.add("writes")
+        if _glot_merge_branches(node):
+            effects.add("destroys")
+    else:
+        effects.add("writes")
+    if isinstance(node, exp.Select) and node.args.get("into") is not None:
+        effects.add("writes")
+    if node.find(exp.Select) is not None or node.args.get("returning") is not None:
+        effects.add("reads")
+    if opaque:
+        effects.add("code")
+    return effects
+
+
+def _glot_without_where(node: exp.Update | exp.Delete, dialect: Dialect) -> bool | None:
+    this = node.this
+    targets = [t for t in node.args.get("tables") or [] if isinstance(t, exp.Table)]
+    if isinstance(this, exp.Table):
+        targets = targets or [this]
+    names: set[str] = set()
+    for table in targets:
+        alias = table.alias
+        names.add((alias or table.name).lower())
+    joined = bool(
+        node.args.get("using")
+        or node.args.get("from")
+        or (isinstance(this, exp.Table) and this.args.get("joins"))
+        or len(node.args.get("tables") or []) > 1
+    )
     where = node.args.get("where")
-    return where is None or where.find(exp.Column) is None
+    judge = GlotPredicate(names, joined, dialect)
+    return _without_where(judge.verdict(where.this if where is not None else None))
+
+
+GLOT_MAX_DEPTH = 10  # brackets nested deeper than this are not handed to sqlglot
+GLOT_BUDGET = 5.0  # seconds of parsing per input; statements past it are unknown
+
+
+def _depth(code: str) -> int:
+    deepest = depth = 0
+    for char in code:
+        if char in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _blank_strings(code: str, quoted: list[tuple[int, int]]) -> str:
+    """CODE with the contents of '…' and "…" strings blanked (identifiers in `…` kept)."""
+    chars = list(code)
+    for begin, end in quoted:
+        if 0 <= begin < len(chars) and chars[begin] in "'\"":
+            for i in range(begin + 1, min(end, len(chars))):
+                chars[i] = " "
+    return "".join(chars)
 
 
 def _glot_error(exc: Exception) -> str:
@@ -1339,8 +1675,20 @@ def _glot_error(exc: Exception) -> str:
 
 def _parse_glot(text: str, dialect: Dialect) -> ParsedSql:
     lexed = _lex(text, dialect)
-    statements = tuple(
-        _glot_statement(text, lexed, start, end, dialect, frozenset())
-        for start, end in lexed.chunks
-    )
-    return ParsedSql(statements, "; ".join(lexed.problems) or None)
+    deadline = time.monotonic() + GLOT_BUDGET
+    statements = []
+    for start, end in lexed.chunks:
+        if time.monotonic() > deadline:
+            source = text[start:end]
+            statements.append(
+                Statement(
+                    _guess_kind(lexed.code[start:end]),
+                    (),
+                    source,
+                    unknown="the input takes too long to inspect",
+                    effects=effects_of_words(lexed.code[start:end]),
+                )
+            )
+            continue
+        statements.append(_glot_statement(text, lexed, start, end, dialect, frozenset()))
+    return ParsedSql(tuple(statements), "; ".join(lexed.problems) or None)

@@ -111,6 +111,18 @@ class ApprovalRecord:
     def denial(self) -> Decided | None:
         return next((d for d in self.decisions if d.decision == "deny"), None)
 
+    @property
+    def policy(self) -> dict[str, Any]:
+        """What the policy decided when the request was made (action, reason, unknown, matched)."""
+        policy = self.extra.get("policy")
+        return policy if isinstance(policy, dict) else {}
+
+    @property
+    def cause(self) -> str | None:
+        """Why the broker asks: the decision's one-line reason (None for access requests)."""
+        reason = self.policy.get("reason")
+        return reason if isinstance(reason, str) and reason else None
+
     def groups_text(self) -> str:
         return ", ".join(self.approver_groups) or "nobody"
 
@@ -127,6 +139,8 @@ class ApprovalRecord:
             "command_sha256": self.command_sha256,
             "rule": self.rule,
             "reason": self.reason,
+            "cause": self.cause,
+            "unknown": bool(self.policy.get("unknown", False)),
             "approver_groups": list(self.approver_groups),
             "approvals_needed": self.approvals_needed,
             "decisions": [d.to_dict() for d in self.decisions],

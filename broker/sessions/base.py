@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,12 +177,15 @@ class SessionBase:
         outcome means "run it now": the request is already marked executed (exactly once);
         the caller audits the command when it runs.
         """
+        started = time.time()
         if decision.action != "review":
             rule = f"rule {decision.rule}" if decision.rule else "policy"
             message = f"denied by {rule}: {decision.reason}"
             say(message)
-            await self._audit_decision(f"{subject}.blocked", subject, text, decision)
-            return ReviewOutcome(approved=False, message=message, state="blocked")
+            outcome = ReviewOutcome(approved=False, message=message, state="blocked")
+            async with self._attempt(subject, text, outcome, standalone=not in_session, at=started):
+                await self._audit_decision(f"{subject}.blocked", subject, text, decision)
+            return outcome
         outcome = await self._review(
             text,
             decision,
@@ -197,15 +200,59 @@ class SessionBase:
             inform=inform or say,
         )
         if not outcome.approved:
-            await self._audit_decision(
-                f"{subject}.blocked",
-                subject,
-                text,
-                decision,
-                note=outcome.message,
-                extra={"request": outcome.request_id} if outcome.request_id else None,
-            )
+            # Still pending (--no-wait, the wait ran out): it may run later, so it is not yet
+            # a refused attempt.
+            standalone = not in_session and outcome.state != "pending"
+            async with self._attempt(subject, text, outcome, standalone=standalone, at=started):
+                await self._audit_decision(
+                    f"{subject}.blocked",
+                    subject,
+                    text,
+                    decision,
+                    # Who refused it, when a person did: the timeline shows the denier.
+                    approver=outcome.approver if outcome.state == "denied" else None,
+                    note=outcome.message,
+                    extra={"request": outcome.request_id} if outcome.request_id else None,
+                )
         return outcome
+
+    @contextlib.asynccontextmanager
+    async def _attempt(
+        self, subject: str, text: str, outcome: ReviewOutcome, *, standalone: bool, at: float
+    ) -> AsyncIterator[None]:
+        """A one-off exec refused before it ran is still a session of its own (state
+        "blocked", no recording), so that `hoopctl sessions`, `sessions show` and
+        `sessions search` find it; its events go between its start and its end."""
+        if not standalone:
+            yield
+            return
+        await self._broker.store.create_session(
+            session_id=self.session_id,
+            user=self._ctx.user,
+            target=self._target.name,
+            kind="exec",
+            started_at=at,
+            recording=None,
+            reason=self._reason,
+            command=text,
+        )
+        await self._audit(
+            "session.start", details={"reason": self._reason, "kind": "exec", subject: text}
+        )
+        try:
+            yield
+        finally:
+            status = outcome.exit_status
+            await self._broker.store.end_session(
+                self.session_id, state="blocked", ended_at=time.time(), exit_status=status
+            )
+            await self._audit(
+                "session.end",
+                outcome="failure",
+                reason=outcome.message,
+                details={"exit_status": status, "state": "blocked"},
+            )
+            schedule_indexing(self._broker)
 
     async def _review(
         self,
@@ -223,12 +270,16 @@ class SessionBase:
         inform: Callable[[str], None],
     ) -> ReviewOutcome:
         rule = f"rule {decision.rule}" if decision.rule else "the target's policy"
-        groups = tuple(decision.approvers) or tuple(self._target.access_approvers)
+        # What both people see as the cause: the rule's name, or why the broker could not
+        # judge the line (`cannot tell what this SQL does: cannot parse: …`).
+        why = f"rule {decision.rule}" if decision.rule else decision.reason
+        groups = (
+            tuple(decision.approvers)
+            or (tuple(self._policy.unknown_approvers) if decision.unknown else ())
+            or tuple(self._target.access_approvers)
+        )
         if not groups:
-            message = (
-                f"not run: approval required ({rule}), but no approver groups are set for it, "
-                "so nobody can approve it"
-            )
+            message = f"not run: approval required ({why}), but {self._nobody_approves(decision)}"
             say(message)
             return ReviewOutcome(approved=False, message=message, state="refused")
         reason = self._reason
@@ -266,20 +317,35 @@ class SessionBase:
         self._mark(f"approval requested: {record.id}")
         later = f"once approved run: hoopctl exec {self._target.name} --request {record.id}"
         if no_wait:
-            message = f"approval required: request {record.id} waits for {names}; {later}"
+            message = f"approval required ({why}): request {record.id} waits for {names}; {later}"
             say(message)
             return self._outcome(record, message, "pending")
         if nobody:
             message = (
-                f"not run: approval required from {names} ({rule}): request {record.id} waits, "
+                f"not run: approval required from {names} ({why}): request {record.id} waits, "
                 f"but nobody in {names} has logged in to this broker yet; {later}"
             )
             say(message)
             return self._outcome(record, message, "pending")
-        if in_session:
-            inform(f"approval required from {names} ({rule}): request {record.id}")
+        inform(f"approval required from {names} ({why}): request {record.id}")
         record = await self._await_decision(record, say, status, watch_cancel, wait)
         return await self._settle_hold(record, say, inform, text, in_session, later)
+
+    def _nobody_approves(self, decision: Decision) -> str:
+        """Why a review cannot be asked for, naming the config key that would change it."""
+        if decision.unknown:
+            where = (
+                f"policies.{self._target.policy}.unknown_approvers"
+                if self._target.policy
+                else f"a policy with unknown_approvers for target {self._target.name}"
+            )
+            return f"no approver group is set for input the broker cannot judge ({where})"
+        if decision.rule:
+            return f"rule {decision.rule} names no approvers, so nobody can approve it"
+        return (
+            f"no approver group is set for it (access_approvers of target {self._target.name}), "
+            "so nobody can approve it"
+        )
 
     async def _await_decision(
         self,

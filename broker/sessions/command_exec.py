@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shlex
 import time
 from pathlib import Path
@@ -19,8 +18,9 @@ from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
 from broker.recording import RecordingError
 from broker.sessions.base import SessionBase
-from broker.targets.base import TargetError, TerminalRequest
-from broker.targets.local import SHELL_PROGRAMS, target_environment
+from broker.targets.base import TargetError
+from broker.targets.local import SHELL_PROGRAMS
+from broker.targets.os_user import resolve_run_as, session_environment
 from broker.targets.ssh import connect_target
 
 
@@ -135,20 +135,25 @@ class CommandExec(SessionBase):
             raise TargetError(
                 f"target {target.name} runs a fixed program; it takes no one-off commands"
             )
-        request = TerminalRequest(
-            term="dumb", cols=80, rows=24, command=list(self._argv), pty=False
-        )
-        env = target_environment(target, request, home=os.environ.get("HOME", "/"))
-        child = await asyncio.create_subprocess_exec(
-            shell,
-            "-c",
-            command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        # As the target's own OS user, in its home, in a fresh environment.
+        run_as = resolve_run_as(target.run_as)
+        env = session_environment(target, run_as, term="dumb")
+        try:
+            child = await asyncio.create_subprocess_exec(
+                shell,
+                "-c",
+                command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                **run_as.subprocess_kwargs(),
+            )
+        except OSError as exc:
+            raise TargetError(
+                f"target {target.name}: cannot start {shell}: {exc.strerror or exc}"
+            ) from None
         assert child.stdout is not None and child.stderr is not None
         await asyncio.gather(self._relay(child.stdout, False), self._relay(child.stderr, True))
         status = await child.wait()

@@ -25,16 +25,19 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import asyncssh
 from prompt_toolkit.application.current import AppSession, create_app_session
 from prompt_toolkit.data_structures import Size
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.input import typeahead as _typeahead
 from prompt_toolkit.input.vt100_parser import Vt100Parser
@@ -65,6 +68,25 @@ _ids = count(1)
 def crlf(text: str) -> str:
     """Text for a terminal without output processing: every bare \\n becomes \\r\\n."""
     return _BARE_LF.sub("\r\n", text)
+
+
+def open_history(path: Path, notice: Callable[[str], None]) -> History:
+    """A user's prompt history kept at PATH (0700 folders, a 0600 file); in memory only, with
+    a notice, when it cannot be kept there."""
+    try:
+        for directory in (path.parent.parent, path.parent):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        notice(f"history is not kept for this session ({exc.strerror or exc})")
+        return InMemoryHistory()
+    return FileHistory(str(path))
 
 
 class ChannelInput(Input):
@@ -163,7 +185,9 @@ class _PromptStdout:
 
     def write(self, data: str) -> None:
         if self._terminal.prompting:
-            self._terminal.write(data)
+            # Redraws of the line being edited are not "recent lines": the accepted line is
+            # remembered once by the session, as it ran.
+            self._terminal.write(data, remember=False)
 
     def flush(self) -> None:
         pass
@@ -200,6 +224,17 @@ class ChannelTerminal:
         self.recent: deque[str] = deque(maxlen=SCREEN_CONTEXT)
         # Called (from the reader task) when Ctrl-C arrives while no prompt is shown.
         self.on_interrupt: Callable[[], None] | None = None
+        # While set and no prompt is shown, keystrokes go to it as they arrive (a job on the
+        # target has the terminal); REDACT_INPUT says when they are recorded as redacted.
+        self.raw_sink: Callable[[bytes], None] | None = None
+        self.redact_input: Callable[[], bool] = lambda: False
+        self.on_resize: Callable[[int, int], None] | None = None
+        # Says whether a typed character may be echoed before the prompt has processed it
+        # (then it also tells the prompt's renderer where the cursor went).
+        self.fast_echo: Callable[[bytes], bool] | None = None
+        self._after_escape = False
+        self._above: list[bytes] = []
+        self._above_task: asyncio.Task[None] | None = None
         self._pending = bytearray()
         self._input_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -238,11 +273,12 @@ class ChannelTerminal:
         return Size(rows=self.rows, columns=self.cols)
 
     # -- output ---------------------------------------------------------------------------
-    def write(self, text: str) -> None:
+    def write(self, text: str, *, remember: bool = True) -> None:
         """Show TEXT (\\n becomes \\r\\n), recorded first: what cannot be recorded is not shown."""
         if text:
             self._send(crlf(text).encode("utf-8", "replace"))
-            self.remember(text)
+            if remember:
+                self.remember(text)
 
     def remember(self, text: str) -> None:
         """Keep TEXT's lines (escape sequences removed) among the recent ones."""
@@ -260,6 +296,34 @@ class ChannelTerminal:
         except (OSError, asyncssh.Error):
             self._gone()
 
+    def send_raw(self, data: bytes) -> None:
+        """Bytes from the target, recorded and shown as they are. While a prompt is on screen
+        they are printed above it, and the prompt is drawn again below."""
+        if not self.prompting:
+            self._send(data)
+            return
+        self._above.append(data)
+        if self._above_task is None or self._above_task.done():
+            self._above_task = asyncio.create_task(self._print_above())
+
+    async def _print_above(self) -> None:
+        from prompt_toolkit.application import run_in_terminal
+
+        while self._above:
+            chunk = b"".join(self._above)
+            self._above.clear()
+            if not self.prompting:
+                self._send(chunk)
+                continue
+            with contextlib.suppress(Exception):
+                await run_in_terminal(lambda data=chunk: self._send(data), in_executor=False)
+
+    def take_pending(self) -> bytes:
+        """Keystrokes kept while no prompt was shown (type-ahead), removed."""
+        data = bytes(self._pending)
+        self._pending.clear()
+        return data
+
     async def drain(self) -> None:
         if self.client_gone:
             return
@@ -276,6 +340,11 @@ class ChannelTerminal:
         """The broker ends the session (an access grant ran out): stop the prompt and any statement."""
         self.ended = reason
         self._stop_input()
+
+    def end_input(self) -> None:
+        """No more input is wanted (the target ended): a prompt on screen gives up."""
+        self._stop_input(interrupt=False)
+        self.input_ended = True
 
     def status(self, text: str | None) -> None:
         """One status line redrawn in place; None ends it with a newline."""
@@ -343,11 +412,24 @@ class ChannelTerminal:
             self._deliver(data)
 
     def _record_input(self, data: bytes) -> bool:
-        return self._record(lambda recorder: recorder.input(data))
+        redact = not self.prompting and self.raw_sink is not None and self.redact_input()
+        return self._record(lambda recorder: recorder.input(data, redact=redact))
 
     def _deliver(self, data: bytes) -> None:
         if self.prompting:
+            if (
+                self.fast_echo is not None
+                and not self._after_escape
+                and len(data) == 1
+                and 0x20 <= data[0] < 0x7F
+                and self.fast_echo(data)
+            ):
+                self._send(data)
+            self._after_escape = b"\x1b" in data
             self.input.feed(data)
+            return
+        if self.raw_sink is not None:
+            self.raw_sink(data)
             return
         if CTRL_C in data and self.on_interrupt is not None:
             # Type-ahead before a Ctrl-C is dropped with the statement it interrupts.
@@ -362,6 +444,8 @@ class ChannelTerminal:
             return
         self.cols, self.rows = cols, rows
         self._record(lambda recorder: recorder.resize(cols, rows))
+        if self.on_resize is not None:
+            self.on_resize(cols, rows)
         app = self._app_session.app if self._app_session is not None else None
         if self.prompting and app is not None:
             app._on_resize()

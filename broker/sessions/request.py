@@ -40,7 +40,7 @@ USAGE = {
     "exec": "exec [--reason TEXT] [--output table|json|csv] [--wait SECONDS | --no-wait] "
     "[--request ID] TARGET [-- COMMAND …]",
 }
-_EXEC_ONLY = ("--wait", "--no-wait", "--request")
+_EXEC_ONLY = ("--wait", "--no-wait", "--request", "--output", "-o")
 
 
 def _value(word: str, rest: list[str]) -> str:
@@ -70,6 +70,7 @@ def parse_session_command(command: str) -> SessionCommand:
     verb, rest = words[0], words[1:]
     reason: str | None = None
     output = "table"
+    output_given = False
     wait: int | None = None
     no_wait = False
     request_id: str | None = None
@@ -85,6 +86,7 @@ def parse_session_command(command: str) -> SessionCommand:
             reason = _value(word, rest)
         elif flag in ("--output", "-o"):
             output = _value(word, rest)
+            output_given = True
             if output not in ("table", "json", "csv"):
                 raise RequestError("--output must be table, json or csv")
         elif flag == "--wait":
@@ -106,6 +108,10 @@ def parse_session_command(command: str) -> SessionCommand:
         raise RequestError("give either --wait or --no-wait, not both")
     if target is None:
         raise RequestError(f"{verb}: which target? ({USAGE[verb]})")
+    if output_given and rest:
+        raise RequestError(
+            "--output formats SQL results; a command's output is passed through as it is"
+        )
     return SessionCommand(
         verb=verb,
         target=target,

@@ -3,6 +3,7 @@ anything else sees it, and the per-statement `query` audit event."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -11,12 +12,25 @@ from typing import Any
 from broker.credentials import resolve_credential
 from broker.keys import load_or_create_secret
 from broker.masking import Masker, MaskPlan
-from broker.masking_views import column_sources, prepare_column_sources
+from broker.masking_views import (
+    SharedTaint,
+    column_sources,
+    prepare_column_sources,
+    read_sources,
+    shared_taint,
+)
 from broker.policy.decision import Decision
 from broker.sessions.base import SessionBase
 from broker.targets.database import DatabaseConnection, DatabaseTarget, StatementError
 
 MASK_BATCH = 500
+# Errors whose message is fixed text, never data: shown even when a statement reads masked
+# data (cancelled, timed out, deadlocked, serialisation failures, aborted transactions).
+FIXED_MESSAGES = frozenset({"57014", "40001", "40P01", "25P02", "25006", "55P03", "70100"})
+FIXED_ERRORS = {
+    "mysql": frozenset({1205, 1213, 1317, 1969, 3024}),  # lock wait, deadlock, interrupted
+    "sqlite": frozenset({9}),  # SQLITE_INTERRUPT: cancelled, or the statement timeout
+}
 # Statement kinds whose rows are streamed from a server-side cursor.
 QUERY_KINDS = ("SELECT", "EXPLAIN", "SHOW", "DESCRIBE", "VALUES", "TABLE", "PRAGMA")
 
@@ -35,6 +49,44 @@ class MaskedResult:
         if self.plan is None:
             return {}
         return {column: n for column, n in self.plan.counts.items() if n}
+
+
+# Errors MySQL and SQLite raise while compiling a statement, before anything runs: their
+# messages quote the statement's own text (syntax, unknown table, column or function).
+_MYSQL_COMPILE = frozenset({1054, 1064, 1146, 1305})
+_SQLITE_COMPILE = re.compile(
+    r"ERROR: (near \"[^\n]*\": syntax error|incomplete input|no such (table|column|function): "
+    r"[\w.$]+|wrong number of arguments to function \w+\(\))"
+)
+# Statements that compile SQL text at run time (that text may be made of data).
+_DYNAMIC = re.compile(r"\b(PREPARE|EXECUTE|CALL)\b|/\*[!+M]", re.I)
+
+
+def refused_before_running(dialect: str, text: str, exc: StatementError) -> bool:
+    """A MySQL or SQLite error raised while compiling ``text``, which runs no SQL made at run
+    time: its message can only quote the statement. (PostgreSQL's equivalents, 42601 and
+    42P01, also come from casts at run time: ::regclass.)"""
+    if _DYNAMIC.search(text):
+        return False
+    if dialect == "mysql":
+        return exc.code in _MYSQL_COMPILE
+    if dialect == "sqlite":
+        return _SQLITE_COMPILE.fullmatch(str(exc)) is not None
+    return False
+
+
+def withheld_message(exc: StatementError) -> str:
+    """An error told without the server's message: only what its class says."""
+    what = exc.condition or "error"
+    codes = []
+    if exc.code is not None:
+        codes.append(f"error {exc.code}")
+    if exc.sqlstate:
+        codes.append(f"SQLSTATE {exc.sqlstate}")
+    code = f" ({', '.join(codes)})" if codes else ""
+    return (
+        f"ERROR: {what}{code}; the database's message is withheld: the statement reads masked data"
+    )
 
 
 class SqlSessionBase(SessionBase):
@@ -56,19 +108,50 @@ class SqlSessionBase(SessionBase):
             self._masker = Masker(config, hash_key=key)
         return self._masker
 
+    def _shared_taint(self) -> SharedTaint | None:
+        """Where what sessions wrote into lasting tables of this target is kept (see
+        broker.masking_views.SharedTaint): data_dir/masking/<target>.taint.json."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self._target.name)
+        return shared_taint(self._broker.data_dir / "masking" / f"{name}.taint.json")
+
     def _masked_error(self, exc: StatementError) -> str:
         """The database's error message, with any values it echoes masked."""
         return self._masking().mask_error(str(exc))
 
+    def _statement_error(
+        self, conn: DatabaseConnection, text: str, exc: StatementError
+    ) -> StatementError:
+        """What the user is told when statement ``text`` failed. When the statement reads a
+        masked column (or anything whose origin is unknown) the server's message is
+        replaced by its SQLSTATE (error number) and the error's fixed name: a message may
+        echo a value in any form (reverse(card)::int, translate(email, …)::regclass) that
+        no pattern or detector recognises. Otherwise the message is masked as any error is
+        (Masker.mask_error: echoed fragments, then the detectors)."""
+        masker = self._masking()
+        withheld = (
+            bool(masker.config.columns)
+            and exc.sqlstate not in FIXED_MESSAGES
+            and exc.code not in FIXED_ERRORS.get(self.dialect, ())
+            and not refused_before_running(self.dialect, text, exc)
+            and any(
+                masker.strategy_for(column) is not None
+                for column in read_sources(conn, self.dialect, text)
+            )
+        )
+        if not withheld:
+            return exc.with_message(self._masked_error(exc))
+        return exc.with_message(withheld_message(exc))
+
     async def _query(self, conn: DatabaseConnection, text: str, kind: str) -> MaskedResult:
         """Run one statement; its rows come back masked (raises StatementError, masked)."""
         started = time.monotonic()
-        # The view catalog is read before the statement: once rows stream, the connection is busy.
-        await prepare_column_sources(conn, self.dialect, text)
+        # The view catalog is read (and what the statement writes recorded in the session's
+        # taint) before the statement: once rows stream, the connection is busy.
+        await prepare_column_sources(conn, self.dialect, text, self._shared_taint())
         try:
             result = await conn.execute(text, query=kind.split()[0] in QUERY_KINDS)
         except StatementError as exc:
-            raise StatementError(self._masked_error(exc)) from None
+            raise self._statement_error(conn, text, exc) from None
         if not result.columns:
             return MaskedResult(result.columns, result.rows, result.status, started=started)
         # Masking happens here, before rendering, sending or recording anything.
@@ -90,7 +173,7 @@ class SqlSessionBase(SessionBase):
                             yield masked
                         batch = []
             except StatementError as exc:
-                raise StatementError(self._masked_error(exc)) from None
+                raise self._statement_error(conn, text, exc) from None
             for masked in plan.apply_batch(batch) if batch else ():
                 yield masked
 

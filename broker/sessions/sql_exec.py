@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from broker.policy.sql import ParsedSql, decide_sql
 from broker.recording import RecordingError
 from broker.sessions.formats import ResultWriter
 from broker.sessions.sql_base import QUERY_KINDS, SqlSessionBase
+from broker.sessions.sql_state import needs_check, reading_drift
 from broker.targets.base import TargetError
 from broker.targets.database import DatabaseConnection, StatementError, open_database
 
@@ -29,6 +31,7 @@ class SqlExec(SqlSessionBase):
         super().__init__(*args, **kwargs)
         self._output = self._request.output
         self._approver: str | None = None
+        self._document = False
 
     def _error(self, text: str) -> None:
         with contextlib.suppress(OSError, asyncssh.Error):
@@ -66,6 +69,12 @@ class SqlExec(SqlSessionBase):
         if self._request.request_id:
             return await self._run_request(self._request.request_id, sql)
         decision, parsed = await self._decide(sql)
+        if self._output == "csv" and len(parsed.statements) > 1:
+            self._error(
+                "CSV holds one result: give one statement per exec, or use --output json "
+                "(one document for several statements)"
+            )
+            return 2
         if decision.action != "allow":
             refused = await self._refused(sql, decision)
             if refused != -1:
@@ -142,15 +151,30 @@ class SqlExec(SqlSessionBase):
             except (TargetError, CredentialError) as exc:
                 self._error(str(exc))
                 return (status := 1)
+            # Several statements with --output json: one document, a list with an object per
+            # statement that ran ({"statement", "kind", "columns"+"rows" | "status" | "error"}).
+            self._document = self._output == "json" and len(parsed.statements) > 1
+            if self._document:
+                await self._write("[")
             try:
-                for statement in parsed.statements:
+                for index, statement in enumerate(parsed.statements):
+                    if self._document:
+                        await self._write(",\n" if index else "\n")
                     status = await self._run_statement(
                         conn, statement.text, statement.kind, list(statement.tables), decision
                     )
                     if status:
                         break
+                    if needs_check(statement):
+                        drift = await reading_drift(conn, self.dialect)
+                        if drift is not None:
+                            self._error(f"stopped: {drift}; the broker cannot judge what follows")
+                            status = 1
+                            break
             finally:
                 await conn.close()
+                if self._document:
+                    await self._write("\n]\n")
             return status
         except RecordingError as exc:
             self._error(f"the recording cannot be written; stopped ({exc})")
@@ -167,10 +191,18 @@ class SqlExec(SqlSessionBase):
         rows = 0
         error: str | None = None
         masked: dict[str, int] = {}
+        head = json.dumps({"statement": text, "kind": kind}, ensure_ascii=False)[:-1]
+        opened = in_rows = False
         try:
             result = await self._query(conn, text, kind)
+            if self._document:
+                await self._write(head)
+                opened = True
+                if result.columns:
+                    await self._write(', "columns": ' + json.dumps(result.columns) + ', "rows": ')
             if result.columns:
                 await self._write(writer.begin(result.columns))
+                in_rows = True
                 batch: list[tuple[object, ...]] = []
                 async for row in result.rows:
                     batch.append(row)
@@ -181,8 +213,12 @@ class SqlExec(SqlSessionBase):
                 if batch:
                     await self._write(writer.rows(batch))
                     rows += len(batch)
-                await self._write(writer.end())
+                end = writer.end()
+                in_rows = False
+                await self._write(end.rstrip("\n") + "}" if self._document else end)
                 masked = result.masked_counts()
+            elif self._document:
+                await self._write(', "status": ' + json.dumps(result.status) + "}")
             elif result.status:
                 if self._output == "table":
                     await self._write(result.status + "\n")
@@ -195,6 +231,11 @@ class SqlExec(SqlSessionBase):
         except StatementError as exc:
             error = str(exc)
             self._error(error)
+            if self._document:  # the document stays whole: the statement's object says why
+                close = ("\n]" if in_rows else "") if opened else head
+                await self._write(
+                    close + ', "error": ' + json.dumps(error, ensure_ascii=False) + "}"
+                )
         await self._audit_query(
             text,
             kind,

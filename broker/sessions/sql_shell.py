@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +28,7 @@ import asyncssh
 import psycopg
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.history import History
 from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.shortcuts import PromptSession
 from psycopg.pq import TransactionStatus
@@ -44,10 +43,11 @@ from broker.credentials import CredentialError
 from broker.masking import ColumnSource
 from broker.policy.decision import Decision
 from broker.policy.sql import decide_sql
+from broker.policy.sql_session import SessionState
 from broker.recording import RecordingError
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.formats import to_text
-from broker.sessions.prompt_channel import ChannelTerminal
+from broker.sessions.prompt_channel import ChannelTerminal, open_history
 from broker.sessions.sql_base import QUERY_KINDS, MaskedResult, SqlSessionBase
 from broker.sessions.sql_catalog import (
     LIST_KINDS,
@@ -68,6 +68,7 @@ from broker.sessions.sql_catalog import (
     switch,
 )
 from broker.sessions.sql_exec import SqlExec
+from broker.sessions.sql_state import needs_check, reading_drift
 from broker.targets.base import TargetError
 from broker.targets.database import StatementError, open_database
 
@@ -119,6 +120,8 @@ class SqlShell(SqlSessionBase):
         self._conn: Any = None
         self._catalog = Catalog()
         self._catalog_sql = CatalogSql(self.dialect)
+        # What earlier input changed that bears on judging later input (search_path, role).
+        self._sql_state = SessionState()
         self._expanded = False
         self._timing = False
         self._cancel: asyncio.Task[None] | None = None
@@ -214,24 +217,9 @@ class SqlShell(SqlSessionBase):
 
     def _history(self) -> History:
         """The user's history on this target: DATA_DIR/history/USER/TARGET (0700 dirs, 0600)."""
+        assert self._term is not None
         path = history_path(self._broker.data_dir, self._ctx.user, self._target.name)
-        folder = path.parent
-        root = folder.parent
-        try:
-            for directory in (root, folder):
-                directory.mkdir(mode=0o700, exist_ok=True)
-                os.chmod(directory, 0o700)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(path, flags, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            assert self._term is not None
-            self._term.notice(f"history is not kept for this session ({exc.strerror or exc})")
-            return InMemoryHistory()
-        return FileHistory(str(path))
+        return open_history(path, self._term.notice)
 
     def _prompt_session(self) -> PromptSession[str]:
         assert self._term is not None
@@ -349,6 +337,7 @@ class SqlShell(SqlSessionBase):
             self._policy,
             text,
             self.dialect,  # type: ignore[arg-type]
+            self._sql_state,
         )
         approver: str | None = None
         if decision.action != "allow":
@@ -362,6 +351,13 @@ class SqlShell(SqlSessionBase):
             )
             if not ok or self._term is None or self._term.finished:
                 break
+            if needs_check(statement) and self._conn is not None:
+                drift = await reading_drift(self._conn, self.dialect)
+                if drift is not None:
+                    message = f"session ended: {drift}; the broker cannot judge further input"
+                    self._term.notice(clean(message))
+                    self._term.end(message)
+                    break
 
     async def _held(self, text: str, decision: Decision, statements: int) -> ReviewOutcome:
         """Deny, or wait for the approval gate (Ctrl-C gives up waiting)."""

@@ -80,6 +80,11 @@ class TerminalSession(SessionBase):
         self._ending: str | None = None
         self._client_gone = False
         self._cancelled_at = -1  # prompts seen when the broker last cancelled a line
+        # The last line the shell ran was a bare `exit` right after a line the broker threw
+        # away with Ctrl-C: the shell then leaves with that Ctrl-C's 130, which is the
+        # broker's doing, not the status of a command that ran.
+        self._exit_after_cancel = False
+        self._just_cancelled = False
         self._status_shown = False
 
     # -- set-up ---------------------------------------------------------------------------
@@ -136,11 +141,18 @@ class TerminalSession(SessionBase):
             kind="terminal",
             started=started,
             command=command_text,
-            details={"command": command_text, "recording": f"{self.session_id}.cast"},
+            details={
+                "command": command_text,
+                "recording": f"{self.session_id}.cast",
+                "guard": "screen",
+            },
             on_grant_warning=self._notice,
             on_grant_end=self._grant_ended,
         )
-        self._stderr(f"session {self.session_id} started on {self._target.name}")
+        self._stderr(
+            f"session {self.session_id} started on {self._target.name} "
+            "(guard: screen, the weaker grade: commands are read off the screen)"
+        )
         status = 255
         state = "closed"
         try:
@@ -160,6 +172,8 @@ class TerminalSession(SessionBase):
                 prompt_pattern=getattr(self._target, "prompt_pattern", None),
             )
             status = await self._relay()
+            if status == 130 and self._exit_after_cancel:
+                status = 0
             if self._ending:
                 state = "terminated"
             return status
@@ -398,9 +412,12 @@ class TerminalSession(SessionBase):
             allowed = await self._decide_held(shown, decision)
             if not allowed:
                 self._cancel_line()
+                self._just_cancelled = True
                 return True
         else:
             await self._audit_decision("command", "command", shown, decision)
+        self._exit_after_cancel = self._just_cancelled and shown.strip() == "exit"
+        self._just_cancelled = False
         self._record(lambda recorder: recorder.mark(f"command: {shown}"))
         tracker.command_submitted()
         self._forward(key)

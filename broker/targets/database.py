@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sqlite3
 import ssl
 import time
@@ -22,6 +23,7 @@ from pymysql.constants import CLIENT
 
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget
 from broker.credentials import resolve_credential
+from broker.policy.sql_session import safe_sql_mode
 from broker.targets.base import TargetError
 
 CONNECT_TIMEOUT = 10
@@ -35,7 +37,32 @@ DatabaseTarget = PostgresTarget | MysqlTarget | SqliteTarget
 
 
 class StatementError(Exception):
-    """The database refused a statement; the message is the database's own."""
+    """The database refused a statement; the message is the database's own.
+
+    ``sqlstate`` (PostgreSQL's and MySQL's SQLSTATE), ``code`` (MySQL's error number, SQLite's
+    extended result code) and ``condition`` (the error's fixed name: "invalid text
+    representation", "truncated wrong value", "SQLITE_CONSTRAINT_UNIQUE") come from the
+    error's class, never from the data: what the broker may still show when the message
+    itself must be withheld (broker.sessions.sql_base)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        code: int | None = None,
+        condition: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.code = code
+        self.condition = condition
+
+    def with_message(self, message: str) -> StatementError:
+        """The same error (its SQLSTATE, code and condition) with another message."""
+        return StatementError(
+            message, sqlstate=self.sqlstate, code=self.code, condition=self.condition
+        )
 
 
 @dataclass
@@ -112,10 +139,18 @@ class PostgresConnection:
                 connect_timeout=CONNECT_TIMEOUT,
                 autocommit=True,
                 application_name="hoop-broker",
-                options=(
-                    f"-c statement_timeout={target.statement_timeout * 1000}"
-                    if target.statement_timeout
-                    else None
+                # Connection options outrank ALTER ROLE/DATABASE/SYSTEM: the session reads
+                # text as the broker's parser does (broker.policy.sql_session).
+                client_encoding="UTF8",
+                options=" ".join(
+                    [
+                        "-c standard_conforming_strings=on",
+                        *(
+                            [f"-c statement_timeout={target.statement_timeout * 1000}"]
+                            if target.statement_timeout
+                            else []
+                        ),
+                    ]
                 ),
                 **tls,
             )
@@ -134,7 +169,7 @@ class PostgresConnection:
             first = await anext(stream, None)
         except psycopg.Error as exc:
             await cursor.close()
-            raise StatementError(_postgres_message(exc)) from None
+            raise _postgres_error(exc) from None
         columns = [column.name for column in cursor.description or []]
         status = cursor.statusmessage or ""
 
@@ -146,7 +181,7 @@ class PostgresConnection:
                 async for row in stream:
                     yield tuple(row)
             except psycopg.Error as exc:
-                raise StatementError(_postgres_message(exc)) from None
+                raise _postgres_error(exc) from None
             finally:
                 await cursor.close()
 
@@ -159,7 +194,7 @@ class PostgresConnection:
                 columns = [column.name for column in cursor.description or []]
                 fetched = await cursor.fetchall() if columns else []
             except psycopg.Error as exc:
-                raise StatementError(_postgres_message(exc)) from None
+                raise _postgres_error(exc) from None
             status = cursor.statusmessage or ""
 
         async def rows() -> AsyncIterator[tuple[Any, ...]]:
@@ -183,6 +218,16 @@ class PostgresConnection:
 def _postgres_message(exc: psycopg.Error) -> str:
     diag = exc.diag
     return f"{diag.severity or 'ERROR'}: {diag.message_primary or str(exc).splitlines()[0]}"
+
+
+def _postgres_error(exc: psycopg.Error) -> StatementError:
+    sqlstate = exc.diag.sqlstate or getattr(exc, "sqlstate", None)
+    name = type(exc).__name__  # the driver's own errors have no SQLSTATE: ProgrammingError
+    if sqlstate:
+        with contextlib.suppress(KeyError):
+            name = psycopg.errors.lookup(sqlstate).__name__  # InvalidTextRepresentation
+    condition = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).lower()
+    return StatementError(_postgres_message(exc), sqlstate=sqlstate, condition=condition)
 
 
 def _postgres_connect_error(target: PostgresTarget, exc: psycopg.OperationalError) -> str:
@@ -254,11 +299,23 @@ async def _mysql_connect(target: MysqlTarget) -> aiomysql.Connection:
     )
     try:
         await conn._connect()
+        await _mysql_fix_sql_mode(conn)
     except _TlsUnavailableError:
         raise _tls_unavailable(target) from None
     except pymysql.err.OperationalError as exc:
         raise TargetError(_mysql_connect_error(target, exc)) from None
     return conn
+
+
+async def _mysql_fix_sql_mode(conn: aiomysql.Connection) -> None:
+    """The server's sql_mode without the modes that change how statement text is read
+    (ANSI_QUOTES, NO_BACKSLASH_ESCAPES, …): the broker parses as the server then reads."""
+    async with conn.cursor() as cursor:
+        await cursor.execute("SELECT @@SESSION.sql_mode")
+        (current,) = await cursor.fetchone()
+        wanted = safe_sql_mode(current or "")
+        if wanted != current:
+            await cursor.execute("SET SESSION sql_mode = %s", (wanted,))
 
 
 def _mysql_connect_error(target: MysqlTarget, exc: pymysql.err.OperationalError) -> str:
@@ -277,6 +334,25 @@ def _mysql_connect_error(target: MysqlTarget, exc: pymysql.err.OperationalError)
 
 def _mysql_message(exc: pymysql.err.MySQLError) -> str:
     return f"ERROR: {exc.args[1] if len(exc.args) > 1 else exc}"
+
+
+# MySQL error numbers -> their names in pymysql (TRUNCATED_WRONG_VALUE, ...).
+_MYSQL_NAMES = {
+    value: name
+    for name, value in reversed(vars(pymysql.constants.ER).items())
+    if name.isupper() and isinstance(value, int)
+}
+
+
+def _mysql_error(exc: pymysql.err.MySQLError) -> StatementError:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    name = _MYSQL_NAMES.get(code) if code is not None else None
+    return StatementError(
+        _mysql_message(exc),
+        sqlstate=getattr(exc, "sqlstate", None),
+        code=code,
+        condition=name.replace("_", " ").lower() if name else None,
+    )
 
 
 class MysqlConnection:
@@ -300,7 +376,7 @@ class MysqlConnection:
         except pymysql.err.MySQLError as exc:
             self._running = False
             await cursor.close()
-            raise StatementError(_mysql_message(exc)) from None
+            raise _mysql_error(exc) from None
         columns = [column[0] for column in cursor.description or []]
         status = f"{cursor.rowcount} row(s) affected" if not columns else ""
         self._running = bool(columns)
@@ -315,7 +391,7 @@ class MysqlConnection:
                         yield tuple(row)
             except pymysql.err.MySQLError as exc:
                 # With a streaming cursor, errors such as a statement timeout arrive mid-fetch.
-                raise StatementError(_mysql_message(exc)) from None
+                raise _mysql_error(exc) from None
             finally:
                 self._running = False
                 with contextlib.suppress(pymysql.err.MySQLError):
@@ -374,9 +450,11 @@ class SqliteConnection:
         return 0
 
     def _error(self, exc: sqlite3.Error) -> StatementError:
+        code = getattr(exc, "sqlite_errorcode", None)
+        name = getattr(exc, "sqlite_errorname", None)
         if self._stopped and isinstance(exc, sqlite3.OperationalError) and "interrupt" in str(exc):
-            return StatementError(f"ERROR: {self._stopped}")
-        return StatementError(f"ERROR: {exc}")
+            return StatementError(f"ERROR: {self._stopped}", code=code, condition=name)
+        return StatementError(f"ERROR: {exc}", code=code, condition=name)
 
     def _finish(self) -> None:
         self._running = False

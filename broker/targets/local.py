@@ -1,4 +1,5 @@
-"""`local` targets: a command on the broker host under a PTY, with credentials in its environment."""
+"""`local` targets: a command on the broker host under a PTY, run as the target's own OS user
+(`run_as`, see broker/targets/os_user.py) in a fresh environment that holds its credentials."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import termios
 from pathlib import Path
 
 from broker.config import LocalTarget
-from broker.credentials import resolve_credential
 from broker.targets.base import TargetError, TerminalRequest
+from broker.targets.os_user import resolve_run_as, session_environment
 from broker.targets.shell_integration import (
     SHELLS,
     bash_rcfile,
@@ -25,9 +26,6 @@ from broker.targets.shell_integration import (
 
 _READ_SIZE = 65536
 SHELL_PROGRAMS = ("bash", "sh", "zsh", "dash", "ksh")  # may run one-off commands with -c
-# The target sees a clean environment: the broker's own (which may hold other targets'
-# secrets) is never inherited.
-_PASS_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 def _set_winsize(fd: int, cols: int, rows: int) -> None:
@@ -38,18 +36,6 @@ def _become_session_leader_with_tty() -> None:
     # Runs in the child before exec: stdin is the PTY slave; make it the controlling terminal
     # so Ctrl-C, Ctrl-Z and SIGHUP reach the target's process group.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def target_environment(target: LocalTarget, request: TerminalRequest, home: str) -> dict[str, str]:
-    env = {key: os.environ[key] for key in _PASS_THROUGH if key in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(HOME=home, TERM=request.term, HOOP_TARGET=target.name)
-    for key, value in target.env.items():
-        if value.startswith(("env:", "file:", "keyring:")):
-            env[key] = resolve_credential(value, target=target.name).strip()
-        else:
-            env[key] = value
-    return env
 
 
 def _with_shell_integration(
@@ -80,6 +66,15 @@ def _with_shell_integration(
     return [argv[0], "-i", *rest], True
 
 
+def _readable_by_group(folder: str, gid: int) -> None:
+    """The shell-integration files stay the broker's; the target's group may read, not change."""
+    os.chown(folder, -1, gid)
+    os.chmod(folder, 0o750)  # noqa: S103 - group is the target user's own; no write, no other
+    for name in os.listdir(folder):
+        os.chown(os.path.join(folder, name), -1, gid)
+        os.chmod(os.path.join(folder, name), 0o640)
+
+
 class LocalPty:
     """A child process on the broker host attached to a fresh PTY."""
 
@@ -103,14 +98,11 @@ class LocalPty:
 
     @classmethod
     async def spawn(cls, target: LocalTarget, request: TerminalRequest) -> LocalPty:
+        run_as = resolve_run_as(target.run_as)
+        env = session_environment(target, run_as, term=request.term)
         workdir = tempfile.TemporaryDirectory(prefix="hoop-local-")
         argv = list(target.command)
         integration = False
-        try:
-            env = target_environment(target, request, home=os.environ.get("HOME", "/"))
-        except BaseException:
-            workdir.cleanup()
-            raise
         if request.command:
             # Only a shell target may run arbitrary commands; any other program stays confined.
             if Path(argv[0]).name not in SHELL_PROGRAMS:
@@ -121,8 +113,11 @@ class LocalPty:
             argv = [argv[0], "-c", shlex.join(request.command)]
         else:
             argv, integration = _with_shell_integration(argv, env, Path(workdir.name))
+            _readable_by_group(workdir.name, run_as.gid)
         master, slave = os.openpty()
         try:
+            # The terminal belongs to the session's user, as login(1) would leave it.
+            os.fchown(slave, run_as.uid, -1)
             _set_winsize(slave, request.cols, request.rows)
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -132,6 +127,7 @@ class LocalPty:
                 env=env,
                 start_new_session=True,
                 preexec_fn=_become_session_leader_with_tty,
+                **run_as.subprocess_kwargs(),
             )
         except OSError as exc:
             os.close(master)

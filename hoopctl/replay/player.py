@@ -58,7 +58,7 @@ MAX_SPEED = 64.0
 SKIP_SECONDS = 5.0
 DIRECT_LIMIT = 256 * 1024
 FOLLOW_POLL = 0.2
-COMMAND_KINDS = ("command:", "query:")
+COMMAND_KINDS = ("command:", "query:", "blocked:")  # where `n` stops
 
 Follow = bool | Callable[[], bool] | None
 
