@@ -1,7 +1,6 @@
 """`hoopctl approve`, `approvals`, `request` and `requests`: the approval workflow.
 
-Also the client half of a waiting `hoopctl exec` (run_exec): the broker's "waiting for
-approval" lines shown as one live line, and Ctrl-C while waiting cancels the request.
+The client half of a waiting `hoopctl exec` is hoopctl.exec_relay.
 
 Every string a requester controls (command, reason, screen lines, comments) goes through
 hoopctl.escape before it reaches a terminal; JSON output keeps the raw strings.
@@ -9,492 +8,51 @@ hoopctl.escape before it reaches a terminal; JSON output keeps the raw strings.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import math
-import os
-import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import asyncssh
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from broker.durations import format_duration, parse_duration
-from hoopctl.cli_common import BrokerOption, OutputOption, _address, _run, app
+from hoopctl.approval_requests import (
+    FINAL_STATES,
+    ApprovalRequest,
+    DecisionRefused,
+    UnknownRequest,
+    clock,
+    decision_error,
+    describe_decision,
+    local_time,
+)
+from hoopctl.cli_common import (
+    BrokerOption,
+    OutputOption,
+    _address,
+    _run,
+    app,
+    complete_request,
+    complete_target,
+    remember_listed,
+)
 from hoopctl.errors import (
     EXIT_APPROVAL,
     EXIT_DENIED,
-    EXIT_ERROR,
-    EXIT_USAGE,
     ApiCallError,
-    BrokerUnreachable,
     HoopError,
     UsageError,
 )
-from hoopctl.escape import escape, escape_parts
-from hoopctl.output import OutputFormat, render, stderr, stdout
-from hoopctl.session import connect_api
-from hoopctl.transport import ApiClient
-
-# ---------------------------------------------------------------------------
-# The request record (docs/approvals-contract.md), as a typed model
-# ---------------------------------------------------------------------------
-
-STATES = ("pending", "approved", "denied", "expired", "cancelled", "executed")
-FINAL_STATES = frozenset(STATES) - {"pending"}
-
-
-def timestamp(value: Any) -> float | None:
-    """A time from the broker (epoch seconds, or ISO 8601 text) as epoch seconds."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
-def clock(seconds: float) -> str:
-    """Time left as a countdown: 4:59, 1:02:03."""
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def local_time(epoch: float | None) -> str:
-    if epoch is None:
-        return ""
-    return f"{datetime.fromtimestamp(epoch, tz=UTC).astimezone():%Y-%m-%d %H:%M:%S %Z}"
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    if isinstance(value, list | tuple):
-        return tuple(str(item) for item in value)
-    if value is None:
-        return ()
-    return (str(value),)
-
-
-@dataclass(frozen=True)
-class Decision:
-    approver: str
-    decision: str  # "approve" | "deny"
-    comment: str
-    at: float | None
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Decision:
-        return cls(
-            approver=str(record.get("approver") or ""),
-            decision=str(record.get("decision") or ""),
-            comment=str(record.get("comment") or ""),
-            at=timestamp(record.get("at")),
-        )
-
-
-@dataclass(frozen=True)
-class ApprovalRequest:
-    """One command or access request, as every approvals.* method returns it."""
-
-    id: str
-    kind: str
-    state: str
-    requester: str
-    requester_groups: tuple[str, ...]
-    target: str
-    session: str | None
-    command: str | None
-    command_sha256: str | None
-    rule: str | None
-    reason: str | None
-    # Why the broker asks: its one-line reason ("cannot tell what this SQL does: cannot parse:
-    # …"); what approvers see in place of a rule when no rule decided.
-    cause: str | None
-    unknown: bool
-    approver_groups: tuple[str, ...]
-    approvals_needed: int
-    decisions: tuple[Decision, ...]
-    screen: tuple[str, ...]
-    created_at: float | None
-    expires_at: float | None
-    decided_at: float | None
-    executed_at: float | None
-    duration: int | None
-    grant_until: float | None
-    raw: dict[str, Any]
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> ApprovalRequest:
-        def text(key: str) -> str | None:
-            value = record.get(key)
-            return None if value is None else str(value)
-
-        duration = record.get("duration")
-        return cls(
-            id=str(record.get("id") or ""),
-            kind=str(record.get("kind") or "command"),
-            state=str(record.get("state") or "pending"),
-            requester=str(record.get("requester") or ""),
-            requester_groups=_strings(record.get("requester_groups")),
-            target=str(record.get("target") or ""),
-            session=text("session"),
-            command=text("command"),
-            command_sha256=text("command_sha256"),
-            rule=text("rule"),
-            reason=text("reason"),
-            cause=text("cause"),
-            unknown=record.get("unknown") is True,
-            approver_groups=_strings(record.get("approver_groups")),
-            approvals_needed=int(record.get("approvals_needed") or 1),
-            decisions=tuple(
-                Decision.from_record(item)
-                for item in record.get("decisions") or ()
-                if isinstance(item, dict)
-            ),
-            screen=_strings(record.get("screen")),
-            created_at=timestamp(record.get("created_at")),
-            expires_at=timestamp(record.get("expires_at")),
-            decided_at=timestamp(record.get("decided_at")),
-            executed_at=timestamp(record.get("executed_at")),
-            duration=int(duration) if isinstance(duration, int | float) else None,
-            grant_until=timestamp(record.get("grant_until")),
-            raw=record,
-        )
-
-    @property
-    def approvals(self) -> int:
-        return sum(1 for item in self.decisions if item.decision == "approve")
-
-    @property
-    def pending(self) -> bool:
-        return self.state == "pending"
-
-    def decision_by(self, user: str) -> Decision | None:
-        return next((item for item in self.decisions if item.approver == user), None)
-
-    def why(self) -> tuple[str, str]:
-        """(label, text) of why it was asked: the rule, else the broker's cause, else "-"."""
-        if self.rule:
-            return "rule", self.rule
-        if self.cause:
-            return "cause", self.cause
-        return "rule", "-"
-
-    def what(self) -> str:
-        """What is asked, unescaped: the command, or the access asked for."""
-        if self.kind == "access":
-            asked = format_duration(self.duration) if self.duration else "a while"
-            return f"access to {self.target} for {asked}"
-        return self.command or ""
-
-    def left(self, now: float) -> float | None:
-        return None if self.expires_at is None else self.expires_at - now
-
-    def age(self, now: float) -> float | None:
-        return None if self.created_at is None else now - self.created_at
-
-    def outcome(self, show: Callable[[str], str] = escape) -> str:
-        """Who decided and what they said: "bob: ok, go ahead" (escaped unless SHOW says not)."""
-        final = [item for item in self.decisions if item.decision == "deny"] or list(self.decisions)
-        return "; ".join(
-            show(item.approver) + (f": {show(item.comment)}" if item.comment else "")
-            for item in final
-        )
-
-
-# ---------------------------------------------------------------------------
-# Errors and their exit codes (docs/approving.md)
-# ---------------------------------------------------------------------------
-
-
-class UnknownRequest(HoopError):
-    """No such request (or target), or not one the caller may see; a malformed request."""
-
-    exit_code = EXIT_USAGE
-
-
-class DecisionRefused(HoopError):
-    """The caller may not decide this request: their own, or not in the approver groups."""
-
-    exit_code = EXIT_DENIED
-
-
-class RequestClosed(HoopError):
-    """The request can no longer be decided: already decided by the caller, no longer pending,
-    expired."""
-
-    exit_code = EXIT_ERROR
-
-
-def decision_error(request_id: str, verb: str, exc: ApiCallError) -> HoopError:
-    message = f"cannot {verb} {escape(request_id)}: {escape(str(exc))}"
-    if exc.code == "not_found":
-        return UnknownRequest(message)
-    if exc.code == "forbidden":
-        return DecisionRefused(message)
-    if exc.code in ("conflict", "expired"):
-        return RequestClosed(message)
-    return HoopError(message)
-
-
-# ---------------------------------------------------------------------------
-# Waiting in a terminal: one live line on stderr
-# ---------------------------------------------------------------------------
-
-WAITING = re.compile(
-    r"^hoop: waiting for approval (\S+) from (.*?)(?: \((?:(\d+):)?(\d+):(\d\d) left\))?$"
-)
-# Lines after which the session no longer waits (the last: --no-wait, or --wait ran out).
-ENDED = re.compile(
-    r"^hoop: (approved by|denied by|request \S+ expired|request \S+ cancelled"
-    r"|approval required(?: \(.*\))?: request \S+ waits for )"
-)
-
-
-class LiveLine:
-    """A status line redrawn in place on a terminal's stderr (plain lines elsewhere)."""
-
-    def __init__(self, fd: int = 2) -> None:
-        self._fd = fd
-        self.live = os.isatty(fd)
-        self._shown = False
-        self._text = ""
-        self._deadline: float | None = None
-
-    def _write(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")
-        while data:
-            try:
-                written = os.write(self._fd, data)
-            except BlockingIOError:
-                time.sleep(0.005)
-                continue
-            data = data[written:]
-
-    def waiting(self, text: str, left: float | None) -> None:
-        """Show TEXT (no timer) with a countdown from LEFT seconds, redrawn by tick()."""
-        self._text = text
-        self._deadline = None if left is None else time.monotonic() + left
-        if self.live:
-            self.tick()
-        else:
-            suffix = f" ({clock(left)} left)" if left is not None else ""
-            self._write(f"{text}{suffix}\n")
-
-    def tick(self) -> None:
-        if not self.live or not self._text:
-            return
-        suffix = ""
-        if self._deadline is not None:
-            suffix = f" ({clock(math.ceil(self._deadline - time.monotonic()))} left)"
-        self._write(f"\r\x1b[K{self._text}{suffix}")
-        self._shown = True
-
-    def finish(self) -> None:
-        """Leave the live line as it stands and stop redrawing it."""
-        if self._shown:
-            self._write("\n")
-        self._shown = False
-        self._text = ""
-
-    def line(self, text: str) -> None:
-        """Print TEXT as a line of its own, below the live line."""
-        self.finish()
-        self._write(text + "\n")
-
-    def raw(self, data: bytes) -> None:
-        self.finish()
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self._fd, view)
-            except BlockingIOError:
-                time.sleep(0.005)
-                continue
-            view = view[written:]
-
-
-async def _ticker(live: LiveLine) -> None:
-    while True:
-        await asyncio.sleep(1)
-        live.tick()
-
-
-# ---------------------------------------------------------------------------
-# `hoopctl exec`: the session, with the approval phase shown and Ctrl-C cancelling
-# ---------------------------------------------------------------------------
-
-
-def _parse_left(match: re.Match[str]) -> float | None:
-    if match.group(5) is None:
-        return None
-    hours = int(match.group(3) or 0)
-    return hours * 3600 + int(match.group(4)) * 60 + int(match.group(5))
-
-
-class _ExecRelay:
-    """Relays an exec session's output; reads the broker's `hoop:` lines until the command runs."""
-
-    def __init__(self, live: LiveLine) -> None:
-        self.live = live
-        self.request_id: str | None = None  # the request we are waiting on, while we wait
-        self._phase = True  # before the command's own output: broker lines, one at a time
-        self._pending = b""
-
-    def end_phase(self) -> None:
-        if self._phase:
-            self._phase = False
-            self.request_id = None
-            if self._pending:
-                self.live.raw(self._pending)
-                self._pending = b""
-            self.live.finish()
-
-    def broker_line(self, text: str) -> None:
-        waiting = WAITING.match(text)
-        if waiting:
-            self.request_id = waiting.group(1)
-            self.live.waiting(
-                f"hoop: waiting for approval {escape(waiting.group(1))} "
-                f"from {escape(waiting.group(2))}",
-                _parse_left(waiting),
-            )
-            return
-        if ENDED.match(text):
-            self.request_id = None  # decided, expired, or no longer waited for
-        self.live.line(escape(text))
-
-    def stderr(self, data: bytes) -> None:
-        if not self._phase:
-            self.live.raw(data)
-            return
-        self._pending += data
-        while self._phase and b"\n" in self._pending:
-            line, self._pending = self._pending.split(b"\n", 1)
-            text = line.decode("utf-8", "replace").rstrip("\r")
-            if text.startswith("hoop: "):
-                self.broker_line(text)
-            else:
-                # The command's own stderr: from here on, relay bytes untouched.
-                rest, self._pending = line + b"\n" + self._pending, b""
-                self.end_phase()
-                self.live.raw(rest)
-
-    def close(self) -> None:
-        if self._pending:
-            text = self._pending.decode("utf-8", "replace")
-            self._pending = b""
-            if self._phase and text.startswith("hoop: "):
-                self.broker_line(text)
-            else:
-                self.live.raw(text.encode("utf-8", "replace"))
-        self.live.finish()
-
-
-async def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            await asyncio.sleep(0.005)
-            continue
-        view = view[written:]
-
-
-async def _cancel_request(conn: asyncssh.SSHClientConnection, request_id: str) -> bool:
-    """Ask the broker to cancel REQUEST_ID; True when it is cancelled (or already was)."""
-    api = ApiClient(conn)
-    try:
-        record = await asyncio.wait_for(api.call("approvals.cancel", {"id": request_id}), 5)
-    except ApiCallError as exc:
-        # Closing the channel may have cancelled it already.
-        return exc.code == "conflict" and "cancelled" in str(exc)
-    except (HoopError, TimeoutError):
-        return False
-    return isinstance(record, dict) and record.get("state") == "cancelled"
-
-
-async def run_exec(conn: asyncssh.SSHClientConnection, command: str, stdin_data: bytes) -> int:
-    """Run an `exec` session command; return the exit status hoopctl should exit with.
-
-    While the broker holds the command for approval its `hoop: waiting for approval …` lines
-    become one live line on a terminal. Ctrl-C while waiting closes the channel (which cancels
-    the request at the broker), confirms the cancellation and returns 4; Ctrl-C at any other
-    time closes the channel and returns 130.
-    """
-    try:
-        process = await conn.create_process(command, encoding=None)
-    except asyncssh.Error as exc:
-        raise BrokerUnreachable(f"the broker refused the request: {exc.reason}") from None
-    # The broker may answer and close before reading any input (--no-wait, a refusal).
-    with contextlib.suppress(OSError, asyncssh.Error):
-        process.stdin.write(stdin_data)
-        process.stdin.write_eof()
-    relay = _ExecRelay(LiveLine(2))
-    loop = asyncio.get_running_loop()
-    interrupted = asyncio.Event()
-
-    async def copy_stdout() -> None:
-        while data := await process.stdout.read(65536):
-            relay.end_phase()
-            await _write_all(1, data)
-
-    async def copy_stderr() -> None:
-        while data := await process.stderr.read(65536):
-            relay.stderr(data)
-        relay.close()
-
-    relays = asyncio.gather(copy_stdout(), copy_stderr())
-    ticker = asyncio.ensure_future(_ticker(relay.live))
-    stop = asyncio.ensure_future(interrupted.wait())
-    loop.add_signal_handler(signal.SIGINT, interrupted.set)
-    try:
-        await asyncio.wait({relays, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if interrupted.is_set():
-            waiting_on = relay.request_id
-            relay.live.finish()
-            process.close()
-            relays.cancel()
-            with contextlib.suppress(BaseException):
-                await relays
-            if waiting_on is None:
-                print("hoopctl: interrupted", file=sys.stderr)
-                return 130
-            if await _cancel_request(conn, waiting_on):
-                print(f"hoopctl: cancelled approval request {escape(waiting_on)}", file=sys.stderr)
-            else:
-                print(
-                    f"hoopctl: stopped waiting for approval request {escape(waiting_on)}; "
-                    "the broker cancels it when it notices the closed session",
-                    file=sys.stderr,
-                )
-            return EXIT_APPROVAL
-        await relays
-        completed = await process.wait(check=False)
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-        for task in (ticker, stop):
-            task.cancel()
-        relay.live.finish()
-    if completed.exit_status is not None and completed.exit_status >= 0:
-        return completed.exit_status
-    return 255
+from hoopctl.escape import escape
+from hoopctl.output import OutputFormat, cell, render, stderr, stdout
+
+if TYPE_CHECKING:
+    from hoopctl.transport import ApiClient
 
 
 def exec_words(wait: str | None, no_wait: bool, request: str | None) -> list[str]:
@@ -557,31 +115,23 @@ def _expiry(request: ApprovalRequest, now: float) -> str:
     return ""
 
 
-def shown(text: str | None) -> Text:
-    """Requester-controlled TEXT for a rich table: escaped, escapes in reverse, no markup."""
-    cell = Text()
-    for piece, is_escape in escape_parts(text or ""):
-        cell.append(piece, style="reverse" if is_escape else None)
-    return cell
-
-
 def _table_row(request: ApprovalRequest, now: float) -> dict[str, Text | str]:
     age = request.age(now)
     approvers = ", ".join(request.approver_groups) or "-"
     return {
-        "id": shown(request.id),
+        "id": cell(request.id),
         "state": request.state,
         "kind": request.kind,
-        "requester": shown(request.requester),
-        "target": shown(request.target),
-        "what": shown(request.what()),
-        "rule": shown(request.rule),
-        "why": shown(request.rule or request.cause),
-        "reason": shown(request.reason),
-        "approvers": shown(f"{approvers} ({request.approvals}/{request.approvals_needed})"),
+        "requester": cell(request.requester),
+        "target": cell(request.target),
+        "what": cell(request.what()),
+        "rule": cell(request.rule),
+        "why": cell(request.rule or request.cause),
+        "reason": cell(request.reason),
+        "approvers": cell(f"{approvers} ({request.approvals}/{request.approvals_needed})"),
         "age": "" if age is None else format_duration(age),
         "expires": _expiry(request, now),
-        "decided": shown(request.outcome(str)),
+        "decided": cell(request.outcome(str)),
     }
 
 
@@ -624,6 +174,7 @@ def approve(
         typer.Argument(
             metavar="ID",
             help="Decide this request; without it, open the live queue.",
+            autocompletion=complete_request,
             show_default=False,
         ),
     ] = None,
@@ -645,6 +196,8 @@ def approve(
             _run(lambda: _usage("--deny and --comment need a request ID"))
         raise typer.Exit(_run(lambda: _queue(broker)))
 
+    from hoopctl.session import connect_api
+
     async def work() -> None:
         verb = "deny" if deny else "approve"
         api, _ = await connect_api(_address(broker))
@@ -662,22 +215,6 @@ def approve(
     _run(work)
 
 
-def describe_decision(
-    verb: str, request: ApprovalRequest, show: Callable[[str], str] = escape
-) -> str:
-    """One line after a decision: what was decided and where the request stands (requester
-    text escaped unless SHOW says not: the queue escapes its whole status line itself)."""
-    done = "approved" if verb == "approve" else "denied"
-    subject = f"{show(request.requester)} on {show(request.target)}: {show(request.what())}"
-    line = f"{done} {show(request.id)} ({subject})"
-    if request.state == done:
-        return line
-    if request.state == "pending" and verb == "approve":
-        more = max(request.approvals_needed - request.approvals, 1)
-        return line + f"; waiting for {more} more approval{'s' if more != 1 else ''}"
-    return line + f"; request is {request.state}"
-
-
 def _usage(message: str) -> None:
     raise UsageError(message)
 
@@ -688,6 +225,8 @@ def _queue(broker: str | None) -> int:
             "the live queue needs a terminal; use hoopctl approvals to list and "
             "hoopctl approve ID [--deny] to decide"
         )
+    import asyncio
+
     from hoopctl.approve_queue import run_queue
 
     return asyncio.run(run_queue(_address(broker)))
@@ -713,6 +252,8 @@ def approvals(
 ) -> None:
     """List approval requests: those you may decide, your own and those you decided on."""
 
+    from hoopctl.session import connect_api
+
     async def work() -> None:
         params: dict[str, Any] = {}
         if state is not None:
@@ -722,6 +263,7 @@ def approvals(
         api, _ = await connect_api(_address(broker))
         async with api:
             records = _records(await api.call("approvals.list", params))
+        remember_listed(broker, "requests", [record.get("id") for record in records])
         _render_requests(
             [ApprovalRequest.from_record(record) for record in records],
             [
@@ -745,7 +287,10 @@ def approvals(
 
 @app.command("request")
 def request_access(
-    target: Annotated[str, typer.Argument(help="Target name (see hoopctl targets).")],
+    target: Annotated[
+        str,
+        typer.Argument(help="Target name (see hoopctl targets).", autocompletion=complete_target),
+    ],
     for_: Annotated[
         str, typer.Option("--for", metavar="DURATION", help="How long you need access (1h, 30m).")
     ] = "1h",
@@ -763,6 +308,8 @@ def request_access(
     you stop waiting with Ctrl-C (the request stays pending).
     """
     seconds = 0
+
+    from hoopctl.session import connect_api
 
     async def work() -> int:
         nonlocal seconds
@@ -799,13 +346,17 @@ def request_access(
 
 async def wait_for_decision(api: ApiClient, request: ApprovalRequest) -> int:
     """Follow approvals.wait until REQUEST is decided; Ctrl-C stops waiting (exit 4)."""
+    import asyncio
+
+    from hoopctl.live_line import LiveLine, keep_ticking
+
     live = LiveLine(2)
     groups = escape(", ".join(request.approver_groups) or "the approvers")
     now = time.time()
     live.waiting(
         f"hoopctl: waiting for approval {escape(request.id)} from {groups}", request.left(now)
     )
-    ticker = asyncio.ensure_future(_ticker(live))
+    ticker = asyncio.ensure_future(keep_ticking(live))
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
@@ -869,6 +420,7 @@ def report_final(request: ApprovalRequest) -> int:
 @app.command()
 def requests(output: OutputOption = OutputFormat.table, broker: BrokerOption = None) -> None:
     """List your own requests (commands held for approval, access requests) and your grants."""
+    from hoopctl.session import connect_api
 
     async def work() -> None:
         api, _ = await connect_api(_address(broker))
@@ -883,6 +435,7 @@ def requests(output: OutputOption = OutputFormat.table, broker: BrokerOption = N
             key=lambda request: request.created_at or 0,
             reverse=True,
         )
+        remember_listed(broker, "requests", [request.id for request in listed])
         _render_requests(
             listed,
             [

@@ -36,7 +36,7 @@ from prompt_toolkit.utils import get_cwidth
 
 from broker.durations import format_duration
 from hoopctl.address import BrokerAddress
-from hoopctl.approvals_cli import (
+from hoopctl.approval_requests import (
     ApprovalRequest,
     clock,
     describe_decision,
@@ -201,7 +201,7 @@ def escaped(text: str, style: str = "") -> Fragments:
     """TEXT escaped, with the escapes set apart."""
     return [
         (f"{style} class:escape" if is_escape else style, piece)
-        for piece, is_escape in escape_parts(text)
+        for piece, is_escape in escape_parts(text, set_apart=True)
     ]
 
 

@@ -14,7 +14,6 @@ a target printed is shown through hoopctl.escape, so it cannot drive the termina
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import os
@@ -34,12 +33,19 @@ from rich.text import Text
 
 from broker.durations import format_duration, parse_duration
 from hoopctl.address import BrokerAddress
-from hoopctl.cli_common import BrokerOption, OutputOption, _address, _run, app
+from hoopctl.cli_common import (
+    BrokerOption,
+    OutputOption,
+    _address,
+    _run,
+    app,
+    complete_session,
+    remember_listed,
+)
 from hoopctl.errors import ApiCallError, HoopError, UsageError
 from hoopctl.escape import escape
-from hoopctl.output import OutputFormat, render, render_record, stderr, stdout
+from hoopctl.output import OutputFormat, cell, render, render_record, stderr, stdout
 from hoopctl.replay.errors import RecordingDamaged, format_offset
-from hoopctl.session import connect_api
 
 SESSION_ID = re.compile(r"\d{8}-[0-9a-f]{12}")
 MIN_SPEED, MAX_SPEED = 0.1, 64.0
@@ -118,6 +124,8 @@ _LIST_COLUMNS = [
 
 
 async def _call(broker: str | None, method: str, params: dict[str, Any]) -> Any:
+    from hoopctl.session import connect_api
+
     api, _ = await connect_api(_address(broker))
     async with api:
         return await api.call(method, params)
@@ -176,6 +184,7 @@ def sessions(
         if until:
             params["until"] = parse_when(until)
         rows = await _call(broker, "sessions.list", params)
+        remember_listed(broker, "sessions", [row.get("id") for row in rows])
         if output is OutputFormat.json:
             render([_for_json(row) for row in rows], _LIST_COLUMNS, output)
             return
@@ -197,7 +206,12 @@ def sessions(
 
 @sessions_app.command("show")
 def sessions_show(
-    session_id: Annotated[str, typer.Argument(metavar="ID", help="Session id (YYYYMMDD-12 hex).")],
+    session_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="Session id (YYYYMMDD-12 hex).", autocompletion=complete_session
+        ),
+    ],
     output: OutputOption = OutputFormat.table,
     broker: BrokerOption = None,
 ) -> None:
@@ -249,11 +263,11 @@ def sessions_show(
             style = {"blocked": "bold red", "failed": "yellow"}.get(outcome, "")
             table.add_row(
                 format_offset(entry["offset"]),
-                Text(escape(entry.get("text") or "")),
+                cell(entry.get("text")),
                 Text(outcome, style=style),
                 Text(entry.get("decision") or ""),
-                Text(escape(entry.get("rule") or "")),
-                Text(escape(entry.get("approver") or "")),
+                cell(entry.get("rule")),
+                cell(entry.get("approver")),
             )
         stdout.print()
         stdout.print(table)
@@ -293,8 +307,8 @@ def sessions_search(
             table.add_row(
                 match["session"],
                 format_offset(match["offset"]),
-                Text(escape(match["user"])),
-                Text(escape(match["target"])),
+                cell(match["user"]),
+                cell(match["target"]),
                 match["kind"],
                 highlighted(match["line"], match.get("spans") or []),
             )
@@ -311,10 +325,12 @@ def highlighted(line: str, spans: list[list[int]]) -> Text:
     for start, end in sorted((int(s), int(e)) for s, e in spans):
         if start < position or end > len(line):
             continue
-        shown.append(escape(line[position:start]))
-        shown.append(escape(line[start:end]), style="bold reverse")
+        shown.append_text(cell(line[position:start]))
+        found = cell(line[start:end])
+        found.stylize("bold reverse")
+        shown.append_text(found)
         position = end
-    shown.append(escape(line[position:]))
+    shown.append_text(cell(line[position:]))
     return shown
 
 
@@ -358,6 +374,8 @@ class Download:
         self.error: BaseException | None = None
 
     async def run(self, broker: str | None, session_id: str, *, follow: bool) -> None:
+        from hoopctl.session import connect_api
+
         try:
             api, _ = await connect_api(_address(broker))
             async with api:
@@ -416,7 +434,12 @@ def _player() -> Any:
 @app.command()
 def replay(
     session: Annotated[
-        str, typer.Argument(metavar="ID|FILE.cast", help="A session id, or a local .cast file.")
+        str,
+        typer.Argument(
+            metavar="ID|FILE.cast",
+            help="A session id, or a local .cast file.",
+            autocompletion=complete_session,
+        ),
     ],
     speed: Annotated[
         float,
@@ -526,7 +549,7 @@ def _print_commands(entries: list[Any]) -> None:
         table.add_column(heading, overflow="fold")
     for at, kind, text in entries:
         style = "bold red" if kind == "blocked" else ""
-        table.add_row(format_offset(at), Text(escape(kind), style=style), Text(escape(text)))
+        table.add_row(format_offset(at), Text(escape(kind), style=style), cell(text))
     stdout.print(table)
 
 
@@ -541,6 +564,8 @@ def _replay_remote(
     fmt: ExportFormat | None,
     follow: bool,
 ) -> int:
+    import asyncio
+
     address = _address(broker)
     path = cache_dir(address) / f"{session_id}.cast"
     download = Download(path)
@@ -580,6 +605,7 @@ def _quietly(run: Any, coroutine: Any) -> None:
 
 def _verify(broker: str | None, session_id: str) -> int:
     """Exit 0 when the recording and the audit events are intact, 1 with each problem found."""
+    import asyncio
 
     async def work() -> dict[str, Any]:
         try:

@@ -6,24 +6,20 @@ which add themselves to the same Typer app (see the imports at the end).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 import sys
 import time
-import webbrowser
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import asyncssh
 import typer
-from rich.prompt import Confirm
 
 from broker.durations import format_duration
 from hoopctl.address import BrokerAddress, save_default
-from hoopctl.approvals_cli import exec_words, run_exec
+from hoopctl.approvals_cli import exec_words
 from hoopctl.cli_common import (
     EXIT_CLOSED_PIPE,
     BrokerOption,
@@ -32,19 +28,26 @@ from hoopctl.cli_common import (
     _run,
     app,
     closed_stdout,
+    complete_request,
+    complete_target,
+    remember_listed,
 )
-from hoopctl.credentials import CredentialStore, announce_backend
 from hoopctl.errors import HostKeyError, LoginError, UsageError
-from hoopctl.hostkeys import fingerprint, forget
-from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
 from hoopctl.output import OutputFormat, render, render_record, stderr
-from hoopctl.session import connect_api, current_profile, exchange, profile_from
-from hoopctl.ssh_config import write_ssh_config
-from hoopctl.terminal import run_session
-from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
+
+# What talks to the broker (asyncssh, authlib, keyring) is imported by the commands that use
+# it, so that start-up, --help and shell completion stay fast.
+if TYPE_CHECKING:
+    import asyncssh
+
+    from hoopctl.transport import FirstUseDecision
 
 
 def _first_use(accept: str | None) -> FirstUseDecision:
+    from rich.prompt import Confirm
+
+    from hoopctl.hostkeys import fingerprint
+
     def decide(key: asyncssh.SSHKey) -> bool:
         offered = fingerprint(key)
         stderr.print(f"The broker's host key fingerprint is {offered}.")
@@ -115,6 +118,17 @@ def login(
     ] = None,
 ) -> None:
     """Log in with your identity provider and get a short-lived certificate from the broker."""
+
+    import asyncio
+    import webbrowser
+
+    import asyncssh
+
+    from hoopctl.credentials import CredentialStore, announce_backend
+    from hoopctl.hostkeys import forget
+    from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
+    from hoopctl.session import exchange, profile_from
+    from hoopctl.transport import ApiClient, open_connection
 
     async def login_settings(address: BrokerAddress) -> dict[str, Any]:
         conn = await open_connection(address, first_use=_first_use(accept_host_key))
@@ -206,6 +220,9 @@ def logout(
 ) -> None:
     """Remove the certificate, key and refresh token for a broker."""
 
+    from hoopctl.credentials import CredentialStore
+    from hoopctl.hostkeys import forget
+
     def work() -> None:
         address = _address(broker)
         existed = CredentialStore(address).clear()
@@ -219,6 +236,8 @@ def logout(
 @app.command()
 def whoami(broker: BrokerOption = None, output: OutputOption = OutputFormat.table) -> None:
     """Show who you are on the broker: user, groups, certificate expiry."""
+
+    from hoopctl.session import connect_api
 
     async def work() -> None:
         address = _address(broker)
@@ -252,10 +271,13 @@ def whoami(broker: BrokerOption = None, output: OutputOption = OutputFormat.tabl
 def targets(broker: BrokerOption = None, output: OutputOption = OutputFormat.table) -> None:
     """List the targets you may reach, with their type and policy."""
 
+    from hoopctl.session import connect_api
+
     async def work() -> None:
         api, _ = await connect_api(_address(broker))
         async with api:
             rows = await api.call("targets.list")
+        remember_listed(broker, "targets", [row.get("name") for row in rows], replace=True)
         render(
             rows,
             [
@@ -273,7 +295,10 @@ def targets(broker: BrokerOption = None, output: OutputOption = OutputFormat.tab
 
 @app.command()
 def connect(
-    target: Annotated[str, typer.Argument(help="Target name (see hoopctl targets).")],
+    target: Annotated[
+        str,
+        typer.Argument(help="Target name (see hoopctl targets).", autocompletion=complete_target),
+    ],
     command: Annotated[
         list[str] | None,
         typer.Argument(help="Run this command (after --) instead of a shell.", show_default=False),
@@ -284,6 +309,11 @@ def connect(
     broker: BrokerOption = None,
 ) -> None:
     """Open an interactive, recorded session on a target; its exit status becomes hoopctl's."""
+
+    from hoopctl.credentials import CredentialStore
+    from hoopctl.session import current_profile
+    from hoopctl.terminal import run_session
+    from hoopctl.transport import open_connection
 
     async def work() -> int:
         address = _address(broker)
@@ -314,7 +344,10 @@ class ExecOutput(StrEnum):
 
 @app.command("exec")
 def exec_(
-    target: Annotated[str, typer.Argument(help="Target name (see hoopctl targets).")],
+    target: Annotated[
+        str,
+        typer.Argument(help="Target name (see hoopctl targets).", autocompletion=complete_target),
+    ],
     command: Annotated[
         list[str] | None,
         typer.Argument(
@@ -358,6 +391,7 @@ def exec_(
             "--request",
             metavar="ID",
             help="Run the command of this approved request (once); no input runs it as approved.",
+            autocompletion=complete_request,
         ),
     ] = None,
     broker: BrokerOption = None,
@@ -392,6 +426,11 @@ def exec_(
             raise UsageError("no SQL given: use -c SQL, -f FILE, or pipe it on stdin")
         return sys.stdin.buffer.read()
 
+    from hoopctl.credentials import CredentialStore
+    from hoopctl.exec_relay import run_exec
+    from hoopctl.session import current_profile
+    from hoopctl.transport import open_connection
+
     async def work() -> int:
         approval_words = exec_words(wait, no_wait, request)
         data = read_input()
@@ -425,6 +464,10 @@ def ssh_config(
     ] = None,
 ) -> None:
     """Print an OpenSSH Host block so plain `ssh` reaches the broker with your certificate."""
+
+    from hoopctl.credentials import CredentialStore
+    from hoopctl.session import current_profile
+    from hoopctl.ssh_config import write_ssh_config
 
     async def work() -> None:
         address = _address(broker)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -50,11 +50,50 @@ def _address(broker: str | None) -> BrokerAddress:
     return resolve(broker or _global_broker)
 
 
+def remember_listed(broker: str | None, kind: str, values: Any, *, replace: bool = False) -> None:
+    """What a listing showed, kept for shell completion (hoopctl.completion_cache)."""
+    from hoopctl.completion_cache import remember
+
+    remember(str(_address(broker)), kind, values, replace=replace)
+
+
+def _completion_broker(ctx: typer.Context) -> str | None:
+    node: Any = ctx
+    while node is not None:
+        value = node.params.get("broker")
+        if value:
+            return str(value)
+        node = node.parent
+    return None
+
+
+def _completer(kind: str) -> Callable[[typer.Context, str], list[str]]:
+    def complete(ctx: typer.Context, incomplete: str) -> list[str]:
+        from hoopctl.completion_cache import recall
+
+        try:
+            broker = str(resolve(_completion_broker(ctx)))
+        except HoopError:
+            return []
+        return recall(broker, kind, incomplete)
+
+    return complete
+
+
+# Completion for the arguments that name a target, a session or a request: from the local
+# cache only, so that a TAB never waits for the network.
+complete_target = _completer("targets")
+complete_session = _completer("sessions")
+complete_request = _completer("requests")
+
+
 def _run(work: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
     """Run a command body; every HoopError becomes one line on stderr and its exit code."""
     try:
         result = work()
-        if asyncio.iscoroutine(result):
+        if inspect.iscoroutine(result):
+            import asyncio  # only here: most commands' start-up does not need it
+
             return asyncio.run(result)
         return result  # type: ignore[return-value]
     except HoopError as exc:

@@ -13,15 +13,22 @@ such character is shown as visible text instead, never sent to the terminal:
                                     letters and variation selectors, private-use, unassigned and
                                     surrogate code points: \\uXXXX or \\UXXXXXXXX
 
-The result is unambiguous: a backslash that the requester typed is doubled when what follows
-it could be read as one of these escapes (``printf 'a\\nb'`` shows as ``printf 'a\\\\nb'``,
-while a real newline shows as ``\\n``); elsewhere it is left alone (``grep 'a\\|b'``).
+The result is unambiguous. Where the display sets the escapes apart (reversed on a colour
+terminal, highlighted in the approval queue), a backslash the requester typed is shown as
+typed: ``\\rm -rf x`` reads ``\\rm -rf x``. In plain text (a pipe, a file, no colour) it is
+doubled when what follows could be read as one of these escapes (``printf 'a\\nb'`` shows
+as ``printf 'a\\\\nb'``, while a real newline shows as ``\\n``); elsewhere it is left alone
+(``grep 'a\\|b'``).
 """
 
 from __future__ import annotations
 
 import unicodedata
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 # Named escapes, as people know them from C, Python and the shell.
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\x1b"}
@@ -60,10 +67,11 @@ def _escape_char(char: str) -> str | None:
     return None
 
 
-def escape_parts(text: str) -> list[tuple[str, bool]]:
+def escape_parts(text: str, *, set_apart: bool = False) -> list[tuple[str, bool]]:
     """TEXT as (piece, is_escape) pairs, so a display can set the escapes apart (e.g. reversed).
 
-    Joining the pieces gives escape(TEXT).
+    Joining the pieces gives escape(TEXT). With SET_APART (the display does show the escapes
+    apart) a typed backslash is never doubled: the style, not the text, tells them apart.
     """
     parts: list[tuple[str, bool]] = []
     plain: list[str] = []
@@ -74,7 +82,7 @@ def escape_parts(text: str) -> list[tuple[str, bool]]:
             plain.clear()
 
     for index, char in enumerate(text):
-        if char == "\\":
+        if char == "\\" and not set_apart:
             following = text[index + 1] if index + 1 < len(text) else ""
             if following and (following in _ESCAPE_LEADS or _escape_char(following) is not None):
                 flush()
@@ -116,6 +124,17 @@ def for_rich(text: str) -> str:
     if marked.endswith("\\\\") and not shown.endswith("\\\\"):
         marked = marked[:-1]
     return marked
+
+
+def shown(text: str | None, *, set_apart: bool) -> Text:
+    """Untrusted TEXT as a rich Text cell: escaped, never markup. With SET_APART (the console
+    shows styles) the escapes are reversed and typed backslashes stay as typed."""
+    from rich.text import Text
+
+    cell = Text()
+    for piece, is_escape in escape_parts(text or "", set_apart=set_apart):
+        cell.append(piece, style="reverse" if is_escape and set_apart else None)
+    return cell
 
 
 def has_hidden(text: str) -> bool:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hoopctl.escape import escape
+from hoopctl.escape import escape, shown
 
 
 class OutputFormat(StrEnum):
@@ -41,6 +41,16 @@ def _width(stream: Any) -> int | None:
 
 stdout = _Console(soft_wrap=True, width=_width(sys.stdout))
 stderr = _Console(stderr=True, soft_wrap=True, highlight=False, width=_width(sys.stderr))
+
+
+def escapes_set_apart() -> bool:
+    """True when stdout shows styles, so escapes in untrusted text can be shown reversed."""
+    return stdout.is_terminal and stdout.color_system is not None
+
+
+def cell(text: str | None) -> Text:
+    """Untrusted TEXT for a table cell on stdout (hoopctl.escape.shown)."""
+    return shown(text, set_apart=escapes_set_apart())
 
 
 _TIME_KEYS = {"at", "grant_until"}
@@ -84,7 +94,7 @@ def render(
         table.add_column(heading)
     for row in rows:
         # Cells are data, never markup, and never raw control characters.
-        table.add_row(*(Text(escape(_cell(row.get(key)))) for key, _ in columns))
+        table.add_row(*(cell(_cell(row.get(key))) for key, _ in columns))
     stdout.print(table)
 
 

@@ -26,17 +26,12 @@ from typing import Any
 import pexpect
 import pytest
 
-from hoopctl.approvals_cli import (
-    ApprovalRequest,
-    LiveLine,
-    _ExecRelay,
-    clock,
-    describe_decision,
-    exec_words,
-    timestamp,
-)
+from hoopctl.approval_requests import ApprovalRequest, clock, describe_decision, timestamp
+from hoopctl.approvals_cli import exec_words
 from hoopctl.errors import UsageError
 from hoopctl.escape import escape, escape_parts, for_rich, has_hidden
+from hoopctl.exec_relay import _ExecRelay
+from hoopctl.live_line import LiveLine
 from tests.helpers import (
     BrokerProcess,
     User,
@@ -125,6 +120,12 @@ def test_escape_doubles_a_backslash_that_would_look_like_an_escape() -> None:
     assert escape("a\\\x1b") == "a\\\\\\x1b"
 
 
+def test_where_escapes_are_set_apart_a_typed_backslash_shows_as_typed() -> None:
+    # The approval queue and a colour terminal style the escapes, so `\rm` reads `\rm`.
+    assert escape_parts("\\rm -rf x", set_apart=True) == [("\\rm -rf x", False)]
+    assert escape_parts("a\\n\nb", set_apart=True) == [("a\\n", False), ("\\n", True), ("b", False)]
+
+
 def test_escape_output_holds_nothing_a_terminal_acts_on() -> None:
     for code in [*range(0, 0x3100), *range(0xFE00, 0x10000), *range(0xE0000, 0xE0200)]:
         shown = escape(chr(code))
@@ -207,9 +208,9 @@ def test_relay_on_a_pipe_passes_the_broker_lines_and_tracks_the_request() -> Non
     assert relay.request_id is None
     relay.close()
     assert _drain(out) == (
-        "hoop: waiting for approval r-7 from approvers (4:59 left)\n"
-        "hoop: waiting for approval r-7 from approvers (4:49 left)\n"
-        "hoop: denied by bob: \\x1b[2Jnot today\n"
+        "hoopctl: waiting for approval r-7 from approvers (4:59 left)\n"
+        "hoopctl: waiting for approval r-7 from approvers (4:49 left)\n"
+        "hoopctl: denied by bob: \\x1b[2Jnot today\n"
     )
 
 
@@ -221,9 +222,9 @@ def test_relay_on_a_terminal_keeps_one_live_line_and_then_passes_output_untouche
     relay.stderr(b"\x1b[31mthe command's own colours\x1b[0m\n")
     relay.close()
     shown = _drain(out).replace("\r\n", "\n")
-    assert shown.startswith("\r\x1b[Khoop: waiting for approval r-7 from approvers (4:5")
+    assert shown.startswith("\r\x1b[Khoopctl: waiting for approval r-7 from approvers (4:5")
     assert shown.count("\r\x1b[K") == 2
-    assert "left)\nhoop: approved by bob: go\n" in shown
+    assert "left)\nhoopctl: approved by bob: go\n" in shown
     assert shown.endswith("\x1b[31mthe command's own colours\x1b[0m\n")
 
 
@@ -232,7 +233,8 @@ def test_relay_ends_the_broker_phase_at_the_first_line_that_is_not_the_broker() 
     relay.stderr(b"hoop: approved by bob\nwarning: \x1b[1mbold\x1b[0m\nhoop: not the broker\n")
     relay.close()
     assert (
-        _drain(out) == "hoop: approved by bob\nwarning: \x1b[1mbold\x1b[0m\nhoop: not the broker\n"
+        _drain(out)
+        == "hoopctl: approved by bob\nwarning: \x1b[1mbold\x1b[0m\nhoop: not the broker\n"
     )
 
 
@@ -325,7 +327,7 @@ timeout = "2s"
 """
 
 REQUEST_ID = re.compile(r"request (\S+) waits for")
-WAITING_LINE = r"hoop: waiting for approval (\S+) from approvers"
+WAITING_LINE = r"hoopctl: waiting for approval (\S+) from approvers"
 
 
 @dataclass
@@ -411,14 +413,14 @@ def test_exec_waits_in_the_terminal_until_bob_approves_and_runs_once(team: Team)
         alice.expect(WAITING_LINE)
         request_id = alice.match.group(1)
         # A live line: redrawn in place (\r, erase line) about once a second, with a timer.
-        alice.expect(r"\r\x1b\[Khoop: waiting for approval \S+ from approvers \(\d+:\d\d left\)")
+        alice.expect(r"\r\x1b\[Khoopctl: waiting for approval \S+ from approvers \(\d+:\d\d left\)")
         approved = team.bob.run("approve", request_id, "--comment", "go ahead")
         assert approved.returncode == 0, approved
         assert approved.stdout == (
             # The typed backslash-n is doubled: a real newline would show as \n.
             f"approved {request_id} (alice on box: printf 'ran-after-approval\\\\n')\n"
         )
-        alice.expect("hoop: approved by bob: go ahead")
+        alice.expect("hoopctl: approved by bob: go ahead")
         alice.expect("ran-after-approval")
         status, _ = finished(alice)
     finally:
@@ -431,11 +433,9 @@ def test_exec_waits_in_the_terminal_until_bob_approves_and_runs_once(team: Team)
 
 
 def assert_one_line_error_or_hoop(result: subprocess.CompletedProcess[str]) -> str:
-    """A refusal from the broker: one `hoop:` line (or a `hoopctl:` line), no traceback."""
+    """A refusal from the broker: one `hoopctl:` line, no traceback."""
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [
-        line for line in result.stderr.splitlines() if line.startswith(("hoop: ", "hoopctl: "))
-    ]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hoopctl: ")]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
@@ -482,7 +482,7 @@ def test_deny_with_a_comment_reaches_the_waiting_requester(team: Team) -> None:
         denied = team.bob.run("approve", request_id, "--deny", "--comment", "use a WHERE clause")
         assert denied.returncode == 0, denied
         assert denied.stdout.startswith(f"denied {request_id} (alice on box: ")
-        alice.expect("hoop: denied by bob: use a WHERE clause")
+        alice.expect("hoopctl: denied by bob: use a WHERE clause")
         status, rest = finished(alice)
     finally:
         alice.close(force=True)
@@ -774,7 +774,7 @@ approvers = ["approvers"]
                 "unbounded-writes",
             )
             assert team.bob.run("approve", request_id, "-m", "INC-9").returncode == 0
-            alice.expect("hoop: approved by bob: INC-9")
+            alice.expect("hoopctl: approved by bob: INC-9")
             status, _ = finished(alice)
         finally:
             alice.close(force=True)

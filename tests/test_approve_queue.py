@@ -18,7 +18,7 @@ import pexpect
 import pyte
 import pytest
 
-from hoopctl.approvals_cli import ApprovalRequest
+from hoopctl.approval_requests import ApprovalRequest
 from hoopctl.approve_queue import (
     QueueState,
     detail_lines,
@@ -344,7 +344,8 @@ def test_request_appears_in_bobs_queue_with_a_bell_and_a_approves_it(
     head = bob.line_with(request_id)
     assert head.startswith(f"▶ {request_id}  alice → box  ")
     assert re.search(r"\d+:\d\d left \(age \d+s\)", head)
-    assert "    $ printf 'done\\\\n'" in bob.text()
+    # The queue shows escapes highlighted, so a typed backslash shows as typed.
+    assert "    $ printf 'done\\n'" in bob.text()
     assert "rule: printf-needs-review · approvers: approvers · reason: INC-7 cleanup" in bob.text()
     assert f"new request {request_id} from alice on box" in bob.status_line()
 
@@ -358,7 +359,7 @@ def test_request_appears_in_bobs_queue_with_a_bell_and_a_approves_it(
     bob.wait_for(f"Approve {request_id}? Comment (Enter to approve, Esc to cancel):")
     bob.press("\r")
     bob.wait_for(f"approved {request_id} (alice on box: printf 'done\\\\n')")
-    alice.expect("hoop: approved by bob\r\n")
+    alice.expect("hoopctl: approved by bob\r\n")
     alice.expect("done")
     alice.expect(pexpect.EOF)
     alice.close()
@@ -390,7 +391,7 @@ def test_d_with_a_comment_shows_the_comment_to_alice(
     bob.wait_for(f"Deny {request_id}? Comment")
     bob.press("please add a WHERE clause\r")
     bob.wait_for(f"denied {request_id}")
-    alice.expect("hoop: denied by bob: please add a WHERE clause")
+    alice.expect("hoopctl: denied by bob: please add a WHERE clause")
     alice.expect(pexpect.EOF)
     alice.close()
     assert alice.exitstatus == 3
@@ -536,7 +537,7 @@ def test_two_oidc_identities_request_and_approve_in_two_terminals(
             queue.wait_for(f"Approve {request_id}?")
             queue.press("fine by me\r")
             queue.wait_for(f"approved {request_id}")
-            waiting.expect("hoop: approved by bob: fine by me")
+            waiting.expect("hoopctl: approved by bob: fine by me")
             waiting.expect("approved-via-oidc")
             waiting.expect(pexpect.EOF)
             waiting.close()

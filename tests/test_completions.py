@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ from types import ModuleType
 import pexpect
 import pytest
 
-from tests.helpers import BIN, REPO
+from tests.helpers import BIN, REPO, User
+from tests.terminal_helpers import local_target, start_terminal_broker
 
 COMPLETIONS = REPO / "completions"
 GENERATOR = REPO / "scripts" / "gen_completions.py"
@@ -85,7 +87,7 @@ def test_check_mode_names_stale_files_and_writes_nothing(tmp_path: Path) -> None
     assert not (out / "hoopctl.zsh").exists()
 
 
-def _bash_complete(tmp_path: Path, *words: str) -> list[str]:
+def _bash_complete(tmp_path: Path, *words: str, env: dict[str, str] | None = None) -> list[str]:
     """Source the bash script and call its completion function as bash would on TAB."""
     quoted = " ".join(f"'{word}'" for word in words)
     script = (
@@ -97,7 +99,7 @@ def _bash_complete(tmp_path: Path, *words: str) -> list[str]:
     )
     result = subprocess.run(
         ["bash", "--norc", "--noprofile", "-c", script],
-        env=shell_env(tmp_path),
+        env=env or shell_env(tmp_path),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -170,3 +172,88 @@ def test_zsh_completes_commands_on_tab(tmp_path: Path) -> None:
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
+
+
+def test_tab_offers_the_targets_sessions_and_requests_last_listed_even_with_the_broker_down(
+    tmp_path: Path,
+) -> None:
+    broker = start_terminal_broker(
+        tmp_path,
+        local_target("shell")
+        + local_target("staging-web")
+        + local_target("prod-api", extra='access = "request"\naccess_approvers = ["approvers"]'),
+    )
+    alice = User(tmp_path / "alice")
+    try:
+        assert alice.login(broker).returncode == 0
+        # Nothing listed yet: nothing offered (and no error on the screen).
+        env = {**alice.env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        assert _bash_complete(tmp_path, "hoopctl", "connect", "", env=env) == []
+        assert alice.run("targets").returncode == 0
+        ran = alice.run("exec", "shell", "--", "echo", "hi")
+        assert ran.returncode == 0, ran.stderr
+        (session,) = [row["id"] for row in json.loads(alice.run("sessions", "-o", "json").stdout)]
+        asked = alice.run("request", "prod-api", "--for", "30m", "--reason", "deploy")
+        assert asked.returncode == 0, asked.stderr
+        (request,) = [row["id"] for row in json.loads(alice.run("requests", "-o", "json").stdout)]
+    finally:
+        broker.stop()
+    # The broker is gone: what TAB offers comes from the cache the listings wrote.
+    offered = set(_bash_complete(tmp_path, "hoopctl", "connect", "", env=env))
+    assert {"shell", "staging-web", "prod-api"} <= offered
+    assert _bash_complete(tmp_path, "hoopctl", "exec", "st", env=env) == ["staging-web"]
+    assert _bash_complete(tmp_path, "hoopctl", "replay", session[:9], env=env) == [session]
+    assert _bash_complete(tmp_path, "hoopctl", "sessions", "show", "", env=env) == [session]
+    assert _bash_complete(tmp_path, "hoopctl", "approve", request[:3], env=env) == [request]
+    # Another broker's names are not offered.
+    other = {**env, "HOOP_BROKER": "127.0.0.1:1"}
+    assert _bash_complete(tmp_path, "hoopctl", "connect", "", env=other) == []
+
+
+FAST_CASES = [
+    ("connect",),
+    ("connect", "st"),
+    ("exec", "pr"),
+    ("request", ""),
+    ("replay", "2026"),
+    ("sessions", "show", ""),
+    ("approve", "a"),
+    ("connect", "--re"),  # an option: Typer answers
+    ("lo",),
+    ("sessions", ""),
+]
+
+
+@pytest.mark.parametrize("words", FAST_CASES, ids=" ".join)
+def test_the_fast_answer_to_a_tab_is_the_one_typer_gives(
+    tmp_path: Path, words: tuple[str, ...]
+) -> None:
+    """hoopctl.fast_complete answers cached names before Typer loads; it must agree with it."""
+    home = tmp_path / "home"
+    cache = home / ".cache" / "hoopctl" / "completion.json"
+    cache.parent.mkdir(parents=True)
+    entry = {
+        "targets": ["staging-web", "prod-api", "it's:odd$`name\"", "shell"],
+        "sessions": ["20261206-0123456789ab", "20261205-ba9876543210"],
+        "requests": ["a1b2c3d4e5", "ffeeddccbb"],
+    }
+    cache.write_text(json.dumps({"brokers": {"127.0.0.1:2222": entry}}))
+    env = {**shell_env(tmp_path), "HOOP_BROKER": "127.0.0.1:2222"}
+    line = "hoopctl " + " ".join(words)
+    requests = {
+        "bash": {"COMP_WORDS": line, "COMP_CWORD": str(len(words))},
+        "zsh": {"_TYPER_COMPLETE_ARGS": line},
+    }
+    for shell, extra in requests.items():
+        ask = {**env, **extra, "_HOOPCTL_COMPLETE": f"complete_{shell}"}
+        fast = subprocess.run([BIN / "hoopctl"], env=ask, capture_output=True, text=True)
+        full = subprocess.run(
+            [BIN / "hoopctl"],
+            env={**ask, "_HOOPCTL_FULL_COMPLETE": "1"},
+            capture_output=True,
+            text=True,
+        )
+        assert (fast.returncode, fast.stdout) == (full.returncode, full.stdout), (shell, words)
+        assert fast.stderr == "" and full.stderr == ""
+    if words[0] in ("connect", "exec") and not words[-1].startswith("-"):
+        assert fast.stdout.strip() != "_files"  # names were offered, not files

@@ -4,6 +4,7 @@ inspected by their owner, by another user and by an auditor."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -216,6 +217,21 @@ def test_show_table_has_summary_and_timeline(world: World) -> None:
     line = next(line for line in out.splitlines() if "rm -rf" in line)
     assert "blocked" in line and "deny" in line and "no-recursive-rm" in line
     assert "replay" in result.stderr
+
+
+def test_typed_backslashes_show_once_in_a_terminal_and_doubled_in_a_pipe(world: World) -> None:
+    # The first command is printf 'needle-%s-output\n' alpha42: a typed backslash-n, not a
+    # newline. On a colour terminal escapes are reversed, so the text shows as typed; in a
+    # pipe (no styles) a typed backslash that could read as an escape is doubled.
+    child = world.alice.spawn("sessions", "show", world.interactive)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", child.before)
+    assert "printf 'needle-%s-output\\n' alpha42" in shown
+    assert "\\\\n" not in shown
+    piped = world.alice.run("sessions", "show", world.interactive)
+    assert "printf 'needle-%s-output\\\\n' alpha42" in piped.stdout
 
 
 def test_user_sees_only_own_sessions(world: World) -> None:

@@ -103,7 +103,7 @@ def test_requester_and_approver_both_see_why_a_typo_needs_review(
     alice = world.alice.spawn("exec", "ledger", "-c", "selec 1;")
     spawned.append(alice)
     # The requester: the cause, before the wait.
-    alice.expect(r"hoop: approval required from approvers \((.*?)\): request ([0-9a-f]{10})")
+    alice.expect(r"hoopctl: approval required from approvers \((.*?)\): request ([0-9a-f]{10})")
     assert alice.match.group(1).startswith(CAUSE)
     request_id = alice.match.group(2)
     alice.expect(f"waiting for approval {request_id} from approvers")
@@ -122,7 +122,7 @@ def test_requester_and_approver_both_see_why_a_typo_needs_review(
     bob.press("d")
     bob.wait_for(f"Deny {request_id}? Comment")
     bob.press("fix the typo\r")
-    alice.expect("hoop: denied by bob: fix the typo")
+    alice.expect("hoopctl: denied by bob: fix the typo")
     alice.expect(pexpect.EOF)
     alice.close()
     assert alice.exitstatus == 3
@@ -144,9 +144,9 @@ def test_a_typo_nobody_may_approve_is_refused_at_once_naming_the_key(world: Worl
     result = world.alice.run("exec", "orphan", "-c", "select * fro customers;")
     assert result.returncode == 4, result
     assert "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("hoop: ")]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("hoopctl: ")]
     assert line.startswith(
-        "hoop: not run: approval required (cannot tell what `select * fro customers` does: "
+        "hoopctl: not run: approval required (cannot tell what `select * fro customers` does: "
         "cannot parse:"
     ), line
     assert line.endswith(

@@ -50,18 +50,46 @@ offset, regex, format, or an offset past the end).
 
 from __future__ import annotations
 
-from hoopctl.replay.commands import Command, commands, iter_commands, split_label
-from hoopctl.replay.errors import (
-    NoMatch,
-    NotARecording,
-    RecordingDamaged,
-    ReplayError,
-    ReplayUsageError,
-    format_offset,
-)
-from hoopctl.replay.export import FORMATS, export
-from hoopctl.replay.index import Index, index_paths, open_index
-from hoopctl.replay.player import MAX_SPEED, MIN_SPEED, parse_offset, play
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hoopctl.replay.commands import Command, commands, iter_commands, split_label
+    from hoopctl.replay.errors import (
+        NoMatch,
+        NotARecording,
+        RecordingDamaged,
+        ReplayError,
+        ReplayUsageError,
+        format_offset,
+    )
+    from hoopctl.replay.export import FORMATS, export
+    from hoopctl.replay.index import Index, index_paths, open_index
+    from hoopctl.replay.player import MAX_SPEED, MIN_SPEED, parse_offset, play
+
+# Each name is loaded from its module on first use: `hoopctl` starts without the player and
+# the terminal emulator, which only replay needs.
+_HOME = {
+    "Command": "commands",
+    "commands": "commands",
+    "iter_commands": "commands",
+    "split_label": "commands",
+    "NoMatch": "errors",
+    "NotARecording": "errors",
+    "RecordingDamaged": "errors",
+    "ReplayError": "errors",
+    "ReplayUsageError": "errors",
+    "format_offset": "errors",
+    "FORMATS": "export",
+    "export": "export",
+    "Index": "index",
+    "index_paths": "index",
+    "open_index": "index",
+    "MAX_SPEED": "player",
+    "MIN_SPEED": "player",
+    "parse_offset": "player",
+    "play": "player",
+}
 
 __all__ = [
     "FORMATS",
@@ -84,3 +112,10 @@ __all__ = [
     "play",
     "split_label",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hoopctl.replay.{module}"), name)
