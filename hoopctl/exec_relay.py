@@ -16,6 +16,7 @@ import sys
 
 import asyncssh
 
+from hoopctl.broker_lines import BROKER_PREFIXES, as_ours
 from hoopctl.errors import (
     EXIT_APPROVAL,
     ApiCallError,
@@ -45,18 +46,6 @@ def _parse_left(match: re.Match[str]) -> float | None:
         return None
     hours = int(match.group(3) or 0)
     return hours * 3600 + int(match.group(4)) * 60 + int(match.group(5))
-
-
-# The broker's own lines on an exec channel; hoopctl shows them under its own prefix, so that
-# everything hoopctl prints starts the same way (docs/exit-codes.md).
-_BROKER_PREFIXES = ("hoop: ", "hoop-broker: ")
-
-
-def _ours(text: str) -> str:
-    for prefix in _BROKER_PREFIXES:
-        if text.startswith(prefix):
-            return "hoopctl: " + text[len(prefix) :]
-    return text
 
 
 class _ExecRelay:
@@ -90,7 +79,7 @@ class _ExecRelay:
             return
         if ENDED.match(text):
             self.request_id = None  # decided, expired, or no longer waited for
-        self.live.line(escape(_ours(text)))
+        self.live.line(escape(as_ours(text)))
 
     def stderr(self, data: bytes) -> None:
         if not self._phase:
@@ -100,7 +89,7 @@ class _ExecRelay:
         while self._phase and b"\n" in self._pending:
             line, self._pending = self._pending.split(b"\n", 1)
             text = line.decode("utf-8", "replace").rstrip("\r")
-            if text.startswith(_BROKER_PREFIXES):
+            if text.startswith(BROKER_PREFIXES):
                 self.broker_line(text)
             else:
                 # The command's own stderr: from here on, relay bytes untouched.
@@ -112,7 +101,7 @@ class _ExecRelay:
         if self._pending:
             text = self._pending.decode("utf-8", "replace")
             self._pending = b""
-            if self._phase and text.startswith(_BROKER_PREFIXES):
+            if self._phase and text.startswith(BROKER_PREFIXES):
                 self.broker_line(text)
             else:
                 self.live.raw(text.encode("utf-8", "replace"))

@@ -12,6 +12,7 @@ import tty
 
 import asyncssh
 
+from hoopctl.broker_lines import BrokerLines
 from hoopctl.errors import BrokerUnreachable
 
 _CHUNK = 65536
@@ -25,10 +26,16 @@ def _terminal_size(fd: int) -> tuple[int, int]:
     return size.columns or 80, size.lines or 24
 
 
-async def _copy_out(stream: asyncssh.SSHReader[bytes], fd: int) -> None:
+async def _copy_out(
+    stream: asyncssh.SSHReader[bytes], fd: int, broker_lines: BrokerLines | None = None
+) -> None:
+    """Copy STREAM to FD; with BROKER_LINES, the broker's lines before the session's output
+    are shown under hoopctl's prefix (hoopctl.broker_lines)."""
     gone = False  # the terminal went away (EIO after a hang-up): read on, show nothing
     while True:
         data = await stream.read(_CHUNK)
+        if broker_lines is not None:
+            data = broker_lines.feed(data) if data else broker_lines.close() or data
         if not data:
             return
         view = memoryview(data)
@@ -126,7 +133,8 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str) -> int:
             loop.add_signal_handler(signal.SIGWINCH, on_resize)
             loop.add_signal_handler(signal.SIGTERM, on_terminate, signal.SIGTERM)
         await asyncio.gather(
-            _copy_out(process.stdout, stdout_fd), _copy_out(process.stderr, stderr_fd)
+            _copy_out(process.stdout, stdout_fd),
+            _copy_out(process.stderr, stderr_fd, BrokerLines()),
         )
         completed = await process.wait(check=False)
     finally:

@@ -28,6 +28,7 @@ import pytest
 
 from hoopctl.approval_requests import ApprovalRequest, clock, describe_decision, timestamp
 from hoopctl.approvals_cli import exec_words
+from hoopctl.broker_lines import BrokerLines
 from hoopctl.errors import UsageError
 from hoopctl.escape import escape, escape_parts, for_rich, has_hidden
 from hoopctl.exec_relay import _ExecRelay
@@ -226,6 +227,20 @@ def test_relay_on_a_terminal_keeps_one_live_line_and_then_passes_output_untouche
     assert shown.count("\r\x1b[K") == 2
     assert "left)\nhoopctl: approved by bob: go\n" in shown
     assert shown.endswith("\x1b[31mthe command's own colours\x1b[0m\n")
+
+
+def test_broker_lines_become_hoopctl_lines_until_the_first_line_of_the_session() -> None:
+    lines = BrokerLines()
+    shown = lines.feed(b"hoop-broker: no target 'x' is open to you\nhoop: appro")
+    shown += lines.feed(b"ved by bob\nls: cannot access\nhoop: not the broker\n")
+    shown += lines.feed(b"hoop: still not\n") + lines.close()
+    assert shown == (
+        b"hoopctl: no target 'x' is open to you\nhoopctl: approved by bob\n"
+        b"ls: cannot access\nhoop: not the broker\nhoop: still not\n"
+    )
+    unfinished = BrokerLines()
+    assert unfinished.feed(b"hoop-broker: refused") == b""
+    assert unfinished.close() == b"hoopctl: refused"
 
 
 def test_relay_ends_the_broker_phase_at_the_first_line_that_is_not_the_broker() -> None:

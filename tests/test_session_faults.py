@@ -63,7 +63,10 @@ def test_ten_megabyte_burst_is_recorded_completely_and_ctrl_c_still_works(
     # that can take longer than pexpect's default.
     child.expect(PROMPT, timeout=90, searchwindowsize=4096)
     child.send("yes interrupt-me\r")
-    child.expect("interrupt-me")
+    # Two lines of yes's own output (the echo of the command line is one line): yes runs and
+    # has the terminal, so Ctrl-C is for it. (A Ctrl-C typed before the job has started can
+    # reach the shell instead, as in any terminal.)
+    child.expect("interrupt-me\r\ninterrupt-me\r\n")
     child.sendcontrol("c")
     # What was in flight when Ctrl-C arrived still drains; pexpect reads it in big chunks and
     # searches only the end (set above), or it becomes the bottleneck itself.
