@@ -483,3 +483,19 @@ def test_a_line_without_end_is_damage_not_a_memory_hog(
     assert index.damage is not None
     assert index.damage.reason == "a line longer than 4,096 bytes"
     assert index.damage.line == 3
+
+
+def test_the_public_api_names_functions_even_after_every_module_is_loaded() -> None:
+    # hoopctl.replay loads its modules on first use; no module may shadow a function's name.
+    import importlib
+    import pkgutil
+
+    import hoopctl.replay as replay
+
+    for module in pkgutil.iter_modules(replay.__path__):
+        if module.name != "__main__":
+            importlib.import_module(f"hoopctl.replay.{module.name}")
+    for name in replay.__all__:
+        value = getattr(replay, name)
+        assert not isinstance(value, type(replay)), name
+    assert callable(replay.commands) and callable(replay.export) and callable(replay.play)

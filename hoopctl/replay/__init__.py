@@ -54,7 +54,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hoopctl.replay.commands import Command, commands, iter_commands, split_label
     from hoopctl.replay.errors import (
         NoMatch,
         NotARecording,
@@ -63,25 +62,27 @@ if TYPE_CHECKING:
         ReplayUsageError,
         format_offset,
     )
-    from hoopctl.replay.export import FORMATS, export
+    from hoopctl.replay.exporter import FORMATS, export
     from hoopctl.replay.index import Index, index_paths, open_index
     from hoopctl.replay.player import MAX_SPEED, MIN_SPEED, parse_offset, play
+    from hoopctl.replay.timeline import Command, commands, iter_commands, split_label
 
-# Each name is loaded from its module on first use: `hoopctl` starts without the player and
+# Each name is loaded from its module on first use (no module is named like a function it
+# holds: importing hoopctl.replay.X sets the package's attribute X to that module): `hoopctl` starts without the player and
 # the terminal emulator, which only replay needs.
 _HOME = {
-    "Command": "commands",
-    "commands": "commands",
-    "iter_commands": "commands",
-    "split_label": "commands",
+    "Command": "timeline",
+    "commands": "timeline",
+    "iter_commands": "timeline",
+    "split_label": "timeline",
     "NoMatch": "errors",
     "NotARecording": "errors",
     "RecordingDamaged": "errors",
     "ReplayError": "errors",
     "ReplayUsageError": "errors",
     "format_offset": "errors",
-    "FORMATS": "export",
-    "export": "export",
+    "FORMATS": "exporter",
+    "export": "exporter",
     "Index": "index",
     "index_paths": "index",
     "open_index": "index",

@@ -33,7 +33,7 @@ class RecordingDamaged(ReplayError):
     byte offset of the damaged line, ``time`` the time of the last good event.
     ``truncated`` is True when the damage is an incomplete last line (a cut-off file).
     ``partial`` holds what an API call collected before the damage (for example the
-    command list of :func:`hoopctl.replay.commands`), or None.
+    command list of :func:`hoopctl.replay.timeline`), or None.
     """
 
     def __init__(
