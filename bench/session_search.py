@@ -197,7 +197,7 @@ async def run(args: argparse.Namespace) -> None:
             audit=AuditLog(store, stdout=False),
             data_dir=data_dir,
         )
-        index = index_for(broker)  # type: ignore[arg-type]
+        index = index_for(store)
         before = (data_dir / "hoop.db").stat().st_size
         began = time.perf_counter()
         indexed = await index.catch_up()

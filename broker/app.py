@@ -131,7 +131,7 @@ class Broker:
             )
         except OSError as exc:
             raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        schedule_indexing(self)
+        schedule_indexing(self.store)
         bound = self._server.sockets[0].getsockname()
         self.listen_address = f"{bound[0]}:{bound[1]}"
         print(
