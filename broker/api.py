@@ -15,8 +15,8 @@ import asyncssh
 from broker import __version__
 from broker.api_methods import ApiMethods, Handler, StreamHandler
 from broker.approvals.api import HasApprovals, approval_methods
-from broker.audit import AuditEvent
-from broker.audit_api import AuditHost, audit_methods
+from broker.audit.api import AuditHost, audit_methods
+from broker.audit.events import AuditEvent
 from broker.errors import AuthError, BrokerError
 from broker.identity.certificates import parse_public_key
 from broker.protocol import PROTOCOL_VERSION, ApiError, decode, encode

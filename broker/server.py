@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
-from broker.audit import AuditEvent
+from broker.audit.events import AuditEvent
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget, Target
 from broker.errors import BrokerError
 from broker.protocol import LOGIN_USER, SUBSYSTEM

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from broker.chain import GENESIS, chain_hash
+from broker.audit.chain import GENESIS, chain_hash
 from broker.errors import StoreError
 
 log = logging.getLogger("hoop.audit")

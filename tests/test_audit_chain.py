@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from broker.audit import AuditEvent, AuditLog
-from broker.chain import GENESIS, chain_hash
-from broker.integrity import (
+from broker.audit.chain import GENESIS, chain_hash
+from broker.audit.events import AuditEvent, AuditLog
+from broker.audit.integrity import (
     Signer,
     seal_recording,
     sign_recording,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.approvals.notifier import Change, Notifier, Subscription
 from broker.approvals.store import AlreadyDecided, ApprovalStore
-from broker.audit import AuditEvent, AuditLog
+from broker.audit.events import AuditEvent, AuditLog
 from broker.sessions.approvals import (
     DEFAULT_TIMEOUT,
     SCREEN_LINES,

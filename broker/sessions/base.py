@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
-from broker.audit import AuditEvent
+from broker.audit.events import AuditEvent
+from broker.audit.index import schedule_indexing
+from broker.audit.integrity import seal_recording
 from broker.config import Policy, Target
-from broker.integrity import seal_recording
 from broker.policy.decision import Decision
 from broker.recording import Recorder, RecordingError, RecordingHeader
 from broker.session_context import ConnectionContext
-from broker.session_index import schedule_indexing
 from broker.sessions.approvals import (
     ApprovalError,
     ApprovalGate,
@@ -32,7 +32,7 @@ from broker.sessions.approvals import (
 from broker.sessions.request import SessionCommand
 
 if TYPE_CHECKING:
-    from broker.audit import AuditLog
+    from broker.audit.events import AuditLog
     from broker.keys import BrokerKeys
     from broker.store import Store
 

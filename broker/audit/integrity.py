@@ -42,9 +42,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from broker.chain import GENESIS, canonical_json, chain_hash
+from broker.audit.chain import GENESIS, canonical_json, chain_hash
+from broker.audit.index import drop_from_index
 from broker.errors import BrokerError
-from broker.session_index import drop_from_index
 
 if TYPE_CHECKING:
     from broker.keys import BrokerKeys

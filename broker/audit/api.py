@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.api_methods import ApiMethods, Push
-from broker.audit import AuditEvent
+from broker.audit.events import AuditEvent
+from broker.audit.index import MarkClock, SearchError, index_for, read_marks
 from broker.protocol import ApiError
 from broker.session_context import ConnectionContext
-from broker.session_index import MarkClock, SearchError, index_for, read_marks
 
 if TYPE_CHECKING:
-    from broker.audit import AuditLog
+    from broker.audit.events import AuditLog
     from broker.config import BrokerConfig
     from broker.store import Store
 
@@ -328,7 +328,7 @@ class AuditApi:
         """The session's recording signature and audit events checked: {"ok", "lines"}."""
         row = await self._visible_session(ctx, params.get("id"))
         try:
-            from broker.integrity import verify_session
+            from broker.audit.integrity import verify_session
         except ImportError:
             raise ApiError("unavailable", "verification is not available on this broker") from None
         problems = await verify_session(self._broker.data_dir, row["id"])
