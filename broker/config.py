@@ -27,7 +27,7 @@ from pydantic import (
 from broker.audit.config import AuditSection
 from broker.durations import parse_duration
 from broker.errors import ConfigError
-from broker.masking import MaskingConfig
+from broker.masking.config import MaskingConfig
 
 
 def _duration(value: Any) -> int:
