@@ -31,6 +31,7 @@ test: install system-deps idp
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format .
@@ -40,7 +41,7 @@ demo: install
 	bash scripts/demo.sh
 
 # Every benchmark in turn; each prints its figures (bench/README.md has a recent run).
-BENCHES ?= cli login terminal sql approvals replay session_search audit_sinks
+BENCHES ?= cli login terminal sql masking approvals replay session_search audit_sinks
 bench: install system-deps idp
 	for b in $(BENCHES); do $(PY) -m bench.$$b || exit 1; done
 

@@ -3,7 +3,7 @@
     cd /work/main && .venv/bin/python -m bench.audit_sinks [--events 20000] [--max-seconds 300]
 
 In one process, with the broker's own classes (broker.audit.AuditLog, broker.store.Store, the
-sinks of broker/audit_sinks) and real endpoints on loopback:
+sinks of broker/audit/sinks) and real endpoints on loopback:
 
 - store only: the hash-chained append to SQLite (WAL) that every event pays;
 - stdout (to /dev/null), file (JSON lines, rotated at 100 MiB), syslog over UDP and over TCP (a
@@ -34,9 +34,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from broker.audit import AuditEvent, AuditLog
-from broker.audit_config import SinkConfig
-from broker.audit_sinks import Sink, build_sink
+from broker.audit.config import SinkConfig
+from broker.audit.events import AuditEvent, AuditLog
+from broker.audit.sinks import Sink, build_sink
 from broker.store import Store
 
 

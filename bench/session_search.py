@@ -1,4 +1,4 @@
-"""Session search benchmark: the full-text index (broker/session_index.py) over many sessions.
+"""Session search benchmark: the full-text index (broker/audit/index.py) over many sessions.
 
     cd /work/main && .venv/bin/python -m bench.session_search [--sessions 10000]
         [--lines 100] [--runs 50] [--users 20]
@@ -35,11 +35,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from broker.audit import AuditLog
-from broker.audit_api import AuditApi
-from broker.audit_config import AuditSection
+from broker.audit.api import AuditApi
+from broker.audit.config import AuditSection
+from broker.audit.events import AuditLog
+from broker.audit.index import index_for
 from broker.session_context import ConnectionContext
-from broker.session_index import index_for
 from broker.store import Store
 
 VOCABULARY = 20_000
@@ -197,7 +197,7 @@ async def run(args: argparse.Namespace) -> None:
             audit=AuditLog(store, stdout=False),
             data_dir=data_dir,
         )
-        index = index_for(broker)  # type: ignore[arg-type]
+        index = index_for(store)
         before = (data_dir / "hoop.db").stat().st_size
         began = time.perf_counter()
         indexed = await index.catch_up()

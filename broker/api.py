@@ -8,24 +8,35 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
 from broker import __version__
 from broker.api_methods import ApiMethods, Handler, StreamHandler
-from broker.approvals.api import approval_methods
-from broker.audit import AuditEvent
-from broker.audit_api import audit_methods
+from broker.approvals.api import HasApprovals, approval_methods
+from broker.audit.api import AuditHost, audit_methods
+from broker.audit.events import AuditEvent
 from broker.errors import AuthError, BrokerError
 from broker.identity.certificates import parse_public_key
 from broker.protocol import PROTOCOL_VERSION, ApiError, decode, encode
 from broker.session_context import ConnectionContext
 
 if TYPE_CHECKING:
-    from broker.app import Broker
+    from broker.config import OidcSection
+    from broker.identity.registry import CertificateRegistry
+    from broker.identity.tokens import TokenValidator
 
 log = logging.getLogger("hoop.broker.api")
+
+
+class ApiHost(AuditHost, HasApprovals, Protocol):
+    """What the hoop-api dispatcher needs of the broker: login, identity and the methods'."""
+
+    oidc: OidcSection
+    dev_mode: bool
+    validator: TokenValidator
+    certificates: CertificateRegistry
 
 
 class Api:
@@ -33,7 +44,7 @@ class Api:
 
     ANONYMOUS_METHODS = frozenset({"auth.config", "auth.exchange"})
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ApiHost) -> None:
         self._broker = broker
         self._methods: dict[str, Handler] = {
             "auth.config": self._auth_config,

@@ -16,16 +16,16 @@ import asyncssh
 
 from broker.api import Api
 from broker.approvals import start_approvals
-from broker.audit import AuditEvent, open_audit_log
+from broker.audit.events import AuditEvent, open_audit_log
+from broker.audit.index import schedule_indexing
+from broker.audit.integrity import seal_recording
 from broker.config import BrokerConfig, OidcSection
 from broker.errors import BrokerError, ConfigError
 from broker.identity.dev_issuer import DevIssuer, DevUser
 from broker.identity.registry import CertificateRegistry
 from broker.identity.tokens import TokenValidator
-from broker.integrity import seal_recording
 from broker.keys import BrokerKeys, UserCA, load_or_create_keys
 from broker.server import BrokerConnection, handle_process
-from broker.session_index import schedule_indexing
 from broker.sessions.approvals import ApprovalGate
 from broker.store import Store
 
@@ -131,7 +131,7 @@ class Broker:
             )
         except OSError as exc:
             raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        schedule_indexing(self)
+        schedule_indexing(self.store)
         bound = self._server.sockets[0].getsockname()
         self.listen_address = f"{bound[0]}:{bound[1]}"
         print(

@@ -14,13 +14,13 @@ from typing import Annotated
 import typer
 
 from broker import __version__
+from broker.audit.integrity import prune as prune_data_dir
+from broker.audit.integrity import verify_data_dir
 from broker.cli_help import plain_help_types
 from broker.config import BrokerConfig, load_config, parse_config, review_problems
 from broker.defaults import create_demo_database, default_dev_data_dir, dev_config_text
 from broker.durations import parse_duration
 from broker.errors import BrokerError, ConfigError
-from broker.integrity import prune as prune_data_dir
-from broker.integrity import verify_data_dir
 
 plain_help_types()
 

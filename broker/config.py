@@ -24,10 +24,10 @@ from pydantic import (
     model_validator,
 )
 
-from broker.audit_config import AuditSection
+from broker.audit.config import AuditSection
 from broker.durations import parse_duration
 from broker.errors import ConfigError
-from broker.masking import MaskingConfig
+from broker.masking.config import MaskingConfig
 
 
 def _duration(value: Any) -> int:

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.masking import (
+from broker.masking.lineage import (
     _ANYWHERE,
     _NONE,
     PURE_FUNCTIONS,
@@ -42,14 +42,14 @@ from broker.masking import (
     ViewSources,
     _DerivedRel,
     _FunctionRel,
-    _GlotResolver,
     _Item,
-    _PgResolver,
     _Scope,
     _Src,
     _TableRel,
     _union,
 )
+from broker.masking.lineage_postgres import _PgResolver
+from broker.masking.lineage_sqlglot import _GlotResolver
 
 log = logging.getLogger("hoop.broker.masking")
 

@@ -52,7 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.masking import ColumnSource, column_sources_postgres, column_sources_sqlglot
+from broker.masking.lineage import ColumnSource
+from broker.masking.lineage_postgres import column_sources_postgres
+from broker.masking.lineage_sqlglot import column_sources_sqlglot
 from broker.masking_effects import ANYTHING, Analysis, Reads, analyze, glot_text
 from broker.targets.database import DatabaseConnection, StatementError
 
@@ -61,7 +63,7 @@ log = logging.getLogger("hoop.broker.masking")
 MAX_DEPTH = 8  # levels of views over views that are looked up and resolved
 CACHE_SECONDS = 5.0  # a lookup is trusted this long (DDL by other sessions)
 MAX_RELATIONS = 256  # relations looked up for one statement at most
-ANYWHERE = "*"  # a source that every column rule matches (see broker.masking._Rule)
+ANYWHERE = "*"  # a source that every column rule matches (see broker.masking.masker._Rule)
 
 # Statement kinds after which the cached lookups still hold (not ROLLBACK: it can undo DDL).
 _PG_KEEP = frozenset(

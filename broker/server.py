@@ -5,16 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
-from broker.audit import AuditEvent
+from broker.audit.events import AuditEvent
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget, Target
 from broker.errors import BrokerError
 from broker.protocol import LOGIN_USER, SUBSYSTEM
 from broker.session_context import ConnectionContext
-from broker.sessions.base import SessionBase
+from broker.sessions.approvals import ApprovalGate
+from broker.sessions.base import SessionBase, SessionHost
 from broker.sessions.command_exec import CommandExec
 from broker.sessions.guarded_terminal import GuardedTerminalSession
 from broker.sessions.request import RequestError, parse_session_command
@@ -23,9 +24,20 @@ from broker.sessions.sql_shell import SqlShell
 from broker.sessions.terminal import TerminalSession
 
 if TYPE_CHECKING:
-    from broker.app import Broker
+    from broker.api import Api
+    from broker.config import BrokerConfig
+    from broker.identity.registry import CertificateRegistry
 
 log = logging.getLogger("hoop.broker")
+
+
+class ServerHost(SessionHost, Protocol):
+    """What the SSH server needs of the broker: the API, certificates, config and the gate."""
+
+    api: Api
+    config: BrokerConfig
+    certificates: CertificateRegistry
+    approvals: ApprovalGate
 
 
 class BrokerConnection(asyncssh.SSHServer):
@@ -36,7 +48,7 @@ class BrokerConnection(asyncssh.SSHServer):
     methods of the hoop-api subsystem: it is how a client without a certificate gets one.
     """
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ServerHost) -> None:
         self._broker = broker
         self._remote = "unknown"
         self._presented: bytes | None = None
@@ -132,7 +144,7 @@ def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, status: int
     process.exit(status)
 
 
-async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[bytes]) -> None:
+async def handle_process(broker: ServerHost, process: asyncssh.SSHServerProcess[bytes]) -> None:
     conn = process.get_extra_info("connection")
     owner = conn.get_owner() if conn is not None else None
     ctx = owner.context if isinstance(owner, BrokerConnection) else None
@@ -204,7 +216,7 @@ async def handle_process(broker: Broker, process: asyncssh.SSHServerProcess[byte
 
 
 async def _refuse_without_grant(
-    broker: Broker,
+    broker: ServerHost,
     process: asyncssh.SSHServerProcess[bytes],
     ctx: ConnectionContext,
     target: Target,

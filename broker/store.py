@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from broker.audit.chain import GENESIS, chain_hash
 from broker.errors import StoreError
-from broker.integrity import GENESIS, chain_hash
 
 log = logging.getLogger("hoop.audit")
 T = TypeVar("T")

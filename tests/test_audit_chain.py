@@ -16,16 +16,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from broker.audit import AuditEvent, AuditLog
-from broker.integrity import (
-    GENESIS,
+from broker.audit.chain import GENESIS, chain_hash
+from broker.audit.events import AuditEvent, AuditLog
+from broker.audit.integrity import (
     Signer,
-    chain_hash,
     seal_recording,
     sign_recording,
     signature_path,
@@ -361,22 +359,21 @@ def test_verify_session_for_the_api_reports_this_sessions_problems(
 ) -> None:
     sessions = {e["session"] for e in events_in_store(busy_broker) if e.get("session")}
     mine, other, *_ = sorted(sessions)
-    fake = SimpleNamespace(data_dir=busy_broker.data_dir)
-    assert asyncio.run(verify_session(fake, mine)) == []  # type: ignore[arg-type]
+    assert asyncio.run(verify_session(busy_broker.data_dir, mine)) == []  # type: ignore[arg-type]
     with db(busy_broker) as conn:
         conn.execute(
             "UPDATE audit_events SET event = replace(event, 'echo', 'ECHO') WHERE session = ? "
             "AND type = 'command'",
             (other,),
         )
-    lines = asyncio.run(verify_session(fake, mine))  # type: ignore[arg-type]
+    lines = asyncio.run(verify_session(busy_broker.data_dir, mine))
     assert lines == [
         "audit: 1 problem in other sessions' events (run hoop-broker verify on the broker host)"
     ]
-    lines = asyncio.run(verify_session(fake, other))  # type: ignore[arg-type]
+    lines = asyncio.run(verify_session(busy_broker.data_dir, other))
     assert len(lines) == 1 and lines[0].startswith("audit seq ") and ": changed: " in lines[0]
     (busy_broker.data_dir / "recordings" / f"{mine}.cast").unlink()
-    lines = asyncio.run(verify_session(fake, mine))  # type: ignore[arg-type]
+    lines = asyncio.run(verify_session(busy_broker.data_dir, mine))
     assert lines[0].startswith(f"recording {mine}: missing: ")
 
 

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from broker.audit import AuditEvent, AuditLog
-from broker.audit_config import SinkConfig
-from broker.audit_sinks import FileSink, WebhookSink
-from broker.audit_sinks.formats import to_ecs
-from broker.audit_sinks.spool import SEGMENT_SIZE, Spool
-from broker.audit_sinks.syslog import format_message
+from broker.audit.config import SinkConfig
+from broker.audit.events import AuditEvent, AuditLog
+from broker.audit.sinks import FileSink, WebhookSink
+from broker.audit.sinks.formats import to_ecs
+from broker.audit.sinks.spool import SEGMENT_SIZE, Spool
+from broker.audit.sinks.syslog import format_message
 from broker.store import Store
 from tests.helpers import (
     HOOP_BROKER,

@@ -17,23 +17,17 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from broker import masking
-from broker.masking import (
-    DETECTORS,
-    REDACTED,
-    ColumnSource,
-    Masker,
-    MaskingConfig,
-    MaskPlan,
-    benchmark,
-    column_sources_postgres,
-    column_sources_sqlglot,
-    detect,
-    iban_ok,
-    luhn_ok,
-    mask_text,
-    mask_value,
-)
+from bench.masking import benchmark
+from broker.masking import plans
+from broker.masking.config import MaskingConfig
+from broker.masking.detectors import DETECTORS, _canonical, _pattern, iban_ok, luhn_ok
+from broker.masking.lineage import ColumnSource
+from broker.masking.lineage_postgres import column_sources_postgres
+from broker.masking.lineage_sqlglot import column_sources_sqlglot
+from broker.masking.masker import Masker
+from broker.masking.plans import MaskPlan, _Memo
+from broker.masking.scanner import _Scanner, _scanner, detect, mask_text
+from broker.masking.strategies import REDACTED, _as_bytes, mask_value
 
 KEY = b"test-key"
 ALL = list(DETECTORS)
@@ -171,7 +165,7 @@ def test_plan_hash_equals_hmac_sha256(key: bytes) -> None:
     config = MaskingConfig.model_validate({"columns": [{"match": ["*"], "strategy": "hash"}]})
     plan = Masker(config, hash_key=key).plan([ColumnSource("c", ("t.c",))])
     for value in ("jane@example.com", "", "é", b"\x00\xff", 7, 7.0, True):
-        expected = "hash:" + hmac.new(key, masking._as_bytes(value), sha256).hexdigest()[:16]
+        expected = "hash:" + hmac.new(key, _as_bytes(value), sha256).hexdigest()[:16]
         assert plan.apply((value,)) == (expected,)
         assert mask_value(value, "hash", hash_key=key) == expected
     assert plan.apply((1,)) != plan.apply((True,))  # the cache keeps 1 and True apart
@@ -547,7 +541,7 @@ CONTEXTS = ["{}", "x {} y", "note: {}.", '{{"v": "{}"}}', "ünïcødé {} ✓", 
 
 def oracle(text: str, detectors: Sequence[str] = ALL) -> list[tuple[int, int, str]]:
     """Every detector's pattern and check on the whole text: no prefilter."""
-    scanner = masking._scanner(masking._canonical(detectors))
+    scanner = _scanner(_canonical(detectors))
     return scanner.spans(text, scanner.names)
 
 
@@ -593,8 +587,8 @@ def test_email_patterns_agree_with_the_reference() -> None:
     import re
 
     reference = re.compile(EMAIL_REFERENCE)
-    unicode_pattern = masking._pattern("email")
-    ascii_pattern = masking._pattern("email_ascii")
+    unicode_pattern = _pattern("email")
+    ascii_pattern = _pattern("email_ascii")
     rng = random.Random(5)
     labels = ["", "a", "ab", "a-b", "-a", "a-", "a_b", "x1", "com", "c0m", "de", "_", "é"]
     labels += ["a" * 64, "a" * 63, "b" * 62, "A1-b", "münchen"]
@@ -649,7 +643,7 @@ def test_apply_batch_equals_apply(
     """Batches (text values joined per column, C substitutions for email columns) give the
     same rows and counts as one row at a time, with and without the memo of repeated
     values."""
-    monkeypatch.setattr(masking._Memo, "PROBE", 64)  # decide about the memo early
+    monkeypatch.setattr(_Memo, "PROBE", 64)  # decide about the memo early
     rng = random.Random(3)
     rows = batch_rows(rng, 3000)
     config = {"detectors": ALL, "detector_strategy": strategy}
@@ -711,7 +705,7 @@ def test_apply_batch_with_column_rules_and_edge_cases() -> None:
 def test_memo_remembers_repeated_values_and_gives_up_on_distinct_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(masking._Memo, "PROBE", 100)
+    monkeypatch.setattr(_Memo, "PROBE", 100)
     plan = plan_for({"detectors": ALL}, cols("status", "email"))
     for i in range(300):
         row = ("pending review", f"user{i}@example.com")
@@ -869,9 +863,9 @@ def test_a_value_that_cannot_be_inspected_is_redacted(monkeypatch: pytest.Monkey
     def boom(text: str, m: object) -> tuple[int, int] | None:
         raise RuntimeError("bug")
 
-    scanner = masking._Scanner(("email",))
+    scanner = _Scanner(("email",))
     scanner.patterns["email"] = (scanner.patterns["email"][0], boom)
-    monkeypatch.setattr(masking, "_scanner", lambda names: scanner)
+    monkeypatch.setattr(plans, "_scanner", lambda names: scanner)
     plan = plan_for({"detectors": ["email"]}, cols("note"))
     assert plan.apply(("mail jane@example.com",)) == (REDACTED,)
     assert plan.counts == {"note": 1}
@@ -1190,7 +1184,7 @@ def test_sqlglot_unresolvable_is_opaque(sql: str, dialect: str) -> None:
 
 def test_benchmark_prints_rows_per_second() -> None:
     """Not a timing assertion: prints figures. MASKING_BENCH_ROWS=1000000 for the real run
-    (or `python -m broker.masking --bench`)."""
+    (or `python -m bench.masking`)."""
     rows = int(os.environ.get("MASKING_BENCH_ROWS", "20000"))
     out = io.StringIO()
     results = benchmark(rows, out=out)

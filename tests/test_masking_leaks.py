@@ -28,7 +28,10 @@ import pymysql
 import pytest
 
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget
-from broker.masking import DETECTORS, Masker, MaskingConfig, column_sources_postgres
+from broker.masking.config import MaskingConfig
+from broker.masking.detectors import DETECTORS
+from broker.masking.lineage_postgres import column_sources_postgres
+from broker.masking.masker import Masker
 from broker.masking_effects import analyze
 from broker.masking_views import SharedTaint, shared_taint
 from broker.policy.sql import parse_sql

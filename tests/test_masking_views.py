@@ -1,6 +1,6 @@
 """Masking against real databases: column rules through views (broker.masking_views), and the
-values database error messages echo (broker.masking.mask_error). PostgreSQL, MariaDB and
-SQLite, through the broker's own connections (broker.targets.database.open_database)."""
+values database error messages echo (broker.masking.error_messages.mask_error). PostgreSQL,
+MariaDB and SQLite, through the broker's own connections (broker.targets.database.open_database)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ import pytest
 
 from broker import masking_views
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget
-from broker.masking import REDACTED, Masker, MaskingConfig, MaskPlan, mask_error
+from broker.masking.config import MaskingConfig
+from broker.masking.error_messages import mask_error
+from broker.masking.masker import Masker
+from broker.masking.plans import MaskPlan
+from broker.masking.strategies import REDACTED
 from broker.masking_views import column_sources, forget_views, prepare_column_sources
 from broker.targets.database import (
     DatabaseConnection,

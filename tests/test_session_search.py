@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from broker.session_index import LineBuilder, fts_query, highlight_spans
+from broker.audit.index import LineBuilder, fts_query, highlight_spans
 from tests.helpers import BrokerProcess, User, assert_one_line_error
 from tests.helpers import start_broker as start_broker_process
 from tests.sshd_harness import sshd_available, start_sshd
@@ -238,7 +238,7 @@ def test_interrupted_session_is_indexed_after_a_broker_restart(world: World) -> 
 def test_pruned_session_leaves_the_index(world: World) -> None:
     import sqlite3
 
-    from broker.session_index import drop_from_index
+    from broker.audit.index import drop_from_index
 
     result = world.alice.run("exec", "shell", "--", "printf", "prune-%s\\n", "me42")
     assert result.returncode == 0, result.stderr

@@ -7,17 +7,12 @@ on time, also those left from before a restart.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from broker.approvals.service import ApprovalHost, ApprovalService
 
-from broker.approvals.service import ApprovalService
-
-if TYPE_CHECKING:
-    from broker.app import Broker
-
-__all__ = ["ApprovalService", "start_approvals"]
+__all__ = ["ApprovalHost", "ApprovalService", "start_approvals"]
 
 
-async def start_approvals(broker: Broker) -> ApprovalService:
+async def start_approvals(broker: ApprovalHost) -> ApprovalService:
     """The broker's approval gate, started with the broker (its state lives in the store)."""
     service = ApprovalService(broker)
     await service.start()

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from broker.api_methods import ApiMethods, Push
 from broker.protocol import ApiError
 from broker.session_context import ConnectionContext
-from broker.sessions.approvals import STATES, ApprovalError, ApprovalRecord
+from broker.sessions.approvals import STATES, ApprovalError, ApprovalGate, ApprovalRecord
 
 if TYPE_CHECKING:
-    from broker.app import Broker
     from broker.approvals.service import ApprovalService
 
 SCOPES = ("review", "mine", "all")
@@ -48,7 +47,13 @@ def _request_id(params: dict[str, Any]) -> str:
     return value
 
 
-def approval_methods(broker: Broker) -> ApiMethods:
+class HasApprovals(Protocol):
+    """The broker as the approval methods see it: it may or may not run the service."""
+
+    approvals: ApprovalGate
+
+
+def approval_methods(broker: HasApprovals) -> ApiMethods:
     def service() -> ApprovalService:
         from broker.approvals.service import ApprovalService
 

@@ -19,11 +19,11 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.approvals.notifier import Change, Notifier, Subscription
 from broker.approvals.store import AlreadyDecided, ApprovalStore
-from broker.audit import AuditEvent
+from broker.audit.events import AuditEvent, AuditLog
 from broker.sessions.approvals import (
     DEFAULT_TIMEOUT,
     SCREEN_LINES,
@@ -35,7 +35,8 @@ from broker.sessions.approvals import (
 )
 
 if TYPE_CHECKING:
-    from broker.app import Broker
+    from broker.config import BrokerConfig
+    from broker.store import Store
 
 log = logging.getLogger("hoop.broker.approvals")
 
@@ -50,10 +51,18 @@ def when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
+class ApprovalHost(Protocol):
+    """What the approval service needs of the broker that runs it."""
+
+    config: BrokerConfig
+    store: Store
+    audit: AuditLog
+
+
 class ApprovalService:
     """The broker's ApprovalGate, and what the hoop-api approval methods call."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ApprovalHost) -> None:
         self._broker = broker
         self.store = ApprovalStore(broker.store.db)
         self.notifier = Notifier()

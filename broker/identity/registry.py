@@ -29,6 +29,7 @@ from typing import Any
 import aiosqlite
 import asyncssh
 
+from broker.audit.integrity import Signer, json_safe, write_head
 from broker.errors import AuthError, BrokerError, StoreError
 from broker.identity.certificates import (
     IssuedCertificate,
@@ -37,7 +38,6 @@ from broker.identity.certificates import (
     read_presented_certificate,
 )
 from broker.identity.tokens import Identity
-from broker.integrity import Signer, json_safe, write_head
 from broker.keys import UserCA, rotate_user_ca
 from broker.store import STORE_FILE, append_chained, connect_sync, migrate_audit_chain
 

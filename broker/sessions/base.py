@@ -9,17 +9,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
-from broker.audit import AuditEvent
+from broker.audit.events import AuditEvent
+from broker.audit.index import schedule_indexing
+from broker.audit.integrity import seal_recording
 from broker.config import Policy, Target
-from broker.integrity import seal_recording
 from broker.policy.decision import Decision
 from broker.recording import Recorder, RecordingError, RecordingHeader
 from broker.session_context import ConnectionContext
-from broker.session_index import schedule_indexing
 from broker.sessions.approvals import (
     ApprovalError,
     ApprovalGate,
@@ -32,7 +32,9 @@ from broker.sessions.approvals import (
 from broker.sessions.request import SessionCommand
 
 if TYPE_CHECKING:
-    from broker.app import Broker
+    from broker.audit.events import AuditLog
+    from broker.keys import BrokerKeys
+    from broker.store import Store
 
 log = logging.getLogger("hoop.broker.session")
 
@@ -79,12 +81,23 @@ def recording_path(data_dir: Path, session_id: str) -> Path:
     return data_dir / "recordings" / f"{session_id}.cast"
 
 
+class SessionHost(Protocol):
+    """What a session needs of the broker: where to record, sign and audit."""
+
+    store: Store
+    audit: AuditLog
+    keys: BrokerKeys
+
+    @property
+    def data_dir(self) -> Path: ...
+
+
 class SessionBase:
     """Every session is built the same way, from what the client asked for (one SSH channel)."""
 
     def __init__(
         self,
-        broker: Broker,
+        broker: SessionHost,
         ctx: ConnectionContext,
         process: asyncssh.SSHServerProcess[bytes],
         target: Target,
@@ -252,7 +265,7 @@ class SessionBase:
                 reason=outcome.message,
                 details={"exit_status": status, "state": "blocked"},
             )
-            schedule_indexing(self._broker)
+            schedule_indexing(self._broker.store)
 
     async def _review(
         self,
@@ -681,4 +694,4 @@ class SessionBase:
             reason=reason,
             details=details,
         )
-        schedule_indexing(self._broker)
+        schedule_indexing(self._broker.store)

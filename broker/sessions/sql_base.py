@@ -11,7 +11,8 @@ from typing import Any
 
 from broker.credentials import resolve_credential
 from broker.keys import load_or_create_secret
-from broker.masking import Masker, MaskPlan
+from broker.masking.masker import Masker
+from broker.masking.plans import MaskPlan
 from broker.masking_views import (
     SharedTaint,
     column_sources,

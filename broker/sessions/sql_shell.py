@@ -40,7 +40,7 @@ from rich.table import Table
 from rich.text import Text
 
 from broker.credentials import CredentialError
-from broker.masking import ColumnSource
+from broker.masking.lineage import ColumnSource
 from broker.policy.decision import Decision
 from broker.policy.sql import decide_sql
 from broker.policy.sql_session import SessionState

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from broker.audit_config import SinkConfig
-from broker.audit_sinks import OK, Sink, StdoutSink, build_sink
+from broker.audit.config import SinkConfig
+from broker.audit.integrity import Signer, json_safe, read_head, write_head
+from broker.audit.sinks import OK, Sink, StdoutSink, build_sink
 from broker.errors import StoreError
-from broker.integrity import Signer, json_safe, read_head, write_head
 from broker.store import Store
 
 if TYPE_CHECKING:

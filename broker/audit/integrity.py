@@ -42,14 +42,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
+from broker.audit.chain import GENESIS, canonical_json, chain_hash
+from broker.audit.index import drop_from_index
 from broker.errors import BrokerError
-from broker.session_index import drop_from_index
 
 if TYPE_CHECKING:
-    from broker.app import Broker
     from broker.keys import BrokerKeys
 
-GENESIS = "0" * 64
 BLOCK_SIZE = 64 * 1024
 SIGNATURE_SUFFIX = ".sig"
 HEAD_FILE = "audit_head"
@@ -57,7 +56,6 @@ REORDER_WINDOW = 8
 """How far (in seq) a swapped event is looked for when its hash does not match."""
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_CHAIN_FIELDS = ("seq", "prev_hash", "hash")
 
 
 class IntegrityError(BrokerError):
@@ -67,23 +65,11 @@ class IntegrityError(BrokerError):
 # -- canonical form and the chain --------------------------------------------------------
 
 
-def canonical_json(value: Any) -> bytes:
-    """The bytes that are hashed and signed: sorted keys, no spaces, ASCII only."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
 def json_safe(record: dict[str, Any]) -> dict[str, Any]:
     """RECORD as it reads back from JSON (tuples become lists, keys strings, odd values text),
     so that the hash the broker computes is the hash a verifier recomputes from the store."""
     result: dict[str, Any] = json.loads(json.dumps(record, default=str))
     return result
-
-
-def chain_hash(record: dict[str, Any], seq: int, prev_hash: str) -> str:
-    body = {k: v for k, v in record.items() if k not in _CHAIN_FIELDS}
-    body["seq"] = seq
-    body["prev_hash"] = prev_hash
-    return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 # -- keys --------------------------------------------------------------------------------
@@ -865,7 +851,7 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     )
 
 
-async def verify_session(broker: Broker, session_id: str) -> list[str]:
+async def verify_session(data_dir: Path, session_id: str) -> list[str]:
     """What `hoopctl replay ID --verify` shows: one line per problem, [] when intact.
 
     Covers the session's recording and its audit events, and every problem of the chain that
@@ -873,7 +859,7 @@ async def verify_session(broker: Broker, session_id: str) -> list[str]:
     event may well have been this session's. Changed events of other sessions are summed up
     in one line. Runs in a worker thread; the whole chain is read (about 1 s per 100k events).
     """
-    report = await asyncio.to_thread(verify_data_dir, broker.data_dir, session_id)
+    report = await asyncio.to_thread(verify_data_dir, data_dir, session_id)
     lines = []
     others = 0
     for problem in report.problems:

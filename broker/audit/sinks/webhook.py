@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from broker.audit_config import SinkConfig
-from broker.audit_sinks.base import DEGRADED, FAILING, OK, RETRY_WRITE, DurableSink, log
-from broker.audit_sinks.formats import dumps, render
-from broker.audit_sinks.spool import Position, Spool, SpoolFull
+from broker.audit.config import SinkConfig
+from broker.audit.sinks.base import DEGRADED, FAILING, OK, RETRY_WRITE, DurableSink, log
+from broker.audit.sinks.formats import dumps, render
+from broker.audit.sinks.spool import Position, Spool, SpoolFull
 from broker.credentials import resolve_credential
 
 T = TypeVar("T")

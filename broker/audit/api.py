@@ -15,16 +15,18 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.api_methods import ApiMethods, Push
-from broker.audit import AuditEvent
+from broker.audit.events import AuditEvent
+from broker.audit.index import MarkClock, SearchError, index_for, read_marks
 from broker.protocol import ApiError
 from broker.session_context import ConnectionContext
-from broker.session_index import MarkClock, SearchError, index_for, read_marks
 
 if TYPE_CHECKING:
-    from broker.app import Broker
+    from broker.audit.events import AuditLog
+    from broker.config import BrokerConfig
+    from broker.store import Store
 
 SESSION_ID = re.compile(r"\d{8}-[0-9a-f]{12}")
 STATES = ("open", "closed", "interrupted", "failed", "terminated", "blocked")
@@ -54,8 +56,19 @@ def _not_found(session_id: object) -> ApiError:
     return ApiError("not_found", f"no session {session_id} on this broker (or not yours to see)")
 
 
+class AuditHost(Protocol):
+    """What the audit methods need of the broker."""
+
+    config: BrokerConfig
+    store: Store
+    audit: AuditLog
+
+    @property
+    def data_dir(self) -> Path: ...
+
+
 class AuditApi:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: AuditHost) -> None:
         self._broker = broker
 
     # -- access -------------------------------------------------------------------------
@@ -92,7 +105,7 @@ class AuditApi:
 
     async def _counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
-        await index_for(self._broker).ensure_schema()  # the index on audit_events(session)
+        await index_for(self._broker.store).ensure_schema()  # the index on audit_events(session)
         for start in range(0, len(session_ids), 500):
             part = session_ids[start : start + 500]
             marks = ",".join("?" * len(part))
@@ -231,7 +244,7 @@ class AuditApi:
         matches = []
         if scope != "":
             try:
-                matches = await index_for(self._broker).search(text, user=scope, limit=limit)
+                matches = await index_for(self._broker.store).search(text, user=scope, limit=limit)
             except SearchError as exc:
                 raise ApiError("bad_request", str(exc)) from None
         await self._broker.audit.emit(
@@ -315,10 +328,10 @@ class AuditApi:
         """The session's recording signature and audit events checked: {"ok", "lines"}."""
         row = await self._visible_session(ctx, params.get("id"))
         try:
-            from broker.integrity import verify_session
+            from broker.audit.integrity import verify_session
         except ImportError:
             raise ApiError("unavailable", "verification is not available on this broker") from None
-        problems = await verify_session(self._broker, row["id"])
+        problems = await verify_session(self._broker.data_dir, row["id"])
         notes = []
         if row["state"] == "open":
             notes.append("recording not checked: the session is still open (signed when it ends)")
@@ -384,7 +397,7 @@ def _time(params: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def audit_methods(broker: Broker) -> ApiMethods:
+def audit_methods(broker: AuditHost) -> ApiMethods:
     api = AuditApi(broker)
     return ApiMethods(
         calls={

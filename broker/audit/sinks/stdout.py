@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from broker.audit_config import SinkConfig
-from broker.audit_sinks.base import FAILING, OK, Sink
-from broker.audit_sinks.formats import dumps, render
+from broker.audit.config import SinkConfig
+from broker.audit.sinks.base import FAILING, OK, Sink
+from broker.audit.sinks.formats import dumps, render
 
 
 class StdoutSink(Sink):

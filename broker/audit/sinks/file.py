@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from broker.audit_config import SinkConfig
-from broker.audit_sinks.base import DurableSink
-from broker.audit_sinks.formats import dumps, render
+from broker.audit.config import SinkConfig
+from broker.audit.sinks.base import DurableSink
+from broker.audit.sinks.formats import dumps, render
 
 
 class FileSink(DurableSink):

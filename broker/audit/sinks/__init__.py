@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
-from broker.audit_config import SinkConfig
-from broker.audit_sinks.base import DEGRADED, FAILING, OK, Sink, SinkHealth
-from broker.audit_sinks.file import FileSink
-from broker.audit_sinks.stdout import StdoutSink
-from broker.audit_sinks.syslog import SyslogSink
-from broker.audit_sinks.webhook import WebhookSink
+from broker.audit.config import SinkConfig
+from broker.audit.sinks.base import DEGRADED, FAILING, OK, Sink, SinkHealth
+from broker.audit.sinks.file import FileSink
+from broker.audit.sinks.stdout import StdoutSink
+from broker.audit.sinks.syslog import SyslogSink
+from broker.audit.sinks.webhook import WebhookSink
 
 __all__ = [
     "DEGRADED",

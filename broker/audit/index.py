@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 if TYPE_CHECKING:
-    from broker.app import Broker
+    from broker.store import Store
 
 log = logging.getLogger("hoop.broker.index")
 
@@ -571,21 +571,21 @@ _indexes: weakref.WeakKeyDictionary[aiosqlite.Connection, SessionIndex] = (
 _background: set[asyncio.Task[int]] = set()
 
 
-def index_for(broker: Broker) -> SessionIndex:
-    """The broker's session index (one per store connection)."""
-    db = broker.store.db
+def index_for(store: Store) -> SessionIndex:
+    """The session index on STORE's connection (one per connection)."""
+    db = store.db
     index = _indexes.get(db)
     if index is None:
         index = _indexes[db] = SessionIndex(db)
     return index
 
 
-async def index_closed_sessions(broker: Broker) -> int:
+async def index_closed_sessions(store: Store) -> int:
     """Index every ended session not indexed yet; return how many were indexed."""
-    return await index_for(broker).catch_up()
+    return await index_for(store).catch_up()
 
 
-def schedule_indexing(broker: Broker) -> None:
+def schedule_indexing(store: Store) -> None:
     """Run :func:`index_closed_sessions` in the background (at session end, at broker start).
 
     Never raises; a failure is logged, and the next catch-up (before every search) retries.
@@ -593,7 +593,7 @@ def schedule_indexing(broker: Broker) -> None:
 
     async def run() -> int:
         try:
-            return await index_closed_sessions(broker)
+            return await index_closed_sessions(store)
         except Exception:
             log.exception("indexing ended sessions failed")
             return 0

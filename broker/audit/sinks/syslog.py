@@ -26,9 +26,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from broker.audit_config import SinkConfig
-from broker.audit_sinks.base import DEGRADED, OK, QueueSink, log
-from broker.audit_sinks.formats import render, shrink
+from broker.audit.config import SinkConfig
+from broker.audit.sinks.base import DEGRADED, OK, QueueSink, log
+from broker.audit.sinks.formats import render, shrink
 
 SD_ID = "hoop@32473"
 APP_NAME = "hoop-broker"

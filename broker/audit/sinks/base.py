@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from broker.audit_config import SinkConfig
+from broker.audit.config import SinkConfig
 
 log = logging.getLogger("hoop.audit")
 

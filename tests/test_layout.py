@@ -1,0 +1,67 @@
+"""The house's shape (docs/architecture.md): floors that only look down, and a fast client."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import BIN, REPO
+
+LINT_IMPORTS = BIN / "lint-imports"
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LINT_IMPORTS, "--config", str(root / ".importlinter"), "--no-cache"],
+        cwd=root,
+        env={"PATH": f"{BIN}:/usr/bin:/bin", "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_import_contracts_hold() -> None:
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
+    # The check can fail: a copy where the store (a low floor) names the Broker, even only
+    # for type checking, is refused.
+    root = tmp_path / "copy"
+    for name in ("broker", "hoopctl"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / ".importlinter", root / ".importlinter")
+    store = root / "broker" / "store.py"
+    text = store.read_text()
+    store.write_text(
+        text.replace(
+            "from __future__ import annotations\n",
+            "from __future__ import annotations\n\nfrom typing import TYPE_CHECKING\n\n"
+            "if TYPE_CHECKING:\n    from broker.app import Broker\n",
+            1,
+        )
+    )
+    result = _lint_imports(root)
+    assert result.returncode == 1, result.stdout
+    assert "broker.store is not allowed to import broker.app" in result.stdout
+
+
+def test_hoopctl_version_loads_nothing_that_talks_to_the_broker() -> None:
+    probe = (
+        "import sys\n"
+        "sys.argv = ['hoopctl', '--version']\n"
+        "from hoopctl.entry import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('asyncssh', 'authlib', 'joserfc', 'httpx2', 'pyte', 'keyring', 'asyncio')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hoopctl 0.1.0", "[]"]
