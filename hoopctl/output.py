@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -41,6 +42,16 @@ def _width(stream: Any) -> int | None:
 
 stdout = _Console(soft_wrap=True, width=_width(sys.stdout))
 stderr = _Console(stderr=True, soft_wrap=True, highlight=False, width=_width(sys.stderr))
+
+
+def certificate_expiry(valid_before: int) -> str:
+    """When a certificate expires, in local time, and how long is left (or EXPIRED)."""
+    from broker.durations import format_duration
+
+    when = datetime.fromtimestamp(valid_before, tz=UTC).astimezone()
+    left = valid_before - time.time()
+    status = f"in {format_duration(left)}" if left > 0 else "EXPIRED"
+    return f"{when:%Y-%m-%d %H:%M:%S %Z} ({status})"
 
 
 def escapes_set_apart() -> bool:

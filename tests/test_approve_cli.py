@@ -26,8 +26,8 @@ from typing import Any
 import pexpect
 import pytest
 
+from hoopctl.approval_listing import exec_words
 from hoopctl.approval_requests import ApprovalRequest, clock, describe_decision, timestamp
-from hoopctl.approvals_cli import exec_words
 from hoopctl.broker_lines import BrokerLines
 from hoopctl.errors import UsageError
 from hoopctl.escape import escape, escape_parts, for_rich, has_hidden
