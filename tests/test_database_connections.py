@@ -224,7 +224,7 @@ async def test_sqlite_statement_timeout(sqlite_path: Path) -> None:
         started = time.monotonic()
         with pytest.raises(StatementError) as caught:
             await fetch(connection, SQLITE_LONG)
-        assert 0.9 < time.monotonic() - started < 5
+        assert 0.9 < time.monotonic() - started < 20  # the 1 s timeout, not the long query
         assert str(caught.value) == "ERROR: canceling statement due to statement timeout (1s)"
         # The deadline is per statement: an idle connection does not run out of time.
         await asyncio.sleep(1.2)

@@ -456,7 +456,7 @@ async def test_poll_for_tokens_stops_when_the_code_expires(make_dev_issuer) -> N
     started = time.monotonic()
     with pytest.raises(LoginError, match="expired"):
         await asyncio.to_thread(poll_for_tokens, dev_endpoints(issuer), "hoopctl", authorization)
-    assert 2 <= time.monotonic() - started < 5
+    assert 2 <= time.monotonic() - started < 20  # it waited for the expiry, then stopped
 
 
 async def test_poll_for_tokens_reports_expired_token_from_the_issuer(make_dev_issuer) -> None:

@@ -260,7 +260,8 @@ def test_line_builder_joins_escape_sequences_split_across_events() -> None:
     builder.feed(1.5, "ho hi\x1b[")
     builder.feed(2.0, "1mthere\x1b[0m\r\n")
     builder.feed(3.0, "10%\r100%\x1b[K\r\nab\bX\r\n")
-    assert builder.close() == [(1.0, "$ echo hithere"), (3.0, "100%"), (3.0, "aX")]
+    # A line is found at the time it took its final form, not when its prompt was drawn.
+    assert builder.close() == [(2.0, "$ echo hithere"), (3.0, "100%"), (3.0, "aX")]
 
 
 def test_line_builder_indexes_a_repeated_line_once_and_caps_long_lines() -> None:

@@ -1314,6 +1314,6 @@ def test_nesting_that_would_make_the_parser_crawl_is_unknown_at_once(dialect: Di
     text = "SELECT " + "DATE(" * 24 + "1" + ")" * 24
     started = time.monotonic()
     decision = decide(text, dialect)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # not the minutes sqlglot would take
     assert decision.action == "review" and decision.unknown
     assert "too deep" in decision.reason

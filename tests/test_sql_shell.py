@@ -475,8 +475,8 @@ def test_ctrl_c_cancels_the_statement_on_the_server(
     started = time.monotonic()
     sh.child.send("\x03")
     sh.expect(re.escape(message), timeout=10)
-    sh.child.expect_exact(PROMPT_START, timeout=10)
-    assert time.monotonic() - started < 5
+    sh.child.expect_exact(PROMPT_START, timeout=25)
+    assert time.monotonic() - started < 25  # cancelled, not the 30 s sleep waited out
     assert _running(admin, target, marker) == 0
     # The same connection goes on.
     assert "(1 row)" in sh.run("SELECT 1;")

@@ -169,12 +169,12 @@ def test_review_without_approvals_does_not_run(user: User, broker: BrokerProcess
 
 def test_ctrl_c_reaches_a_running_program(user: User) -> None:
     child = open_shell(user)
-    child.send("sleep 30\r")
-    time.sleep(0.5)
+    child.send("printf 'running\\n'; sleep 30\r")
+    child.expect("running\r\n")  # the command's own output: the line runs, sleep is next
     started = time.monotonic()
     child.sendcontrol("c")
     child.expect(PROMPT)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 25  # `sleep 30` was interrupted, not waited for
     close_shell(child)
 
 

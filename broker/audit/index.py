@@ -8,7 +8,8 @@ session started, the offset `hoopctl replay ID --at OFFSET` takes):
   ``command: …`` / ``query: …`` mark when there is one, else at the time of the event.
 * ``output``: the lines the target printed, rebuilt from the recording's ``o`` events: escape
   sequences removed, carriage returns, backspaces and erase-line applied, one entry per
-  line at the time its first character was shown. Identical lines of one session are
+  line at the time it took its final form (its last character shown): a command typed at a
+  prompt that waited is found where it was typed, not where the prompt was drawn. Identical lines of one session are
   indexed once (their first time). A session contributes at most ``MAX_OUTPUT_LINES`` output
   lines of at most ``MAX_LINE_CHARS`` characters each.
 
@@ -131,7 +132,7 @@ class LineBuilder:
         self._seen: set[str] = set()
         self._chars: list[str] = []
         self._cursor = 0
-        self._started: float | None = None
+        self._written: float | None = None
         self._carry = ""
 
     def feed(self, offset: float, data: str) -> None:
@@ -194,8 +195,8 @@ class LineBuilder:
                 self._write(offset, piece)
 
     def _write(self, offset: float, text: str) -> None:
-        if self._started is None and text.strip():
-            self._started = offset
+        if text.strip():
+            self._written = offset  # the line's time: when it was last written
         chars, cursor = self._chars, self._cursor
         room = MAX_LINE_CHARS - cursor
         if room <= 0:
@@ -208,17 +209,17 @@ class LineBuilder:
 
     def _end_line(self) -> None:
         line = "".join(self._chars).strip()
-        started = self._started
+        written = self._written
         self._chars = []
         self._cursor = 0
-        self._started = None
-        if not line or started is None or line in self._seen:
+        self._written = None
+        if not line or written is None or line in self._seen:
             return
         if len(self.lines) >= self._max_lines:
             self.truncated = True
             return
         self._seen.add(line)
-        self.lines.append((started, line))
+        self.lines.append((written, line))
 
 
 @dataclass

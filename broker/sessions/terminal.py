@@ -249,7 +249,9 @@ class TerminalSession(SessionBase):
             return
         self._ending = f"recording failed: {exc}"
         log.error("session %s: %s", self.session_id, exc)
-        self._notice(
+        # On the channel's stderr, like the session's end: output still queued for the client
+        # when the target is hung up does not always reach it, and this line must.
+        self._stderr(
             "the session recording cannot be written; this session is ended (strict recording)"
         )
         if self._terminal is not None:
