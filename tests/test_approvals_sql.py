@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from tests.helpers import USER_CODE, BrokerProcess, User, free_port, start_broker
 from tests.idp_harness import ACCOUNTS, OidcProviderProcess, approve_device_code
+from tests.scratch_databases import scratch_postgres
 from tests.test_approvals_helpers import Person
 
 LOGIN_TIMEOUT = 40
@@ -26,19 +26,8 @@ LOGIN_TIMEOUT = 40
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    name = "hoop_approvals_" + secrets.token_hex(4)
-    role = name + "_app"
-    with psycopg.connect(
-        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
-    ) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN")
-        admin.execute(f"CREATE DATABASE {name} OWNER {role}")
-    yield name
-    with psycopg.connect(
-        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
-    ) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"DROP ROLE IF EXISTS {role}")
+    with scratch_postgres(prefix="hoop_approvals_") as name:
+        yield name
 
 
 def fill(database: str, rows: int = 3) -> None:

@@ -41,6 +41,7 @@ from tests.helpers import (
     free_port,
     start_broker,
 )
+from tests.scratch_databases import scratch_postgres
 
 # ---------------------------------------------------------------------------
 # hoopctl.escape
@@ -720,22 +721,13 @@ def test_requests_lists_only_your_own(team: Team) -> None:
 @pytest.fixture
 def accounts_db() -> Iterator[tuple[str, str]]:
     """A fresh PostgreSQL database with an accounts table; (database, password)."""
-    import psycopg
-
-    name = "hoop_appr_" + secrets.token_hex(4)
     password = "pw-" + secrets.token_hex(8)
-    admin = {"host": "127.0.0.1", "user": "postgres", "autocommit": True}
-    with psycopg.connect(**admin, dbname="postgres") as db:
-        db.execute(f"CREATE ROLE {name}_app LOGIN PASSWORD '{password}'")
-        db.execute(f"CREATE DATABASE {name} OWNER {name}_app")
-    with psycopg.connect(**admin, dbname=name) as db:
-        db.execute(f"SET ROLE {name}_app")
-        db.execute("CREATE TABLE accounts (id int PRIMARY KEY, email text)")
-        db.execute("INSERT INTO accounts VALUES (1, 'ann@example.com'), (2, 'bo@example.com')")
-    yield name, password
-    with psycopg.connect(**admin, dbname="postgres") as db:
-        db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        db.execute(f"DROP ROLE IF EXISTS {name}_app")
+    schema = (
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text)",
+        "INSERT INTO accounts VALUES (1, 'ann@example.com'), (2, 'bo@example.com')",
+    )
+    with scratch_postgres(schema, password=password, prefix="hoop_appr_") as name:
+        yield name, password
 
 
 def _count_accounts(name: str) -> int:

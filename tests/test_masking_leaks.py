@@ -23,8 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import pymysql
 import pytest
 
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget
@@ -38,6 +36,7 @@ from broker.policy.sql import parse_sql
 from broker.sessions.sql_base import SqlSessionBase
 from broker.targets.database import DatabaseConnection, StatementError, open_database
 from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
+from tests.scratch_databases import scratch_mariadb, scratch_postgres
 
 MY_PASSWORD = "my-" + secrets.token_hex(8)
 PG_PASSWORD = "pg-" + secrets.token_hex(8)
@@ -98,52 +97,23 @@ PG_SCHEMA = [
 
 @pytest.fixture(scope="module")
 def postgres_db() -> Iterator[str]:
-    name = "hoop_test_" + secrets.token_hex(4)
-    role = name + "_app"
-    admin_args: dict[str, Any] = {"host": "127.0.0.1", "user": "postgres", "autocommit": True}
-    with psycopg.connect(**admin_args, dbname="postgres") as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PG_PASSWORD}'")
-        admin.execute(f"CREATE DATABASE {name} OWNER {role}")
-    try:
-        with psycopg.connect(**admin_args, dbname=name) as db:
-            db.execute(f"SET ROLE {role}")
-            for statement in PG_SCHEMA:
-                db.execute(statement)  # type: ignore[arg-type]
+    with scratch_postgres(PG_SCHEMA, password=PG_PASSWORD) as name:
         yield name
-    finally:
-        with psycopg.connect(**admin_args, dbname="postgres") as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 @pytest.fixture(scope="module")
 def mariadb_db() -> Iterator[str]:
-    name = "hoop_test_" + secrets.token_hex(4)
-    admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name}")
-            for host in ("%", "localhost"):
-                cur.execute(f"CREATE USER '{name}'@'{host}' IDENTIFIED BY '{MY_PASSWORD}'")
-                cur.execute(f"GRANT ALL ON {name}.* TO '{name}'@'{host}'")
-            cur.execute(f"USE {name}")
-            for statement in (
-                "CREATE TABLE users (id int PRIMARY KEY, name text, email varchar(100),"
-                " card varchar(30), notes text)",
-                f"INSERT INTO users VALUES {_users_sql()}",
-                "CREATE TABLE archive (id int, note text)",
-                "CREATE PROCEDURE fill() INSERT INTO archive SELECT id, REVERSE(email) FROM users",
-                "CREATE FUNCTION stash(v text) RETURNS int MODIFIES SQL DATA "
-                "BEGIN INSERT INTO archive VALUES (0, v); RETURN 1; END",
-            ):
-                cur.execute(statement)
+    schema = (
+        "CREATE TABLE users (id int PRIMARY KEY, name text, email varchar(100),"
+        " card varchar(30), notes text)",
+        f"INSERT INTO users VALUES {_users_sql()}",
+        "CREATE TABLE archive (id int, note text)",
+        "CREATE PROCEDURE fill() INSERT INTO archive SELECT id, REVERSE(email) FROM users",
+        "CREATE FUNCTION stash(v text) RETURNS int MODIFIES SQL DATA "
+        "BEGIN INSERT INTO archive VALUES (0, v); RETURN 1; END",
+    )
+    with scratch_mariadb(schema, password=MY_PASSWORD) as name:
         yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
-            for host in ("%", "localhost"):
-                cur.execute(f"DROP USER IF EXISTS '{name}'@'{host}'")
-        admin.close()
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from broker.targets.database import (
     StatementError,
     open_database,
 )
+from tests.scratch_databases import scratch_postgres
 
 MY_PASSWORD = "my-" + secrets.token_hex(8)
 KEY = b"test-key"
@@ -65,22 +66,8 @@ PG_SCHEMA = [
 
 @pytest.fixture(scope="module")
 def postgres_db() -> Iterator[str]:
-    name = "hoop_test_" + secrets.token_hex(4)
-    role = name + "_app"
-    admin_args: dict[str, Any] = {"host": "127.0.0.1", "user": "postgres", "autocommit": True}
-    with psycopg.connect(**admin_args, dbname="postgres") as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN")
-        admin.execute(f"CREATE DATABASE {name} OWNER {role}")
-    try:
-        with psycopg.connect(**admin_args, dbname=name) as db:
-            db.execute(f"SET ROLE {role}")
-            for statement in PG_SCHEMA:
-                db.execute(statement)  # type: ignore[arg-type]
+    with scratch_postgres(PG_SCHEMA) as name:
         yield name
-    finally:
-        with psycopg.connect(**admin_args, dbname="postgres") as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from broker.audit.index import LineBuilder, fts_query, highlight_spans
 from tests.helpers import BrokerProcess, User, assert_one_line_error
 from tests.helpers import start_broker as start_broker_process
+from tests.scratch_databases import scratch_postgres
 from tests.sshd_harness import sshd_available, start_sshd
 from tests.terminal_helpers import open_shell, run_line
 from tests.test_sessions_cli import audit_broker_config, finish, hoop_json
@@ -28,26 +28,13 @@ UNKNOWN_ID = "20200101-0123456789ab"
 
 @pytest.fixture(scope="module")
 def postgres_db() -> Iterator[str]:
-    name = "hoop_search_" + secrets.token_hex(4)
-    role = name + "_app"
-    with psycopg.connect(
-        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
-    ) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PG_PASSWORD}'")
-        admin.execute(f"CREATE DATABASE {name} OWNER {role}")
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=name, autocommit=True) as db:
-        db.execute(f"SET ROLE {role}")
-        db.execute("CREATE TABLE customers (id int PRIMARY KEY, email text, city text)")
-        db.execute(
-            "INSERT INTO customers VALUES (1, 'secret-ann@example.com', 'Lisbon'), "
-            "(2, 'secret-bo@example.com', 'Porto')"
-        )
-    yield name
-    with psycopg.connect(
-        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
-    ) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"DROP ROLE IF EXISTS {role}")
+    schema = (
+        "CREATE TABLE customers (id int PRIMARY KEY, email text, city text)",
+        "INSERT INTO customers VALUES (1, 'secret-ann@example.com', 'Lisbon'), "
+        "(2, 'secret-bo@example.com', 'Porto')",
+    )
+    with scratch_postgres(schema, password=PG_PASSWORD, prefix="hoop_search_") as name:
+        yield name
 
 
 def pg_target(database: str, secret: Path) -> str:

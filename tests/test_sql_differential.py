@@ -49,6 +49,7 @@ from broker.config import Policy, Rule
 from broker.policy.sql import Statement, decide_sql, parse_sql
 from broker.policy.sql_session import SAFE_SQL_MODES
 from broker.sessions.sql_state import needs_check
+from tests.scratch_databases import scratch_postgres
 from tests.sql_corpus import KIND_RULES_SILENT, TABLES, VIEWS, Case, corpus
 
 PG_PASSWORD = "pg-" + secrets.token_hex(8)
@@ -322,21 +323,11 @@ def _pg_run(conn: psycopg.Connection[Any], db: str, cases: list[Case]) -> list[O
 
 @pytest.fixture(scope="module")
 def postgres_outcomes() -> Iterator[list[Outcome]]:
-    name = "hoop_diff_" + secrets.token_hex(4)
-    role = name + "_app"
-    admin_args: dict[str, Any] = {"host": "127.0.0.1", "user": "postgres", "autocommit": True}
-    with psycopg.connect(**admin_args, dbname="postgres") as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PG_PASSWORD}'")  # type: ignore[arg-type]
-        admin.execute(f"CREATE DATABASE {name} OWNER {role}")  # type: ignore[arg-type]
-    try:
+    with scratch_postgres(password=PG_PASSWORD, prefix="hoop_diff_") as name:
         conn = _pg_connect(name)
         version = conn.info.server_version
         _pg_rebuild(conn)
         yield _pg_run(conn, name, corpus("postgres", db="public", pg_version=version))
-    finally:
-        with psycopg.connect(**admin_args, dbname="postgres") as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
-            admin.execute(f"DROP ROLE IF EXISTS {role}")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- MariaDB

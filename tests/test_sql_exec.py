@@ -10,11 +10,10 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
-import pymysql
 import pytest
 
 from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
+from tests.scratch_databases import scratch_mariadb, scratch_postgres
 
 PG_PASSWORD = "pg-" + secrets.token_hex(8)
 MY_PASSWORD = "my-" + secrets.token_hex(8)
@@ -40,49 +39,22 @@ approvers = ["dba-leads"]
 
 @pytest.fixture(scope="module")
 def postgres_db() -> Iterator[str]:
-    name = "hoop_test_" + secrets.token_hex(4)
-    role = name + "_app"
-    with psycopg.connect(
-        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
-    ) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PG_PASSWORD}'")
-        admin.execute(f"CREATE DATABASE {name} OWNER {role}")
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=name, autocommit=True) as db:
-        db.execute(f"SET ROLE {role}")
-        db.execute("CREATE TABLE accounts (id int PRIMARY KEY, email text, balance numeric)")
-        db.execute(
-            "INSERT INTO accounts VALUES (1, 'ann@example.com', 10.5), (2, 'bo@example.com', 20)"
-        )
-    yield name
-    with psycopg.connect(
-        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
-    ) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"DROP ROLE IF EXISTS {role}")
+    schema = (
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, balance numeric)",
+        "INSERT INTO accounts VALUES (1, 'ann@example.com', 10.5), (2, 'bo@example.com', 20)",
+    )
+    with scratch_postgres(schema, password=PG_PASSWORD) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
 def mariadb_db() -> Iterator[str]:
-    name = "hoop_test_" + secrets.token_hex(4)
-    admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-        cur.execute(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{MY_PASSWORD}'")
-        cur.execute(f"CREATE USER '{name}'@'localhost' IDENTIFIED BY '{MY_PASSWORD}'")
-        cur.execute(f"GRANT ALL ON {name}.* TO '{name}'@'%'")
-        cur.execute(f"GRANT ALL ON {name}.* TO '{name}'@'localhost'")
-        cur.execute(
-            f"CREATE TABLE {name}.accounts (id int PRIMARY KEY, email text, balance decimal(10,2))"
-        )
-        cur.execute(
-            f"INSERT INTO {name}.accounts VALUES (1, 'ann@example.com', 10.5), (2, 'bo@example.com', 20)"
-        )
-    yield name
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        cur.execute(f"DROP USER IF EXISTS '{name}'@'%'")
-        cur.execute(f"DROP USER IF EXISTS '{name}'@'localhost'")
-    admin.close()
+    schema = (
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, balance decimal(10,2))",
+        "INSERT INTO accounts VALUES (1, 'ann@example.com', 10.5), (2, 'bo@example.com', 20)",
+    )
+    with scratch_mariadb(schema, password=MY_PASSWORD) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
