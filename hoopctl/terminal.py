@@ -32,12 +32,13 @@ async def _copy_out(
     """Copy STREAM to FD; with BROKER_LINES, the broker's lines before the session's output
     are shown under hoopctl's prefix (hoopctl.broker_lines)."""
     gone = False  # the terminal went away (EIO after a hang-up): read on, show nothing
-    while True:
+    ended = False
+    while not ended:
         data = await stream.read(_CHUNK)
+        ended = not data
         if broker_lines is not None:
-            data = broker_lines.feed(data) if data else broker_lines.close() or data
-        if not data:
-            return
+            # A line may be held back until its end arrives: b"" here is not the end.
+            data = broker_lines.close() if ended else broker_lines.feed(data)
         view = memoryview(data)
         while view and not gone:
             try:
