@@ -244,6 +244,28 @@ def test_broker_lines_become_hoopctl_lines_until_the_first_line_of_the_session()
     assert unfinished.close() == b"hoopctl: refused"
 
 
+def test_a_broker_line_split_across_reads_is_shown_whole_and_later_lines_too() -> None:
+    """hoopctl's stderr copy holds a broker line back until its end arrives; the empty result
+    of that hold is not the end of the stream (it once was: later lines were lost)."""
+    import asyncio
+
+    from hoopctl.terminal import _copy_out
+
+    class Chunks:
+        def __init__(self, *chunks: bytes) -> None:
+            self._chunks = list(chunks)
+
+        async def read(self, _size: int) -> bytes:
+            return self._chunks.pop(0) if self._chunks else b""
+
+    reader, writer = os.pipe()
+    stream = Chunks(b"hoop-broker: refu", b"sed\r\n", b"[hoop] later", b" line\r\n")
+    asyncio.run(_copy_out(stream, writer, BrokerLines()))  # type: ignore[arg-type]
+    os.close(writer)
+    with os.fdopen(reader, "rb") as shown:
+        assert shown.read() == b"hoopctl: refused\r\n[hoop] later line\r\n"
+
+
 def test_relay_ends_the_broker_phase_at_the_first_line_that_is_not_the_broker() -> None:
     relay, out = _relay(live=False)
     relay.stderr(b"hoop: approved by bob\nwarning: \x1b[1mbold\x1b[0m\nhoop: not the broker\n")
