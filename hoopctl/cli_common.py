@@ -87,6 +87,10 @@ complete_session = _completer("sessions")
 complete_request = _completer("requests")
 
 
+def _ignore_unraisable(_unraisable: Any) -> None:
+    return None
+
+
 def _run(work: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
     """Run a command body; every HoopError becomes one line on stderr and its exit code."""
     try:
@@ -101,6 +105,10 @@ def _run(work: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         print("hoopctl: interrupted", file=sys.stderr)
+        # Ctrl-C can land inside a library object's constructor (authlib's OAuth2Client);
+        # its destructor then fails at exit and Python prints a traceback. The one line above
+        # is all the user should see.
+        sys.unraisablehook = _ignore_unraisable
         raise typer.Exit(130) from None
     except BrokenPipeError:
         closed_stdout()
