@@ -490,13 +490,6 @@ class GuardedTerminalSession(SessionBase):
         def inform(message: str) -> None:
             term.write(f"\x1b[1;33m[hoop]\x1b[0m {message}\n")
 
-        async def ask_reason(prompt: str) -> str | None:
-            try:
-                reason = await term.prompt(PromptSession(), message=f"{prompt} ")
-            except (KeyboardInterrupt, EOFError):
-                return None
-            return reason.strip() or None
-
         task = asyncio.create_task(
             self._hold(
                 text,
@@ -505,7 +498,7 @@ class GuardedTerminalSession(SessionBase):
                 screen=tuple(term.recent),
                 inform=inform,
                 status=term.status,
-                ask_reason=ask_reason,
+                ask_reason=term.ask_line,
             )
         )
         term.on_interrupt = task.cancel

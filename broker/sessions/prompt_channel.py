@@ -481,6 +481,15 @@ class ChannelTerminal:
             self.prompting = False
             await self.drain()
 
+    async def ask_line(self, prompt: str) -> str | None:
+        """One line typed after PROMPT (a reason for a held command), stripped; None when
+        the user cancels (Ctrl-C, end of input) or types nothing."""
+        try:
+            answer = await self.prompt(PromptSession(), message=f"{prompt} ")
+        except (KeyboardInterrupt, EOFError):
+            return None
+        return answer.strip() or None
+
     async def read_key(self) -> bytes:
         """The next key typed while no prompt is shown (one byte; an escape sequence is dropped
         and returned as ESC); b"" when no more input will come."""

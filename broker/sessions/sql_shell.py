@@ -373,13 +373,6 @@ class SqlShell(SqlSessionBase):
         def inform(message: str) -> None:
             term.write(f"\x1b[1;33m[hoop]\x1b[0m {clean(message)}\n")
 
-        async def ask_reason(prompt: str) -> str | None:
-            try:
-                reason = await term.prompt(PromptSession(), message=f"{prompt} ")
-            except (KeyboardInterrupt, EOFError):
-                return None
-            return reason.strip() or None
-
         task = asyncio.create_task(
             self._hold(
                 text,
@@ -389,7 +382,7 @@ class SqlShell(SqlSessionBase):
                 screen=tuple(term.recent),
                 inform=inform,
                 status=lambda line: term.status(None if line is None else clean(line)),
-                ask_reason=ask_reason,
+                ask_reason=term.ask_line,
             )
         )
         term.on_interrupt = task.cancel
