@@ -188,7 +188,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> Results:
     # Imported only now, so hoopctl and keyring see the isolated user.
     import asyncssh
 
-    from broker.targets.shell_integration import bash_rcfile, remote_bash_command
+    from broker.protocols.shell_integration import bash_rcfile, remote_bash_command
     from hoopctl.address import BrokerAddress
     from hoopctl.credentials import CredentialStore
     from hoopctl.session import current_profile

@@ -269,7 +269,7 @@ def _run_as_user(value: str) -> str:
 
 class LocalTarget(_TerminalTarget):
     type: Literal["local"]
-    # The OS user the target's processes run as; required (see broker/targets/os_user.py).
+    # The OS user the target's processes run as; required (see broker/protocols/local_user.py).
     run_as: Annotated[str, Field(min_length=1), AfterValidator(_run_as_user)]
     command: list[str] = Field(default_factory=lambda: ["bash", "-l"], min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
@@ -320,6 +320,7 @@ class SqliteTarget(_DatabaseTarget):
     path: Path
 
 
+DatabaseTarget = PostgresTarget | MysqlTarget | SqliteTarget
 Target = Annotated[
     SshTarget | LocalTarget | PostgresTarget | MysqlTarget | SqliteTarget,
     Field(discriminator="type"),

@@ -48,8 +48,10 @@ from broker.masking.lineage import (
     _TableRel,
     _union,
 )
-from broker.masking.lineage_postgres import _PgResolver
+from broker.masking.lineage_pglast import _PgResolver
 from broker.masking.lineage_sqlglot import _GlotResolver
+from broker.protocols import sql_unit
+from broker.protocols.sql import SqlUnit
 
 log = logging.getLogger("hoop.broker.masking")
 
@@ -171,9 +173,10 @@ def analyze(
     statement that cannot be analysed reads anything and, unless it clearly cannot write,
     runs code (everything may hold anything afterwards)."""
     try:
-        if dialect == "postgres":
-            return _analyze_postgres(sql, catalog, view_sources)
-        return _analyze_glot(dialect, sql, catalog, view_sources, variables)
+        unit = sql_unit(dialect)
+        if unit.parser == "pglast":
+            return _analyze_pglast(sql, catalog, view_sources)
+        return _analyze_glot(unit, sql, catalog, view_sources, variables)
     except RecursionError:
         pass
     except Exception:  # a bug here must not unmask anything
@@ -187,7 +190,7 @@ def analyze(
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _analyze_postgres(
+def _analyze_pglast(
     sql: str, catalog: Catalog | None, view_sources: ViewSources | None
 ) -> Analysis:
     from pglast import parse_sql
@@ -528,8 +531,8 @@ def _excluded(aligned: list[tuple[str, _Src]]) -> Any:
 
 
 def glot_text(dialect: str, sql: str) -> str:
-    """The text sqlglot is given for ``sql``: MySQL's and SQLite's REPLACE has INSERT's syntax
-    (sqlglot only parses the latter)."""
+    """The text sqlglot (its DIALECT) is given for ``sql``: REPLACE has INSERT's syntax where
+    there is one (sqlglot only parses the latter)."""
     try:
         tokens = _tokens(dialect, sql)
     except Exception:
@@ -558,19 +561,19 @@ def _glot_parse(dialect: str, sql: str) -> Any | None:
 
 
 def _analyze_glot(
-    dialect: str,
+    unit: SqlUnit,
     sql: str,
     catalog: Catalog | None,
     view_sources: ViewSources | None,
     variables: Variables | None,
 ) -> Analysis:
     try:
-        tree = _glot_parse(dialect, sql)
+        tree = _glot_parse(unit.glot_name, sql)
     except Exception:
         tree = None
     if tree is None:
-        return _GlotFallback(dialect, catalog, view_sources, variables).run(sql)
-    analyzer = _GlotAnalyzer(dialect, catalog, view_sources, variables)
+        return _GlotFallback(unit, catalog, view_sources, variables).run(sql)
+    analyzer = _GlotAnalyzer(unit, catalog, view_sources, variables)
     analyzer.statement(tree, _Scope())
     analyzer.collect_reads(tree)
     return analyzer.out
@@ -579,7 +582,7 @@ def _analyze_glot(
 class _GlotAnalyzer:
     def __init__(
         self,
-        dialect: str,
+        unit: SqlUnit,
         catalog: Catalog | None,
         view_sources: ViewSources | None,
         variables: Variables | None,
@@ -587,7 +590,7 @@ class _GlotAnalyzer:
         from sqlglot import exp
 
         self.e = exp
-        self.dialect = dialect
+        self.unit = unit
         self.catalog = catalog
         self.r = _GlotResolver(exp, catalog, view_sources, variables)
         self.out = Analysis()
@@ -835,7 +838,7 @@ class _GlotAnalyzer:
             elif isinstance(node, e.PropertyEQ) and isinstance(node.this, e.Parameter):
                 self.effects.variables.add("@" + _var_name(node.this))
             elif isinstance(node, e.Anonymous):
-                if not (self.dialect == "mysql" and node.name.upper() == "VALUES"):
+                if not (self.unit.values_function and node.name.upper() == "VALUES"):
                     self.function(node.name.lower(), node.expressions)
             elif isinstance(node, e.Show):
                 reads.settings = True
@@ -859,7 +862,7 @@ class _GlotAnalyzer:
                 self.effects.write_reads(target)
         if name not in PURE_FUNCTIONS:
             self.out.reads.anything = True
-            if self.dialect != "sqlite":  # SQLite has no functions but the broker's own
+            if self.unit.has_user_functions:
                 self.effects.functions.add(name)
 
 
@@ -899,12 +902,13 @@ class _GlotFallback:
 
     def __init__(
         self,
-        dialect: str,
+        unit: SqlUnit,
         catalog: Catalog | None,
         view_sources: ViewSources | None,
         variables: Variables | None,
     ) -> None:
-        self.dialect = dialect
+        self.unit = unit
+        self.dialect = unit.glot_name
         self.args = (catalog, view_sources, variables)
 
     def sub(self, sql: str) -> Analysis | None:
@@ -915,7 +919,7 @@ class _GlotFallback:
             return None
         if tree is None:
             return None
-        analyzer = _GlotAnalyzer(self.dialect, *self.args)
+        analyzer = _GlotAnalyzer(self.unit, *self.args)
         analyzer.statement(tree, _Scope())
         analyzer.collect_reads(tree)
         return analyzer.out
@@ -950,7 +954,7 @@ class _GlotFallback:
             for t in tokens[1:]:
                 if t.text.upper() in _STATEMENT_WORDS:
                     inner = sql[t.start :]
-                    out = self.sub(inner) or _GlotFallback(self.dialect, *self.args).run(inner)
+                    out = self.sub(inner) or _GlotFallback(self.unit, *self.args).run(inner)
                     break
         elif first == "RENAME":
             out = self.rename(tokens)
@@ -998,7 +1002,7 @@ class _GlotFallback:
             depth -= kind == "R_PAREN"
             if depth == 0 and token.text.upper() == "FOR" and k + 1 < len(tokens):
                 inner = sql[tokens[k + 1].start :]
-                out = self.sub(inner) or _GlotFallback(self.dialect, *self.args).run(inner)
+                out = self.sub(inner) or _GlotFallback(self.unit, *self.args).run(inner)
                 settings = self.assignments(sql[: token.start], tokens[1:k])
                 if settings is not None:
                     out.merge(settings)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -53,10 +54,11 @@ from pathlib import Path
 from typing import Any
 
 from broker.masking.lineage import ColumnSource
-from broker.masking.lineage_postgres import column_sources_postgres
+from broker.masking.lineage_pglast import column_sources_pglast
 from broker.masking.lineage_sqlglot import column_sources_sqlglot
 from broker.masking_effects import ANYTHING, Analysis, Reads, analyze, glot_text
-from broker.targets.database import DatabaseConnection, StatementError
+from broker.protocols import sql_dialects, sql_unit
+from broker.protocols.sql import DatabaseConnection, Key, StatementError, safe_literal
 
 log = logging.getLogger("hoop.broker.masking")
 
@@ -95,23 +97,12 @@ _GLOT_KEEP = frozenset(
     }
 )
 
-Key = tuple[str | None, str]  # (schema, name) as the statement writes them
 
-# Catalogs of column statistics: they hold values of every analysed column (most common
-# values, histogram bounds, MariaDB's min_value and max_value). Opaque.
-STATISTICS = frozenset(
-    {
-        "pg_stats",
-        "pg_stats_ext",
-        "pg_stats_ext_exprs",
-        "pg_statistic",
-        "pg_statistic_ext_data",
-        "column_stats",
-        "column_statistics",
-        "sqlite_stat1",
-        "sqlite_stat4",
-    }
-)
+@functools.cache
+def statistics_tables() -> frozenset[str]:
+    """Catalogs of column statistics: they hold values of every analysed column (most common
+    values, histogram bounds, min and max values). Opaque, whichever dialect names them."""
+    return frozenset().union(*(sql_unit(name).statistics_tables for name in sql_dialects()))
 
 
 def _qualified(key: Key) -> str:
@@ -348,14 +339,14 @@ class _Parsed:
 def _parse(dialect: str, sql: str) -> _Parsed | None:
     """The relations one statement names, or None when it does not parse as one statement."""
     try:
-        if dialect == "postgres":
-            return _parse_postgres(sql)
-        return _parse_sqlglot(dialect, sql)
+        if sql_unit(dialect).parser == "pglast":
+            return _parse_pglast(sql)
+        return _parse_sqlglot(sql_unit(dialect).glot_name, sql)
     except Exception:
         return None
 
 
-def _parse_postgres(sql: str) -> _Parsed | None:
+def _parse_pglast(sql: str) -> _Parsed | None:
     from pglast import ast, parse_sql
 
     statements = parse_sql(sql)
@@ -382,11 +373,12 @@ def _parse_postgres(sql: str) -> _Parsed | None:
     )
 
 
-def _parse_sqlglot(dialect: str, sql: str) -> _Parsed | None:
+def _parse_sqlglot(glot_dialect: str, sql: str) -> _Parsed | None:
     import sqlglot
     from sqlglot import exp
 
-    statements = [s for s in sqlglot.parse(glot_text(dialect, sql), read=dialect) if s is not None]
+    text = glot_text(glot_dialect, sql)
+    statements = [s for s in sqlglot.parse(text, read=glot_dialect) if s is not None]
     if len(statements) != 1:
         return None
     root = statements[0]
@@ -407,13 +399,14 @@ def _glot_keys(root: Any, exp: Any) -> list[Key]:
 def _view_query(dialect: str, definition: str) -> tuple[str, list[Key]] | None:
     """A view definition from the catalog -> (its query as SQL, the relations it names)."""
     try:
-        if dialect == "postgres":
-            parsed = _parse_postgres(definition)
+        unit = sql_unit(dialect)
+        if unit.parser == "pglast":
+            parsed = _parse_pglast(definition)
             return (definition, parsed.keys) if parsed is not None else None
         import sqlglot
         from sqlglot import exp
 
-        statements = [s for s in sqlglot.parse(definition, read=dialect) if s is not None]
+        statements = [s for s in sqlglot.parse(definition, read=unit.glot_name) if s is not None]
         if len(statements) != 1:
             return None
         query = statements[0]
@@ -421,7 +414,7 @@ def _view_query(dialect: str, definition: str) -> tuple[str, list[Key]] | None:
             query = query.expression
             if query is None:
                 return None
-            return query.sql(dialect=dialect), _glot_keys(query, exp)
+            return query.sql(dialect=unit.glot_name), _glot_keys(query, exp)
         return definition, _glot_keys(query, exp)
     except Exception:
         return None
@@ -430,133 +423,28 @@ def _view_query(dialect: str, definition: str) -> tuple[str, list[Key]] | None:
 # --------------------------------------------------------------------------- lookups
 
 
-def _literal(text: str) -> str | None:
-    """A string literal that reads the same in every dialect and mode (standard strings,
-    NO_BACKSLASH_ESCAPES or not); None for names with quotes, backslashes or control
-    characters, which are then not looked up (and so stay opaque). Every name put into the
-    lookup queries below has passed this (which is why they may be built as text)."""
-    if any(ch in text for ch in "'\"\\") or any(ord(ch) < 32 for ch in text):
-        return None
-    return f"'{text}'"
-
-
-def _postgres_lookup(keys: Sequence[Key]) -> str:
-    rows = []
-    for k, (schema, name) in enumerate(keys):
-        s = _literal(schema) if schema is not None else "NULL"
-        rows.append(f"({k}, {s}::text, {_literal(name)}::text)")
-    return (
-        "SELECT x.k, c.relkind::text,"  # noqa: S608 (names checked by _literal)
-        " CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,"
-        " ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a"
-        " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),"
-        " ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a"
-        " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-        " AND a.attgenerated <> ''),"
-        # Tables that share rows with it: its ancestors and descendants (inheritance, partitions).
-        " ARRAY(WITH RECURSIVE up(o) AS (SELECT i.inhparent FROM pg_catalog.pg_inherits i"
-        " WHERE i.inhrelid = c.oid UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i"
-        " JOIN up ON i.inhrelid = up.o), down(o) AS (SELECT i.inhrelid FROM"
-        " pg_catalog.pg_inherits i WHERE i.inhparent = c.oid UNION SELECT i.inhrelid FROM"
-        " pg_catalog.pg_inherits i JOIN down ON i.inhparent = down.o)"
-        " SELECT r.relname::text FROM pg_catalog.pg_class r"
-        " WHERE r.oid IN (SELECT o FROM up UNION SELECT o FROM down))"
-        f" FROM (VALUES {', '.join(rows)}) AS x(k, s, r)"
-        " JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass("
-        "CASE WHEN x.s IS NULL THEN pg_catalog.quote_ident(x.r)"
-        " ELSE pg_catalog.quote_ident(x.s) || '.' || pg_catalog.quote_ident(x.r) END)"
-    )
-
-
-def _mysql_lookup(keys: Sequence[Key]) -> str:
-    rows = []
-    for k, (schema, name) in enumerate(keys):
-        s = _literal(schema) if schema is not None else "''"
-        rows.append(f"SELECT {k} AS k, {s} AS s, {_literal(name)} AS n")
-    return (
-        "SELECT x.k, t.TABLE_TYPE, v.VIEW_DEFINITION, c.COLUMN_NAME,"  # noqa: S608 (_literal)
-        " c.EXTRA LIKE '%GENERATED%' OR c.EXTRA IN ('VIRTUAL', 'PERSISTENT', 'STORED')"
-        f" FROM ({' UNION ALL '.join(rows)}) AS x"
-        " JOIN information_schema.TABLES t"
-        " ON t.TABLE_SCHEMA = COALESCE(NULLIF(x.s, ''), DATABASE()) AND t.TABLE_NAME = x.n"
-        " LEFT JOIN information_schema.VIEWS v"
-        " ON v.TABLE_SCHEMA = t.TABLE_SCHEMA AND v.TABLE_NAME = t.TABLE_NAME"
-        " LEFT JOIN information_schema.COLUMNS c"
-        " ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME"
-        " ORDER BY x.k, c.ORDINAL_POSITION"
-    )
-
-
-def _sqlite_lookup(keys: Sequence[Key]) -> str:
-    # Unqualified names: temp first, then main (SQLite's own order; names only in an
-    # attached database are not found and stay opaque).
-    rows = []
-    schemas: dict[str, None] = {"temp": None, "main": None}
-    for k, (schema, name) in enumerate(keys):
-        for priority, sch in enumerate([schema] if schema else ["temp", "main"]):
-            schemas[sch] = None
-            rows.append(f"SELECT {k} AS k, {priority} AS pri, {_literal(name)} AS n, '{sch}' AS s")
-    masters = " UNION ALL ".join(
-        f"SELECT '{sch}' AS s, type, name, sql FROM \"{sch}\".sqlite_master"  # noqa: S608
-        for sch in schemas  # (names checked by _literal)
-    )
-    return (
-        "SELECT x.k, m.type, m.sql, p.name, x.pri, p.hidden IN (2, 3)"  # noqa: S608 (_literal)
-        f" FROM ({' UNION ALL '.join(rows)}) AS x"
-        f" JOIN ({masters}) AS m"
-        " ON m.s = x.s AND m.name = x.n COLLATE NOCASE AND m.type IN ('table', 'view')"
-        # table_xinfo: generated columns too (hidden 2, 3); not a virtual table's hidden ones.
-        " JOIN pragma_table_xinfo(m.name, m.s) AS p ON p.hidden <> 1"
-        " ORDER BY x.k, x.pri, p.cid"
-    )
-
-
 async def _fetch(
     conn: DatabaseConnection, dialect: str, keys: Sequence[Key]
 ) -> dict[Key, _Relation]:
     """Look ``keys`` up with one query. Keys not in the answer do not exist (or are CTEs)."""
-    if dialect == "postgres":
-        sql = _postgres_lookup(keys)
-    elif dialect == "mysql":
-        sql = _mysql_lookup(keys)
-    else:
-        sql = _sqlite_lookup(keys)
-    result = await conn.execute(sql, query=True)
+    unit = sql_unit(dialect)
+    result = await conn.execute(unit.relations_lookup(keys), query=True)
     now = time.monotonic()
     found: dict[Key, _Relation] = {}
-    chosen: dict[int, int] = {}  # SQLite: the schema that answered first
-    async for row in result.rows:
-        k = int(row[0])
-        key = keys[k]
-        if dialect == "postgres":
-            _, relkind, definition, names, generated, family = row
-            if relkind not in ("r", "v", "m", "p", "f", "S"):
-                continue
-            kind = "view" if relkind in ("v", "m") else "table"  # materialised: a view too
-            found[key] = _Relation(
-                kind,
-                tuple(names or ()),
-                definition,
-                now,
-                tuple(generated or ()),
-                tuple(family or ()),
-            )
+    chosen: dict[int, int] = {}  # of several schemas searched: the one that answered first
+    async for raw in result.rows:
+        row = unit.catalog_row(raw)
+        if row is None:
             continue
-        if dialect == "mysql":
-            _, table_type, definition, column, generated = row
-            kind = "view" if str(table_type).upper() == "VIEW" else "table"
-        else:
-            _, table_type, definition, column, priority, generated = row
-            if chosen.setdefault(k, priority) != priority:
-                continue
-            kind = "view" if table_type == "view" else "table"
+        if row.priority is not None and chosen.setdefault(row.key, row.priority) != row.priority:
+            continue
+        key = keys[row.key]
         rel = found.get(key)
         if rel is None:
-            rel = found[key] = _Relation(kind, (), definition if kind == "view" else None, now)
-        if column is not None:
-            rel.columns = (*rel.columns, str(column))
-            if generated:
-                rel.generated = (*rel.generated, str(column))
+            definition = row.definition if row.kind == "view" else None
+            rel = found[key] = _Relation(row.kind, (), definition, now, (), row.family)
+        rel.columns = (*rel.columns, *row.columns)
+        rel.generated = (*rel.generated, *row.generated)
     return found
 
 
@@ -637,7 +525,9 @@ async def _look_up(
             rel = state.relations.get(_qualified(key))
             if rel is not None and now - rel.fetched < CACHE_SECONDS:
                 continue
-            if _literal(key[1]) is None or (key[0] is not None and _literal(key[0]) is None):
+            if safe_literal(key[1]) is None or (
+                key[0] is not None and safe_literal(key[0]) is None
+            ):
                 continue  # a name we do not put in a query: unknown
             wanted.append(key)
         if len(wanted) > MAX_RELATIONS:
@@ -679,33 +569,13 @@ def _analysis(state: _State, dialect: str, sql: str) -> Analysis:
     return analyze(dialect, sql, views.catalog, views.view_sources, views.variable)
 
 
-def _functions_lookup(dialect: str, names: Sequence[str]) -> str:
-    listed = ", ".join(_literal(n) or "''" for n in names)
-    if dialect == "postgres":
-        # Built-ins (oid < 16384) write no table. Any other function may, but for the stable
-        # and immutable functions of extensions (pgcrypto's digest, …): PostgreSQL refuses
-        # writes in non-volatile functions, but a user's stable function may call a volatile
-        # one, which may.
-        return (
-            "SELECT DISTINCT lower(p.proname::text) FROM pg_catalog.pg_proc p"  # noqa: S608
-            f" WHERE p.oid >= 16384 AND lower(p.proname::text) IN ({listed})"
-            " AND (p.provolatile = 'v' OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d"
-            " WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid"
-            " AND d.deptype = 'e'))"
-        )
-    return (
-        "SELECT DISTINCT LOWER(ROUTINE_NAME) FROM information_schema.ROUTINES"  # noqa: S608
-        f" WHERE ROUTINE_TYPE = 'FUNCTION' AND LOWER(ROUTINE_NAME) IN ({listed})"
-    )
-
-
 async def _check_functions(
     conn: DatabaseConnection, state: _State, dialect: str, analysis: Analysis
 ) -> None:
     """A statement that calls a user-defined function that may write runs code: whatever it
     wrote, anything may hold anything afterwards (effects.code)."""
     effects = analysis.effects
-    if effects.code or not effects.functions or dialect == "sqlite":
+    if effects.code or not effects.functions or not sql_unit(dialect).has_user_functions:
         return
     now = time.monotonic()
     wanted = []
@@ -716,14 +586,17 @@ async def _check_functions(
                 effects.code = True
                 return
             continue
-        if _literal(name) is None:  # a name we do not put in a query: may be anything
+        if safe_literal(name) is None:  # a name we do not put in a query: may be anything
             effects.code = True
             return
         wanted.append(name)
     if not wanted:
         return
     try:
-        result = await conn.execute(_functions_lookup(dialect, wanted[:MAX_RELATIONS]), query=True)
+        lookup = sql_unit(dialect).functions_lookup(wanted[:MAX_RELATIONS])
+        if lookup is None:
+            return
+        result = await conn.execute(lookup, query=True)
         found = {str(row[0]) async for row in result.rows}
     except StatementError as exc:
         if exc.sqlstate != "25P02":  # in an aborted transaction the statement runs nothing
@@ -862,7 +735,9 @@ def _read_columns(state: _State, dialect: str, reads: Reads) -> list[ColumnSourc
             columns = views.session_columns(name)
             if columns is None:
                 made = bare in taint.tables or bare in taint.created
-                elsewhere = dialect != "postgres" and (made or taint.attached)
+                elsewhere = not sql_unit(dialect).catalog_sees_session_tables and (
+                    made or taint.attached
+                )
                 if name in state.absent and not elsewhere:
                     continue  # it does not exist: the statement fails, naming it, no value
                 # Not looked up, the lookup failed, a temporary table of unknown shape, a
@@ -907,13 +782,14 @@ def read_sources(conn: DatabaseConnection, dialect: str, sql: str) -> list[Colum
 
 
 def _resolver(dialect: str, state: _State) -> Callable[..., list[ColumnSource]]:
-    if dialect == "postgres":
-        return lambda sql, names, catalog, view_sources: column_sources_postgres(
+    unit = sql_unit(dialect)
+    if unit.parser == "pglast":
+        return lambda sql, names, catalog, view_sources: column_sources_pglast(
             sql, names, catalog, view_sources=view_sources
         )
     return lambda sql, names, catalog, view_sources: column_sources_sqlglot(
-        glot_text(dialect, sql),
-        dialect,
+        glot_text(unit.glot_name, sql),
+        unit.glot_name,
         names,
         catalog,
         view_sources=view_sources,
@@ -984,7 +860,7 @@ class _Views:
         return _variable(self.state, name)
 
     def view_sources(self, name: str, stack: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
-        if _bare(name) in STATISTICS:
+        if _bare(name) in statistics_tables():
             return {"*": (ANYTHING,)}
         rel = self.state.relations.get(name)
         if rel is None or rel.kind != "view":

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncssh
 
 from broker.audit.events import AuditEvent
-from broker.config import MysqlTarget, PostgresTarget, SqliteTarget, Target
+from broker.config import Target
 from broker.errors import BrokerError
 from broker.protocol import LOGIN_USER, SUBSYSTEM
+from broker.protocols import unit_for
 from broker.session_context import ConnectionContext
 from broker.sessions.approvals import ApprovalGate
 from broker.sessions.base import SessionBase, SessionHost
@@ -249,7 +250,7 @@ async def _refuse_without_grant(
 
 
 def _family(target: Target) -> str:
-    if isinstance(target, (PostgresTarget, MysqlTarget, SqliteTarget)):
+    if unit_for(target).family == "sql":
         return "database"
     # guard = "screen" is the declared weaker grade: prompt-level checks off the screen.
     if getattr(target, "guard", "strict") == "screen":

@@ -21,14 +21,10 @@ from typing import Any
 import pytest
 
 from hoopctl.errors import ApiCallError
+from tests.fixtures import approvals
+from tests.fixtures.approvals import World, approvals_world
 from tests.helpers import BrokerProcess
-from tests.test_approvals_helpers import (
-    Person,
-    next_event,
-    shell_target,
-    start_approvals_broker,
-    wait_for_request,
-)
+from tests.test_approvals_helpers import Person, next_event, shell_target, wait_for_request
 
 REQUEST_ID = re.compile(r"request ([0-9a-f]{10}) ")
 
@@ -46,45 +42,31 @@ access_approvers = ["dba-leads"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("approvals")
-    db = tmp / "lite.db"
+def lite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("lite") / "lite.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, email text)")
         conn.execute("INSERT INTO accounts VALUES (1, 'ann@example.com'), (2, 'bo@example.com')")
-    broker = start_approvals_broker(tmp, targets=shell_target("shell2") + sqlite_target(db))
-    try:
-        people = {
-            name: Person.login(broker, tmp, name) for name in ("alice", "bob", "dave", "carol")
-        }
-        yield {"broker": broker, "tmp": tmp, "db": db, **people}
-    finally:
-        broker.stop()
+    return db
 
 
-@pytest.fixture
-def broker(world: dict[str, Any]) -> BrokerProcess:
-    return world["broker"]
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, lite_db: Path) -> Iterator[World]:
+    with approvals_world(
+        tmp_path_factory.mktemp("approvals"),
+        targets=shell_target("shell2") + sqlite_target(lite_db),
+        people=("alice", "bob", "dave", "carol"),
+    ) as made:
+        yield made
 
 
-@pytest.fixture
-def alice(world: dict[str, Any]) -> Person:
-    return world["alice"]
-
-
-@pytest.fixture
-def bob(world: dict[str, Any]) -> Person:
-    return world["bob"]
-
-
-@pytest.fixture
-def dave(world: dict[str, Any]) -> Person:
-    return world["dave"]
-
-
-@pytest.fixture
-def carol(world: dict[str, Any]) -> Person:
-    return world["carol"]
+broker, alice, bob, dave, carol = (
+    approvals.broker,
+    approvals.alice,
+    approvals.bob,
+    approvals.dave,
+    approvals.carol,
+)
 
 
 def exec_command(*words: str) -> str:
@@ -278,7 +260,7 @@ async def test_request_errors_have_their_exit_codes(alice: Person, target_dir: P
 
 
 async def test_escape_sequences_and_a_fake_newline_are_stored_and_returned_verbatim(
-    alice: Person, bob: Person, dave: Person, world: dict[str, Any]
+    alice: Person, bob: Person, dave: Person, broker: BrokerProcess
 ) -> None:
     hidden = "x\x1b[2K\r\x1b[1A$ touch harmless\nreally-\x07\x9b31m\u202edone"
     request_id = await ask(alice, "shell", "touch", hidden)
@@ -299,12 +281,12 @@ async def test_escape_sequences_and_a_fake_newline_are_stored_and_returned_verba
     sql_id = REQUEST_ID.search(ran.stderr).group(1)  # type: ignore[union-attr]
     record = await bob.call("approvals.get", {"id": sql_id})
     assert record["command"] == sql and record["approver_groups"] == ["dba-leads"]
-    event = next(e for e in events_of(world["broker"], sql_id) if e["type"] == "approval.requested")
+    event = next(e for e in events_of(broker, sql_id) if e["type"] == "approval.requested")
     assert event["details"]["command"] == sql
 
 
 async def test_sql_request_runs_once_with_the_approved_text(
-    alice: Person, bob: Person, world: dict[str, Any]
+    alice: Person, bob: Person, lite_db: Path
 ) -> None:
     sql = "UPDATE accounts SET email = 'x@example.com'"
     ran = await alice.run(exec_command("--no-wait", "lite"), stdin=sql)
@@ -316,7 +298,7 @@ async def test_sql_request_runs_once_with_the_approved_text(
     assert other.status == 4 and "does not match the approved command" in other.stderr
     ran = await alice.run(exec_command("--request", request_id, "lite"))  # no input: as approved
     assert ran.status == 0, ran
-    with sqlite3.connect(world["db"]) as conn:
+    with sqlite3.connect(lite_db) as conn:
         emails = {row[0] for row in conn.execute("SELECT email FROM accounts")}
     assert emails == {"x@example.com"}
     again = await alice.run(exec_command("--request", request_id, "lite"), stdin=sql)
@@ -464,10 +446,8 @@ async def test_fifty_concurrent_requests_decided_by_two_approvers(
 
 
 async def test_pending_request_survives_a_restart_and_runs_with_request(target_dir: Path) -> None:
-    broker = start_approvals_broker(target_dir, name="restart")
-    try:
-        alice = Person.login(broker, target_dir, "alice")
-        bob = Person.login(broker, target_dir, "bob")
+    with approvals_world(target_dir, name="restart") as restarted:
+        broker, alice, bob = restarted.broker, restarted.alice, restarted.bob
         proof = target_dir / "after-restart"
         request_id = await ask(alice, "shell", "touch", str(proof))
         short_id = await ask(alice, "shell", "hostname")  # expires while the broker is down
@@ -483,8 +463,6 @@ async def test_pending_request_survives_a_restart_and_runs_with_request(target_d
         assert proof.exists()
         types = [e["type"] for e in events_of(broker, request_id)]
         assert types == ["approval.requested", "approval.approved", "approval.executed"]
-    finally:
-        broker.stop()
 
 
 async def test_every_step_is_an_audit_event_with_who_and_when(

@@ -4,7 +4,8 @@ Each person logs in with the real `hoopctl login` (device flow against the broke
 or the third-party test IdP); their key and certificate are then read from their own keyring
 file and used for SSH connections exactly as hoopctl makes them (session channels with the
 documented session command, and the hoop-api subsystem through hoopctl's ApiClient). No test
-in this module: it holds helpers only.
+in this module: it holds helpers only; the fixtures built on them (a module's broker with its
+people logged in) are in tests/fixtures/approvals.py.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ approvers = ["dba-leads"]
 """
 
 
-def shell_target(name: str, extra: str = "") -> str:
-    """A local bash target; lines the broker cannot read with certainty go to `approvers`."""
+def shell_target(name: str, extra: str = "", *, policy: str = "shell") -> str:
+    """A local bash target under POLICY; lines the broker cannot read with certainty go to
+    `approvers`."""
     return f"""
 [[targets]]
 name = "{name}"
@@ -93,7 +95,7 @@ run_as = "{TARGET_USER}"
 command = ["bash", "--noprofile", "--norc", "-i"]
 env = {{ PS1 = "$ " }}
 allowed_groups = ["engineers"]
-policy = "shell"
+policy = "{policy}"
 access_approvers = ["approvers"]
 {extra}
 """

@@ -10,16 +10,17 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pexpect
 import pytest
 
 from broker.recording import read_events
+from tests.fixtures import approvals
+from tests.fixtures.approvals import World, approvals_world
 from tests.helpers import BrokerProcess
 from tests.sshd_harness import SshdServer, sshd_available, start_sshd
 from tests.terminal_helpers import PROMPT, SESSION_ID
-from tests.test_approvals_helpers import Person, shell_target, start_approvals_broker
+from tests.test_approvals_helpers import Person, shell_target
 
 WAITING = re.compile(r"waiting for approval ([0-9a-f]{10}) from approvers \((\d+:\d\d) left")
 CLOSED_AT = 6  # seconds an access grant lasts in the grant test
@@ -55,32 +56,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdServer | None
 
 
 @pytest.fixture(scope="module")
-def world(
-    tmp_path_factory: pytest.TempPathFactory, sshd: SshdServer | None
-) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("terminal")
+def world(tmp_path_factory: pytest.TempPathFactory, sshd: SshdServer | None) -> Iterator[World]:
     targets = VAULT + (ssh_target("web", sshd) if sshd else "")
-    broker = start_approvals_broker(tmp, targets=targets)
-    try:
-        people = {name: Person.login(broker, tmp, name) for name in ("alice", "bob")}
-        yield {"broker": broker, **people}
-    finally:
-        broker.stop()
+    with approvals_world(tmp_path_factory.mktemp("terminal"), targets=targets) as made:
+        yield made
 
 
-@pytest.fixture
-def broker(world: dict[str, Any]) -> BrokerProcess:
-    return world["broker"]
-
-
-@pytest.fixture
-def alice(world: dict[str, Any]) -> Person:
-    return world["alice"]
-
-
-@pytest.fixture
-def bob(world: dict[str, Any]) -> Person:
-    return world["bob"]
+broker, alice, bob = approvals.broker, approvals.alice, approvals.bob
 
 
 def open_shell(person: Person, target: str) -> pexpect.spawn:
@@ -121,7 +103,7 @@ def decide(person: Person, request_id: str, decision: str, comment: str | None =
 
 
 def test_held_command_on_real_sshd_runs_once_approved_in_another_terminal(
-    world: dict[str, Any], alice: Person, bob: Person, broker: BrokerProcess, target_dir: Path
+    alice: Person, bob: Person, broker: BrokerProcess, target_dir: Path
 ) -> None:
     if not sshd_available():
         pytest.skip("OpenSSH sshd is not installed")

@@ -1,9 +1,9 @@
 """The approval workflow from the command line: escaping untrusted text, `hoopctl exec` waiting
 for approval, `hoopctl approve ID`, `approvals`, `request` and `requests`.
 
-The end-to-end tests run a real broker process and the real `hoopctl` console script as two
-users: alice (engineers, dba) asks, bob (engineers, approvers) decides; carol (contractors) is
-in no approver group.
+The end-to-end tests run a real broker process (tests/fixtures/approvals.py) and the real
+`hoopctl` console script as several users: alice (engineers, dba) asks, bob (engineers,
+approvers) decides; carol (engineers) may reach the targets but is in no approver group.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import json
 import os
 import random
 import re
-import secrets
 import shlex
 import subprocess
 import time
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,15 +31,9 @@ from hoopctl.errors import UsageError
 from hoopctl.escape import escape, escape_parts, for_rich, has_hidden
 from hoopctl.exec_relay import _ExecRelay
 from hoopctl.live_line import LiveLine
-from tests.helpers import (
-    BrokerProcess,
-    User,
-    assert_one_line_error,
-    dev_config,
-    free_port,
-    start_broker,
-)
-from tests.scratch_databases import scratch_postgres
+from tests.fixtures import approvals
+from tests.fixtures.approvals import AccountsDb, World, approvals_world, record_of
+from tests.helpers import User, assert_one_line_error
 
 # ---------------------------------------------------------------------------
 # hoopctl.escape
@@ -368,48 +360,16 @@ REQUEST_ID = re.compile(r"request (\S+) waits for")
 WAITING_LINE = r"hoopctl: waiting for approval (\S+) from approvers"
 
 
-@dataclass
-class Team:
-    broker: BrokerProcess
-    alice: User  # engineers, dba: asks
-    bob: User  # engineers, approvers: decides
-    dave: User  # engineers: may reach box, may not decide
-    root: Path
-
-
-DAVE = """
-[dev.users.dave]
-groups = ["engineers"]
-"""
-
-
-def start_team(root: Path, targets: str = APPROVAL_TARGETS) -> Team:
-    broker = start_broker(
-        root,
-        dev_config(
-            root / "data",
-            port=free_port(),
-            dev_port=free_port(),
-            auto_approve=None,
-            targets=DAVE + targets,
-        ),
-    )
-    try:
-        users = {name: User(root / name) for name in ("alice", "bob", "dave")}
-        for name, user in users.items():
-            user.login_as(broker, name)
-    except BaseException:
-        broker.stop()
-        raise
-    return Team(broker=broker, root=root, **users)
+# alice asks; bob decides; carol may reach box but is in no approver group.
+PEOPLE = ("alice", "bob", "carol")
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One broker and three logged-in users for the module; each test makes its own requests."""
-    made = start_team(tmp_path_factory.mktemp("approvals"))
-    yield made
-    made.broker.stop()
+    root = tmp_path_factory.mktemp("approvals")
+    with approvals_world(root, targets=APPROVAL_TARGETS, people=PEOPLE) as made:
+        yield made
 
 
 def ask_no_wait(user: User, *command: str, target: str = "box") -> str:
@@ -419,13 +379,6 @@ def ask_no_wait(user: User, *command: str, target: str = "box") -> str:
     match = REQUEST_ID.search(result.stderr)
     assert match, result.stderr
     return match.group(1)
-
-
-def record_of(user: User, request_id: str) -> dict[str, Any]:
-    result = user.run("approvals", "--scope", "all", "--output", "json")
-    assert result.returncode == 0, result.stderr
-    (found,) = [r for r in json.loads(result.stdout) if r["id"] == request_id]
-    return found
 
 
 def wait_for_state(user: User, request_id: str, state: str, timeout: float = 10) -> dict[str, Any]:
@@ -445,14 +398,14 @@ def finished(child: pexpect.spawn, timeout: float = 30) -> tuple[int | None, str
     return child.exitstatus, str(child.before)
 
 
-def test_exec_waits_in_the_terminal_until_bob_approves_and_runs_once(team: Team) -> None:
-    alice = team.alice.spawn("exec", "box", "--", "printf", "ran-after-approval\\n")
+def test_exec_waits_in_the_terminal_until_bob_approves_and_runs_once(world: World) -> None:
+    alice = world.alice.user.spawn("exec", "box", "--", "printf", "ran-after-approval\\n")
     try:
         alice.expect(WAITING_LINE)
         request_id = alice.match.group(1)
         # A live line: redrawn in place (\r, erase line) about once a second, with a timer.
         alice.expect(r"\r\x1b\[Khoopctl: waiting for approval \S+ from approvers \(\d+:\d\d left\)")
-        approved = team.bob.run("approve", request_id, "--comment", "go ahead")
+        approved = world.bob.user.run("approve", request_id, "--comment", "go ahead")
         assert approved.returncode == 0, approved
         assert approved.stdout == (
             # The typed backslash-n is doubled: a real newline would show as \n.
@@ -464,8 +417,11 @@ def test_exec_waits_in_the_terminal_until_bob_approves_and_runs_once(team: Team)
     finally:
         alice.close(force=True)
     assert status == 0
-    assert wait_for_state(team.alice, request_id, "executed")["decisions"][0]["approver"] == "bob"
-    again = team.alice.run("exec", "box", "--request", request_id)
+    assert (
+        wait_for_state(world.alice.user, request_id, "executed")["decisions"][0]["approver"]
+        == "bob"
+    )
+    again = world.alice.user.run("exec", "box", "--request", request_id)
     assert again.returncode == 4
     assert_one_line_error_or_hoop(again)
 
@@ -478,46 +434,48 @@ def assert_one_line_error_or_hoop(result: subprocess.CompletedProcess[str]) -> s
     return lines[0]
 
 
-def test_no_wait_prints_the_id_and_request_runs_it_later_exactly_once(team: Team) -> None:
-    request_id = ask_no_wait(team.alice, "printf", "later\\n")
-    listed = team.bob.run("approvals", "--state", "pending", "--output", "json")
+def test_no_wait_prints_the_id_and_request_runs_it_later_exactly_once(world: World) -> None:
+    request_id = ask_no_wait(world.alice.user, "printf", "later\\n")
+    listed = world.bob.user.run("approvals", "--state", "pending", "--output", "json")
     assert request_id in [r["id"] for r in json.loads(listed.stdout)]
-    assert team.bob.run("approve", request_id).returncode == 0
+    assert world.bob.user.run("approve", request_id).returncode == 0
 
-    first = team.alice.run("exec", "box", "--request", request_id)
+    first = world.alice.user.run("exec", "box", "--request", request_id)
     assert (first.returncode, first.stdout) == (0, "later\n"), first
-    second = team.alice.run("exec", "box", "--request", request_id)
+    second = world.alice.user.run("exec", "box", "--request", request_id)
     assert second.returncode == 4
     assert second.stdout == ""
     assert_one_line_error_or_hoop(second)
-    assert record_of(team.alice, request_id)["state"] == "executed"
+    assert record_of(world.alice.user, request_id)["state"] == "executed"
 
 
-def test_a_different_command_does_not_ride_on_an_approved_id(team: Team) -> None:
-    request_id = ask_no_wait(team.alice, "printf", "approved-text\\n")
-    assert team.bob.run("approve", request_id).returncode == 0
-    other = team.alice.run("exec", "box", "--request", request_id, "--", "printf", "other\\n")
+def test_a_different_command_does_not_ride_on_an_approved_id(world: World) -> None:
+    request_id = ask_no_wait(world.alice.user, "printf", "approved-text\\n")
+    assert world.bob.user.run("approve", request_id).returncode == 0
+    other = world.alice.user.run("exec", "box", "--request", request_id, "--", "printf", "other\\n")
     assert other.returncode == 4 and other.stdout == ""
     assert "does not match the approved command" in assert_one_line_error_or_hoop(other)
     # The approval is still there for the approved text.
-    right = team.alice.run(
+    right = world.alice.user.run(
         "exec", "box", "--request", request_id, "--", "printf", "approved-text\\n"
     )
     assert (right.returncode, right.stdout) == (0, "approved-text\n"), right
 
 
-def test_request_id_unknown_is_exit_2(team: Team) -> None:
-    result = team.alice.run("exec", "box", "--request", "no-such-request")
+def test_request_id_unknown_is_exit_2(world: World) -> None:
+    result = world.alice.user.run("exec", "box", "--request", "no-such-request")
     assert result.returncode == 2, result
     assert_one_line_error_or_hoop(result)
 
 
-def test_deny_with_a_comment_reaches_the_waiting_requester(team: Team) -> None:
-    alice = team.alice.spawn("exec", "box", "--", "printf", "never\\n")
+def test_deny_with_a_comment_reaches_the_waiting_requester(world: World) -> None:
+    alice = world.alice.user.spawn("exec", "box", "--", "printf", "never\\n")
     try:
         alice.expect(WAITING_LINE)
         request_id = alice.match.group(1)
-        denied = team.bob.run("approve", request_id, "--deny", "--comment", "use a WHERE clause")
+        denied = world.bob.user.run(
+            "approve", request_id, "--deny", "--comment", "use a WHERE clause"
+        )
         assert denied.returncode == 0, denied
         assert denied.stdout.startswith(f"denied {request_id} (alice on box: ")
         alice.expect("hoopctl: denied by bob: use a WHERE clause")
@@ -526,62 +484,64 @@ def test_deny_with_a_comment_reaches_the_waiting_requester(team: Team) -> None:
         alice.close(force=True)
     assert status == 3
     assert "never" not in rest
-    assert record_of(team.bob, request_id)["state"] == "denied"
+    assert record_of(world.bob.user, request_id)["state"] == "denied"
     # The refused exec is a session of its own, and its timeline says who denied it.
-    blocked = json.loads(team.alice.run("sessions", "--state", "blocked", "-o", "json").stdout)
+    blocked = json.loads(
+        world.alice.user.run("sessions", "--state", "blocked", "-o", "json").stdout
+    )
     (session,) = [row for row in blocked if row["command"] == "printf 'never\\n'"]
-    show = team.alice.run("sessions", "show", session["id"], "-o", "json")
+    show = world.alice.user.run("sessions", "show", session["id"], "-o", "json")
     (entry,) = json.loads(show.stdout)["timeline"]
     assert (entry["outcome"], entry["approver"]) == ("blocked", "bob")
 
 
-def test_self_approval_is_refused_with_exit_3(team: Team) -> None:
-    request_id = ask_no_wait(team.alice, "printf", "mine\\n")
-    result = team.alice.run("approve", request_id)
+def test_self_approval_is_refused_with_exit_3(world: World) -> None:
+    request_id = ask_no_wait(world.alice.user, "printf", "mine\\n")
+    result = world.alice.user.run("approve", request_id)
     assert result.returncode == 3
     assert_one_line_error(result, f"cannot approve {request_id}", "your own request")
-    assert record_of(team.alice, request_id)["state"] == "pending"
+    assert record_of(world.alice.user, request_id)["state"] == "pending"
 
 
-def test_approval_by_a_non_member_is_answered_as_an_unknown_request(team: Team) -> None:
+def test_approval_by_a_non_member_is_answered_as_an_unknown_request(world: World) -> None:
     # Someone outside the approver groups learns nothing: not that the request exists, nor
     # which groups may decide it. The answer is the one for a request id that does not exist.
-    request_id = ask_no_wait(team.alice, "printf", "members-only\\n")
-    result = team.dave.run("approve", request_id, "--comment", "sure")
-    nonexistent = team.dave.run("approve", "ar_doesnotexist")
+    request_id = ask_no_wait(world.alice.user, "printf", "members-only\\n")
+    result = world.carol.user.run("approve", request_id, "--comment", "sure")
+    nonexistent = world.carol.user.run("approve", "ar_doesnotexist")
     assert result.returncode == nonexistent.returncode == 2
     assert_one_line_error(result, f"cannot approve {request_id}", "no request")
     assert "approvers" not in result.stderr
-    denied = team.dave.run("approve", request_id, "--deny")
+    denied = world.carol.user.run("approve", request_id, "--deny")
     assert denied.returncode == 2
     assert_one_line_error(denied, f"cannot deny {request_id}", "no request")
-    assert record_of(team.alice, request_id)["decisions"] == []
+    assert record_of(world.alice.user, request_id)["decisions"] == []
 
 
-def test_a_second_decision_by_the_same_approver_is_refused(team: Team) -> None:
-    request_id = ask_no_wait(team.alice, "uname", "-a")
-    first = team.bob.run("approve", request_id)
+def test_a_second_decision_by_the_same_approver_is_refused(world: World) -> None:
+    request_id = ask_no_wait(world.alice.user, "uname", "-a")
+    first = world.bob.user.run("approve", request_id)
     assert first.returncode == 0
     assert first.stdout.endswith("; waiting for 1 more approval\n"), first.stdout
-    again = team.bob.run("approve", request_id)
+    again = world.bob.user.run("approve", request_id)
     assert again.returncode == 1
     assert_one_line_error(again, "you already decided on this request")
-    deny = team.bob.run("approve", request_id, "--deny")
+    deny = world.bob.user.run("approve", request_id, "--deny")
     assert deny.returncode == 1
     assert_one_line_error(deny, "you already decided on this request")
-    assert record_of(team.alice, request_id)["state"] == "pending"
+    assert record_of(world.alice.user, request_id)["state"] == "pending"
 
 
-def test_approval_after_expiry_is_refused(team: Team) -> None:
-    request_id = ask_no_wait(team.alice, "date")
-    wait_for_state(team.alice, request_id, "expired")
-    late = team.bob.run("approve", request_id)
+def test_approval_after_expiry_is_refused(world: World) -> None:
+    request_id = ask_no_wait(world.alice.user, "date")
+    wait_for_state(world.alice.user, request_id, "expired")
+    late = world.bob.user.run("approve", request_id)
     assert late.returncode == 1
     assert_one_line_error(late, f"cannot approve {request_id}", "expired")
 
 
-def test_unknown_request_is_exit_2(team: Team) -> None:
-    result = team.bob.run("approve", "0000000000")
+def test_unknown_request_is_exit_2(world: World) -> None:
+    result = world.bob.user.run("approve", "0000000000")
     assert result.returncode == 2
     assert_one_line_error(result, "cannot approve 0000000000")
 
@@ -589,25 +549,25 @@ def test_unknown_request_is_exit_2(team: Team) -> None:
 HIDING_ARG = "safe\x1b[2K\r\x1b[1Arm -rf /srv/data\nfake line"
 
 
-def test_approvals_table_escapes_what_json_keeps_raw(team: Team) -> None:
-    request_id = ask_no_wait(team.alice, "printf", HIDING_ARG)
-    table = team.bob.run("approvals", "--state", "pending")
+def test_approvals_table_escapes_what_json_keeps_raw(world: World) -> None:
+    request_id = ask_no_wait(world.alice.user, "printf", HIDING_ARG)
+    table = world.bob.user.run("approvals", "--state", "pending")
     assert table.returncode == 0, table.stderr
     assert "\x1b" not in table.stdout and "\r" not in table.stdout
     (row,) = [line for line in table.stdout.splitlines() if request_id in line]
     assert "printf 'safe\\x1b[2K\\r\\x1b[1Arm -rf /srv/data\\nfake line'" in row
     assert "alice" in row and "approvers" in row
 
-    raw = json.loads(team.bob.run("approvals", "--output", "json").stdout)
+    raw = json.loads(world.bob.user.run("approvals", "--output", "json").stdout)
     (found,) = [r for r in raw if r["id"] == request_id]
     assert found["command"] == "printf " + shlex.quote(HIDING_ARG)
 
 
-def test_approvals_state_filter_and_scope(team: Team) -> None:
-    request_id = ask_no_wait(team.alice, "printf", "filtered\\n")
-    team.bob.run("approve", request_id, "--deny")
-    pending = json.loads(team.bob.run("approvals", "--state", "pending", "-o", "json").stdout)
-    denied = json.loads(team.bob.run("approvals", "--state", "denied", "-o", "json").stdout)
+def test_approvals_state_filter_and_scope(world: World) -> None:
+    request_id = ask_no_wait(world.alice.user, "printf", "filtered\\n")
+    world.bob.user.run("approve", request_id, "--deny")
+    pending = json.loads(world.bob.user.run("approvals", "--state", "pending", "-o", "json").stdout)
+    denied = json.loads(world.bob.user.run("approvals", "--state", "denied", "-o", "json").stdout)
     # Times are RFC 3339 strings in every JSON output, never epoch numbers.
     record = next(r for r in denied if r["id"] == request_id)
     for key in ("created_at", "expires_at", "decided_at"):
@@ -616,23 +576,23 @@ def test_approvals_state_filter_and_scope(team: Team) -> None:
     assert request_id not in [r["id"] for r in pending]
     assert request_id in [r["id"] for r in denied]
     assert all(r["state"] == "denied" for r in denied)
-    mine = json.loads(team.bob.run("approvals", "--scope", "mine", "-o", "json").stdout)
+    mine = json.loads(world.bob.user.run("approvals", "--scope", "mine", "-o", "json").stdout)
     assert request_id not in [r["id"] for r in mine]
-    bad = team.bob.run("approvals", "--state", "maybe")
+    bad = world.bob.user.run("approvals", "--state", "maybe")
     assert bad.returncode == 2
 
 
-def test_wait_duration_runs_out_and_the_request_stays_pending(team: Team) -> None:
+def test_wait_duration_runs_out_and_the_request_stays_pending(world: World) -> None:
     started = time.monotonic()
-    result = team.alice.run("exec", "box", "--wait", "2s", "--", "printf", "slow\\n")
+    result = world.alice.user.run("exec", "box", "--wait", "2s", "--", "printf", "slow\\n")
     assert result.returncode == 4, result
     assert time.monotonic() - started > 1.5  # it did wait
     request_id = re.search(WAITING_LINE, result.stderr).group(1)  # type: ignore[union-attr]
-    assert record_of(team.alice, request_id)["state"] == "pending"
+    assert record_of(world.alice.user, request_id)["state"] == "pending"
 
 
-def test_ctrl_c_while_waiting_cancels_the_request_and_exits_4(team: Team) -> None:
-    alice = team.alice.spawn("exec", "box", "--", "printf", "cancel-me\\n")
+def test_ctrl_c_while_waiting_cancels_the_request_and_exits_4(world: World) -> None:
+    alice = world.alice.user.spawn("exec", "box", "--", "printf", "cancel-me\\n")
     try:
         alice.expect(WAITING_LINE)
         request_id = alice.match.group(1)
@@ -642,8 +602,8 @@ def test_ctrl_c_while_waiting_cancels_the_request_and_exits_4(team: Team) -> Non
     finally:
         alice.close(force=True)
     assert status == 4
-    assert record_of(team.alice, request_id)["state"] == "cancelled"
-    late = team.bob.run("approve", request_id)
+    assert record_of(world.alice.user, request_id)["state"] == "cancelled"
+    late = world.bob.user.run("approve", request_id)
     assert late.returncode == 1
     assert_one_line_error(late, "request is cancelled")
 
@@ -659,34 +619,34 @@ def test_ctrl_c_while_waiting_cancels_the_request_and_exits_4(team: Team) -> Non
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
-    team: Team, args: tuple[str, ...], fragment: str
+    world: World, args: tuple[str, ...], fragment: str
 ) -> None:
-    result = team.alice.run(*args)
+    result = world.alice.user.run(*args)
     assert result.returncode == 2, result
     assert_one_line_error(result, fragment)
 
 
-def test_access_request_approved_then_listed_as_a_grant(team: Team) -> None:
-    refused = team.alice.run("connect", "vault", "--", "true")
+def test_access_request_approved_then_listed_as_a_grant(world: World) -> None:
+    refused = world.alice.user.run("connect", "vault", "--", "true")
     assert refused.returncode != 0
-    asked = team.alice.run("request", "vault", "--for", "30m", "--reason", "INC-1: disk full")
+    asked = world.alice.user.run("request", "vault", "--for", "30m", "--reason", "INC-1: disk full")
     assert asked.returncode == 0, asked
     request_id = asked.stdout.strip()
     assert re.fullmatch(r"\S+", request_id)
     assert f"request {request_id} waits for approvers" in asked.stderr
 
-    listed = json.loads(team.alice.run("requests", "-o", "json").stdout)
+    listed = json.loads(world.alice.user.run("requests", "-o", "json").stdout)
     (mine,) = [r for r in listed if r["id"] == request_id]
     assert (mine["kind"], mine["state"], mine["duration"]) == ("access", "pending", 1800)
 
-    approved = team.bob.run("approve", request_id, "--comment", "ok for the incident")
+    approved = world.bob.user.run("approve", request_id, "--comment", "ok for the incident")
     assert approved.returncode == 0, approved
     assert "access to vault for 30m00s" in approved.stdout
 
-    table = team.alice.run("requests")
+    table = world.alice.user.run("requests")
     (row,) = [line for line in table.stdout.splitlines() if request_id in line]
     assert "approved" in row and "granted" in row and "bob: ok for the incident" in row
-    child = team.alice.spawn("connect", "vault", "--", "echo", "inside")
+    child = world.alice.user.spawn("connect", "vault", "--", "echo", "inside")
     try:
         child.expect("inside")
         status, _ = finished(child)
@@ -695,24 +655,29 @@ def test_access_request_approved_then_listed_as_a_grant(team: Team) -> None:
     assert status == 0
 
 
-def test_access_request_wait_follows_the_decision(team: Team) -> None:
-    child = team.alice.spawn("request", "vault", "--for", "10m", "--reason", "look", "--wait")
+def test_access_request_wait_follows_the_decision(world: World) -> None:
+    child = world.alice.user.spawn("request", "vault", "--for", "10m", "--reason", "look", "--wait")
     try:
         child.expect(r"request (\S+) waits for approvers")
         request_id = child.match.group(1)
         child.expect(r"waiting for approval \S+ from approvers \(\d+:\d\d left\)")
-        assert team.bob.run("approve", request_id, "--deny", "--comment", "not now").returncode == 0
+        assert (
+            world.bob.user.run("approve", request_id, "--deny", "--comment", "not now").returncode
+            == 0
+        )
         child.expect("hoopctl: denied by bob: not now")
         status, _ = finished(child)
     finally:
         child.close(force=True)
     assert status == 3
 
-    child = team.alice.spawn("request", "vault", "--for", "10m", "--reason", "again", "--wait")
+    child = world.alice.user.spawn(
+        "request", "vault", "--for", "10m", "--reason", "again", "--wait"
+    )
     try:
         child.expect(r"request (\S+) waits for approvers")
         request_id = child.match.group(1)
-        assert team.bob.run("approve", request_id).returncode == 0
+        assert world.bob.user.run("approve", request_id).returncode == 0
         child.expect(r"approved by bob; you may connect until \d{4}-\d\d-\d\d")
         status, _ = finished(child)
     finally:
@@ -720,16 +685,16 @@ def test_access_request_wait_follows_the_decision(team: Team) -> None:
     assert status == 0
 
 
-def test_access_request_for_an_unknown_target_is_exit_2(team: Team) -> None:
-    result = team.alice.run("request", "nowhere", "--for", "1h", "--reason", "x")
+def test_access_request_for_an_unknown_target_is_exit_2(world: World) -> None:
+    result = world.alice.user.run("request", "nowhere", "--for", "1h", "--reason", "x")
     assert result.returncode == 2
     assert_one_line_error(result)
 
 
-def test_requests_lists_only_your_own(team: Team) -> None:
-    request_id = ask_no_wait(team.alice, "printf", "own\\n")
-    alice_rows = json.loads(team.alice.run("requests", "-o", "json").stdout)
-    bob_rows = json.loads(team.bob.run("requests", "-o", "json").stdout)
+def test_requests_lists_only_your_own(world: World) -> None:
+    request_id = ask_no_wait(world.alice.user, "printf", "own\\n")
+    alice_rows = json.loads(world.alice.user.run("requests", "-o", "json").stdout)
+    bob_rows = json.loads(world.bob.user.run("requests", "-o", "json").stdout)
     assert request_id in [r["id"] for r in alice_rows]
     assert request_id not in [r["id"] for r in bob_rows]
     assert all(r["requester"] == "alice" for r in alice_rows)
@@ -740,84 +705,52 @@ def test_requests_lists_only_your_own(team: Team) -> None:
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def accounts_db() -> Iterator[tuple[str, str]]:
-    """A fresh PostgreSQL database with an accounts table; (database, password)."""
-    password = "pw-" + secrets.token_hex(8)
-    schema = (
-        "CREATE TABLE accounts (id int PRIMARY KEY, email text)",
-        "INSERT INTO accounts VALUES (1, 'ann@example.com'), (2, 'bo@example.com')",
-    )
-    with scratch_postgres(schema, password=password, prefix="hoop_appr_") as name:
-        yield name, password
+accounts_db = approvals.accounts_db
 
-
-def _count_accounts(name: str) -> int:
-    import psycopg
-
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=name) as db:
-        row = db.execute("SELECT count(*) FROM accounts").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def test_delete_without_where_waits_is_approved_and_runs_once(
-    tmp_path: Path, accounts_db: tuple[str, str]
-) -> None:
-    name, password = accounts_db
-    secret = tmp_path / "pg-secret"
-    secret.write_text(password)
-    targets = f"""
-[[targets]]
-name = "prod-accounts"
-type = "postgres"
-address = "127.0.0.1:5432"
-database = "{name}"
-user = "{name}_app"
-credential = "file:{secret}"
-tls = "disable"
-allowed_groups = ["dba"]
-policy = "sql"
-
-[policies.sql]
+# approvals_config has a policy "sql" of its own (DELETE without WHERE waits for dba-leads).
+ACCOUNTS_POLICY = """
+[policies.accounts]
 default = "allow"
 on_unknown = "deny"
 
-[[policies.sql.rules]]
+[[policies.accounts.rules]]
 name = "unbounded-writes"
 action = "review"
 statement = ["UPDATE", "DELETE"]
 without_where = true
 approvers = ["approvers"]
 """
-    team = start_team(tmp_path, targets)
-    try:
-        alice = team.alice.spawn("exec", "prod-accounts", "-c", "DELETE FROM accounts")
+
+
+def test_delete_without_where_waits_is_approved_and_runs_once(
+    tmp_path: Path, accounts_db: AccountsDb
+) -> None:
+    targets = accounts_db.target("prod-accounts", tmp_path, policy="accounts") + ACCOUNTS_POLICY
+    with approvals_world(tmp_path, targets=targets) as world:
+        alice = world.alice.user.spawn("exec", "prod-accounts", "-c", "DELETE FROM accounts")
         try:
             alice.expect(WAITING_LINE)
             request_id = alice.match.group(1)
-            assert _count_accounts(name) == 2  # nothing ran yet
-            pending = record_of(team.bob, request_id)
+            assert accounts_db.count() == 2  # nothing ran yet
+            pending = record_of(world.bob.user, request_id)
             assert (pending["command"], pending["rule"]) == (
                 "DELETE FROM accounts",
                 "unbounded-writes",
             )
-            assert team.bob.run("approve", request_id, "-m", "INC-9").returncode == 0
+            assert world.bob.user.run("approve", request_id, "-m", "INC-9").returncode == 0
             alice.expect("hoopctl: approved by bob: INC-9")
             status, _ = finished(alice)
         finally:
             alice.close(force=True)
         assert status == 0
-        assert _count_accounts(name) == 0
+        assert accounts_db.count() == 0
         # Once: the same id does not run again, with or without the text.
-        again = team.alice.run("exec", "prod-accounts", "--request", request_id)
+        again = world.alice.user.run("exec", "prod-accounts", "--request", request_id)
         assert again.returncode == 4
         assert_one_line_error_or_hoop(again)
         types = [
             event["type"]
-            for event in team.broker.audit_events()
+            for event in world.broker.audit_events()
             if event.get("details", {}).get("request") == request_id
         ]
         assert types[:3] == ["approval.requested", "approval.approved", "approval.executed"], types
-    finally:
-        team.broker.stop()

@@ -27,6 +27,8 @@ from hoopctl.approve_queue import (
     row_fragments,
     status_fragments,
 )
+from tests.fixtures import approvals
+from tests.fixtures.approvals import World, approvals_world
 from tests.helpers import (
     HOOPCTL,
     USER_CODE,
@@ -37,7 +39,7 @@ from tests.helpers import (
     start_broker,
 )
 from tests.idp_harness import ACCOUNTS, OidcProviderProcess, approve_device_code
-from tests.test_approve_cli import WAITING_LINE, Team, ask_no_wait, start_team
+from tests.test_approve_cli import APPROVAL_TARGETS, WAITING_LINE, ask_no_wait
 
 NOW = 1_800_000_000.0
 
@@ -282,6 +284,13 @@ class Screen:
                 return line
         raise AssertionError(f"no line with {needle!r}:\n{self.text()}")
 
+    def select(self, needle: str) -> None:
+        """Move the selection down to the row with NEEDLE (the queue may hold other requests)."""
+        for _ in range(20):
+            if self.line_with(needle).startswith("▶"):
+                break
+            self.press("\x1b[B")
+
     def status_line(self) -> str:
         return self.screen.display[ROWS - 2].rstrip()
 
@@ -313,28 +322,24 @@ def open_queue(user: User) -> Screen:
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
-    made = start_team(tmp_path_factory.mktemp("queue"))
-    yield made
-    made.broker.stop()
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("queue")
+    with approvals_world(root, targets=APPROVAL_TARGETS) as made:
+        yield made
 
 
-@pytest.fixture
-def spawned() -> Iterator[list[pexpect.spawn]]:
-    """Children a test started; a failing test must not leave them behind."""
-    children: list[pexpect.spawn] = []
-    yield children
-    for child in children:
-        child.close(force=True)
+spawned = approvals.spawned
 
 
 def test_request_appears_in_bobs_queue_with_a_bell_and_a_approves_it(
-    team: Team, spawned: list[pexpect.spawn]
+    world: World, spawned: list[pexpect.spawn]
 ) -> None:
-    bob = open_queue(team.bob)
+    bob = open_queue(world.bob.user)
     spawned.append(bob.child)
     bob.raw = ""
-    alice = team.alice.spawn("exec", "box", "--reason", "INC-7 cleanup", "--", "printf", "done\\n")
+    alice = world.alice.user.spawn(
+        "exec", "box", "--reason", "INC-7 cleanup", "--", "printf", "done\\n"
+    )
     spawned.append(alice)
     alice.expect(WAITING_LINE)
     request_id = alice.match.group(1)
@@ -373,20 +378,17 @@ def test_request_appears_in_bobs_queue_with_a_bell_and_a_approves_it(
 
 
 def test_d_with_a_comment_shows_the_comment_to_alice(
-    team: Team, spawned: list[pexpect.spawn]
+    world: World, spawned: list[pexpect.spawn]
 ) -> None:
-    bob = open_queue(team.bob)
+    bob = open_queue(world.bob.user)
     spawned.append(bob.child)
-    alice = team.alice.spawn("exec", "box", "--", "printf", "no\\n")
+    alice = world.alice.user.spawn("exec", "box", "--", "printf", "no\\n")
     spawned.append(alice)
     alice.expect(WAITING_LINE)
     request_id = alice.match.group(1)
     bob.wait_for(request_id)
     # Select alice's request (bob's queue may hold others from earlier tests).
-    for _ in range(20):
-        if bob.line_with(request_id).startswith("▶"):
-            break
-        bob.press("\x1b[B")
+    bob.select(request_id)
     bob.press("d")
     bob.wait_for(f"Deny {request_id}? Comment")
     bob.press("please add a WHERE clause\r")
@@ -400,14 +402,14 @@ def test_d_with_a_comment_shows_the_comment_to_alice(
 
 
 def test_escape_sequences_and_a_fake_newline_show_escaped_in_bobs_terminal(
-    team: Team, spawned: list[pexpect.spawn]
+    world: World, spawned: list[pexpect.spawn]
 ) -> None:
-    bob = open_queue(team.bob)
+    bob = open_queue(world.bob.user)
     spawned.append(bob.child)
     # What a malicious requester hopes bob sees: "printf 'safe'", with the rest erased, moved
     # up, blacked out or reversed.
     hidden = "safe\x1b[2K\r\x1b[1A\x1b[8mrm -rf /srv/data\x1b[0m\nfake: all good\u202eevil\u200b"
-    request_id = ask_no_wait(team.alice, "printf", hidden)
+    request_id = ask_no_wait(world.alice.user, "printf", hidden)
     bob.wait_for(request_id)
     shown = "$ printf 'safe\\x1b[2K\\r\\x1b[1A\\x1b[8mrm -rf /srv/data\\x1b[0m\\nfake: all good\\u202eevil\\u200b'"
     screen = bob.wait_for(shown)
@@ -419,10 +421,7 @@ def test_escape_sequences_and_a_fake_newline_show_escaped_in_bobs_terminal(
     assert "hoopctl approve ·" in screen.splitlines()[0]  # the title was not overwritten
 
     # Select it and open the details: the same, escaped.
-    for _ in range(20):
-        if bob.line_with(request_id).startswith("▶"):
-            break
-        bob.press("\x1b[B")
+    bob.select(request_id)
     bob.press("\r")
     detail = bob.wait_for("Command (exactly as it will run):")
     assert shown[2:] in detail
@@ -432,17 +431,14 @@ def test_escape_sequences_and_a_fake_newline_show_escaped_in_bobs_terminal(
 
 
 def test_self_approval_in_the_queue_shows_the_error(
-    team: Team, spawned: list[pexpect.spawn]
+    world: World, spawned: list[pexpect.spawn]
 ) -> None:
-    request_id = ask_no_wait(team.alice, "printf", "self\\n")
-    alice_queue = open_queue(team.alice)
+    request_id = ask_no_wait(world.alice.user, "printf", "self\\n")
+    alice_queue = open_queue(world.alice.user)
     spawned.append(alice_queue.child)
     alice_queue.wait_for(request_id)
     assert "[yours: someone else must decide]" in alice_queue.line_with(request_id)
-    for _ in range(20):
-        if alice_queue.line_with(request_id).startswith("▶"):
-            break
-        alice_queue.press("\x1b[B")
+    alice_queue.select(request_id)
     alice_queue.press("a")
     alice_queue.wait_for(f"Approve {request_id}?")
     alice_queue.press("\r")
@@ -453,9 +449,9 @@ def test_self_approval_in_the_queue_shows_the_error(
 
 
 def test_q_quits_with_0_and_leaves_the_terminal_as_it_was(
-    team: Team, spawned: list[pexpect.spawn]
+    world: World, spawned: list[pexpect.spawn]
 ) -> None:
-    bob = open_queue(team.bob)
+    bob = open_queue(world.bob.user)
     spawned.append(bob.child)
     bob.press("q")
     assert bob.exit_status() == 0
@@ -561,17 +557,16 @@ def test_two_oidc_identities_request_and_approve_in_two_terminals(
 def test_queue_reconnects_after_a_broker_restart_and_the_request_is_still_there(
     tmp_path: Path, spawned: list[pexpect.spawn]
 ) -> None:
-    team = start_team(tmp_path)
-    try:
-        bob = open_queue(team.bob)
+    with approvals_world(tmp_path, targets=APPROVAL_TARGETS) as world:
+        bob = open_queue(world.bob.user)
         spawned.append(bob.child)
-        request_id = ask_no_wait(team.alice, "printf", "survives\\n")
+        request_id = ask_no_wait(world.alice.user, "printf", "survives\\n")
         bob.wait_for(request_id)
 
-        team.broker.stop()
+        world.broker.stop()
         bob.wait_for("lost the broker")
         assert "○ reconnecting" in bob.status_line()
-        team.broker.start()
+        world.broker.start()
         bob.wait_for("● live", timeout=30)
         bob.wait_for(request_id)
         bob.press("a")
@@ -581,7 +576,5 @@ def test_queue_reconnects_after_a_broker_restart_and_the_request_is_still_there(
         bob.press("q")
         assert bob.exit_status() == 0
 
-        ran = team.alice.run("exec", "box", "--request", request_id)
+        ran = world.alice.user.run("exec", "box", "--request", request_id)
         assert (ran.returncode, ran.stdout) == (0, "survives\n"), ran
-    finally:
-        team.broker.stop()

@@ -18,15 +18,11 @@ from typing import Any
 import pymysql
 import pytest
 
-from broker.config import MysqlTarget, PostgresTarget, SqliteTarget, parse_config
+from broker.config import DatabaseTarget, MysqlTarget, PostgresTarget, SqliteTarget, parse_config
 from broker.errors import ConfigError
-from broker.targets.base import TargetError
-from broker.targets.database import (
-    DatabaseConnection,
-    DatabaseTarget,
-    StatementError,
-    open_database,
-)
+from broker.protocols import open_database
+from broker.protocols.base import TargetError
+from broker.protocols.sql import DatabaseConnection, StatementError
 from tests.helpers import free_port
 from tests.test_sql_exec import MY_PASSWORD, PG_PASSWORD, mariadb_db, postgres_db
 

@@ -22,7 +22,7 @@ from broker.masking import plans
 from broker.masking.config import MaskingConfig
 from broker.masking.detectors import DETECTORS, _canonical, _pattern, iban_ok, luhn_ok
 from broker.masking.lineage import ColumnSource
-from broker.masking.lineage_postgres import column_sources_postgres
+from broker.masking.lineage_pglast import column_sources_pglast
 from broker.masking.lineage_sqlglot import column_sources_sqlglot
 from broker.masking.masker import Masker
 from broker.masking.plans import MaskPlan, _Memo
@@ -987,7 +987,7 @@ PG_EMAIL_QUERIES = [
 def test_postgres_lineage_masks_email(
     label: str, sql: str, names: list[str], with_catalog: bool
 ) -> None:
-    sources = column_sources_postgres(sql, names, catalog if with_catalog else None)
+    sources = column_sources_pglast(sql, names, catalog if with_catalog else None)
     assert [s.name for s in sources] == names
     hit = {s.name for s in sources if s.name not in ("id", "name")}
     assert masked(sources) >= hit, sources
@@ -1003,7 +1003,7 @@ def test_postgres_lineage_masks_email(
 
 
 def test_postgres_star_with_catalog_resolves_exactly() -> None:
-    sources = column_sources_postgres("SELECT * FROM users", ["id", "name", "email"], catalog)
+    sources = column_sources_pglast("SELECT * FROM users", ["id", "name", "email"], catalog)
     assert sources == [
         ColumnSource("id", ("users.id",)),
         ColumnSource("name", ("users.name",)),
@@ -1012,9 +1012,9 @@ def test_postgres_star_with_catalog_resolves_exactly() -> None:
 
 
 def test_postgres_whole_row_without_catalog_is_opaque() -> None:
-    (source,) = column_sources_postgres("SELECT row_to_json(u) FROM users u", ["row_to_json"])
+    (source,) = column_sources_pglast("SELECT row_to_json(u) FROM users u", ["row_to_json"])
     assert source.opaque and "users.*" in source.sources
-    (source,) = column_sources_postgres(
+    (source,) = column_sources_pglast(
         "SELECT row_to_json(u) FROM users u", ["row_to_json"], catalog
     )
     assert not source.opaque
@@ -1022,7 +1022,7 @@ def test_postgres_whole_row_without_catalog_is_opaque() -> None:
 
 
 def test_postgres_unrelated_columns() -> None:
-    sources = column_sources_postgres(
+    sources = column_sources_pglast(
         "SELECT u.id, upper(u.name) AS n, o.total FROM users u JOIN orders o ON o.user_id = u.id "
         "WHERE u.email LIKE 'a%'",
         ["id", "n", "total"],
@@ -1033,7 +1033,7 @@ def test_postgres_unrelated_columns() -> None:
 
 
 def test_postgres_join_using_star() -> None:
-    sources = column_sources_postgres(
+    sources = column_sources_pglast(
         "SELECT * FROM users JOIN orders USING (id)",
         ["id", "name", "email", "user_id", "total"],
         catalog,
@@ -1048,10 +1048,10 @@ def test_postgres_views_hook() -> None:
         return {"contact": ("public.users.email",)} if name == "v_people" else {}
 
     sql = "SELECT contact, id FROM v_people"
-    plain = column_sources_postgres(sql, ["contact", "id"])
+    plain = column_sources_pglast(sql, ["contact", "id"])
     assert plain[0].sources == ("v_people.contact",)  # masked by the view's own name only
     assert masked(plain) == set()
-    expanded = column_sources_postgres(sql, ["contact", "id"], view_sources=views)
+    expanded = column_sources_pglast(sql, ["contact", "id"], view_sources=views)
     assert "public.users.email" in expanded[0].sources
     assert masked(expanded) == {"contact"}
 
@@ -1069,18 +1069,18 @@ def test_postgres_views_hook() -> None:
     ],
 )
 def test_postgres_unresolvable_is_opaque(sql: str, names: list[str]) -> None:
-    sources = column_sources_postgres(sql, names, catalog)
+    sources = column_sources_pglast(sql, names, catalog)
     assert all(s.opaque and not s.sources for s in sources)
     assert masked(sources) == set(names)  # fail closed: masked when any rule exists
 
 
 def test_postgres_pure_set_returning_function_is_not_opaque() -> None:
-    sources = column_sources_postgres(
+    sources = column_sources_pglast(
         "SELECT g, u.id FROM users u, generate_series(1, 3) AS g", ["g", "id"], catalog
     )
     assert not sources[0].opaque
     assert masked(sources) == set()
-    sources = column_sources_postgres(
+    sources = column_sources_pglast(
         "SELECT e.value FROM users u, jsonb_array_elements(to_jsonb(u.email)) e",
         ["value"],
         catalog,
@@ -1089,20 +1089,18 @@ def test_postgres_pure_set_returning_function_is_not_opaque() -> None:
 
 
 def test_postgres_explain_is_not_data() -> None:
-    (source,) = column_sources_postgres("EXPLAIN SELECT email FROM users", ["QUERY PLAN"])
+    (source,) = column_sources_pglast("EXPLAIN SELECT email FROM users", ["QUERY PLAN"])
     assert source == ColumnSource("QUERY PLAN", ())
 
 
 def test_postgres_stale_catalog_fails_closed() -> None:
-    sources = column_sources_postgres(
-        "SELECT * FROM users", ["id", "name", "email", "new"], catalog
-    )
+    sources = column_sources_pglast("SELECT * FROM users", ["id", "name", "email", "new"], catalog)
     assert all(s.opaque for s in sources)
     assert masked(sources) == {"id", "name", "email", "new"}
 
 
 def test_postgres_unknown_table_width_aligns_by_name() -> None:
-    sources = column_sources_postgres(
+    sources = column_sources_pglast(
         "SELECT o.id, t.*, o.total FROM orders o, things t",
         ["id", "email", "colour", "total"],
         catalog,

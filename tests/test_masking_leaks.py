@@ -28,13 +28,14 @@ import pytest
 from broker.config import MysqlTarget, PostgresTarget, SqliteTarget
 from broker.masking.config import MaskingConfig
 from broker.masking.detectors import DETECTORS
-from broker.masking.lineage_postgres import column_sources_postgres
+from broker.masking.lineage_pglast import column_sources_pglast
 from broker.masking.masker import Masker
 from broker.masking_effects import analyze
 from broker.masking_views import SharedTaint, shared_taint
 from broker.policy.sql import parse_sql
+from broker.protocols import open_database
+from broker.protocols.sql import DatabaseConnection, StatementError
 from broker.sessions.sql_base import SqlSessionBase
-from broker.targets.database import DatabaseConnection, StatementError, open_database
 from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
 from tests.scratch_databases import scratch_mariadb, scratch_postgres
 
@@ -306,7 +307,7 @@ def test_merge_returning() -> None:
     def taint(name: str) -> dict[str, tuple[str, ...]]:
         return {c: tuple(v) for c, v in written.items()} if name == "t" else {}
 
-    sources = column_sources_postgres(sql, ["id", "x", "merge_action"], catalog, view_sources=taint)
+    sources = column_sources_pglast(sql, ["id", "x", "merge_action"], catalog, view_sources=taint)
     masker = Masker(MASKED, hash_key=KEY)
     assert [masker.strategy_for(c) is not None for c in sources] == [False, True, False]
 

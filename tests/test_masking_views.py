@@ -1,6 +1,6 @@
 """Masking against real databases: column rules through views (broker.masking_views), and the
 values database error messages echo (broker.masking.error_messages.mask_error). PostgreSQL,
-MariaDB and SQLite, through the broker's own connections (broker.targets.database.open_database)."""
+MariaDB and SQLite, through the broker's own connections (broker.protocols.open_database)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,8 @@ from broker.masking.masker import Masker
 from broker.masking.plans import MaskPlan
 from broker.masking.strategies import REDACTED
 from broker.masking_views import column_sources, forget_views, prepare_column_sources
-from broker.targets.database import (
-    DatabaseConnection,
-    Result,
-    StatementError,
-    open_database,
-)
+from broker.protocols import open_database
+from broker.protocols.sql import DatabaseConnection, Result, StatementError
 from tests.scratch_databases import scratch_postgres
 
 MY_PASSWORD = "my-" + secrets.token_hex(8)

@@ -47,7 +47,7 @@ import pytest
 
 from broker.config import Policy, Rule
 from broker.policy.sql import Statement, decide_sql, parse_sql
-from broker.policy.sql_session import SAFE_SQL_MODES
+from broker.protocols.mysql import SAFE_SQL_MODES
 from broker.sessions.sql_state import needs_check
 from tests.scratch_databases import scratch_postgres
 from tests.sql_corpus import KIND_RULES_SILENT, TABLES, VIEWS, Case, corpus
@@ -401,7 +401,7 @@ class _Maria:
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
-        # As broker.targets.database opens it: autocommit, utf8mb4, no multi-statements.
+        # As broker.protocols.mysql opens it: autocommit, utf8mb4, no multi-statements.
         self.conn = pymysql.connect(
             host="127.0.0.1",
             user=self.db,

@@ -12,6 +12,7 @@ from broker.config import Policy, Rule
 from broker.policy import sql
 from broker.policy.decision import Decision
 from broker.policy.sql import Dialect, ParsedSql, Statement, decide_sql, parse_sql
+from broker.protocols import sql_unit
 from tests.helpers import REPO
 
 DIALECTS: tuple[Dialect, ...] = ("postgres", "mysql", "sqlite")
@@ -406,7 +407,7 @@ def test_what_cannot_be_classified_is_unknown(dialect: Dialect, text: str) -> No
         ("postgres", "SELECT dblink_exec('x')", "dblink_exec() runs SQL given as text"),
         ("postgres", "SELEC 1", 'cannot parse: syntax error at or near "SELEC"'),
         ("mysql", "SELECT * FROM x INTO OUTFILE '/tmp/x'", "cannot parse"),
-        ("mysql", "SELECT 1 /*! , 2 */", "/*! … */ comment, whose content MySQL executes"),
+        ("mysql", "SELECT 1 /*! , 2 */", "/*! … */ comment, whose content the server executes"),
         ("mysql", "SELECT 'a\\'b'", "NO_BACKSLASH_ESCAPES"),
         ("mysql", "PREPARE s FROM 'SELECT 1'", "does not understand this statement"),
         ("sqlite", "ATTACH 'x.db' AS x", "ATTACH opens another database file"),
@@ -822,7 +823,7 @@ def test_allow_rules_need_every_table_to_match_for_certain(
 def test_table_pattern_semantics_on_postgres(
     pattern: str, table: str, restrictive: bool, certain: bool
 ) -> None:
-    names = sql._Names("postgres")
+    names = sql._Names(sql_unit("postgres"))
     assert sql._tables_match([pattern], (table,), names, certain=False) is restrictive
     assert sql._tables_match([pattern], (table,), names, certain=True) is certain
 

@@ -12,12 +12,12 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pexpect
 import pytest
 
-from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
+from tests.fixtures import approvals
+from tests.fixtures.approvals import World, approvals_world
 from tests.strict_helpers import local_guard_target, open_strict, run_line
 from tests.test_approve_queue import open_queue
 
@@ -27,7 +27,7 @@ name = "ledger"
 type = "sqlite"
 path = "{db}"
 allowed_groups = ["dba"]
-policy = "sql"
+policy = "ledger"
 
 [[targets]]
 name = "orphan"
@@ -36,7 +36,7 @@ path = "{db}"
 allowed_groups = ["dba"]
 policy = "bare"
 
-[policies.sql]
+[policies.ledger]
 default = "allow"
 on_unknown = "review"
 unknown_approvers = ["approvers"]
@@ -58,13 +58,6 @@ def plain(shown: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-@dataclass
-class World:
-    broker: BrokerProcess
-    alice: User  # engineers, dba
-    bob: User  # engineers, approvers
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("unknown-input")
@@ -72,35 +65,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
     targets = TARGETS.format(db=db) + local_guard_target("box", "parse-or-deny")
-    config = dev_config(
-        root / "data", port=free_port(), dev_port=free_port(), auto_approve=None, targets=targets
-    )
-    broker = start_broker(root, config)
-    try:
-        alice, bob = User(root / "alice"), User(root / "bob")
-        # An issuer that approves nobody by itself: --dev-user logs each in at once.
-        for user, name in ((alice, "alice"), (bob, "bob")):
-            result = user.login(broker, "--dev-user", name)
-            assert result.returncode == 0, result.stderr
-        yield World(broker, alice, bob)
-    finally:
-        broker.stop()
+    with approvals_world(root, targets=targets) as made:
+        yield made
 
 
-@pytest.fixture
-def spawned() -> Iterator[list[pexpect.spawn]]:
-    children: list[pexpect.spawn] = []
-    yield children
-    for child in children:
-        child.close(force=True)
+spawned = approvals.spawned
 
 
 def test_requester_and_approver_both_see_why_a_typo_needs_review(
     world: World, spawned: list[pexpect.spawn]
 ) -> None:
-    bob = open_queue(world.bob)
+    bob = open_queue(world.bob.user)
     spawned.append(bob.child)
-    alice = world.alice.spawn("exec", "ledger", "-c", "selec 1;")
+    alice = world.alice.user.spawn("exec", "ledger", "-c", "selec 1;")
     spawned.append(alice)
     # The requester: the cause, before the wait.
     alice.expect(r"hoopctl: approval required from approvers \((.*?)\): request ([0-9a-f]{10})")
@@ -112,10 +89,7 @@ def test_requester_and_approver_both_see_why_a_typo_needs_review(
     bob.wait_for(request_id)
     assert f"    cause: {CAUSE}" in bob.text()
     assert "rule: -" not in bob.text()
-    for _ in range(20):
-        if bob.line_with(request_id).startswith("▶"):
-            break
-        bob.press("\x1b[B")
+    bob.select(request_id)
     bob.press("\r")
     bob.wait_for(f"Cause      {CAUSE}")
     bob.press("\r")
@@ -130,18 +104,18 @@ def test_requester_and_approver_both_see_why_a_typo_needs_review(
     assert bob.exit_status() == 0
 
     # The listing says it too: a column in the table, `cause` and `unknown` in JSON.
-    listed = world.bob.run("approvals", "--state", "denied", "--output", "json")
+    listed = world.bob.user.run("approvals", "--state", "denied", "--output", "json")
     (record,) = [r for r in json.loads(listed.stdout) if r["id"] == request_id]
     assert record["rule"] is None and record["unknown"] is True
     assert record["cause"].startswith(CAUSE)
-    table = world.bob.run("approvals", "--state", "denied")
+    table = world.bob.user.run("approvals", "--state", "denied")
     assert "Rule or cause" in table.stdout
     row = next(line for line in table.stdout.splitlines() if request_id in line)
     assert "cannot tell what" in row
 
 
 def test_a_typo_nobody_may_approve_is_refused_at_once_naming_the_key(world: World) -> None:
-    result = world.alice.run("exec", "orphan", "-c", "select * fro customers;")
+    result = world.alice.user.run("exec", "orphan", "-c", "select * fro customers;")
     assert result.returncode == 4, result
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("hoopctl: ")]
@@ -160,7 +134,7 @@ def test_arithmetic_expansion_and_double_brackets_parse_in_a_guarded_session(
     world: World,
 ) -> None:
     # on_unknown = "deny" on box: a line the broker could not parse would be refused.
-    child = open_strict(world.alice, "box")
+    child = open_strict(world.alice.user, "box")
     try:
         assert plain(run_line(child, "echo $((6*7))")) == ["42"]
         assert plain(run_line(child, "[[ -d /tmp ]] && echo yes")) == ["yes"]

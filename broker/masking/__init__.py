@@ -5,7 +5,7 @@ Two mechanisms, both configured per target (``[targets.masking]``):
 * **Column rules** mask every value of an output column whose values are *derived from* a
   matching source column (``email``, ``*_ssn``, ``public.users.phone``). Which source columns
   an output column derives from is worked out once per result set from the SQL text
-  (``column_sources_postgres``, ``column_sources_sqlglot``); ``Masker.plan`` turns that into
+  (``column_sources_pglast``, ``column_sources_sqlglot``); ``Masker.plan`` turns that into
   a ``MaskPlan`` whose ``apply`` masks one row.
 * **Value detectors** look inside every text value of the other columns and mask only the
   sensitive part (``"card 4111 1111 1111 1111 ok"`` -> ``"card [REDACTED:card] ok"``).
@@ -24,7 +24,7 @@ strategies        redact, partial, hash: mask_value, and the per-plan value mask
 detectors         DETECTORS: each detector's pattern, checksum and check (luhn_ok, iban_ok)
 scanner           prefilters and the scanner over a text or a column: detect, mask_text
 lineage           ColumnSource and the scope model the resolvers share (relations, stars)
-lineage_postgres  column_sources_postgres: a PostgreSQL statement's columns (pglast)
+lineage_pglast  column_sources_pglast: a PostgreSQL statement's columns (pglast)
 lineage_sqlglot   column_sources_sqlglot: a MySQL or SQLite statement's columns (sqlglot)
 plans             MaskPlan: the rows of one result set masked, one at a time or in batches
 error_messages    mask_error: the values database error messages echo

@@ -1,7 +1,7 @@
 """Column lineage: which source columns each output column of a statement derives from.
 
 :class:`ColumnSource` is the answer, one per result column. The resolvers of
-broker.masking.lineage_postgres and broker.masking.lineage_sqlglot work it out with the scope
+broker.masking.lineage_pglast and broker.masking.lineage_sqlglot work it out with the scope
 model here; broker.masking_effects uses the same model for what statements write.
 """
 
@@ -26,7 +26,7 @@ class ColumnSource:
     opaque: bool = False
 
 
-# The resolvers (lineage_postgres, lineage_sqlglot) turn a statement into one _Src per output
+# The resolvers (lineage_pglast, lineage_sqlglot) turn a statement into one _Src per output
 # column. They share the scope model: relations (tables, CTEs, derived tables, functions,
 # joins) with known or unknown column lists; output items that are single columns or stars of
 # unknown width; and an alignment of the items with the column names the driver reports.

@@ -44,7 +44,7 @@ def column_sources_sqlglot(
     view_sources: ViewSources | None = None,
     variables: Variables | None = None,
 ) -> list[ColumnSource]:
-    """Like :func:`column_sources_postgres`, for MySQL ("mysql") or SQLite ("sqlite") with
+    """Like :func:`column_sources_pglast`, for MySQL ("mysql") or SQLite ("sqlite") with
     sqlglot's AST. Best effort with the same fail-closed rule: never raises.
 
     ``variables(name)`` gives the sources of what a MySQL variable holds in this session

@@ -30,6 +30,15 @@ import bashlex.subst
 
 from broker.config import Policy, Rule
 from broker.policy.decision import Decision, combine, stronger
+from broker.protocols import sql_dialects, sql_unit
+
+# The databases' command-line clients (psql, mysql, sqlite3 …) by program name, from the
+# protocol units: SQL given to them is data, unless it holds the client's shell escapes.
+_SQL_CLIENTS = {
+    program: client
+    for dialect in sql_dialects()
+    for program, client in sql_unit(dialect).clients.items()
+}
 
 MAX_LINE = 16384  # longer lines are not inspected (unknown); parsing costs ~25 ms per KiB
 MAX_INPUT = 64 * 1024  # longer input is refused before any other look at it
@@ -397,6 +406,33 @@ def _bad_char(text: str) -> str | None:
     return None
 
 
+def _line_end(text: str, i: int) -> int:
+    """Where the line holding text[i] ends: the index of its newline, or len(text)."""
+    end = text.find("\n", i)
+    return len(text) if end < 0 else end
+
+
+def _skip(text: str, i: int, chars: str) -> int:
+    """The index of the first character from text[i] on that is not one of chars."""
+    while i < len(text) and text[i] in chars:
+        i += 1
+    return i
+
+
+def _closing(text: str, i: int, close: str) -> int:
+    """The index after the first `close` from text[i] on, where a backslash escapes the
+    character after it; -1 when there is none."""
+    n = len(text)
+    while i < n:
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == close:
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
 def _comment_only(text: str) -> bool:
     lines = [ln.strip() for ln in text.split("\n")]
     return any(lines) and all(not ln or ln.startswith("#") for ln in lines)
@@ -411,12 +447,8 @@ def _history_expansion(line: str) -> str | None:
     while i < n:
         c = line[i]
         nxt = line[i + 1] if i + 1 < n else ""
-        if quote == "'":
-            quote = "" if c == "'" else quote
-            i += 1
-            continue
-        if quote == "$'":
-            if c == "\\":
+        if quote in ("'", "$'"):
+            if quote == "$'" and c == "\\":
                 i += 2
                 continue
             quote = "" if c == "'" else quote
@@ -432,8 +464,7 @@ def _history_expansion(line: str) -> str | None:
                 quote = "$'"
                 i += 1
             elif c == "#" and (i == 0 or line[i - 1] in " \t\n;&|()<>"):
-                end = line.find("\n", i)
-                i = n if end < 0 else end
+                i = _line_end(line, i)
                 continue
             elif c == '"':
                 quote = '"'
@@ -622,8 +653,7 @@ class _Masker:
                 cmdpos = True
                 i += 1
             elif c == "#":
-                end = s.find("\n", i)
-                i = n if end < 0 else end
+                i = _line_end(s, i)
             elif c in "<>" and not s.startswith("(", i + 1):
                 i += 1
                 while i < n and s[i] in "<>&|-" and not s.startswith("(", i):
@@ -631,9 +661,7 @@ class _Masker:
             elif c == "&" and s.startswith(">", i + 1):
                 i += 2
             elif c in ";&|":
-                i += 1
-                while i < n and s[i] in ";&|":
-                    i += 1
+                i = _skip(s, i + 1, ";&|")
                 cmdpos = True
             elif c == "(":
                 end = (
@@ -663,9 +691,7 @@ class _Masker:
                 if cmdpos and word in ("case", "select", "coproc"):
                     raise _NoMask
                 if cmdpos and word == "for":
-                    j = i
-                    while j < n and s[j] in " \t":
-                        j += 1
+                    j = _skip(s, i, " \t")
                     if s.startswith("((", j):
                         end = self.arith(start, j + 2, "arith-for")
                         if end is None:
@@ -694,7 +720,7 @@ class _Masker:
             elif c == '"':
                 i = self.dquote(i + 1)
             elif c == "$" and s.startswith("'", i + 1):
-                i = self.ansi_c(i + 2)
+                i = self.closing(i + 2, "'")
             elif c in "<>":  # process substitution at the start of a word
                 i = self.commands(i + 2, ")")
             else:
@@ -726,30 +752,15 @@ class _Masker:
         if s.startswith("${", i):
             return self.braces(i + 2)
         if s[i] == "`":
-            return self.backtick(i + 1)
+            return self.closing(i + 1, "`")
         return i + 1
 
-    def ansi_c(self, i: int) -> int:
-        s, n = self.s, self.n
-        while i < n:
-            if s[i] == "\\":
-                i += 2
-            elif s[i] == "'":
-                return i + 1
-            else:
-                i += 1
-        raise _NoMask
-
-    def backtick(self, i: int) -> int:
-        s, n = self.s, self.n
-        while i < n:
-            if s[i] == "\\":
-                i += 2
-            elif s[i] == "`":
-                return i + 1
-            else:
-                i += 1
-        raise _NoMask
+    def closing(self, i: int, close: str) -> int:
+        """The end of `$'…'` or of backquotes (close is `'` or a backquote) from i."""
+        end = _closing(self.s, i, close)
+        if end < 0:
+            raise _NoMask
+        return end
 
     def braces(self, i: int) -> int:
         s, n = self.s, self.n
@@ -808,8 +819,7 @@ class _Masker:
         i = start + 2
         words: list[tuple[int, int]] = []
         while True:
-            while i < n and s[i] in " \t":
-                i += 1
+            i = _skip(s, i, " \t")
             if i >= n or s[i] == "\n":
                 raise _NoMask
             if s.startswith("]]", i) and (i + 2 == n or s[i + 2] in " \t\n;&|)"):
@@ -1007,12 +1017,13 @@ def _lex_word(raw: str, offset: int, parts: dict[int, int], src: str) -> list[_T
     while i < n:
         c = raw[i]
         nxt = raw[i + 1] if i + 1 < n else ""
+        if c == "\\" and (not dq or nxt in '$`"\\\n'):
+            # outside double quotes a backslash quotes any character; inside them, only these
+            if nxt != "\n":
+                toks.append(("c", nxt, True))
+            i += 2
+            continue
         if not dq:
-            if c == "\\":
-                if nxt != "\n":
-                    toks.append(("c", nxt, True))
-                i += 2
-                continue
             if c == "'":
                 end = raw.find("'", i + 1)
                 if end < 0:
@@ -1031,16 +1042,10 @@ def _lex_word(raw: str, offset: int, parts: dict[int, int], src: str) -> list[_T
                 toks.append(_EMPTY_QUOTED)
                 toks.extend(("c", ch, True) for ch in text)
                 continue
-        else:
-            if c == '"':
-                dq = False
-                i += 1
-                continue
-            if c == "\\" and nxt in '$`"\\\n':
-                if nxt != "\n":
-                    toks.append(("c", nxt, True))
-                i += 2
-                continue
+        elif c == '"':
+            dq = False
+            i += 1
+            continue
         if c in "$`" or (not dq and c in "<>" and nxt == "("):
             pos = offset + i
             if pos in parts and parts[pos] > pos + (1 if c == "$" else 0):
@@ -1203,6 +1208,20 @@ def _opts(
     )
 
 
+def _option_word(args: list[_Arg], i: int, option: str) -> _Arg:
+    """args[i], the word after `option` that is its value."""
+    if i >= len(args):
+        raise _Unknown(f"`{option}` lacks its value")
+    return args[i]
+
+
+def _check_runtime_word(arg: _Arg, prog: str, signs: str = "-") -> None:
+    """A word only known at run time where an option of `prog` may stand: unknown when it
+    may be one (it starts with one of `signs`) or may become several words."""
+    if arg.value[:1] in signs or arg.splits:
+        raise _Unknown(f"an option of `{prog}` is only known at run time: `{arg.value}`")
+
+
 def _parse_options(args: list[_Arg], spec: _Options, prog: str) -> tuple[int, dict[str, str]]:
     """Skip the options of a wrapper; return the index of its first operand and the options."""
     seen: dict[str, str] = {}
@@ -1211,8 +1230,7 @@ def _parse_options(args: list[_Arg], spec: _Options, prog: str) -> tuple[int, di
         arg = args[i]
         value = arg.value
         if arg.pattern is not None:
-            if value.startswith("-") or arg.splits:
-                raise _Unknown(f"an option of `{prog}` is only known at run time: `{value}`")
+            _check_runtime_word(arg, prog)
             return i, seen
         if value == "--":
             return i + 1, seen
@@ -1223,9 +1241,7 @@ def _parse_options(args: list[_Arg], spec: _Options, prog: str) -> tuple[int, di
             if name in spec.long_values:
                 if not eq:
                     i += 1
-                    if i >= len(args):
-                        raise _Unknown(f"`{prog} --{name}` lacks its value")
-                    val = args[i].value
+                    val = _option_word(args, i, f"{prog} --{name}").value
                 seen[name] = val
             elif name in spec.long_flags:
                 seen[name] = val
@@ -1243,9 +1259,7 @@ def _parse_options(args: list[_Arg], spec: _Options, prog: str) -> tuple[int, di
                 val = value[j + 1 :]
                 if not val:
                     i += 1
-                    if i >= len(args):
-                        raise _Unknown(f"`{prog} -{ch}` lacks its value")
-                    val = args[i].value
+                    val = _option_word(args, i, f"{prog} -{ch}").value
                 seen[ch] = val
                 break
             if ch in spec.optional:
@@ -1269,13 +1283,14 @@ _PARAMETER = re.compile(
 
 
 _SUBSCRIPTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[([^\]]*)\]")
+_PLAIN_SUBSCRIPT = re.compile(r"\s*(-?[0-9]+|@|\*)\s*")  # not evaluated as arithmetic
 
 
 def _check_subscript(arg: _Arg, where: str = "") -> None:
     """`a[i]=1`, `read 'a[i]'`, `printf -v 'a[i]'`, `test -v 'a[i]'`: bash evaluates the
     subscript of an indexed array as arithmetic (and `a[$(cmd)]` runs cmd)."""
     found = _SUBSCRIPTED.match(arg.value)
-    if found and not re.fullmatch(r"\s*(-?[0-9]+|@|\*)\s*", found.group(1)):
+    if found and not _PLAIN_SUBSCRIPT.fullmatch(found.group(1)):
         raise _Unknown(
             f"{where or 'the name'} `{_short(found.group(0), 40)}` has a subscript that bash "
             "evaluates as arithmetic, where a value such as `a[$(cmd)]` runs cmd"
@@ -1289,7 +1304,7 @@ def _parameter_arithmetic(value: str) -> str | None:
     if found is None:
         return None
     subscript = found.group("sub")
-    if subscript is not None and not re.fullmatch(r"\s*(@|\*|-?[0-9]+)\s*", subscript):
+    if subscript is not None and not _PLAIN_SUBSCRIPT.fullmatch(subscript):
         return subscript
     rest = found.group("rest")
     if rest.startswith(":") and rest[1:2] not in ("-", "=", "+", "?"):
@@ -1600,17 +1615,6 @@ class _Parser:
 _Handler = Callable[[_Parser, str, list[_Arg], int, _Ctx, bool], None]
 
 
-def _opaque(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
-    why = {
-        "eval": "`eval` builds the command it runs at run time",
-        "source": "`source` runs the commands in a file the broker cannot see",
-        ".": "`.` runs the commands in a file the broker cannot see",
-        "alias": "`alias` changes what later command names run",
-        "fc": "`fc` re-runs commands from the history",
-    }
-    raise _Unknown(why[name])
-
-
 def _hash(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
     if any(a.value.startswith("-") and "p" in a.value for a in args):
         raise _Unknown("`hash -p` changes what a command name runs")
@@ -1809,8 +1813,7 @@ def _shell(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: 
         arg = args[i]
         value = arg.value
         if arg.pattern is not None:
-            if value[:1] in "-+" or arg.splits:
-                raise _Unknown(f"an option of `{name}` is only known at run time: `{value}`")
+            _check_runtime_word(arg, name, "-+")
             break
         if value in ("-", "--"):
             i += 1
@@ -1889,9 +1892,7 @@ def _su(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: boo
                     given = replace(arg, value=value.split("=", 1)[1])
                 else:
                     i += 1
-                    if i >= len(args):
-                        raise _Unknown(f"`{name} {value}` lacks its value")
-                    given = args[i]
+                    given = _option_word(args, i, f"{name} {value}")
                 if opt in ("command", "session-command"):
                     command = given
             elif opt not in ("login", "preserve-environment", "fast", "pty", "help", "version"):
@@ -1904,9 +1905,7 @@ def _su(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: boo
                     given = replace(arg, value=value[k + 1 :])
                 else:
                     i += 1
-                    if i >= len(args):
-                        raise _Unknown(f"`{name} -{ch}` lacks its value")
-                    given = args[i]
+                    given = _option_word(args, i, f"{name} -{ch}")
                 if ch == "c":
                     command = given
                 elif ch == "u" and name == "runuser":
@@ -1962,15 +1961,6 @@ def _exec(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: b
                            "descriptors (where it reads its commands from)")  # fmt: skip
         return
     p.run(args[index:], end, ctx, stdin)
-
-
-def _taskset(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
-    spec = _opts(flags="apchV", long_flags="all-tasks pid cpu-list help version")
-    index, seen = _parse_options(args, spec, name)
-    if any(opt in seen for opt in ("p", "pid", "h", "help", "V", "version")):
-        return  # `taskset -p [MASK] PID` changes a running process
-    _skip_operands(p, name, args[index : index + 1])  # the CPU mask or list
-    p.run(args[index + 1 :], end, ctx, stdin)
 
 
 def _flock(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
@@ -2057,8 +2047,7 @@ def _script(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin:
         value = arg.value
         i += 1
         if arg.pattern is not None:
-            if value.startswith("-") or arg.splits:
-                raise _Unknown(f"an option of `{name}` is only known at run time: `{value}`")
+            _check_runtime_word(arg, name)
             continue  # the typescript file
         if value == "--":
             break
@@ -2068,9 +2057,7 @@ def _script(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin:
             opt, eq, val = value[2:].partition("=")
             if opt in _SCRIPT_VALUES.values():
                 if not eq:
-                    if i >= len(args):
-                        raise _Unknown(f"`{name} --{opt}` lacks its value")
-                    given = args[i]
+                    given = _option_word(args, i, f"{name} --{opt}")
                     i += 1
                 else:
                     given = replace(arg, value=val, pattern=None if arg.pattern is None else "*")
@@ -2086,9 +2073,7 @@ def _script(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin:
                 if value[k + 1 :]:
                     given = replace(arg, value=value[k + 1 :])
                 else:
-                    if i >= len(args):
-                        raise _Unknown(f"`{name} -{ch}` lacks its value")
-                    given = args[i]
+                    given = _option_word(args, i, f"{name} -{ch}")
                     i += 1
                 if ch == "c":
                     command = given
@@ -2107,16 +2092,7 @@ def _script(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin:
     p.parse_string(command.value, ctx, stdin=stdin)  # run with $SHELL -c
 
 
-def _tracer(spec: _Options) -> _Handler:
-    """strace/ltrace [options] [COMMAND]: with -p PID alone they attach and start nothing."""
-
-    def handle(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
-        index, _ = _parse_options(args, spec, name)
-        p.run(args[index:], end, ctx, stdin)
-
-    return handle
-
-
+# strace/ltrace [options] [COMMAND]: with -p PID alone they attach and start nothing.
 _STRACE = _opts(
     flags="ACcDdfFhikNnqrTtVvwxYyZz",
     values="abeEIoOpPsSuUX",
@@ -2135,13 +2111,6 @@ _LTRACE = _opts(
     long_flags="help version demangle no-signals",
     long_values="align config debug indent library output where",
 )
-
-
-def _ssh_agent(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
-    index, seen = _parse_options(args, _opts(flags="cDdks", values="EaOPt"), name)
-    if any(opt in seen for opt in "kDd"):
-        return  # kill the agent, or run it in the foreground
-    p.run(args[index:], end, ctx, stdin)  # without a command it prints its environment
 
 
 _PARALLEL = _opts(
@@ -2188,25 +2157,27 @@ def _parallel(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdi
     p.parse_string(line, ctx, stdin=True)
 
 
-def _setarch(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
-    spec = _opts(
+_SETARCH_OPTIONS = _wrapper(
+    _opts(
         flags="v3BFILRSTXZhV",
         long_flags="verbose 3gb 4gb addr-no-randomize fdpic-funcptrs mmap-page-zero "
         "addr-compat-layout read-implies-exec 32bit short-inode whole-seconds sticky-timeouts "
         "list help version",
         long_values="uname-2.6",
-    )
+    ),
+    none_if="h help V version list",
+    shell_if_empty=True,
+)
+
+
+def _setarch(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
+    """setarch ARCH [options] [COMMAND]; linux32 and linux64 take no ARCH."""
     if name == "setarch":
         if not args or (args[0].pattern is None and args[0].value.startswith("-")):
             return  # --list, --help
         _skip_operands(p, name, args[:1])
         args = args[1:]
-    index, seen = _parse_options(args, spec, name)
-    if any(opt in seen for opt in ("h", "help", "V", "version", "list")):
-        return
-    if index >= len(args):
-        raise _Unknown(_STARTS_SHELL.format(name=name))
-    p.run(args[index:], end, ctx, stdin)
+    _SETARCH_OPTIONS(p, name, args, end, ctx, stdin)
 
 
 def _systemd_run(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
@@ -2278,8 +2249,7 @@ def _set(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bo
         arg = args[i]
         value = arg.value
         if arg.pattern is not None:
-            if value[:1] in "-+" or arg.splits:
-                raise _Unknown(f"an option of `{name}` is only known at run time: `{value}`")
+            _check_runtime_word(arg, name, "-+")
             return  # positional parameters
         if value in ("-", "--") or len(value) < 2 or value[0] not in "-+":
             return
@@ -2323,6 +2293,8 @@ def _names(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: 
 
 
 def _refuse(reason: str) -> _Handler:
+    """A builtin whose effect the broker cannot see: always unknown, for `reason`."""
+
     def handle(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
         raise _Unknown(reason)
 
@@ -2395,7 +2367,15 @@ WRAPPERS: dict[str, Wrapper] = {
         "runs a command in another I/O scheduling class",
     ),
     "chrt": Wrapper(_chrt, "runs a command with another scheduling policy and priority"),
-    "taskset": Wrapper(_taskset, "runs a command on a given set of CPUs"),
+    "taskset": Wrapper(
+        # taskset [options] MASK COMMAND; `taskset -p [MASK] PID` changes a running process
+        _wrapper(
+            _opts(flags="apchV", long_flags="all-tasks pid cpu-list help version"),
+            skip=1,
+            none_if="p pid h help V version",
+        ),
+        "runs a command on a given set of CPUs",
+    ),
     "prlimit": Wrapper(
         _wrapper(
             _opts(
@@ -2466,8 +2446,8 @@ WRAPPERS: dict[str, Wrapper] = {
     "linux32": Wrapper(_setarch, "setarch for a 32-bit personality"),
     "linux64": Wrapper(_setarch, "setarch for a 64-bit personality"),
     "script": Wrapper(_script, "runs the -c command string ($SHELL -c), or a shell, in a new pty"),
-    "strace": Wrapper(_tracer(_STRACE), "runs a command under the system-call tracer"),
-    "ltrace": Wrapper(_tracer(_LTRACE), "runs a command under the library-call tracer"),
+    "strace": Wrapper(_wrapper(_STRACE), "runs a command under the system-call tracer"),
+    "ltrace": Wrapper(_wrapper(_LTRACE), "runs a command under the library-call tracer"),
     "fakeroot": Wrapper(
         _wrapper(
             _opts(
@@ -2486,7 +2466,12 @@ WRAPPERS: dict[str, Wrapper] = {
     "rlwrap": Wrapper(_wrapper(_opts()), "runs a command with readline line editing"),
     "gosu": Wrapper(_wrapper(_opts(), skip=1), _AS_USER),
     "su-exec": Wrapper(_wrapper(_opts(), skip=1), _AS_USER),
-    "ssh-agent": Wrapper(_ssh_agent, "runs a command with an SSH agent in its environment"),
+    "ssh-agent": Wrapper(
+        # -k, -D, -d: kill the agent, or run it in the foreground; without a command it
+        # prints its environment
+        _wrapper(_opts(flags="cDdks", values="EaOPt"), none_if="k D d"),
+        "runs a command with an SSH agent in its environment",
+    ),
     "xargs": Wrapper(_xargs, "runs a command with arguments read from its input"),
     "parallel": Wrapper(_parallel, "runs a command line (through a shell) for each input"),
     "find": Wrapper(_find, "runs the command of -exec, -execdir, -ok and -okdir"),
@@ -2508,7 +2493,11 @@ WRAPPERS: dict[str, Wrapper] = {
 # Shell builtins with handlers of their own (not wrappers: they do not run their arguments
 # as a program, but they can run strings as commands or change how the shell runs them).
 _BUILTINS: dict[str, _Handler] = {
-    **dict.fromkeys(("eval", "source", ".", "alias", "fc"), _opaque),
+    "eval": _refuse("`eval` builds the command it runs at run time"),
+    "source": _refuse("`source` runs the commands in a file the broker cannot see"),
+    ".": _refuse("`.` runs the commands in a file the broker cannot see"),
+    "alias": _refuse("`alias` changes what later command names run"),
+    "fc": _refuse("`fc` re-runs commands from the history"),
     "hash": _hash,
     "trap": _trap,
     **dict.fromkeys(("export", "declare", "typeset", "local", "readonly"), _declare),
@@ -2544,7 +2533,9 @@ _HANDLERS: dict[str, _Handler] = {
 # A command string is also parsed, best effort, so what it would run can make the
 # decision stricter.
 
-_Check = Callable[[str, list[_Arg], tuple[str, ...]], tuple[str | None, list[str]]]
+# (why the command is opaque, or None; command strings worth judging best effort)
+_Found = tuple[str | None, list[str]]
+_Check = Callable[[str, list[_Arg], tuple[str, ...]], _Found]
 _META = set(";|&$`()<>")
 _CODE_OPTIONS = ("-c", "-e", "--command", "--exec", "--eval")
 
@@ -2610,8 +2601,9 @@ _KNOWN_PROGRAMS = {
     "curl", "wget", "nc", "ncat", "netcat", "socat", "ssh", "scp", "rsync", "sftp", "telnet",
     "tee", "sed", "awk", "git", "make", "mount", "umount", "iptables", "nft", "useradd",
     "userdel", "usermod", "passwd", "chpasswd", "visudo", "tar", "zip", "unzip", "docker",
-    "kubectl", "psql", "mysql", "sqlite3", "vim", "vi", "nvim", "emacs", "nano", "ed", "less",
+    "kubectl", "vim", "vi", "nvim", "emacs", "nano", "ed", "less",
     "more", "man", "tmux", "screen", "cat", "ls", "echo", "printf", "touch", "mkdir",
+    *_SQL_CLIENTS,
 }  # fmt: skip
 
 
@@ -2662,9 +2654,7 @@ def _option_values(
                 break
 
 
-def _interpreter_check(
-    name: str, args: list[_Arg], programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _interpreter_check(name: str, args: list[_Arg], programs: tuple[str, ...]) -> _Found:
     spec = _INTERPRETERS.get(name) or _INTERPRETERS[_VERSIONED.sub("", name)]
     for opt, _ in _option_values(args, spec.short, spec.long):
         return f"`{name} {opt}` runs inline code that the broker does not read", []
@@ -2675,9 +2665,7 @@ def _interpreter_check(
     return None, []
 
 
-def _awk_check(
-    name: str, args: list[_Arg], programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _awk_check(name: str, args: list[_Arg], programs: tuple[str, ...]) -> _Found:
     texts: list[_Arg] = []
     from_file = False
     i = 0
@@ -2725,27 +2713,18 @@ def _sed_executes(script: str) -> str | None:
     s, n, i = script, len(script), 0
 
     def delimited(i: int, delim: str) -> int:
-        while i < n:
-            if s[i] == "\\":
-                i += 2
-                continue
-            if s[i] == delim:
-                return i + 1
-            i += 1
-        raise ValueError("unterminated")
-
-    def rest_of_line(i: int) -> int:
-        end = s.find("\n", i)
-        return n if end < 0 else end
+        end = _closing(s, i, delim)
+        if end < 0:
+            raise ValueError("unterminated")
+        return end
 
     try:
         while i < n:
-            while i < n and s[i] in " \t\n;":
-                i += 1
+            i = _skip(s, i, " \t\n;")
             if i >= n:
                 break
             if s[i] == "#":
-                i = rest_of_line(i)
+                i = _line_end(s, i)
                 continue
             for _ in range(2):  # up to two addresses
                 if s[i].isdigit() or s[i] == "$":
@@ -2755,22 +2734,17 @@ def _sed_executes(script: str) -> str | None:
                 elif s[i] in "/\\":
                     delim = s[i + 1] if s[i] == "\\" else "/"
                     i = delimited(i + (2 if s[i] == "\\" else 1), delim)
-                    while i < n and s[i] in "IM":
-                        i += 1
+                    i = _skip(s, i, "IM")
                 else:
                     break
-                while i < n and s[i] in " \t":
-                    i += 1
+                i = _skip(s, i, " \t")
                 if i < n and s[i] in ",+~":
-                    i += 1
-                    while i < n and s[i] in " \t":
-                        i += 1
+                    i = _skip(s, i + 1, " \t")
                     if i < n and s[i] in "+~":
                         i += 1
                     continue
                 break
-            while i < n and s[i] in " \t!":
-                i += 1
+            i = _skip(s, i, " \t!")
             if i >= n:
                 raise ValueError("address without a command")
             cmd = s[i]
@@ -2789,13 +2763,13 @@ def _sed_executes(script: str) -> str | None:
                         if s[i] == "e":
                             return "the `e` flag of sed's `s` command runs the result as a command"
                         if s[i] == "w":
-                            i = rest_of_line(i)
+                            i = _line_end(s, i)
                             break
                         i += 1
                 continue
             if cmd in "aic" or cmd in "rRwW":
                 while True:  # text or file name to the end of the line (\ continues it)
-                    i = rest_of_line(i)
+                    i = _line_end(s, i)
                     if cmd in "aic" and i > 0 and s[i - 1] == "\\" and i < n:
                         i += 1
                         continue
@@ -2811,9 +2785,7 @@ def _sed_executes(script: str) -> str | None:
     return None
 
 
-def _sed_check(
-    name: str, args: list[_Arg], programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _sed_check(name: str, args: list[_Arg], programs: tuple[str, ...]) -> _Found:
     scripts: list[_Arg] = []
     from_file = sandbox = False
     i = 0
@@ -2868,27 +2840,17 @@ def _sed_check(
     return None, []
 
 
-_SQL_ESCAPES = {
-    "psql": (("-c", "--command"), re.compile(r"\\!|\\(?:o|out|g|w|write|gx)\s*\||\bprogram\b", re.I)),
-    "mysql": (("-e", "--execute"), re.compile(r"\\!|(?:^|[;\s])system\s", re.I)),
-    "mariadb": (("-e", "--execute"), re.compile(r"\\!|(?:^|[;\s])system\s", re.I)),
-}  # fmt: skip
-
-
-def _sql_client_check(
-    name: str, args: list[_Arg], programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _sql_client_check(name: str, args: list[_Arg], programs: tuple[str, ...]) -> _Found:
     """SQL given to a client is data for the database, unless it uses the client's own
     shell escapes (psql `\\!`, `\\o |cmd`, `COPY … PROGRAM`; mysql `system`; sqlite3
-    `.shell`)."""
-    if name == "sqlite3":
-        pattern = re.compile(r"^\s*\.(shell|system|load)\b|\.(output|once|import)\s+['\"]?\|",
-                             re.M)  # fmt: skip
+    `.shell`): each protocol unit names its clients and their escapes."""
+    client = _SQL_CLIENTS[name]
+    pattern = re.compile(client.escapes, client.flags)
+    if not client.options:  # every argument after the database is SQL
         texts = [a for a in args if not a.value.startswith("-")][1:]
     else:
-        options, pattern = _SQL_ESCAPES[name]
-        short = "".join(o[1] for o in options if len(o) == 2)
-        long = tuple(o for o in options if o.startswith("--"))
+        short = "".join(o[1] for o in client.options if len(o) == 2)
+        long = tuple(o for o in client.options if o.startswith("--"))
         texts = [v for _, v in _option_values(args, short, long) if v is not None]
     for text in texts:
         if text.pattern is not None and any(ch in text.value for ch in "\\.!"):
@@ -2898,9 +2860,7 @@ def _sql_client_check(
     return None, []
 
 
-def _given_command(
-    name: str, opt: str, value: _Arg | None, programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _given_command(name: str, opt: str, value: _Arg | None, programs: tuple[str, ...]) -> _Found:
     if value is None:
         return None, []
     if value.pattern is not None:
@@ -2913,15 +2873,16 @@ def _given_command(
     return None, []
 
 
-def _tar_check(
-    name: str, args: list[_Arg], programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _known_value(value: _Arg | None) -> list[str]:
+    """An option's value as a command string to judge, when it is known as typed."""
+    return [value.value] if value and not value.pattern else []
+
+
+def _tar_check(name: str, args: list[_Arg], programs: tuple[str, ...]) -> _Found:
     long = ("--to-command", "--use-compress-program", "--rsh-command", "--info-script",
             "--new-volume-script", "--rmt-command")  # fmt: skip
     for opt, value in _option_values(args, "IF", long):
-        return f"`{name} {opt}` runs a program", [
-            value.value
-        ] if value and not value.pattern else []
+        return f"`{name} {opt}` runs a program", _known_value(value)
     for arg in args:
         if "--checkpoint-action=exec" in arg.value or arg.value.startswith("--checkpoint-action"):
             given = arg.value.partition("exec=")[2]
@@ -2930,9 +2891,7 @@ def _tar_check(
     return None, []
 
 
-def _ssh_check(
-    name: str, args: list[_Arg], programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _ssh_check(name: str, args: list[_Arg], programs: tuple[str, ...]) -> _Found:
     for opt, value in _option_values(args, "oS" if name != "ssh" else "o", ()):
         if value is None:
             continue
@@ -2946,19 +2905,13 @@ def _ssh_check(
     return None, []
 
 
-def _zip_check(
-    name: str, args: list[_Arg], programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _zip_check(name: str, args: list[_Arg], programs: tuple[str, ...]) -> _Found:
     for opt, value in _option_values(args, "", ("-TT", "--unzip-command")):
-        return f"`{name} {opt}` runs a command", [
-            value.value
-        ] if value and not value.pattern else []
+        return f"`{name} {opt}` runs a command", _known_value(value)
     return None, []
 
 
-def _generic_check(
-    name: str, args: list[_Arg], programs: tuple[str, ...]
-) -> tuple[str | None, list[str]]:
+def _generic_check(name: str, args: list[_Arg], programs: tuple[str, ...]) -> _Found:
     """An unknown program given -c/-e/--command/--exec/--eval with a command-like value."""
     i = 0
     while i < len(args):
@@ -2993,7 +2946,7 @@ _CODE_CHECKS: dict[str, _Check] = {
     **dict.fromkeys(_INTERPRETERS, _interpreter_check),
     **dict.fromkeys(_AWKS, _awk_check),
     **dict.fromkeys(_SEDS, _sed_check),
-    **dict.fromkeys(("psql", "mysql", "mariadb", "sqlite3"), _sql_client_check),
+    **dict.fromkeys(_SQL_CLIENTS, _sql_client_check),
     "tar": _tar_check,
     **dict.fromkeys(("ssh", "scp", "sftp"), _ssh_check),
     "zip": _zip_check,
@@ -3002,7 +2955,7 @@ _VERSIONED = re.compile(r"[0-9][0-9.]*$")
 _COMMAND_NAMES = frozenset(_KNOWN_PROGRAMS | set(WRAPPERS) | set(_INTERPRETERS) | _AWKS | _SEDS)
 
 
-def _code_check(parser: _Parser, name: str, args: list[_Arg]) -> tuple[str | None, list[str]]:
+def _code_check(parser: _Parser, name: str, args: list[_Arg]) -> _Found:
     """(why this command is opaque or None, command strings worth judging best effort)."""
     if name in WRAPPERS or (name in _BUILTINS and name != "git"):
         return None, []

@@ -25,7 +25,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any
 
 import pglast
 import pglast.keywords
@@ -40,14 +40,11 @@ from sqlglot.tokens import TokenType
 from broker.config import Policy, Rule
 from broker.policy.decision import Decision, combine, stronger
 from broker.policy.sql_predicates import GlotPredicate, PgPredicate, Verdict
-from broker.policy.sql_session import (
-    SessionState,
-    effects_of_words,
-    mysql_state_problem,
-    pg_state_problem,
-)
+from broker.policy.sql_session import SessionState, effects_of_words, pg_state_problem
+from broker.protocols import sql_unit
+from broker.protocols.sql import SqlUnit
 
-Dialect = Literal["postgres", "mysql", "sqlite"]
+Dialect = str  # an SQL unit's name (broker.protocols)
 
 
 class _QuietFallback(logging.Filter):
@@ -137,7 +134,7 @@ def _decide(
 ) -> Decision:
     if parsed.unknown is None and not parsed.statements:
         return Decision("allow", None, "nothing to run: the input holds no SQL statement")
-    names = _Names(dialect, state)
+    names = _Names(sql_unit(dialect), state)
     parts: list[Decision] = []
     for statement in parsed.statements:
         parts += _judge_all(policy, statement, names, inner=False)
@@ -330,31 +327,24 @@ class _Names:
     the schema of an unqualified name is unknown for the rest of the input.
     """
 
-    def __init__(self, dialect: Dialect, state: SessionState | None = None) -> None:
-        self.dialect = dialect
-        self.unsure = dialect == "mysql" or (state is not None and state.names_unsure)
+    def __init__(self, unit: SqlUnit, state: SessionState | None = None) -> None:
+        self.unit = unit
+        self.unsure = not unit.current_schema_known or (state is not None and state.names_unsure)
 
     def after(self, statement: Statement) -> None:
         kinds = [statement.kind, *(s.kind for s in statement.inner)]
-        moves = ("SET SEARCH_PATH", "SET ROLE", "SET SESSION AUTHORIZATION", "RESET", "DISCARD")
-        if self.dialect == "postgres" and (
-            statement.unknown is not None or any(k.startswith(moves) for k in kinds)
-        ):
+        if self.unit.names_move_after_unknown and statement.unknown is not None:
             self.unsure = True
-        if self.dialect == "sqlite" and any(k.startswith("ATTACH") for k in kinds):
+        if any(k.startswith(self.unit.name_moving_kinds) for k in kinds):
             self.unsure = True
 
     def candidates(self, parts: tuple[str, ...]) -> list[tuple[str | None, ...]]:
         if len(parts) > 1:
             return [parts]
-        if self.dialect == "postgres":
-            schemas: list[str | None] = ["public"]
-            if parts[0].startswith("pg_"):
-                schemas.insert(0, "pg_catalog")
-        elif self.dialect == "sqlite":
-            schemas = ["main"]
-        else:
-            schemas = []
+        schemas: list[str | None] = list(self.unit.default_schemas)
+        catalog = self.unit.catalog_schema_prefix
+        if catalog is not None and parts[0].startswith(catalog[0]):
+            schemas.insert(0, catalog[1])
         if self.unsure:
             schemas.append(None)
         return [(schema, parts[0]) for schema in schemas]
@@ -421,18 +411,17 @@ def _text_rule(policy: Policy, text: str) -> Decision | None:
 
 def parse_sql(text: str, dialect: Dialect) -> ParsedSql:
     """Split SQL text into classified statements; say why if it cannot be sure."""
-    if dialect not in ("postgres", "mysql", "sqlite"):
-        raise ValueError(f"unknown SQL dialect {dialect!r}")
+    unit = sql_unit(dialect)
     if len(text) > MAX_SQL:
         return ParsedSql((), "the input is too long to inspect")
     if "\x00" in text:
         return ParsedSql((), "the input holds a NUL character")
     problem = _bad_char(text)
     try:
-        if dialect == "postgres":
-            parsed = _parse_postgres(text)
+        if unit.parser == "pglast":
+            parsed = _parse_pglast(text)
         else:
-            parsed = _parse_glot(text, dialect)
+            parsed = _parse_glot(text, unit)
     except RecursionError:
         return ParsedSql((), "the SQL is nested too deeply to inspect")
     if problem is not None:
@@ -1057,7 +1046,7 @@ def _pg_slice(text: str, raw: ast.RawStmt, offset: int = 0) -> str:
     return text[start:end].strip()
 
 
-def _parse_postgres(text: str) -> ParsedSql:
+def _parse_pglast(text: str) -> ParsedSql:
     ambiguous = _pg_ambiguous_strings(text)
     try:
         raws = pglast.parse_sql(text)
@@ -1120,15 +1109,14 @@ class _Lexed:
     problems: list[str]
 
 
-def _lex(text: str, dialect: Dialect) -> _Lexed:
+def _lex(text: str, unit: SqlUnit) -> _Lexed:
     """Find statements, strings and comments the way the server's own lexer does.
 
     MySQL: '…' and "…" strings with backslash escapes and doubled quotes, `…` identifiers,
     # and `-- ` comments (the dashes followed by a space or control character), /* … */.
     SQLite: '…' strings, "…", `…` and […] identifiers, -- and /* … */ comments (an
     unterminated /* comment runs to the end)."""
-    mysql = dialect == "mysql"
-    quotes = "'\"`" if mysql else "'\"`["
+    quotes = "'\"" + "`" * unit.backtick_identifiers + "[" * unit.bracket_identifiers
     code = list(text)
     chunks: list[tuple[int, int]] = []
     quoted: list[tuple[int, int]] = []
@@ -1147,9 +1135,14 @@ def _lex(text: str, dialect: Dialect) -> _Lexed:
         if c in " \t\n\r\f\v":
             i += 1
             continue
-        line_comment = (mysql and c == "#") or (
+        line_comment = (unit.hash_comments and c == "#") or (
             text.startswith("--", i)
-            and (not mysql or i + 2 >= n or ord(text[i + 2]) <= 32 or ord(text[i + 2]) == 127)
+            and (
+                not unit.dash_comment_needs_space
+                or i + 2 >= n
+                or ord(text[i + 2]) <= 32
+                or ord(text[i + 2]) == 127
+            )
         )
         if line_comment:
             end = text.find("\n", i)
@@ -1158,12 +1151,14 @@ def _lex(text: str, dialect: Dialect) -> _Lexed:
             i = end
             continue
         if text.startswith("/*", i):
-            executable = mysql and (text.startswith("/*!", i) or text.startswith("/*M!", i))
+            executable = unit.executable_comments and (
+                text.startswith("/*!", i) or text.startswith("/*M!", i)
+            )
             if executable:
-                problems.append("a /*! … */ comment, whose content MySQL executes")
+                problems.append("a /*! … */ comment, whose content the server executes")
             end = text.find("*/", i + 2)
             if end < 0:
-                if mysql:
+                if not unit.open_comment_ends_input:
                     problems.append("an unterminated /* comment")
                 end = n
             else:
@@ -1192,7 +1187,7 @@ def _lex(text: str, dialect: Dialect) -> _Lexed:
                     problems.append("an unterminated quoted string or identifier")
                     break
                 ch = text[j]
-                if mysql and c != "`" and ch == "\\":
+                if unit.backslash_escapes and c != "`" and ch == "\\":
                     if text[j + 1 : j + 2] == c:
                         problems.append(
                             "a backslash before a quote in a string: its meaning depends "
@@ -1260,27 +1255,13 @@ def _tokens_disagree(tokens: list[Any], code: str, quoted: list[tuple[int, int]]
     return None
 
 
-_GLOT_FUNCTIONS: dict[str, dict[str, str]] = {
-    "mysql": {
-        "load_file": "reads a file on the server",
-        "sys_exec": "runs a shell command",
-        "sys_eval": "runs a shell command",
-    },
-    "sqlite": {
-        "load_extension": "loads and runs a shared library",
-        "readfile": "reads a file",
-        "writefile": "writes a file",
-        "edit": "starts an editor",
-        "fts3_tokenizer": "can load native code",
-    },
-}
 _GLOT_DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 _GLOT_RELATIONS = {"TABLE", "VIEW", "INDEX", "SEQUENCE"}
 
 
 class _GlotWalk:
-    def __init__(self, dialect: Dialect) -> None:
-        self.functions = _GLOT_FUNCTIONS.get(dialect, {})
+    def __init__(self, unit: SqlUnit) -> None:
+        self.functions = unit.dangerous_functions
         self.tables: list[tuple[str, ...]] = []
         self.problems: list[str] = []
         self.nested: list[tuple[exp.Expression, frozenset[str]]] = []
@@ -1403,7 +1384,7 @@ def _glot_kind(node: exp.Expression) -> tuple[str | None, str | None]:
 
 
 def _glot_statement(
-    text: str, lexed: _Lexed, start: int, end: int, dialect: Dialect, scope: frozenset[str]
+    text: str, lexed: _Lexed, start: int, end: int, unit: SqlUnit, scope: frozenset[str]
 ) -> Statement:
     source = text[start:end]
     code = lexed.code[start:end]
@@ -1413,7 +1394,7 @@ def _glot_statement(
     guess = _guess_kind(code)
     first = guess.split()[0]
     bare = _blank_strings(code, quoted)
-    refused = mysql_state_problem(code, bare) if dialect == "mysql" else None
+    refused = unit.state_problem(code, bare)
     if _depth(bare) > GLOT_MAX_DEPTH:
         # sqlglot's parser can take time exponential in some nestings (DATE(DATE(…)) doubles
         # per level): a short statement could hold a judging thread for hours.
@@ -1435,39 +1416,27 @@ def _glot_statement(
         return Statement("SAVEPOINT", (), source)
     if first == "RELEASE" and re.fullmatch(r"\s*RELEASE(\s+SAVEPOINT)?\s+\w+\s*", code, re.I):
         return Statement("RELEASE SAVEPOINT", (), source)
-    if dialect == "sqlite":
-        if first == "END" and re.fullmatch(r"\s*END(\s+TRANSACTION)?\s*", code, re.I):
-            return Statement("COMMIT", (), source)
-        if first == "VACUUM":
-            if re.search(r"\bINTO\b", code, re.I):
-                return unknown("VACUUM INTO writes a copy of the database to a file")
-            if re.fullmatch(r"\s*VACUUM(\s+\w+)?\s*", code, re.I):
-                return Statement("VACUUM", (), source)
-        explain = re.match(r"\s*EXPLAIN(\s+QUERY\s+PLAN)?\b", code, re.I)
-        if explain:  # SQLite's EXPLAIN shows the program; it does not run the statement
-            inner = _glot_statement(text, lexed, start + explain.end(), end, dialect, scope)
-            return Statement("EXPLAIN", inner.tables, source, unknown=inner.unknown)
-    if dialect == "mysql" and first == "ANALYZE":
-        # MariaDB's ANALYZE [FORMAT=…] statement runs the statement and reports on it.
-        analyzed = re.match(
-            r"\s*ANALYZE(\s+FORMAT\s*=\s*\w+)?\s+(?=(SELECT|UPDATE|DELETE|INSERT|REPLACE|WITH|VALUES|TABLE)\b)",
-            code,
-            re.I,
+    recognised = unit.recognise(code, first)
+    if recognised is not None:
+        if recognised.unknown is not None:
+            return unknown(recognised.unknown)
+        if recognised.inner_from is None:
+            return Statement(recognised.kind, (), source)
+        inner = _glot_statement(text, lexed, start + recognised.inner_from, end, unit, scope)
+        if not recognised.runs_inner:
+            return Statement(recognised.kind, inner.tables, source, unknown=inner.unknown)
+        return Statement(
+            recognised.kind,
+            inner.tables,
+            source,
+            unknown=inner.unknown,
+            effects=inner.effects,
+            inner=(dataclasses.replace(inner, text=source),),
         )
-        if analyzed:
-            inner = _glot_statement(text, lexed, start + analyzed.end(), end, dialect, scope)
-            return Statement(
-                "ANALYZE",
-                inner.tables,
-                source,
-                unknown=inner.unknown,
-                effects=inner.effects,
-                inner=(dataclasses.replace(inner, text=source),),
-            )
     replace = first == "REPLACE"
     if replace:  # REPLACE has INSERT's syntax; parse it as one and call it REPLACE
         code = re.sub(r"^(\s*)REPLACE", r"\1INSERT ", code, count=1, flags=re.I)
-    glot = _GlotDialect.get_or_raise(dialect)
+    glot = _GlotDialect.get_or_raise(unit.glot_name)
     try:
         tokens = glot.tokenize(code)
     except sqlglot.errors.TokenError as exc:
@@ -1492,7 +1461,7 @@ def _glot_statement(
         kind = "REPLACE"
     if kind is None:
         return unknown("not a statement the SQL parser understands")
-    walk = _GlotWalk(dialect)
+    walk = _GlotWalk(unit)
     inner_nodes: list[tuple[exp.Expression, frozenset[str]]] = []
     if isinstance(tree, exp.Describe):
         walk.visit(tree, scope, collect=False, root=True)
@@ -1503,21 +1472,19 @@ def _glot_statement(
         walk.visit(tree, scope, collect=True, root=True)
         inner_nodes = walk.nested
     problems = ([problem] if problem else []) + walk.problems
-    inner = [_glot_inner(n, s, source, dialect) for n, s in inner_nodes]
-    return _glot_result(tree, kind, walk, problems, source, dialect, inner, refused)
+    inner = [_glot_inner(n, s, source, unit) for n, s in inner_nodes]
+    return _glot_result(tree, kind, walk, problems, source, unit, inner, refused)
 
 
-def _glot_inner(
-    node: exp.Expression, scope: frozenset[str], text: str, dialect: Dialect
-) -> Statement:
+def _glot_inner(node: exp.Expression, scope: frozenset[str], text: str, unit: SqlUnit) -> Statement:
     kind, problem = _glot_kind(node)
-    walk = _GlotWalk(dialect)
+    walk = _GlotWalk(unit)
     walk.visit(node, scope, collect=True, root=True)
     problems = ([problem] if problem else []) + walk.problems
     if kind is None:
         problems.append("not a statement the SQL parser understands")
-    inner = [_glot_inner(n, s, text, dialect) for n, s in walk.nested]
-    return _glot_result(node, kind or "UNKNOWN", walk, problems, text, dialect, inner, None)
+    inner = [_glot_inner(n, s, text, unit) for n, s in walk.nested]
+    return _glot_result(node, kind or "UNKNOWN", walk, problems, text, unit, inner, None)
 
 
 def _glot_result(
@@ -1526,7 +1493,7 @@ def _glot_result(
     walk: _GlotWalk,
     problems: list[str],
     text: str,
-    dialect: Dialect,
+    unit: SqlUnit,
     inner: list[Statement],
     refused: str | None,
 ) -> Statement:
@@ -1549,7 +1516,7 @@ def _glot_result(
         kind=kind,
         tables=tables,
         text=text,
-        without_where=_glot_without_where(node, dialect)
+        without_where=_glot_without_where(node, unit)
         if isinstance(node, exp.Update | exp.Delete)
         else False,
         unknown=problems[0] if problems else None,
@@ -1620,7 +1587,7 @@ def _glot_effects(node: exp.Expression, kind: str, opaque: bool) -> set[str]:
     return effects
 
 
-def _glot_without_where(node: exp.Update | exp.Delete, dialect: Dialect) -> bool | None:
+def _glot_without_where(node: exp.Update | exp.Delete, unit: SqlUnit) -> bool | None:
     this = node.this
     targets = [t for t in node.args.get("tables") or [] if isinstance(t, exp.Table)]
     if isinstance(this, exp.Table):
@@ -1636,7 +1603,7 @@ def _glot_without_where(node: exp.Update | exp.Delete, dialect: Dialect) -> bool
         or len(node.args.get("tables") or []) > 1
     )
     where = node.args.get("where")
-    judge = GlotPredicate(names, joined, dialect)
+    judge = GlotPredicate(names, joined, unit.coerces_strings)
     return _without_where(judge.verdict(where.this if where is not None else None))
 
 
@@ -1673,8 +1640,8 @@ def _glot_error(exc: Exception) -> str:
     return " ".join(message.split("\n", 1)[0].split())
 
 
-def _parse_glot(text: str, dialect: Dialect) -> ParsedSql:
-    lexed = _lex(text, dialect)
+def _parse_glot(text: str, unit: SqlUnit) -> ParsedSql:
+    lexed = _lex(text, unit)
     deadline = time.monotonic() + GLOT_BUDGET
     statements = []
     for start, end in lexed.chunks:
@@ -1690,5 +1657,5 @@ def _parse_glot(text: str, dialect: Dialect) -> ParsedSql:
                 )
             )
             continue
-        statements.append(_glot_statement(text, lexed, start, end, dialect, frozenset()))
+        statements.append(_glot_statement(text, lexed, start, end, unit, frozenset()))
     return ParsedSql(tuple(statements), "; ".join(lexed.problems) or None)

@@ -67,7 +67,7 @@ def negation(verdict: Verdict) -> Verdict:
     return {"true": "false", "false": "true"}.get(verdict, verdict)  # type: ignore[return-value]
 
 
-def _truth(value: object, mysql: bool) -> Verdict:
+def _truth(value: object, coerces_strings: bool) -> Verdict:
     """The verdict of a constant used as a predicate."""
     if value is UNKNOWN_VALUE:
         return "unknown"
@@ -79,7 +79,7 @@ def _truth(value: object, mysql: bool) -> Verdict:
         return "true" if value != 0 else "false"
     if isinstance(value, str):
         text = value.strip().lower()
-        if not mysql:
+        if not coerces_strings:
             if text in ("t", "true", "y", "yes", "on", "1"):
                 return "true"
             if text in ("f", "false", "n", "no", "off", "0"):
@@ -181,7 +181,7 @@ class PgPredicate:
                 return None
             names = [getattr(n, "sval", "") for n in node.typeName.names or ()]
             if names and names[-1] in ("bool", "boolean") and isinstance(inner, str):
-                truth = _truth(inner, mysql=False)
+                truth = _truth(inner, coerces_strings=False)
                 return {"true": True, "false": False}.get(truth, UNKNOWN_VALUE)
             if names and names[-1] in ("int2", "int4", "int8", "integer", "bigint", "smallint"):
                 if isinstance(inner, str) and re.fullmatch(r"\s*[+-]?\d+\s*", inner):
@@ -261,7 +261,7 @@ class PgPredicate:
             return negation(parts[0]) if parts else "unknown"
         value = self._value(node)
         if value is not None:
-            return "false" if isinstance(value, _Null) else _truth(value, mysql=False)
+            return "false" if isinstance(value, _Null) else _truth(value, coerces_strings=False)
         if self._filtering(node):
             return "bound"  # a boolean column
         if isinstance(node, ast.NullTest):
@@ -413,12 +413,13 @@ _GLOT_VOLATILE = {"rand", "random", "uuid", "sysdate", "last_insert_id"}
 
 
 class GlotPredicate:
-    """Judges a MySQL/MariaDB or SQLite WHERE clause (see PgPredicate)."""
+    """Judges a WHERE clause read by sqlglot (see PgPredicate). COERCES_STRINGS: strings
+    compare with numbers, and count as true or false, by MySQL's rules."""
 
-    def __init__(self, target: set[str], joined: bool, dialect: str) -> None:
+    def __init__(self, target: set[str], joined: bool, coerces_strings: bool) -> None:
         self.target = target
         self.joined = joined
-        self.mysql = dialect == "mysql"
+        self.coerces_strings = coerces_strings
 
     def verdict(self, node: exp.Expression | None) -> Verdict:
         if node is None:
@@ -518,7 +519,7 @@ class GlotPredicate:
             return negation(self._pred(node.this))
         value = self._value(node)
         if value is not None:
-            return "false" if isinstance(value, _Null) else _truth(value, self.mysql)
+            return "false" if isinstance(value, _Null) else _truth(value, self.coerces_strings)
         if self._filtering(node):
             return "bound"
         if isinstance(node, exp.Is):
@@ -572,11 +573,11 @@ class GlotPredicate:
                 if op == "<=>":
                     return "true" if isinstance(lv, _Null) and isinstance(rv, _Null) else "false"
                 return "false"
-            if self.mysql and isinstance(lv, str) != isinstance(rv, str):
+            if self.coerces_strings and isinstance(lv, str) != isinstance(rv, str):
                 # MySQL compares a string with a number as numbers.
-                lv = _mysql_number(lv)
-                rv = _mysql_number(rv)
-            elif self.mysql and isinstance(lv, str) and isinstance(rv, str):
+                lv = _leading_number(lv)
+                rv = _leading_number(rv)
+            elif self.coerces_strings and isinstance(lv, str) and isinstance(rv, str):
                 return "unknown"  # the collation decides ('a' = 'A' under most)
             return _compare(op, lv, rv)
         key = self._key(left)
@@ -592,7 +593,7 @@ class GlotPredicate:
         return "unknown"
 
 
-def _mysql_number(value: object) -> object:
+def _leading_number(value: object) -> object:
     if isinstance(value, str):
         found = re.match(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", value)
         return float(found.group(0)) if found else 0.0

@@ -60,63 +60,6 @@ def pg_state_problem(node: ast.Node) -> str | None:
     return _PG_FIXED.get((node.name or "").lower())
 
 
-# ------------------------------------------------------------------------ MySQL / MariaDB
-
-# sql_mode values that change nothing about how statement text is read.
-SAFE_SQL_MODES = frozenset(
-    {
-        "", "STRICT_TRANS_TABLES", "STRICT_ALL_TABLES", "ERROR_FOR_DIVISION_BY_ZERO",
-        "NO_AUTO_CREATE_USER", "NO_ENGINE_SUBSTITUTION", "ONLY_FULL_GROUP_BY", "NO_ZERO_DATE",
-        "NO_ZERO_IN_DATE", "ALLOW_INVALID_DATES", "NO_AUTO_VALUE_ON_ZERO",
-        "NO_UNSIGNED_SUBTRACTION", "PAD_CHAR_TO_FULL_LENGTH", "TRADITIONAL", "REAL_AS_FLOAT",
-        "TIME_ROUND_FRACTIONAL", "SIMULTANEOUS_ASSIGNMENT", "NO_DIR_IN_CREATE",
-        "NO_FIELD_OPTIONS", "NO_KEY_OPTIONS", "NO_TABLE_OPTIONS", "EMPTY_STRING_IS_NULL",
-    }
-)  # fmt: skip
-
-_USER_VARIABLE = re.compile(r"(?<!@)@(?!@)(`[^`]*`|[\w$.]+)")
-_MYSQL_CHARSET = re.compile(
-    r"(?<![\w$])(names|charset|character\s+set|character_set_\w+|collation_connection)(?![\w$])",
-    re.I,
-)
-_MYSQL_SQL_MODE = re.compile(r"(?<![\w$])sql_mode(?![\w$])", re.I)
-_MYSQL_SAFE_MODE_SET = re.compile(
-    r"\s*SET\s+(?:SESSION\s+|LOCAL\s+|@@(?:SESSION\.|LOCAL\.)?)?sql_mode\s*:?=\s*'([A-Za-z_, ]*)'\s*",
-    re.I,
-)
-
-
-def mysql_state_problem(text: str, bare: str) -> str | None:
-    """Why the broker refuses a MySQL statement that changes how later text is read. TEXT is
-    the statement; BARE the same with comments and the contents of strings blanked out."""
-    if not re.match(r"\s*SET(?![\w$])", bare, re.I):
-        return None
-    names = _USER_VARIABLE.sub(" ", bare)
-    if _MYSQL_CHARSET.search(names):
-        return (
-            "the broker fixes the connection character set (utf8mb4); in some character sets "
-            "(gbk, big5, sjis, cp932, gb18030) a multi-byte character can hide a backslash or "
-            "a quote, so the server would read later statements differently from the broker"
-        )
-    if _MYSQL_SQL_MODE.search(names):
-        safe = _MYSQL_SAFE_MODE_SET.fullmatch(text)
-        if safe and all(
-            mode.strip().upper() in SAFE_SQL_MODES for mode in safe.group(1).split(",")
-        ):
-            return None
-        return (
-            "sql_mode may only be set to a literal list of modes that do not change how "
-            "statements are read (NO_BACKSLASH_ESCAPES, ANSI_QUOTES, ANSI, PIPES_AS_CONCAT, "
-            "IGNORE_SPACE and the compatibility modes are refused)"
-        )
-    return None
-
-
-def safe_sql_mode(current: str) -> str:
-    """The server's sql_mode without the modes that change how statement text is read."""
-    return ",".join(m for m in current.split(",") if m.strip().upper() in SAFE_SQL_MODES)
-
-
 # --------------------------------------------------------------------- unparsed statements
 
 _EFFECT_WORDS = {

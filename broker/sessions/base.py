@@ -122,6 +122,11 @@ class SessionBase:
     async def run(self) -> int:
         raise NotImplementedError
 
+    def _stderr(self, text: str) -> None:
+        """A line from the broker on the channel's stderr (an interactive session's)."""
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self._process.stderr.write(f"[hoop] {text}\r\n".encode())
+
     def _record_output(self, data: bytes) -> None:
         """Record output sent without a PTY as a terminal would have shown it."""
         if self._recorder is not None:
@@ -669,6 +674,53 @@ class SessionBase:
         if self.grant is not None:
             if on_grant_end is not None:
                 self._watch_grant(warn=on_grant_warning or (lambda _text: None), end=on_grant_end)
+
+    async def _start(
+        self,
+        *,
+        kind: str,
+        started: float,
+        command: str | None,
+        width: int,
+        height: int,
+        term: str,
+        title: str,
+        details: dict[str, object],
+        note: str = "",
+        on_grant_warning: Callable[[str], None] | None = None,
+        on_grant_end: Callable[[str], None] | None = None,
+    ) -> Recorder | None:
+        """Start an interactive session: open its recording, record its start (``_begin``)
+        and tell the user, NOTE after the target's name. None when the recording cannot be
+        written: the session is refused (said and audited) and must not run."""
+        try:
+            recorder = self._open_recording(
+                width=width,
+                height=height,
+                started=started,
+                term=term,
+                command=command,
+                title=title,
+            )
+        except RecordingError as exc:
+            self._stderr(f"session refused: the recording cannot be written ({exc})")
+            await self._audit("session.rejected", outcome="failure", reason=str(exc))
+            return None
+        await self._begin(
+            kind=kind,
+            started=started,
+            command=command,
+            details=details,
+            on_grant_warning=on_grant_warning,
+            on_grant_end=on_grant_end,
+        )
+        self._stderr(f"session {self.session_id} started on {self._target.name}{note}")
+        return recorder
+
+    async def _finish(self, *, state: str, status: int, reason: str | None) -> None:
+        """End an interactive session (``_end``) and tell the user."""
+        await self._end(state=state, status=status, reason=reason)
+        self._stderr(f"session {self.session_id} ended (exit {status})")
 
     async def _end(self, *, state: str, status: int, reason: str | None = None) -> None:
         if self._grant_task is not None:

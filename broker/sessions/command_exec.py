@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import shlex
 import time
-from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -16,18 +15,18 @@ from broker.config import LocalTarget, SshTarget
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
+from broker.protocols import terminal_unit
+from broker.protocols.base import TargetError
+from broker.protocols.terminal import ByteReader, TerminalUnit
 from broker.recording import RecordingError
 from broker.sessions.base import SessionBase
-from broker.targets.base import TargetError
-from broker.targets.local import SHELL_PROGRAMS
-from broker.targets.os_user import resolve_run_as, session_environment
-from broker.targets.ssh import connect_target
 
 
 class CommandExec(SessionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._target: SshTarget | LocalTarget = self._target  # type: ignore[assignment]
+        self._unit: TerminalUnit[Any] = terminal_unit(self._target.type)
         self._argv = self._request.argv
         self._approver: str | None = None
 
@@ -103,10 +102,7 @@ class CommandExec(SessionBase):
         recorder.mark(f"command: {command}")
         status = 1
         try:
-            if isinstance(self._target, LocalTarget):
-                status = await self._run_local(command)
-            else:
-                status = await self._run_ssh(command)
+            status = await self._run_command(command)
             return status
         except (TargetError, CredentialError) as exc:
             self._error(str(exc))
@@ -114,9 +110,12 @@ class CommandExec(SessionBase):
         finally:
             await self._end(state="closed", status=status)
 
-    async def _relay(
-        self, stream: asyncio.StreamReader | asyncssh.SSHReader[bytes], to_stderr: bool
-    ) -> None:
+    async def _run_command(self, command: str) -> int:
+        async with self._unit.run_command(self._target, command) as child:
+            await asyncio.gather(self._relay(child.stdout, False), self._relay(child.stderr, True))
+            return await child.wait()
+
+    async def _relay(self, stream: ByteReader, to_stderr: bool) -> None:
         writer = self._process.stderr if to_stderr else self._process.stdout
         while True:
             data = await stream.read(65536)
@@ -126,51 +125,3 @@ class CommandExec(SessionBase):
             writer.write(data)
             with contextlib.suppress(OSError, asyncssh.Error):
                 await writer.drain()
-
-    async def _run_local(self, command: str) -> int:
-        target = self._target
-        assert isinstance(target, LocalTarget)
-        shell = target.command[0]
-        if Path(shell).name not in SHELL_PROGRAMS:
-            raise TargetError(
-                f"target {target.name} runs a fixed program; it takes no one-off commands"
-            )
-        # As the target's own OS user, in its home, in a fresh environment.
-        run_as = resolve_run_as(target.run_as)
-        env = session_environment(target, run_as, term="dumb")
-        try:
-            child = await asyncio.create_subprocess_exec(
-                shell,
-                "-c",
-                command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                start_new_session=True,
-                **run_as.subprocess_kwargs(),
-            )
-        except OSError as exc:
-            raise TargetError(
-                f"target {target.name}: cannot start {shell}: {exc.strerror or exc}"
-            ) from None
-        assert child.stdout is not None and child.stderr is not None
-        await asyncio.gather(self._relay(child.stdout, False), self._relay(child.stderr, True))
-        status = await child.wait()
-        return status if status >= 0 else 128 - status
-
-    async def _run_ssh(self, command: str) -> int:
-        target = self._target
-        assert isinstance(target, SshTarget)
-        conn = await connect_target(target)
-        try:
-            remote = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
-            await asyncio.gather(
-                self._relay(remote.stdout, False), self._relay(remote.stderr, True)
-            )
-            completed = await remote.wait(check=False)
-        finally:
-            conn.close()
-        if completed.exit_status is not None and completed.exit_status >= 0:
-            return completed.exit_status
-        return 255

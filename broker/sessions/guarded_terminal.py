@@ -5,7 +5,7 @@ does: history per user and target, Ctrl-R, multi-line input, completion of comma
 paths on the target). A whole construct (heredoc, open quote, continuation, compound
 command, or a paste of many commands) is collected until it is complete, judged as one
 unit, and exactly that text is sent to the target's shell through the session helper
-(broker/targets/shell_agent.py), which runs it as one unit. The shell reads its commands only
+(broker/protocols/shell_agent.py), which runs it as one unit. The shell reads its commands only
 from the helper, never from the terminal its jobs share. Whether the shell waits for a
 command is reported by the helper out of band (its status channel, the pty's foreground
 process group), never read off the output. While a command runs, keystrokes go to the pty
@@ -20,12 +20,10 @@ import functools
 import logging
 import re
 import shlex
-import signal
 import time
 from collections.abc import Iterable
 from typing import Any
 
-import asyncssh
 import bashlex
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -38,19 +36,13 @@ from broker.config import LocalTarget, SshTarget
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
-from broker.recording import RecordingError
+from broker.protocols import terminal_unit
+from broker.protocols.agent_link import AgentEvent, AgentLink, wait_started
+from broker.protocols.base import TargetError
+from broker.protocols.terminal import TerminalUnit
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.base import SessionBase
 from broker.sessions.prompt_channel import ChannelTerminal, open_history
-from broker.targets.agent_link import (
-    AgentEvent,
-    AgentLink,
-    open_local_agent,
-    open_ssh_agent,
-    wait_started,
-)
-from broker.targets.base import TargetError
-from broker.targets.shell_agent import signal_session
 
 log = logging.getLogger("hoop.broker.session")
 
@@ -125,9 +117,9 @@ class GuardedTerminalSession(SessionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._target: SshTarget | LocalTarget = self._target  # type: ignore[assignment]
+        self._unit: TerminalUnit[Any] = terminal_unit(self._target.type)
         self._term: ChannelTerminal | None = None
         self._link: AgentLink | None = None
-        self._conn: asyncssh.SSHClientConnection | None = None
         self._cwd = "~"
         self._echo = True
         self._ready = asyncio.Event()
@@ -139,10 +131,6 @@ class GuardedTerminalSession(SessionBase):
         self._shell_pid = 0
 
     # -- set-up ---------------------------------------------------------------------------
-    def _stderr(self, text: str) -> None:
-        with contextlib.suppress(OSError, asyncssh.Error):
-            self._process.stderr.write(f"[hoop] {text}\r\n".encode())
-
     async def run(self) -> int:
         argv = list(self._request.argv)
         command_text = shlex.join(argv) if argv else None
@@ -156,32 +144,25 @@ class GuardedTerminalSession(SessionBase):
         term_type = self._process.get_terminal_type()
         cols, rows, *_ = self._process.get_terminal_size()
         cols, rows = cols or 80, rows or 24
-        try:
-            recorder = self._open_recording(
-                width=cols,
-                height=rows,
-                started=started,
-                term=term_type or "xterm-256color",
-                command=command_text,
-                title=f"{self._ctx.user}@{self._target.name}",
-            )
-        except RecordingError as exc:
-            self._stderr(f"session refused: the recording cannot be written ({exc})")
-            await self._audit("session.rejected", outcome="failure", reason=str(exc))
-            return 1
-        await self._begin(
+        recorder = await self._start(
             kind="terminal",
             started=started,
             command=command_text,
+            width=cols,
+            height=rows,
+            term=term_type or "xterm-256color",
+            title=f"{self._ctx.user}@{self._target.name}",
             details={
                 "command": command_text,
                 "recording": f"{self.session_id}.cast",
                 "guard": "strict",
             },
+            note=" (guard: strict)",
             on_grant_warning=self._grant_warning,
             on_grant_end=self._grant_over,
         )
-        self._stderr(f"session {self.session_id} started on {self._target.name} (guard: strict)")
+        if recorder is None:
+            return 1
         status, state, reason = 1, "closed", None
         try:
             async with ChannelTerminal(
@@ -229,18 +210,13 @@ class GuardedTerminalSession(SessionBase):
                         state = "failed"
             return status
         finally:
-            await self._end(state=state, status=status, reason=reason)
-            self._stderr(f"session {self.session_id} ended (exit {status})")
+            await self._finish(state=state, status=status, reason=reason)
 
     async def _open_target(self, term: str, cols: int, rows: int) -> None:
-        if isinstance(self._target, LocalTarget):
-            link, env = await open_local_agent(self._target, term=term)
-        else:
-            link, self._conn = await open_ssh_agent(self._target)
-            env = {}
+        link = await self._unit.open_agent(self._target, term=term)
         self._link = link
         # LESSSECURE: less (and man, git … through it) cannot start shell commands.
-        session_env = {"HOOP_TARGET": self._target.name, "LESSSECURE": "1", **env}
+        session_env = {"HOOP_TARGET": self._target.name, "LESSSECURE": "1"}
         link.hello(term=term, cols=cols, rows=rows, env=session_env)
         try:
             early, info = await wait_started(link, self._target.name)
@@ -264,13 +240,7 @@ class GuardedTerminalSession(SessionBase):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ended.wait(), 3)
         self._link.close()
-        self._end_local_session()
-
-    def _end_local_session(self) -> None:
-        """On a local target the broker makes sure nothing of the session outlives it."""
-        if isinstance(self._target, LocalTarget) and self._shell_pid:
-            for sig in (signal.SIGHUP, signal.SIGCONT, signal.SIGKILL):
-                signal_session(self._shell_pid, sig)
+        self._unit.end_session(self._shell_pid)
 
     # -- the helper's events --------------------------------------------------------------
     async def _pump(self) -> None:
@@ -307,7 +277,7 @@ class GuardedTerminalSession(SessionBase):
             info["unexpected"] = True
             info.setdefault("status", 255)
             # The helper died without hanging up: end its shell's session here.
-            self._end_local_session()
+            self._unit.end_session(self._shell_pid)
         elif "redirected" in str(info.get("reason", "")):
             info["unexpected"] = True
         self._exit = info

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.config import DatabaseTarget
 from broker.credentials import resolve_credential
 from broker.keys import load_or_create_secret
 from broker.masking.masker import Masker
@@ -21,17 +22,14 @@ from broker.masking_views import (
     shared_taint,
 )
 from broker.policy.decision import Decision
+from broker.protocols import sql_unit
+from broker.protocols.sql import DatabaseConnection, SqlUnit, StatementError
 from broker.sessions.base import SessionBase
-from broker.targets.database import DatabaseConnection, DatabaseTarget, StatementError
 
 MASK_BATCH = 500
 # Errors whose message is fixed text, never data: shown even when a statement reads masked
 # data (cancelled, timed out, deadlocked, serialisation failures, aborted transactions).
 FIXED_MESSAGES = frozenset({"57014", "40001", "40P01", "25P02", "25006", "55P03", "70100"})
-FIXED_ERRORS = {
-    "mysql": frozenset({1205, 1213, 1317, 1969, 3024}),  # lock wait, deadlock, interrupted
-    "sqlite": frozenset({9}),  # SQLITE_INTERRUPT: cancelled, or the statement timeout
-}
 # Statement kinds whose rows are streamed from a server-side cursor.
 QUERY_KINDS = ("SELECT", "EXPLAIN", "SHOW", "DESCRIBE", "VALUES", "TABLE", "PRAGMA")
 
@@ -52,28 +50,17 @@ class MaskedResult:
         return {column: n for column, n in self.plan.counts.items() if n}
 
 
-# Errors MySQL and SQLite raise while compiling a statement, before anything runs: their
-# messages quote the statement's own text (syntax, unknown table, column or function).
-_MYSQL_COMPILE = frozenset({1054, 1064, 1146, 1305})
-_SQLITE_COMPILE = re.compile(
-    r"ERROR: (near \"[^\n]*\": syntax error|incomplete input|no such (table|column|function): "
-    r"[\w.$]+|wrong number of arguments to function \w+\(\))"
-)
 # Statements that compile SQL text at run time (that text may be made of data).
 _DYNAMIC = re.compile(r"\b(PREPARE|EXECUTE|CALL)\b|/\*[!+M]", re.I)
 
 
-def refused_before_running(dialect: str, text: str, exc: StatementError) -> bool:
-    """A MySQL or SQLite error raised while compiling ``text``, which runs no SQL made at run
-    time: its message can only quote the statement. (PostgreSQL's equivalents, 42601 and
-    42P01, also come from casts at run time: ::regclass.)"""
+def refused_before_running(unit: SqlUnit, text: str, exc: StatementError) -> bool:
+    """An error raised while compiling ``text``, which runs no SQL made at run time: its
+    message can only quote the statement. (PostgreSQL's equivalents, 42601 and 42P01, also
+    come from casts at run time: ::regclass; its unit names none.)"""
     if _DYNAMIC.search(text):
         return False
-    if dialect == "mysql":
-        return exc.code in _MYSQL_COMPILE
-    if dialect == "sqlite":
-        return _SQLITE_COMPILE.fullmatch(str(exc)) is not None
-    return False
+    return unit.compile_error(exc)
 
 
 def withheld_message(exc: StatementError) -> str:
@@ -97,7 +84,11 @@ class SqlSessionBase(SessionBase):
 
     @property
     def dialect(self) -> str:
-        return {"postgres": "postgres", "mysql": "mysql", "sqlite": "sqlite"}[self._target.type]
+        return self.unit.name
+
+    @property
+    def unit(self) -> SqlUnit:
+        return sql_unit(self._target.type)
 
     def _masking(self) -> Masker:
         if self._masker is None:
@@ -132,8 +123,8 @@ class SqlSessionBase(SessionBase):
         withheld = (
             bool(masker.config.columns)
             and exc.sqlstate not in FIXED_MESSAGES
-            and exc.code not in FIXED_ERRORS.get(self.dialect, ())
-            and not refused_before_running(self.dialect, text, exc)
+            and exc.code not in self.unit.fixed_error_codes
+            and not refused_before_running(self.unit, text, exc)
             and any(
                 masker.strategy_for(column) is not None
                 for column in read_sources(conn, self.dialect, text)

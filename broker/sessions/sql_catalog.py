@@ -10,7 +10,6 @@ which the shell uses to decide between running the input and a continuation line
 """
 
 # The catalog queries are built as text on purpose: names enter only through literal(), as hex.
-# ruff: noqa: S608
 
 from __future__ import annotations
 
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
+
+from broker.protocols import sql_unit
 
 # -- typed input ---------------------------------------------------------------------------
 
@@ -40,30 +41,30 @@ class ScanState:
 
 def scan_sql(text: str, dialect: str) -> ScanState:
     """Lex TEXT far enough to know whether it ends inside a string, identifier or comment."""
+    unit = sql_unit(dialect)
     state = ScanState()
     i, n = 0, len(text)
-    backslash_escapes = dialect == "mysql"
     while i < n:
         ch = text[i]
         quote = state.quote
         if quote is None:
-            if ch in "'\"`" and (ch != "`" or dialect == "mysql"):
+            if ch in "'\"`" and (ch != "`" or unit.backtick_identifiers):
                 state.quote = ch
-                # PostgreSQL E'...' strings take backslash escapes.
-                if ch == "'" and dialect == "postgres" and i and text[i - 1] in "eE":
+                # E'...' strings take backslash escapes.
+                if ch == "'" and unit.escape_strings and i and text[i - 1] in "eE":
                     if i < 2 or not _IDENT.match(text[i - 2]):
                         state.quote = "E'"
                 i += 1
                 continue
             if text.startswith("--", i) and (
-                dialect != "mysql" or i + 2 >= n or text[i + 2] in " \t\r\n"
+                not unit.dash_comment_needs_space or i + 2 >= n or text[i + 2] in " \t\r\n"
             ):
                 end = text.find("\n", i)
                 if end < 0:
                     return state  # a line comment ends at the end of the line
                 i = end + 1
                 continue
-            if ch == "#" and dialect == "mysql":
+            if ch == "#" and unit.hash_comments:
                 end = text.find("\n", i)
                 if end < 0:
                     return state
@@ -74,7 +75,7 @@ def scan_sql(text: str, dialect: str) -> ScanState:
                 state.comment_depth = 1
                 i += 2
                 continue
-            if ch == "$" and dialect == "postgres" and (i == 0 or not _IDENT.match(text[i - 1])):
+            if ch == "$" and unit.dollar_quotes and (i == 0 or not _IDENT.match(text[i - 1])):
                 found = _DOLLAR_TAG.match(text, i)
                 if found:
                     state.quote = found.group(0)
@@ -93,11 +94,11 @@ def scan_sql(text: str, dialect: str) -> ScanState:
             if text.startswith("*/", i):
                 state.comment_depth -= 1
                 i += 2
-                if state.comment_depth == 0 or dialect != "postgres":
+                if state.comment_depth == 0 or not unit.nested_comments:
                     state.quote = None
                     state.comment_depth = 0
                 continue
-            if dialect == "postgres" and text.startswith("/*", i):
+            if unit.nested_comments and text.startswith("/*", i):
                 state.comment_depth += 1
                 i += 2
                 continue
@@ -111,7 +112,7 @@ def scan_sql(text: str, dialect: str) -> ScanState:
             i += 1
             continue
         close = quote[-1]
-        if ch == "\\" and ((backslash_escapes and close in "'\"") or quote == "E'"):
+        if ch == "\\" and ((unit.backslash_escapes and close in "'\"") or quote == "E'"):
             i += 2
             continue
         if ch == close:
@@ -254,7 +255,8 @@ class BadName(ValueError):
 
 def split_name(arg: str, dialect: str) -> tuple[str | None, str]:
     """`schema.name`, `name`, `"Mixed Case"`: (schema or None, name) as the catalog spells them."""
-    quotes = '"`' if dialect == "mysql" else '"'
+    unit = sql_unit(dialect)
+    quotes = '"`' if unit.backtick_identifiers else '"'
     parts: list[str] = []
     current: list[str] = []
     quoted = False
@@ -283,7 +285,7 @@ def split_name(arg: str, dialect: str) -> tuple[str | None, str]:
             i = end + 1
             continue
         if ch == ".":
-            parts.append(_fold("".join(current), quoted, dialect))
+            parts.append(unit.fold("".join(current), quoted))
             current, quoted = [], False
             i += 1
             continue
@@ -291,7 +293,7 @@ def split_name(arg: str, dialect: str) -> tuple[str | None, str]:
             raise BadName(f"one name only, not {arg!r}")
         current.append(ch)
         i += 1
-    parts.append(_fold("".join(current), quoted, dialect))
+    parts.append(unit.fold("".join(current), quoted))
     if len(parts) > 2 or not all(parts):
         raise BadName(f"cannot read the name {arg!r}: write NAME or SCHEMA.NAME")
     if len(parts) == 2:
@@ -299,209 +301,16 @@ def split_name(arg: str, dialect: str) -> tuple[str | None, str]:
     return None, parts[0]
 
 
-def _fold(part: str, quoted: bool, dialect: str) -> str:
-    # PostgreSQL folds unquoted names to lower case; MySQL and SQLite keep them as written.
-    return part.lower() if dialect == "postgres" and not quoted else part
-
-
 def literal(dialect: str, text: str) -> str:
     """TEXT as an SQL string expression that cannot be anything but that string."""
-    digits = text.encode("utf-8").hex()
-    if dialect == "postgres":
-        return f"convert_from(decode('{digits}', 'hex'), 'UTF8')"
-    if dialect == "mysql":
-        return f"CONVERT(X'{digits}' USING utf8mb4)"
-    return f"CAST(X'{digits}' AS TEXT)"
+    return sql_unit(dialect).literal(text)
 
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-# -- catalog SQL ---------------------------------------------------------------------------
 
 # Every listing query yields Schema, Name, Type; the describe query yields the relation's
-# schema, name and kind (and, on PostgreSQL, its oid); columns: Column, Type, Nullable,
-# Default; indexes: name, primary, unique, definition.
-
-_PG_KIND = (
-    "CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned table' "
-    "WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' "
-    "WHEN 'f' THEN 'foreign table' END"
-)
-_PG_USER_SCHEMAS = (
-    "n.nspname <> 'pg_catalog' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_toast'"
-)
-
-_MY_KIND = (
-    "CASE TABLE_TYPE WHEN 'BASE TABLE' THEN 'table' WHEN 'SYSTEM VERSIONED' THEN 'table' "
-    "WHEN 'VIEW' THEN 'view' WHEN 'SEQUENCE' THEN 'sequence' "
-    "WHEN 'TEMPORARY' THEN 'table' ELSE lower(TABLE_TYPE) END"
-)
+# schema, name and kind (and an oid where the dialect has one); columns: Column, Type,
+# Nullable, Default; indexes: name, primary, unique, definition (broker.protocols.sql).
 
 COMPLETION_LIMIT = 50_000
-
-
-@dataclass(frozen=True)
-class Relation:
-    schema: str
-    name: str
-    kind: str
-    oid: int | None = None
-
-    @property
-    def title(self) -> str:
-        return f'{self.kind.capitalize()} "{self.schema}.{self.name}"'
-
-
-class CatalogSql:
-    """The catalog queries of one dialect."""
-
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
-
-    def relations(self) -> str:
-        if self.dialect == "postgres":
-            return (
-                'SELECT n.nspname AS "Schema", c.relname AS "Name", '
-                f'{_PG_KIND} AS "Type" '
-                "FROM pg_catalog.pg_class c "
-                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') "
-                f"AND {_PG_USER_SCHEMAS} AND pg_catalog.pg_table_is_visible(c.oid) "
-                "ORDER BY 1, 2"
-            )
-        if self.dialect == "mysql":
-            return (
-                "SELECT TABLE_SCHEMA AS `Schema`, TABLE_NAME AS `Name`, "
-                f"{_MY_KIND} AS `Type` "
-                "FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
-                "ORDER BY TABLE_NAME"
-            )
-        return (
-            'SELECT \'main\' AS "Schema", name AS "Name", type AS "Type" '
-            "FROM sqlite_master WHERE type IN ('table', 'view') "
-            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
-        )
-
-    def find(self, schema: str | None, name: str) -> str:
-        lit = literal(self.dialect, name)
-        if self.dialect == "postgres":
-            where = (
-                f"n.nspname = {literal(self.dialect, schema)}"
-                if schema is not None
-                else "pg_catalog.pg_table_is_visible(c.oid)"
-            )
-            return (
-                f"SELECT n.nspname, c.relname, {_PG_KIND}, c.oid::bigint "
-                "FROM pg_catalog.pg_class c "
-                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                f"WHERE c.relname = {lit} AND {where} "
-                "AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') LIMIT 1"
-            )
-        if self.dialect == "mysql":
-            database = literal(self.dialect, schema) if schema is not None else "DATABASE()"
-            return (
-                f"SELECT TABLE_SCHEMA, TABLE_NAME, {_MY_KIND} "
-                f"FROM information_schema.TABLES WHERE TABLE_SCHEMA = {database} "
-                f"AND TABLE_NAME = {lit} LIMIT 1"
-            )
-        master = f"{_quote_ident(schema)}.sqlite_master" if schema else "sqlite_master"
-        label = literal(self.dialect, schema or "main")
-        return (
-            f"SELECT {label}, name, type FROM {master} "
-            f"WHERE type IN ('table', 'view') AND name = {lit} COLLATE NOCASE LIMIT 1"
-        )
-
-    def columns(self, relation: Relation) -> str:
-        if self.dialect == "postgres":
-            return (
-                'SELECT a.attname AS "Column", '
-                'pg_catalog.format_type(a.atttypid, a.atttypmod) AS "Type", '
-                "CASE WHEN a.attnotnull THEN 'not null' ELSE '' END AS \"Nullable\", "
-                "COALESCE(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '') AS \"Default\" "
-                "FROM pg_catalog.pg_attribute a "
-                "LEFT JOIN pg_catalog.pg_attrdef d "
-                "ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-                f"WHERE a.attrelid = {int(relation.oid or 0)} AND a.attnum > 0 "
-                "AND NOT a.attisdropped ORDER BY a.attnum"
-            )
-        if self.dialect == "mysql":
-            return (
-                "SELECT COLUMN_NAME AS `Column`, COLUMN_TYPE AS `Type`, "
-                "CASE IS_NULLABLE WHEN 'NO' THEN 'not null' ELSE '' END AS `Nullable`, "
-                "TRIM(CONCAT(COALESCE(CASE WHEN COLUMN_DEFAULT = 'NULL' THEN NULL "
-                "ELSE COLUMN_DEFAULT END, ''), ' ', EXTRA)) AS `Default` "
-                "FROM information_schema.COLUMNS "
-                f"WHERE TABLE_SCHEMA = {literal(self.dialect, relation.schema)} "
-                f"AND TABLE_NAME = {literal(self.dialect, relation.name)} "
-                "ORDER BY ORDINAL_POSITION"
-            )
-        table = literal(self.dialect, relation.name)
-        schema = literal(self.dialect, relation.schema)
-        return (
-            'SELECT name AS "Column", type AS "Type", '
-            "CASE WHEN \"notnull\" THEN 'not null' ELSE '' END AS \"Nullable\", "
-            "COALESCE(dflt_value, '') AS \"Default\" "
-            f"FROM pragma_table_info({table}, {schema}) ORDER BY cid"
-        )
-
-    def indexes(self, relation: Relation) -> str:
-        if self.dialect == "postgres":
-            return (
-                "SELECT c2.relname, i.indisprimary, i.indisunique, "
-                "regexp_replace(pg_catalog.pg_get_indexdef(i.indexrelid, 0, true), "
-                "'^.* USING ', '') "
-                "FROM pg_catalog.pg_index i "
-                "JOIN pg_catalog.pg_class c2 ON c2.oid = i.indexrelid "
-                f"WHERE i.indrelid = {int(relation.oid or 0)} "
-                "ORDER BY i.indisprimary DESC, c2.relname"
-            )
-        if self.dialect == "mysql":
-            return (
-                "SELECT INDEX_NAME, INDEX_NAME = 'PRIMARY', MAX(NON_UNIQUE) = 0, "
-                "CONCAT(lower(INDEX_TYPE), ' (', "
-                "GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX SEPARATOR ', '), ')') "
-                "FROM information_schema.STATISTICS "
-                f"WHERE TABLE_SCHEMA = {literal(self.dialect, relation.schema)} "
-                f"AND TABLE_NAME = {literal(self.dialect, relation.name)} "
-                "GROUP BY INDEX_NAME, INDEX_TYPE "
-                "ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME"
-            )
-        table = literal(self.dialect, relation.name)
-        schema = literal(self.dialect, relation.schema)
-        return (
-            "SELECT il.name, il.origin = 'pk', il.\"unique\", "
-            "'(' || (SELECT group_concat(name, ', ') FROM "
-            f"(SELECT ii.name FROM pragma_index_info(il.name, {schema}) ii "
-            "ORDER BY ii.seqno)) || ')' "
-            f"FROM pragma_index_list({table}, {schema}) il "
-            "ORDER BY il.origin = 'pk' DESC, il.name"
-        )
-
-    def completion(self) -> str:
-        if self.dialect == "postgres":
-            return (
-                "SELECT c.relname, a.attname FROM pg_catalog.pg_class c "
-                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                "LEFT JOIN pg_catalog.pg_attribute a "
-                "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-                "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') "
-                f"AND {_PG_USER_SCHEMAS} AND pg_catalog.pg_table_is_visible(c.oid) "
-                f"ORDER BY c.relname, a.attnum LIMIT {COMPLETION_LIMIT}"
-            )
-        if self.dialect == "mysql":
-            return (
-                "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = DATABASE() "
-                f"ORDER BY TABLE_NAME, ORDINAL_POSITION LIMIT {COMPLETION_LIMIT}"
-            )
-        return (
-            "SELECT m.name, p.name FROM sqlite_master m "
-            "JOIN pragma_table_info(m.name) p "
-            "WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
-            f"ORDER BY m.name, p.cid LIMIT {COMPLETION_LIMIT}"
-        )
 
 
 def index_line(name: str, primary: object, unique: object, definition: object) -> str:
@@ -555,30 +364,10 @@ SQL_KEYWORDS = tuple(
     DECIMAL REAL DATE TIME TIMESTAMP INTERVAL OVER PARTITION WINDOW FETCH NEXT ROWS ONLY
     """.split()
 )
-DIALECT_KEYWORDS = {
-    "postgres": tuple(
-        """
-        SERIAL BIGSERIAL JSONB JSON UUID BYTEA ARRAY ANY SOME LATERAL SCHEMA SEQUENCE
-        MATERIALIZED REFRESH VACUUM CONFLICT DO NOTHING TABLESAMPLE SIMILAR RETURNS FUNCTION
-        """.split()
-    ),
-    "mysql": tuple(
-        """
-        DESCRIBE DESC TABLES DATABASES COLUMNS AUTO_INCREMENT ENGINE REPLACE IGNORE DUPLICATE
-        STRAIGHT_JOIN REGEXP RLIKE UNSIGNED TINYINT MEDIUMINT DATETIME LONGTEXT ENUM
-        """.split()
-    ),
-    "sqlite": tuple(
-        """
-        PRAGMA AUTOINCREMENT GLOB REGEXP WITHOUT ROWID REPLACE IGNORE ABORT FAIL VACUUM ATTACH
-        DETACH BLOB
-        """.split()
-    ),
-}
 
 
 def keywords(dialect: str) -> list[str]:
-    return sorted(set(SQL_KEYWORDS) | set(DIALECT_KEYWORDS.get(dialect, ())))
+    return sorted(set(SQL_KEYWORDS) | set(sql_unit(dialect).keywords))
 
 
 TABLE_CONTEXT = frozenset({"FROM", "JOIN", "INTO", "UPDATE", "TABLE", "DESCRIBE", "TRUNCATE"})
@@ -590,18 +379,8 @@ _WORD_BEFORE = re.compile(r'[\w$."`]*$')
 _PREVIOUS = re.compile(r"([A-Za-z_]+)\s*$")
 
 
-def _needs_quotes(name: str, dialect: str) -> bool:
-    if dialect == "postgres":
-        return re.fullmatch(r"[a-z_][a-z0-9_$]*", name) is None
-    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", name) is None
-
-
 def quote_name(name: str, dialect: str) -> str:
-    if not _needs_quotes(name, dialect):
-        return name
-    if dialect == "mysql":
-        return "`" + name.replace("`", "``") + "`"
-    return _quote_ident(name)
+    return sql_unit(dialect).quote_name(name)
 
 
 class SqlCompleter(Completer):

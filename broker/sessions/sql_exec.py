@@ -15,12 +15,13 @@ import asyncssh
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.sql import ParsedSql, decide_sql
+from broker.protocols import open_database
+from broker.protocols.base import TargetError
+from broker.protocols.sql import DatabaseConnection, StatementError
 from broker.recording import RecordingError
 from broker.sessions.formats import ResultWriter
 from broker.sessions.sql_base import QUERY_KINDS, SqlSessionBase
 from broker.sessions.sql_state import needs_check, reading_drift
-from broker.targets.base import TargetError
-from broker.targets.database import DatabaseConnection, StatementError, open_database
 
 MAX_SQL_BYTES = 4 * 1024 * 1024
 ROW_BATCH = 500

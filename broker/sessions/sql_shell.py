@@ -32,7 +32,6 @@ from prompt_toolkit.history import History
 from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.shortcuts import PromptSession
 from psycopg.pq import TransactionStatus
-from pygments.lexers.sql import MySqlLexer, PostgresLexer, SqlLexer
 from pymysql.constants import SERVER_STATUS
 from rich.cells import cell_len
 from rich.console import Console
@@ -44,18 +43,20 @@ from broker.masking.lineage import ColumnSource
 from broker.policy.decision import Decision
 from broker.policy.sql import decide_sql
 from broker.policy.sql_session import SessionState
+from broker.protocols import open_database
+from broker.protocols.base import TargetError
+from broker.protocols.sql import Relation, StatementError
 from broker.recording import RecordingError
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.formats import to_text
 from broker.sessions.prompt_channel import ChannelTerminal, open_history
 from broker.sessions.sql_base import QUERY_KINDS, MaskedResult, SqlSessionBase
 from broker.sessions.sql_catalog import (
+    COMPLETION_LIMIT,
     LIST_KINDS,
     BadName,
     Catalog,
-    CatalogSql,
     MetaCommand,
-    Relation,
     SqlCompleter,
     continuation_mark,
     ends_in_meta,
@@ -69,8 +70,6 @@ from broker.sessions.sql_catalog import (
 )
 from broker.sessions.sql_exec import SqlExec
 from broker.sessions.sql_state import needs_check, reading_drift
-from broker.targets.base import TargetError
-from broker.targets.database import StatementError, open_database
 
 # Lines a page leaves free: the table's header and rule, and the `-- more --` line.
 PAGE_MARGIN = 4
@@ -81,7 +80,6 @@ CATALOG_CHANGES = frozenset(
     {"CREATE", "ALTER", "DROP", "RENAME", "COMMIT", "ROLLBACK", "END", "ATTACH", "DETACH"}
 )
 META_DECISION = Decision("allow", None, "backslash command: a fixed catalog query")
-LEXERS = {"postgres": PostgresLexer, "mysql": MySqlLexer, "sqlite": SqlLexer}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _AFFECTED = re.compile(r"(-?\d+) row\(s\) affected")
 _MISSING: Any = object()
@@ -119,7 +117,6 @@ class SqlShell(SqlSessionBase):
         self._term: ChannelTerminal | None = None
         self._conn: Any = None
         self._catalog = Catalog()
-        self._catalog_sql = CatalogSql(self.dialect)
         # What earlier input changed that bears on judging later input (search_path, role).
         self._sql_state = SessionState()
         self._expanded = False
@@ -229,7 +226,7 @@ class SqlShell(SqlSessionBase):
                 lambda: not input_complete(session.default_buffer.text, self.dialect)
             ),
             prompt_continuation=self._continuation,
-            lexer=PygmentsLexer(LEXERS[self.dialect]),
+            lexer=PygmentsLexer(self.unit.lexer()),
             completer=SqlCompleter(self.dialect, lambda: self._catalog),
             complete_while_typing=False,
             history=self._history(),
@@ -479,9 +476,9 @@ class SqlShell(SqlSessionBase):
         return error is None
 
     def _status(self, kind: str, status: str) -> str:
-        """The command tag psql shows (`UPDATE 3`, `CREATE TABLE`): PostgreSQL gives it; for the
-        others it is made from the statement's kind and the affected-row count."""
-        if self.dialect == "postgres" and status:
+        """The command tag psql shows (`UPDATE 3`, `CREATE TABLE`): the server's own where it
+        reports one; otherwise made from the statement's kind and the affected-row count."""
+        if self.unit.command_tags and status:
             return clean(status)
         word = _verb(kind)
         found = _AFFECTED.fullmatch(status or "")
@@ -581,8 +578,8 @@ class SqlShell(SqlSessionBase):
 
     async def _stop(self, rows: AsyncIterator[tuple[Any, ...]]) -> None:
         """Stop a result part-way: cancel the statement on the server (unless that would abort
-        a PostgreSQL transaction) and read what is still in flight, discarding it."""
-        if not (self.dialect == "postgres" and self._transaction()):
+        the open transaction) and read what is still in flight, discarding it."""
+        if not (self.unit.cancel_aborts_transaction and self._transaction()):
             await self._conn.cancel()
         with contextlib.suppress(StatementError):
             async for _ in rows:
@@ -654,7 +651,7 @@ class SqlShell(SqlSessionBase):
         assert self._term is not None
         self._term.on_interrupt = self._interrupt
         try:
-            result = await self._conn.execute(self._catalog_sql.completion())
+            result = await self._conn.execute(self.unit.completion_sql(COMPLETION_LIMIT))
             pairs = [(row[0], row[1]) async for row in result.rows]
             self._catalog = Catalog.from_pairs(pairs)
         except StatementError:
@@ -741,7 +738,7 @@ class SqlShell(SqlSessionBase):
 
     async def _list(self, name: str, pattern: str) -> tuple[int, dict[str, int], float]:
         assert self._term is not None
-        result = await self._catalog_query(self._catalog_sql.relations())
+        result = await self._catalog_query(self.unit.relations_sql())
         keep = listing_filter(LIST_KINDS[name], pattern)
 
         async def kept() -> AsyncIterator[tuple[Any, ...]]:
@@ -761,7 +758,7 @@ class SqlShell(SqlSessionBase):
         term = self._term
         assert term is not None
         schema, name = split_name(arg, self.dialect)
-        found = await self._conn.execute(self._catalog_sql.find(schema, name))
+        found = await self._conn.execute(self.unit.find_sql(schema, name))
         hits = [row async for row in found.rows]
         if not hits:
             term.write(f'Did not find any relation named "{clean(arg)}".\n')
@@ -774,11 +771,11 @@ class SqlShell(SqlSessionBase):
             oid=int(hit[3]) if len(hit) > 3 and hit[3] is not None else None,
         )
         term.write(clean(relation.title) + "\n")
-        columns = await self._catalog_query(self._catalog_sql.columns(relation))
+        columns = await self._catalog_query(self.unit.columns_sql(relation))
         rows, _, waited = await self._show(columns.columns, columns.rows)
         masked = columns.masked_counts()
         if relation.kind in ("table", "partitioned table", "materialized view"):
-            indexes = await self._catalog_query(self._catalog_sql.indexes(relation))
+            indexes = await self._catalog_query(self.unit.indexes_sql(relation))
             lines = [
                 index_line(to_text(row[0]), row[1], row[2], to_text(row[3]))
                 async for row in indexes.rows

@@ -10,15 +10,8 @@ back, and a session whose settings moved is ended before anything else runs in i
 from __future__ import annotations
 
 from broker.policy.sql import Statement
-from broker.policy.sql_session import SAFE_SQL_MODES
-from broker.targets.database import DatabaseConnection, StatementError
-
-_CHECKS = {
-    "postgres": (
-        "SELECT current_setting('client_encoding'), current_setting('standard_conforming_strings')"
-    ),
-    "mysql": "SELECT @@character_set_client, @@character_set_connection, @@sql_mode",
-}
+from broker.protocols import sql_unit
+from broker.protocols.sql import DatabaseConnection, StatementError
 
 
 def needs_check(statement: Statement) -> bool:
@@ -30,11 +23,11 @@ def needs_check(statement: Statement) -> bool:
 
 async def reading_drift(conn: DatabaseConnection, dialect: str) -> str | None:
     """Why the server no longer reads statements as the broker does; None if it still does."""
-    sql = _CHECKS.get(dialect)
-    if sql is None:
-        return None  # SQLite has no such settings
+    unit = sql_unit(dialect)
+    if unit.drift_query is None:
+        return None  # the dialect has no such settings
     try:
-        result = await conn.execute(sql)
+        result = await conn.execute(unit.drift_query)
         rows = [row async for row in result.rows]
     except StatementError:
         # An aborted transaction refuses every statement until ROLLBACK, which undoes SET
@@ -42,19 +35,4 @@ async def reading_drift(conn: DatabaseConnection, dialect: str) -> str | None:
         return None
     if not rows:
         return "the server did not report its settings"
-    row = rows[0]
-    if dialect == "postgres":
-        encoding, conforming = str(row[0]).upper(), str(row[1]).lower()
-        if encoding not in ("UTF8", "UTF-8"):
-            return f"the session's client encoding changed to {encoding}"
-        if conforming != "on":
-            return "the session turned standard_conforming_strings off"
-        return None
-    client, connection, modes = (str(v or "") for v in row)
-    for name, value in (("client", client), ("connection", connection)):
-        if value.lower() != "utf8mb4":
-            return f"the session's {name} character set changed to {value}"
-    unsafe = [m for m in modes.split(",") if m.strip().upper() not in SAFE_SQL_MODES]
-    if unsafe:
-        return f"the session's sql_mode now holds {', '.join(unsafe)}"
-    return None
+    return unit.drift(rows[0])

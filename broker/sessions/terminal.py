@@ -24,13 +24,13 @@ from broker.config import LocalTarget, SshTarget
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
 from broker.policy.shell import decide_shell
+from broker.protocols import terminal_unit
+from broker.protocols.base import TargetError
+from broker.protocols.terminal import TerminalProcess, TerminalRequest, TerminalUnit
 from broker.recording import Recorder, RecordingError
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.base import SessionBase
 from broker.sessions.screen import ScreenTracker, ShellState
-from broker.targets.base import TargetError, TerminalProcess, TerminalRequest
-from broker.targets.local import LocalPty
-from broker.targets.ssh import SshTerminal
 
 log = logging.getLogger("hoop.broker.session")
 
@@ -58,18 +58,11 @@ def _escape_done(sequence: str) -> bool:
     return sequence[-1].isalpha() or sequence[-1] == "~" or len(sequence) > 16
 
 
-async def open_terminal(
-    target: SshTarget | LocalTarget, request: TerminalRequest
-) -> TerminalProcess:
-    if isinstance(target, LocalTarget):
-        return await LocalPty.spawn(target, request)
-    return await SshTerminal.open(target, request)
-
-
 class TerminalSession(SessionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._target: SshTarget | LocalTarget = self._target  # type: ignore[assignment]
+        self._unit: TerminalUnit[Any] = terminal_unit(self._target.type)
         self._argv = self._request.argv
         self._terminal: TerminalProcess | None = None
         self._tracker: ScreenTracker | None = None
@@ -109,10 +102,6 @@ class TerminalSession(SessionBase):
         self._record(lambda recorder: recorder.output(data))
         self._send(data)
 
-    def _stderr(self, text: str) -> None:
-        with contextlib.suppress(OSError, asyncssh.Error):
-            self._process.stderr.write(f"[hoop] {text}\r\n".encode())
-
     # -- the session ----------------------------------------------------------------------
     async def run(self) -> int:
         request = self._terminal_request()
@@ -124,40 +113,30 @@ class TerminalSession(SessionBase):
                 outcome = await self._held(command_text, decision)
                 if not outcome.approved:
                     return outcome.exit_status
-        try:
-            recorder = self._open_recording(
-                width=request.cols,
-                height=request.rows,
-                started=started,
-                term=request.term,
-                command=command_text,
-                title=f"{self._ctx.user}@{self._target.name}",
-            )
-        except RecordingError as exc:
-            self._stderr(f"session refused: the recording cannot be written ({exc})")
-            await self._audit("session.rejected", outcome="failure", reason=str(exc))
-            return 1
-        await self._begin(
+        recorder = await self._start(
             kind="terminal",
             started=started,
             command=command_text,
+            width=request.cols,
+            height=request.rows,
+            term=request.term,
+            title=f"{self._ctx.user}@{self._target.name}",
             details={
                 "command": command_text,
                 "recording": f"{self.session_id}.cast",
                 "guard": "screen",
             },
+            note=" (guard: screen, the weaker grade: commands are read off the screen)",
             on_grant_warning=self._notice,
             on_grant_end=self._grant_ended,
         )
-        self._stderr(
-            f"session {self.session_id} started on {self._target.name} "
-            "(guard: screen, the weaker grade: commands are read off the screen)"
-        )
+        if recorder is None:
+            return 1
         status = 255
         state = "closed"
         try:
             try:
-                self._terminal = await open_terminal(self._target, request)
+                self._terminal = await self._unit.open_terminal(self._target, request)
             except (TargetError, CredentialError) as exc:
                 self._stderr(str(exc))
                 recorder.mark(f"error: {exc}")
@@ -178,11 +157,7 @@ class TerminalSession(SessionBase):
                 state = "terminated"
             return status
         finally:
-            await self._finish(state, status)
-
-    async def _finish(self, state: str, status: int) -> None:
-        await self._end(state=state, status=status, reason=self._ending)
-        self._stderr(f"session {self.session_id} ended (exit {status})")
+            await self._finish(state=state, status=status, reason=self._ending)
 
     async def _relay(self) -> int:
         assert self._terminal is not None

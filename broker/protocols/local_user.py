@@ -24,7 +24,7 @@ from typing import Any
 
 from broker.config import LocalTarget
 from broker.credentials import resolve_credential
-from broker.targets.base import TargetError
+from broker.protocols.base import TargetError
 
 # The session's PATH unless the target's `env` sets one: the broker's own is never passed on.
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"

@@ -1,8 +1,9 @@
 """The broker's end of the session helper (shell_agent.py) on a terminal target.
 
-The helper is started as the session's process: on a local target as the target's OS user,
-on an ssh target as the command of an SSH session without a PTY (the helper makes its own).
-Both give the broker a byte stream in each direction; this module frames it.
+The helper is started as the session's process by the target's unit (``open_agent``): on a
+local target as the target's OS user, on an ssh target as the command of an SSH session
+without a PTY (the helper makes its own). Both give the broker a byte stream in each
+direction; this module frames it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shlex
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,18 +20,16 @@ from typing import Any
 
 import asyncssh
 
-from broker.config import LocalTarget, SshTarget
-from broker.targets.base import TargetError
+from broker.protocols.base import TargetError
 
 HEADER = struct.Struct(">cI")
 MAX_FRAME = 16 << 20
 START_TIMEOUT = 20.0
 COMPLETE_TIMEOUT = 1.0
 AGENT_SOURCE = (Path(__file__).with_name("shell_agent.py")).read_text()
-# The helper needs Python 3 on the target; anything else is the standard library.
-_LOCAL_PYTHON = next(
-    (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if Path(p).exists()), "python3"
-)
+# `python3 -I -c AGENT_BOOTSTRAP AGENT_SOURCE` runs the helper; it needs Python 3 on the
+# target, and anything else is the standard library.
+AGENT_BOOTSTRAP = "import sys;exec(compile(sys.argv[1],'hoop-shell-agent','exec'))"
 
 
 @dataclass
@@ -160,72 +158,6 @@ class AgentLink:
 
 def _size(buffer: bytearray) -> int:
     return int(HEADER.unpack_from(buffer)[1])
-
-
-def _python_command() -> str:
-    code = "import sys;exec(compile(sys.argv[1],'hoop-shell-agent','exec'))"
-    return f"exec python3 -I -c {shlex.quote(code)} {shlex.quote(AGENT_SOURCE)}"
-
-
-async def open_local_agent(target: LocalTarget, *, term: str) -> tuple[AgentLink, dict[str, str]]:
-    """Start the helper on the broker host as the target's OS user."""
-    from broker.targets.os_user import resolve_run_as, session_environment
-
-    run_as = resolve_run_as(target.run_as)
-    env = session_environment(target, run_as, term=term)
-    code = "import sys;exec(compile(sys.argv[1],'hoop-shell-agent','exec'))"
-    try:
-        process = await asyncio.create_subprocess_exec(
-            _LOCAL_PYTHON,
-            "-I",
-            "-c",
-            code,
-            AGENT_SOURCE,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-            **run_as.subprocess_kwargs(),
-        )
-    except OSError as exc:
-        raise TargetError(
-            f"target {target.name}: cannot start the session helper: {exc.strerror or exc}"
-        ) from None
-    assert process.stdin is not None and process.stdout is not None
-    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
-
-    def close() -> None:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-
-    async def read_stderr() -> bytes:
-        return await stderr.read() if stderr is not None else b""
-
-    link = AgentLink(stdin.write, stdout.read, close, read_stderr)
-    return link, {}
-
-
-async def open_ssh_agent(target: SshTarget) -> tuple[AgentLink, asyncssh.SSHClientConnection]:
-    """Start the helper on an ssh target as the command of a session without a PTY."""
-    from broker.targets.ssh import connect_target
-
-    conn = await connect_target(target)
-    try:
-        process = await conn.create_process(_python_command(), encoding=None)
-    except asyncssh.Error as exc:
-        conn.close()
-        raise TargetError(f"target {target.name}: cannot open a session: {exc.reason}") from None
-
-    def close() -> None:
-        process.close()
-        conn.close()
-
-    async def read_stderr() -> bytes:
-        return await process.stderr.read(65536)
-
-    return AgentLink(process.stdin.write, process.stdout.read, close, read_stderr), conn
 
 
 async def wait_started(

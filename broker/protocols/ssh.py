@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
+from collections.abc import AsyncIterator
 
 import asyncssh
 
 from broker.config import SshTarget
 from broker.credentials import resolve_credential
-from broker.targets.base import TargetError, TerminalRequest
-from broker.targets.shell_integration import bash_rcfile, remote_bash_command
+from broker.protocols.agent_link import AGENT_BOOTSTRAP, AGENT_SOURCE, AgentLink
+from broker.protocols.base import TargetError
+from broker.protocols.shell_integration import bash_rcfile, remote_bash_command
+from broker.protocols.terminal import CommandProcess, TerminalRequest, TerminalUnit
 
 CONNECT_TIMEOUT = 15
 
@@ -192,3 +196,58 @@ def _signal_number(name: str) -> int:
         return int(signal.Signals[f"SIG{name}"])
     except KeyError:
         return 1
+
+
+def _agent_command() -> str:
+    return f"exec python3 -I -c {shlex.quote(AGENT_BOOTSTRAP)} {shlex.quote(AGENT_SOURCE)}"
+
+
+async def _exit_status(remote: asyncssh.SSHClientProcess[bytes]) -> int:
+    completed = await remote.wait(check=False)
+    if completed.exit_status is not None and completed.exit_status >= 0:
+        return completed.exit_status
+    return 255
+
+
+class SshUnit(TerminalUnit[SshTarget]):
+    name = "ssh"
+
+    async def open_terminal(self, target: SshTarget, request: TerminalRequest) -> SshTerminal:
+        return await SshTerminal.open(target, request)
+
+    async def open_agent(self, target: SshTarget, *, term: str) -> AgentLink:
+        # The helper makes its own pty; the session has none.
+        conn = await connect_target(target)
+        try:
+            process = await conn.create_process(_agent_command(), encoding=None)
+        except asyncssh.Error as exc:
+            conn.close()
+            raise TargetError(
+                f"target {target.name}: cannot open a session: {exc.reason}"
+            ) from None
+
+        def close() -> None:
+            process.close()
+            conn.close()
+
+        async def read_stderr() -> bytes:
+            return await process.stderr.read(65536)
+
+        return AgentLink(process.stdin.write, process.stdout.read, close, read_stderr)
+
+    @contextlib.asynccontextmanager
+    async def run_command(self, target: SshTarget, command: str) -> AsyncIterator[CommandProcess]:
+        conn = await connect_target(target)
+        try:
+            remote = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+            yield CommandProcess(remote.stdout, remote.stderr, lambda: _exit_status(remote))
+        finally:
+            conn.close()
+
+    def end_session(self, shell_pid: int) -> None:
+        # The broker cannot signal processes on the host: the helper ends its shell's session
+        # when its input closes with the link, and its watchdog does when the helper dies.
+        pass
+
+
+UNIT = SshUnit()

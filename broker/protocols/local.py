@@ -1,5 +1,6 @@
 """`local` targets: a command on the broker host under a PTY, run as the target's own OS user
-(`run_as`, see broker/targets/os_user.py) in a fresh environment that holds its credentials."""
+(`run_as`, see broker/protocols/local_user.py) in a fresh environment that holds its
+credentials."""
 
 from __future__ import annotations
 
@@ -12,24 +13,37 @@ import signal
 import struct
 import tempfile
 import termios
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from broker.config import LocalTarget
-from broker.targets.base import TargetError, TerminalRequest
-from broker.targets.os_user import resolve_run_as, session_environment
-from broker.targets.shell_integration import (
+from broker.protocols.agent_link import AGENT_BOOTSTRAP, AGENT_SOURCE, AgentLink
+from broker.protocols.base import TargetError
+from broker.protocols.local_user import resolve_run_as, session_environment
+from broker.protocols.shell_agent import signal_session
+from broker.protocols.shell_integration import (
     SHELLS,
     bash_rcfile,
     sh_env_file,
     write_zsh_dotdir,
 )
+from broker.protocols.terminal import CommandProcess, TerminalRequest, TerminalUnit
 
 _READ_SIZE = 65536
 SHELL_PROGRAMS = ("bash", "sh", "zsh", "dash", "ksh")  # may run one-off commands with -c
+# The session helper needs Python 3; anything else is the standard library.
+_PYTHON = next(
+    (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if Path(p).exists()), "python3"
+)
 
 
 def _set_winsize(fd: int, cols: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _exit_status(status: int) -> int:
+    """A negative status (the process was killed by a signal) as a shell reports it."""
+    return status if status >= 0 else 128 - status
 
 
 def _become_session_leader_with_tty() -> None:
@@ -209,4 +223,84 @@ class LocalPty:
         with contextlib.suppress(OSError):
             os.close(self._master)
         self._workdir.cleanup()
-        return status if status >= 0 else 128 - status
+        return _exit_status(status)
+
+
+async def _start_piped(
+    target: LocalTarget, argv: list[str], *, term: str, stdin: int, what: str
+) -> asyncio.subprocess.Process:
+    """ARGV without a PTY, its stdout and stderr piped: as the target's own OS user, in its
+    home, in a fresh environment. WHAT names the program in the error."""
+    run_as = resolve_run_as(target.run_as)
+    env = session_environment(target, run_as, term=term)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=stdin,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            **run_as.subprocess_kwargs(),
+        )
+    except OSError as exc:
+        raise TargetError(
+            f"target {target.name}: cannot start {what}: {exc.strerror or exc}"
+        ) from None
+
+
+class LocalUnit(TerminalUnit[LocalTarget]):
+    name = "local"
+
+    async def open_terminal(self, target: LocalTarget, request: TerminalRequest) -> LocalPty:
+        return await LocalPty.spawn(target, request)
+
+    async def open_agent(self, target: LocalTarget, *, term: str) -> AgentLink:
+        process = await _start_piped(
+            target,
+            [_PYTHON, "-I", "-c", AGENT_BOOTSTRAP, AGENT_SOURCE],
+            term=term,
+            stdin=asyncio.subprocess.PIPE,
+            what="the session helper",
+        )
+        assert process.stdin is not None and process.stdout is not None
+        stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+
+        def close() -> None:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+
+        async def read_stderr() -> bytes:
+            return await stderr.read() if stderr is not None else b""
+
+        return AgentLink(stdin.write, stdout.read, close, read_stderr)
+
+    @contextlib.asynccontextmanager
+    async def run_command(self, target: LocalTarget, command: str) -> AsyncIterator[CommandProcess]:
+        shell = target.command[0]
+        if Path(shell).name not in SHELL_PROGRAMS:
+            raise TargetError(
+                f"target {target.name} runs a fixed program; it takes no one-off commands"
+            )
+        child = await _start_piped(
+            target,
+            [shell, "-c", command],
+            term="dumb",
+            stdin=asyncio.subprocess.DEVNULL,
+            what=shell,
+        )
+        assert child.stdout is not None and child.stderr is not None
+
+        async def wait() -> int:
+            return _exit_status(await child.wait())
+
+        yield CommandProcess(child.stdout, child.stderr, wait)
+
+    def end_session(self, shell_pid: int) -> None:
+        if shell_pid:
+            for sig in (signal.SIGHUP, signal.SIGCONT, signal.SIGKILL):
+                signal_session(shell_pid, sig)
+
+
+UNIT = LocalUnit()

@@ -33,7 +33,7 @@ from broker.masking.lineage import (
 )
 
 
-def column_sources_postgres(
+def column_sources_pglast(
     sql: str,
     result_columns: Sequence[str],
     catalog: Catalog | None = None,

@@ -1,0 +1,277 @@
+"""The SQL family's interface: what the core asks a database protocol unit.
+
+The core (policy, masking, the SQL shell and exec) never names a dialect: it asks the unit of
+the target's type (broker.protocols.sql_unit) for its connection, its parser and that parser's
+settings, its lexical rules, catalog queries and the shapes of its errors. Two parser engines
+serve the units: pglast (PostgreSQL's own parser) and sqlglot (``glot_name`` picks its
+dialect); each unit says which one reads it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from broker.protocols.base import Unit
+
+if TYPE_CHECKING:
+    from pygments.lexer import Lexer
+
+CONNECT_TIMEOUT = 10
+FETCH_BATCH = 500
+USER_CANCEL = "canceling statement due to user request"
+
+Key = tuple[str | None, str]  # (schema, name) as a statement writes them
+
+
+class StatementError(Exception):
+    """The database refused a statement; the message is the database's own.
+
+    ``sqlstate`` (the SQLSTATE), ``code`` (the server's error number or extended result code)
+    and ``condition`` (the error's fixed name: "invalid text representation", "truncated wrong
+    value", "SQLITE_CONSTRAINT_UNIQUE") come from the error's class, never from the data: what
+    the broker may still show when the message itself must be withheld
+    (broker.sessions.sql_base)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        code: int | None = None,
+        condition: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.code = code
+        self.condition = condition
+
+    def with_message(self, message: str) -> StatementError:
+        """The same error (its SQLSTATE, code and condition) with another message."""
+        return StatementError(
+            message, sqlstate=self.sqlstate, code=self.code, condition=self.condition
+        )
+
+
+@dataclass
+class Result:
+    columns: list[str]
+    rows: AsyncIterator[tuple[Any, ...]]
+    status: str
+
+
+class DatabaseConnection(Protocol):
+    dialect: str
+
+    async def execute(self, sql: str, *, query: bool = True) -> Result:
+        """Run one statement. QUERY says it is a SELECT-like statement whose rows are streamed;
+        other statements (DML with RETURNING included) are run and their few rows buffered."""
+        ...
+
+    async def cancel(self) -> None:
+        """Ask the database to stop the statement running on this connection, from any task,
+        while execute() or the row iteration awaits. The statement then raises StatementError and
+        the connection stays usable. A no-op when nothing runs; never raises."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A table or view the SQL shell describes."""
+
+    schema: str
+    name: str
+    kind: str
+    oid: int | None = None
+
+    @property
+    def title(self) -> str:
+        return f'{self.kind.capitalize()} "{self.schema}.{self.name}"'
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """One row of a unit's relation lookup (``relations_lookup``), as the masking views read
+    it: the relation asked for as ``keys[key]``, its kind ("table" or "view"), a view's
+    definition, and columns (all of them, or one per row: rows of one key are joined)."""
+
+    key: int
+    kind: str
+    definition: str | None
+    columns: tuple[str, ...]
+    generated: tuple[str, ...] = ()
+    family: tuple[str, ...] = ()  # relations that share its rows (inheritance, partitions)
+    priority: int | None = None  # of several schemas searched, rows of the first that answers
+
+
+@dataclass(frozen=True)
+class Recognised:
+    """What a unit makes of a statement its parser does not read: a fixed kind, an unknown
+    statement with its reason, or a statement around another that starts at ``inner_from``
+    (EXPLAIN shows it; ``runs_inner``: ANALYZE runs it)."""
+
+    kind: str
+    unknown: str | None = None
+    inner_from: int | None = None
+    runs_inner: bool = False
+
+
+@dataclass(frozen=True)
+class Client:
+    """A command-line client of the database, as the shell guard reads its arguments: the
+    options that take SQL (none: every argument after the database is SQL), and a pattern of
+    the client's own escapes to a shell in that SQL (psql's `\\!`)."""
+
+    escapes: str
+    options: tuple[str, ...] = ()
+    flags: int = 0
+
+
+def safe_literal(text: str) -> str | None:
+    """A string literal that reads the same in every dialect and mode (standard strings,
+    NO_BACKSLASH_ESCAPES or not); None for names with quotes, backslashes or control
+    characters, which are then not looked up (and so stay opaque). Every name a unit puts into
+    a lookup query has passed this (which is why those queries may be built as text)."""
+    if any(ch in text for ch in "'\"\\") or any(ord(ch) < 32 for ch in text):
+        return None
+    return f"'{text}'"
+
+
+class SqlUnit(Unit):
+    """A database protocol. The class attributes are the dialect's settings; the defaults are
+    standard SQL's."""
+
+    family = "sql"
+
+    # -- parsing: which engine reads the dialect, and how ---------------------------------
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names of the dialect (its forks)
+    parser: ClassVar[Literal["pglast", "sqlglot"]]
+    glot_name: ClassVar[str] = ""  # the sqlglot dialect (parser = "sqlglot")
+
+    # Lexical rules (the policy's lexer, the shell's input scanner).
+    backslash_escapes: ClassVar[bool] = False  # '…' and "…" take backslash escapes
+    backtick_identifiers: ClassVar[bool] = False  # `name`
+    bracket_identifiers: ClassVar[bool] = False  # [name]
+    hash_comments: ClassVar[bool] = False  # # to the end of the line
+    dash_comment_needs_space: ClassVar[bool] = False  # "-- " starts a comment, "--" does not
+    executable_comments: ClassVar[bool] = False  # /*! … */ runs its content
+    escape_strings: ClassVar[bool] = False  # E'…' takes backslash escapes
+    dollar_quotes: ClassVar[bool] = False  # $tag$ … $tag$
+    nested_comments: ClassVar[bool] = False  # /* /* */ */
+    open_comment_ends_input: ClassVar[bool] = False  # an unclosed /* runs to the end
+    folds_to_lower: ClassVar[bool] = False  # unquoted names are folded to lower case
+    identifier_quote: ClassVar[str] = '"'
+
+    # Where an unqualified name lives (broker.policy.sql._Names).
+    default_schemas: ClassVar[tuple[str, ...]] = ()  # searched for an unqualified name
+    catalog_schema_prefix: ClassVar[tuple[str, str] | None] = None  # ("pg_", "pg_catalog")
+    current_schema_known: ClassVar[bool] = True  # False: the current database is not known
+    names_move_after_unknown: ClassVar[bool] = False  # an unknown statement may move them
+    name_moving_kinds: ClassVar[tuple[str, ...]] = ()  # statement kinds that move them
+
+    # What statements may do.
+    dangerous_functions: ClassVar[dict[str, str]] = {}  # name -> what it does
+    coerces_strings: ClassVar[bool] = False  # '1abc' = 1 and a string's truth (MySQL rules)
+    values_function: ClassVar[bool] = False  # VALUES(col) in ON DUPLICATE KEY UPDATE
+    has_user_functions: ClassVar[bool] = True  # functions defined in the database
+    statistics_tables: ClassVar[frozenset[str]] = frozenset()  # catalogs holding column values
+
+    def state_problem(self, code: str, bare: str) -> str | None:
+        """Why a statement (CODE: its text, comments blanked; BARE: strings blanked too) must be
+        refused because it changes how the server reads text; None if it does not."""
+        return None
+
+    def recognise(self, code: str, first: str) -> Recognised | None:
+        """A statement the sqlglot engine does not parse, by its shape (CODE: its text with
+        comments blanked; FIRST: its first keyword, upper case); None to parse it."""
+        return None
+
+    # -- masking: catalogs the views are looked up in --------------------------------------
+    catalog_sees_session_tables: ClassVar[bool] = False  # lookups see temporary tables
+
+    def relations_lookup(self, keys: Sequence[Key]) -> str:
+        """One query that finds the relations KEYS (names passed through ``safe_literal``)."""
+        raise NotImplementedError
+
+    def catalog_row(self, row: tuple[Any, ...]) -> CatalogRow | None:
+        """One row of ``relations_lookup``; None for a relation that is no table or view."""
+        raise NotImplementedError
+
+    def functions_lookup(self, names: Sequence[str]) -> str | None:
+        """A query naming those of NAMES that are user functions which may write; None when
+        the dialect has no user functions."""
+        return None
+
+    # Command-line clients by program name (the shell guard checks what they are asked to run).
+    clients: ClassVar[dict[str, Client]] = {}
+
+    # -- the SQL shell ---------------------------------------------------------------------
+    keywords: ClassVar[tuple[str, ...]] = ()  # completed besides standard SQL's
+    command_tags: ClassVar[bool] = False  # the server reports `UPDATE 3`, `CREATE TABLE`
+    cancel_aborts_transaction: ClassVar[bool] = False  # cancelling inside one aborts it
+
+    def lexer(self) -> type[Lexer]:
+        """The pygments lexer that highlights typed SQL."""
+        from pygments.lexers.sql import SqlLexer
+
+        return SqlLexer
+
+    def literal(self, text: str) -> str:
+        """TEXT as an SQL string expression that cannot be anything but that string."""
+        return f"CAST(X'{text.encode('utf-8').hex()}' AS TEXT)"
+
+    def quote_name(self, name: str) -> str:
+        """NAME as an identifier, quoted where it must be."""
+        import re
+
+        plain = r"[a-z_][a-z0-9_$]*" if self.folds_to_lower else r"[A-Za-z_][A-Za-z0-9_$]*"
+        if re.fullmatch(plain, name):
+            return name
+        q = self.identifier_quote
+        return q + name.replace(q, q + q) + q
+
+    def fold(self, part: str, quoted: bool) -> str:
+        """An identifier as the catalog spells it."""
+        return part.lower() if self.folds_to_lower and not quoted else part
+
+    def relations_sql(self) -> str:
+        """Schema, Name, Type of every relation the user sees."""
+        raise NotImplementedError
+
+    def find_sql(self, schema: str | None, name: str) -> str:
+        """Schema, name, kind (and an oid) of one relation."""
+        raise NotImplementedError
+
+    def columns_sql(self, relation: Relation) -> str:
+        """Column, Type, Nullable, Default of a relation."""
+        raise NotImplementedError
+
+    def indexes_sql(self, relation: Relation) -> str:
+        """Name, primary, unique, definition of a relation's indexes."""
+        raise NotImplementedError
+
+    def completion_sql(self, limit: int) -> str:
+        """(table, column) pairs for completion, at most LIMIT."""
+        raise NotImplementedError
+
+    # -- errors and the session's reading of text -------------------------------------------
+    fixed_error_codes: ClassVar[frozenset[int]] = frozenset()  # messages that are fixed text
+
+    def compile_error(self, exc: StatementError) -> bool:
+        """EXC was raised while compiling the statement, before anything ran: its message can
+        only quote the statement's own text."""
+        return False
+
+    drift_query: ClassVar[str | None] = None  # reads the settings that change reading
+
+    def drift(self, row: tuple[Any, ...]) -> str | None:
+        """Why the settings in ROW (of ``drift_query``) make the server read statements
+        otherwise than the broker; None while it reads them the same."""
+        return None
+
+    # -- connecting ---------------------------------------------------------------------
+    async def open(self, target: Any) -> DatabaseConnection:
+        """A connection to TARGET with the broker's held credential."""
+        raise NotImplementedError

@@ -1,1 +1,0 @@
-"""Target connectors: each opens a terminal (or command) on one kind of target behind one interface."""
