@@ -22,6 +22,7 @@ import pytest
 from broker.recording import read_events
 from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
 from tests.test_sql_exec import MY_PASSWORD, PG_PASSWORD, mariadb_db, postgres_db  # noqa: F401
+from tests.test_sql_exec import SQL_POLICY as POLICY
 from tests.test_ssh_config import ssh_config
 
 TARGETS = ["pg", "maria", "lite"]
@@ -31,23 +32,6 @@ PROMPT_START = "\x1b[?2004h"
 PROMPT_DONE = "\x1b[?2004l"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
-POLICY = """
-[policies.sql]
-default = "allow"
-on_unknown = "review"
-
-[[policies.sql.rules]]
-name = "no-drop"
-action = "deny"
-statement = ["DROP", "TRUNCATE"]
-
-[[policies.sql.rules]]
-name = "unbounded-writes"
-action = "review"
-statement = ["UPDATE", "DELETE"]
-without_where = true
-approvers = ["dba-leads"]
-"""
 
 # Ten thousand rows, one per line, in each dialect.
 MANY_ROWS = {
