@@ -19,6 +19,7 @@ from broker.sessions.approvals import ApprovalGate
 from broker.sessions.base import SessionBase, SessionHost
 from broker.sessions.command_exec import CommandExec
 from broker.sessions.guarded_terminal import GuardedTerminalSession
+from broker.sessions.proxy import NativeProxy
 from broker.sessions.request import RequestError, parse_session_command
 from broker.sessions.sql_exec import SqlExec
 from broker.sessions.sql_shell import SqlShell
@@ -266,4 +267,5 @@ SESSIONS: dict[tuple[str, str], type[SessionBase]] = {
     ("screen-terminal", "exec"): CommandExec,
     ("database", "exec"): SqlExec,
     ("database", "connect"): SqlShell,
+    ("database", "proxy"): NativeProxy,
 }

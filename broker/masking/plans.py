@@ -75,6 +75,16 @@ class MaskPlan:
         return out
 
     @property
+    def rule_columns(self) -> tuple[int, ...]:
+        """The positions of the columns a column rule masks (every value changes)."""
+        return tuple(i for i, _ in self._ops)
+
+    @property
+    def detector_columns(self) -> tuple[int, ...]:
+        """The positions of the columns the detectors scan (a value may change)."""
+        return self._det_cols
+
+    @property
     def active(self) -> bool:
         """False when apply() can never change a row."""
         return not self._noop

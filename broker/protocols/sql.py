@@ -129,6 +129,90 @@ class Client:
     flags: int = 0
 
 
+class RowMask(Protocol):
+    """How one result's rows are masked (broker.masking.plans.MaskPlan)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    @property
+    def rule_columns(self) -> tuple[int, ...]: ...
+
+    @property
+    def detector_columns(self) -> tuple[int, ...]: ...
+
+    @property
+    def counts(self) -> dict[str, int]: ...
+
+    def apply_batch(self, rows: Sequence[Sequence[object]]) -> list[tuple[object, ...]]: ...
+
+
+class Judgement(Protocol):
+    """The session's verdict on one input (a simple Query's text, or one bound Execute): may
+    it run (allowed, approved), and if not, what the client is told (refusal); the statements
+    it holds (texts), whose answers are reported back one by one with ``ProxyHost.done``."""
+
+    @property
+    def allowed(self) -> bool: ...
+
+    @property
+    def refusal(self) -> str: ...
+
+    @property
+    def texts(self) -> tuple[str, ...]: ...
+
+
+class ProxyHost(Protocol):
+    """What a unit's native-protocol server asks of the session that carries one client
+    connection (broker.sessions.proxy): policy and approvals, masking, audit and recording.
+    The unit speaks the protocol; it decides nothing."""
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def target(self) -> Any: ...
+
+    @property
+    def masks(self) -> bool:
+        """Whether any rule or detector masks this target's results."""
+        ...
+
+    async def judge(self, sql: str, *, unknown: str | None = None) -> Judgement:
+        """Decide SQL (waiting for approval where a rule says review); UNKNOWN: why the unit
+        could not read all of it (judged as unknown input)."""
+        ...
+
+    async def prepare(self, conn: DatabaseConnection, sql: str) -> None:
+        """Before SQL runs on CONN (idle): look up what masking needs to know of it."""
+        ...
+
+    async def plan(self, conn: DatabaseConnection, sql: str, columns: list[str]) -> RowMask:
+        """How the rows of SQL's result (COLUMNS by name) are masked."""
+        ...
+
+    async def error_fields(
+        self, conn: DatabaseConnection, sql: str, fields: dict[str, str]
+    ) -> dict[str, str]:
+        """An error's fields (message, detail …) of SQL run on CONN, as the client may see
+        them."""
+        ...
+
+    async def done(
+        self,
+        judgement: Judgement,
+        index: int,
+        *,
+        rows: int,
+        masked: dict[str, int],
+        notes: Sequence[str],
+        error: str | None,
+    ) -> None:
+        """Statement INDEX of JUDGEMENT has run: audit and record it. NOTES: columns sent as
+        NULL because their values could not be masked in the client's format."""
+        ...
+
+
 def safe_literal(text: str) -> str | None:
     """A string literal that reads the same in every dialect and mode (standard strings,
     NO_BACKSLASH_ESCAPES or not); None for names with quotes, backslashes or control
@@ -274,4 +358,14 @@ class SqlUnit(Unit):
     # -- connecting ---------------------------------------------------------------------
     async def open(self, target: Any) -> DatabaseConnection:
         """A connection to TARGET with the broker's held credential."""
+        raise NotImplementedError
+
+    # -- native clients (hoopctl proxy) ---------------------------------------------------
+    native_clients: ClassVar[bool] = False  # serve_native is implemented
+
+    async def serve_native(
+        self, host: ProxyHost, reader: Any, writer: Any, *, password_sha256: str | None
+    ) -> None:
+        """Serve one native client speaking the database's own protocol on READER/WRITER
+        (an SSH channel from hoopctl proxy) until it leaves."""
         raise NotImplementedError

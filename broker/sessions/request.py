@@ -3,10 +3,12 @@
 exec [--reason TEXT] [--output table|json|csv] [--wait SECONDS | --no-wait] [--request ID]
      NAME [-- CMD ...]
 connect [--reason TEXT] NAME [-- CMD ...]
+proxy [--reason TEXT] [--password-sha256 HEX] NAME
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -32,13 +34,16 @@ class SessionCommand:
     wait: int = DEFAULT_EXEC_WAIT
     # exec: run this approved request (exactly once).
     request_id: str | None = None
+    # proxy: the SHA-256 (hex) of the one-time password the local client must give.
+    password_sha256: str | None = None
 
 
-VERBS = ("connect", "exec")
+VERBS = ("connect", "exec", "proxy")
 USAGE = {
     "connect": "connect [--reason TEXT] TARGET [-- COMMAND …]",
     "exec": "exec [--reason TEXT] [--output table|json|csv] [--wait SECONDS | --no-wait] "
     "[--request ID] TARGET [-- COMMAND …]",
+    "proxy": "proxy [--reason TEXT] [--password-sha256 HEX] TARGET",
 }
 _EXEC_ONLY = ("--wait", "--no-wait", "--request", "--output", "-o")
 
@@ -74,6 +79,7 @@ def parse_session_command(command: str) -> SessionCommand:
     wait: int | None = None
     no_wait = False
     request_id: str | None = None
+    password_sha256: str | None = None
     target: str | None = None
     while rest:
         word = rest.pop(0)
@@ -97,6 +103,12 @@ def parse_session_command(command: str) -> SessionCommand:
             request_id = _value(word, rest).strip()
             if not request_id:
                 raise RequestError("--request needs a request id")
+        elif flag == "--password-sha256":
+            if verb != "proxy":
+                raise RequestError("--password-sha256 applies to proxy only")
+            password_sha256 = _value(word, rest).strip().lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", password_sha256):
+                raise RequestError("--password-sha256 takes 64 hex digits")
         elif word.startswith("-"):
             raise RequestError(f"unknown option {word}")
         elif target is None:
@@ -108,6 +120,8 @@ def parse_session_command(command: str) -> SessionCommand:
         raise RequestError("give either --wait or --no-wait, not both")
     if target is None:
         raise RequestError(f"{verb}: which target? ({USAGE[verb]})")
+    if verb == "proxy" and rest:
+        raise RequestError("proxy carries the database's own protocol: it takes no command")
     if output_given and rest:
         raise RequestError(
             "--output formats SQL results; a command's output is passed through as it is"
@@ -120,4 +134,5 @@ def parse_session_command(command: str) -> SessionCommand:
         output=output,
         wait=0 if no_wait else DEFAULT_EXEC_WAIT if wait is None else wait,
         request_id=request_id,
+        password_sha256=password_sha256,
     )

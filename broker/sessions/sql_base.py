@@ -183,6 +183,7 @@ class SqlSessionBase(SessionBase):
         error: str | None,
         started: float,
         approver: str | None = None,
+        unmaskable: list[str] | None = None,
     ) -> None:
         await self._audit_decision(
             "query",
@@ -198,5 +199,6 @@ class SqlSessionBase(SessionBase):
                 "rows": rows,
                 "masked": masked,
                 "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                **({"unmaskable": unmaskable} if unmaskable else {}),
             },
         )

@@ -20,6 +20,7 @@ from broker.protocols.sql import (
     CatalogRow,
     Client,
     Key,
+    ProxyHost,
     Relation,
     Result,
     SqlUnit,
@@ -239,6 +240,15 @@ class Postgres(SqlUnit):
 
     async def open(self, target: Any) -> PostgresConnection:
         return await PostgresConnection.open(target)
+
+    native_clients = True
+
+    async def serve_native(
+        self, host: ProxyHost, reader: Any, writer: Any, *, password_sha256: str | None
+    ) -> None:
+        from broker.protocols.postgres.proxy import serve_client
+
+        await serve_client(host, reader, writer, password_sha256=password_sha256)
 
     def relations_sql(self) -> str:
         return (

@@ -1,0 +1,190 @@
+"""A native client's connection (`hoopctl proxy`): one session per connection, carried on one
+SSH channel. The target's unit speaks the database's own protocol (SqlUnit.serve_native); this
+session is its host: it judges each statement (waiting in the protocol for an approval where a
+rule says review), plans the masking of each result, and audits and records each statement as
+`hoopctl exec` does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from broker.masking_views import column_sources, prepare_column_sources
+from broker.policy.decision import Decision, combine
+from broker.policy.sql import Statement, decide_sql
+from broker.policy.sql_session import SessionState
+from broker.protocols.sql import DatabaseConnection, RowMask, StatementError
+from broker.recording import RecordingError
+from broker.sessions.sql_base import SqlSessionBase
+
+
+@dataclass
+class _Judgement:
+    allowed: bool
+    refusal: str
+    texts: tuple[str, ...]
+    statements: tuple[Statement, ...] = ()
+    decision: Decision | None = None
+    approver: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class NativeProxy(SqlSessionBase):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sql_state = SessionState()
+
+    # -- ProxyHost ---------------------------------------------------------------------
+
+    @property
+    def user(self) -> str:
+        return self._ctx.user
+
+    @property
+    def target(self) -> Any:
+        return self._target
+
+    @property
+    def masks(self) -> bool:
+        config = self._target.masking
+        return bool(config.columns or config.detectors)
+
+    def _notify(self, text: str) -> None:
+        """A line on the terminal that runs `hoopctl proxy` (the channel's stderr)."""
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self._process.stderr.write(f"hoop: {text}\n".encode())
+
+    async def _closed(self) -> bool:
+        """While a statement waits for approval: True once the client has gone."""
+        await self._process.wait_closed()
+        return True
+
+    async def judge(self, sql: str, *, unknown: str | None = None) -> _Judgement:
+        decision, parsed = await asyncio.to_thread(
+            decide_sql, self._policy, sql, self.dialect, self._sql_state
+        )
+        if unknown is not None:
+            doubt = Decision(
+                self._policy.on_unknown, None, f"cannot tell what this SQL does: {unknown}"
+            )
+            decision = combine([decision, doubt])
+        texts = tuple(s.text for s in parsed.statements) or (sql,)
+        if decision.action == "allow":
+            return _Judgement(True, "", texts, parsed.statements, decision)
+        outcome = await self._hold(
+            sql,
+            decision,
+            say=self._notify,
+            subject="query",
+            watch_cancel=self._closed,
+            wait=None,
+            in_session=True,
+        )
+        if outcome.approved:
+            return _Judgement(True, "", texts, parsed.statements, decision, outcome.approver)
+        return _Judgement(False, f"hoop: {outcome.message}", texts, parsed.statements, decision)
+
+    async def prepare(self, conn: DatabaseConnection, sql: str) -> None:
+        await prepare_column_sources(conn, self.dialect, sql, self._shared_taint())
+
+    async def plan(self, conn: DatabaseConnection, sql: str, columns: list[str]) -> RowMask:
+        sources = await column_sources(conn, self.dialect, sql, columns)
+        return self._masking().plan(sources)
+
+    async def error_fields(
+        self, conn: DatabaseConnection, sql: str, fields: dict[str, str]
+    ) -> dict[str, str]:
+        exc = StatementError(fields.get("M", ""), sqlstate=fields.get("C"))
+        shown = self._statement_error(conn, sql, exc)
+        out = dict(fields)
+        out["M"] = str(shown)
+        withheld = str(shown) != self._masked_error(exc)
+        masker = self._masking()
+        for code in ("D", "H", "W", "q", "P", "p"):  # detail, hint, context, internal query
+            if code in out:
+                if withheld:
+                    del out[code]
+                else:
+                    out[code] = masker.mask_error(out[code])
+        return out
+
+    async def done(
+        self,
+        judgement: Any,
+        index: int,
+        *,
+        rows: int,
+        masked: dict[str, int],
+        notes: Sequence[str],
+        error: str | None,
+    ) -> None:
+        statements: tuple[Statement, ...] = judgement.statements
+        statement = statements[index] if index < len(statements) else None
+        text = (
+            statement.text if statement else judgement.texts[min(index, len(judgement.texts) - 1)]
+        )
+        kind = statement.kind if statement else "UNKNOWN"
+        summary = f"{kind}: {rows} row{'s' if rows != 1 else ''}"
+        if masked:
+            summary += ", masked " + ", ".join(f"{c}={n}" for c, n in sorted(masked.items()) if n)
+        if notes:
+            summary += ", sent as NULL (cannot be masked in the client's format): " + ", ".join(
+                notes
+            )
+        if error:
+            summary += f"; {error}"
+        self._mark(f"query: {text}")
+        self._record_output(f"{text}\n-- {summary}\n".encode())
+        await self._audit_query(
+            text,
+            kind,
+            list(statement.tables) if statement else [],
+            judgement.decision or Decision("allow", None, "approved"),
+            rows=rows,
+            masked={c: n for c, n in masked.items() if n},
+            error=error,
+            started=judgement.started,
+            approver=judgement.approver,
+            unmaskable=list(notes),
+        )
+
+    # -- the session -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        unit = self.unit
+        if not unit.native_clients:
+            self._notify(f"target {self._target.name} does not take native clients yet")
+            return 2
+        started = time.time()
+        try:
+            self._open_recording(
+                width=120,
+                height=40,
+                started=started,
+                command=f"proxy {self._target.name}",
+                title=f"{self._ctx.user}@{self._target.name} proxy",
+            )
+        except RecordingError as exc:
+            self._notify(f"session refused: the recording cannot be written ({exc})")
+            return 1
+        await self._begin(kind="proxy", started=started, command=None, details={"kind": "proxy"})
+        status = 0
+        try:
+            await unit.serve_native(
+                self,
+                self._process.stdin,
+                self._process.stdout,
+                password_sha256=self._request.password_sha256,
+            )
+        except RecordingError as exc:
+            self._notify(f"the recording cannot be written; stopped ({exc})")
+            status = 1
+        finally:
+            await self._end(state="closed", status=status)
+        return status

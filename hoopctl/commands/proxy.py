@@ -1,0 +1,134 @@
+"""`hoopctl proxy`: a local port where a database's own clients (psql, drivers, DBeaver) reach
+a target through the broker."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from hoopctl.cli_common import BrokerOption, _address, _run, app, complete_target
+from hoopctl.errors import UsageError
+
+
+class ProxyOutput(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command("proxy")
+def proxy(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Database target (see hoopctl targets).", autocompletion=complete_target
+        ),
+    ],
+    port: Annotated[
+        int,
+        typer.Option("--port", "-p", help="Local port on 127.0.0.1 (default: a free one)."),
+    ] = 0,
+    no_password: Annotated[
+        bool,
+        typer.Option(
+            "--no-password",
+            help="Clients connect without the one-time password (any local user could then "
+            "use your session while the proxy runs).",
+        ),
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Recorded with each session.")
+    ] = None,
+    output: Annotated[
+        ProxyOutput,
+        typer.Option(
+            "--output",
+            "-o",
+            help="json: one line on stdout with host, port, user, password and DSN, for scripts.",
+            case_sensitive=False,
+        ),
+    ] = ProxyOutput.text,
+    broker: BrokerOption = None,
+) -> None:
+    """Listen on 127.0.0.1 for a database's own clients (psql, drivers, DBeaver) and carry each
+    connection to TARGET through the broker: every statement is judged, masked, approved where
+    a rule says so, and recorded, as with `hoopctl exec`. The target's password never leaves
+    the broker; clients give the one-time password printed here. Ctrl-C stops the proxy."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0-65535, not {port}")
+
+    import asyncio
+    import secrets
+    import signal
+    import sys
+
+    from hoopctl.credentials import CredentialStore
+    from hoopctl.proxy_listener import ProxyListener
+    from hoopctl.session import current_profile
+    from hoopctl.transport import open_connection
+
+    async def work() -> int:
+        address = _address(broker)
+        store = CredentialStore(address)
+        profile = await current_profile(store)
+        conn = await open_connection(
+            address, username=profile.user, client_keys=[(store.private_key(), profile.cert())]
+        )
+        password = None if no_password else secrets.token_urlsafe(18)
+        listener = ProxyListener(conn, target, password=password, reason=reason)
+        try:
+            server = await asyncio.start_server(listener.handle, "127.0.0.1", port)
+        except OSError as exc:
+            conn.close()
+            raise UsageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+        bound = server.sockets[0].getsockname()[1]
+        _announce(target, profile.user, bound, password, output)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        closed = asyncio.ensure_future(conn.wait_closed())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            server.close()
+            await listener.close()
+            conn.close()
+            for task in (closed, stopped):
+                task.cancel()
+        if closed.done() and not stop.is_set():
+            print("hoopctl: the broker closed the connection; the proxy stopped", file=sys.stderr)
+            return 1
+        print("hoopctl: proxy stopped", file=sys.stderr)
+        return 0
+
+    raise typer.Exit(_run(work))
+
+
+def _announce(target: str, user: str, port: int, password: str | None, output: ProxyOutput) -> None:
+    import sys
+
+    dsn = f"host=127.0.0.1 port={port} dbname={target} user={user} sslmode=disable"
+    jdbc = f"jdbc:postgresql://127.0.0.1:{port}/{target}?sslmode=disable"
+    if output == ProxyOutput.json:
+        record = {
+            "target": target,
+            "host": "127.0.0.1",
+            "port": port,
+            "user": user,
+            "password": password,
+            "dsn": dsn,
+            "jdbc": jdbc,
+        }
+        print(json.dumps(record), flush=True)
+    lines = [
+        f"hoopctl: proxy for {target} listening on 127.0.0.1:{port}; Ctrl-C stops it",
+        f'  psql "{dsn}"',
+        f"  JDBC (DBeaver): {jdbc}",
+    ]
+    if password is not None:
+        lines.append(f"  password (one-time, while this proxy runs): {password}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
