@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 # brokers and databases are set up once; the slowest tests are listed at the end.
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
-.PHONY: install system-deps idp test lint format demo bench completions clean
+.PHONY: install system-deps idp clients test lint format demo bench completions clean
 
 install: $(VENV)/.installed
 
@@ -27,7 +27,14 @@ tests/idp/node_modules/.installed: tests/idp/package.json tests/idp/package-lock
 	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install system-deps idp
+# The database drivers the native-client tests use from Node.js (pg, mysql2).
+clients: tests/node/node_modules/.installed
+
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install system-deps idp clients
 	@start=$$(date +%s); $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
 

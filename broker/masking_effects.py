@@ -193,8 +193,9 @@ def analyze(
 def _analyze_pglast(
     sql: str, catalog: Catalog | None, view_sources: ViewSources | None
 ) -> Analysis:
-    from pglast import parse_sql
     from pglast.parser import ParseError
+
+    from broker.pglast_guard import parse_sql
 
     try:
         statements = parse_sql(sql)

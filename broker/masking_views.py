@@ -347,7 +347,9 @@ def _parse(dialect: str, sql: str) -> _Parsed | None:
 
 
 def _parse_pglast(sql: str) -> _Parsed | None:
-    from pglast import ast, parse_sql
+    from pglast import ast
+
+    from broker.pglast_guard import parse_sql
 
     statements = parse_sql(sql)
     if len(statements) != 1:

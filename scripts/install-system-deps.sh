@@ -28,6 +28,14 @@ command -v zsh >/dev/null 2>&1 || missing+=(zsh)
 command -v less >/dev/null 2>&1 || missing+=(less)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Native clients through hoopctl proxy: psql/pg_dump/pgbench, the mariadb client, and the
+# JDBC drivers DBeaver uses (run with the JDK's single-file launcher).
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v pgbench >/dev/null 2>&1 || missing+=(postgresql-contrib)
+command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v java >/dev/null 2>&1 || missing+=(default-jdk-headless)
+[ -e /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+[ -e /usr/share/java/mariadb-java-client.jar ] || missing+=(libmariadb-java)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

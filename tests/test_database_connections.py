@@ -4,12 +4,10 @@ SQLite statement timeout, and TLS settings."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 import shutil
 import sqlite3
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,11 +21,13 @@ from broker.errors import ConfigError
 from broker.protocols import open_database
 from broker.protocols.base import TargetError
 from broker.protocols.sql import DatabaseConnection, StatementError
+from tests.fixtures.postgres_cluster import tls_dir, tls_files, tls_postgres
 from tests.helpers import free_port
 from tests.test_sql_exec import MY_PASSWORD, PG_PASSWORD, mariadb_db, postgres_db
 
-# Fixtures shared with test_sql_exec; each creates and drops its own database.
-__all__ = ["mariadb_db", "postgres_db"]
+# Fixtures shared with test_sql_exec (each creates and drops its own database) and with
+# test_pg_upstream (the private TLS cluster).
+__all__ = ["mariadb_db", "postgres_db", "tls_dir", "tls_files", "tls_postgres"]
 
 # A statement that keeps SQLite busy for far longer than any test waits.
 SQLITE_LONG = (
@@ -432,69 +432,6 @@ def test_sqlite_takes_statement_timeout() -> None:
     assert target.statement_timeout == 2
 
 
-def _write_certificates(directory: Path) -> dict[str, Path]:
-    """A test CA and a server certificate it signed, valid for the name localhost only."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def certificate(subject: str, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        return (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        certificate("hoop test CA", ca_key)
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hoop test CA")]))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        certificate("localhost", server_key)
-        .issuer_name(ca.subject)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = {"ca": directory / "ca.pem", "cert": directory / "server.pem"}
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    files["key"] = directory / "server.key"
-    files["key"].write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    files["key"].chmod(0o600)
-    return files
-
-
-@pytest.fixture(scope="module")
-def tls_dir() -> Iterator[Path]:
-    # Not under pytest's tmp dir: PostgreSQL runs as its own user and must reach the files.
-    directory = Path(tempfile.mkdtemp(prefix="hoop-tls-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def tls_files(tls_dir: Path) -> dict[str, Path]:
-    return _write_certificates(tls_dir)
-
-
 def _wait_for(check: Any, what: str, log: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -559,52 +496,6 @@ def tls_mariadb(tls_dir: Path, tls_files: dict[str, Path]) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(30)
-
-
-@pytest.fixture(scope="module")
-def tls_postgres(tls_dir: Path, tls_files: dict[str, Path]) -> Iterator[str]:
-    """A private PostgreSQL cluster with TLS on; trust authentication."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("the PostgreSQL server is not installed")
-    root = tls_dir / "postgres"
-    root.mkdir()
-    key = root / "server.key"
-    shutil.copy(tls_files["key"], key)
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root.
-        import pwd
-
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user")
-        for path in (root, key):
-            os.chown(path, owner.pw_uid, owner.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data, log, port = root / "data", root / "server.log", free_port()
-    subprocess.run(
-        [*run_as, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    options = (
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c ssl=on "
-        f"-c ssl_cert_file={tls_files['cert']} -c ssl_key_file={key}"
-    )
-    started = subprocess.run(
-        [*run_as, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-o", options, "start"],
-        capture_output=True,
-        text=True,
-    )
-    assert started.returncode == 0, log.read_text() if log.exists() else started.stderr
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
 
 
 def tls_target(kind: str, address: str, **settings: Any) -> DatabaseTarget:

@@ -15,8 +15,9 @@ import socket
 import struct
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -123,18 +124,180 @@ def psql(proxy: Proxy, sql: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# -- masked selects -----------------------------------------------------------------------
+# -- every client: a masked select, a denied DROP, a DELETE approved in the protocol ---------
+
+NODE = shutil.which("node")
+JAVA = shutil.which("java")
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+HERE = Path(__file__).parent
 
 
-def test_psql_select_is_masked(proxy: Proxy, accounts_db: AccountsDb) -> None:
-    restore(accounts_db)
-    result = psql(proxy, "SELECT id, email FROM accounts ORDER BY id")
+@dataclass
+class Outcome:
+    rows: list[list[str | None]] | None = None
+    error: str | None = None
+    sqlstate: str | None = None
+
+
+def _psql(proxy: Proxy, sql: str) -> Outcome:
+    assert PSQL, "psql is not installed"
+    result = subprocess.run(
+        [PSQL, proxy.dsn(), "-X", "-A", "-t", "-F", "|", "-v", "VERBOSITY=verbose", "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode:
+        found = re.search(r"ERROR:\s+([0-9A-Z]{5}):", result.stderr)
+        return Outcome(error=result.stderr, sqlstate=found.group(1) if found else None)
+    return Outcome(rows=[line.split("|") for line in result.stdout.splitlines() if line])
+
+
+def _psycopg(binary: bool) -> Callable[[Proxy, str], Outcome]:
+    def run(proxy: Proxy, sql: str) -> Outcome:
+        try:
+            with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+                cur = conn.execute(sql, binary=binary)
+                if cur.description is None:
+                    return Outcome(rows=[])
+                return Outcome(rows=[[_str(v) for v in row] for row in cur.fetchall()])
+        except psycopg.Error as exc:
+            return Outcome(error=str(exc), sqlstate=exc.sqlstate)
+
+    return run
+
+
+def _asyncpg(proxy: Proxy, sql: str) -> Outcome:
+    async def work() -> Outcome:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=proxy.port, user=proxy.user, password=proxy.password,
+            database="pgx", ssl=False,
+        )  # fmt: skip
+        try:
+            statement = await conn.prepare(sql)
+            rows = await statement.fetch()
+            return Outcome(rows=[[_str(v) for v in row] for row in rows])
+        except asyncpg.PostgresError as exc:
+            return Outcome(error=str(exc), sqlstate=exc.sqlstate)
+        finally:
+            await conn.close()
+
+    return asyncio.run(work())
+
+
+def _sqlalchemy(proxy: Proxy, sql: str) -> Outcome:
+    import sqlalchemy
+
+    url = sqlalchemy.URL.create(
+        "postgresql+psycopg", username=proxy.user, password=proxy.password,
+        host="127.0.0.1", port=proxy.port, database="pgx", query={"sslmode": "disable"},
+    )  # fmt: skip
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sqlalchemy.text(sql))
+            if not result.returns_rows:
+                return Outcome(rows=[])
+            return Outcome(rows=[[_str(v) for v in row] for row in result])
+    except sqlalchemy.exc.DBAPIError as exc:
+        orig = exc.orig
+        return Outcome(error=str(exc), sqlstate=getattr(orig, "sqlstate", None))
+    finally:
+        engine.dispose()
+
+
+def _node_pg(proxy: Proxy, sql: str) -> Outcome:
+    assert NODE, "node is not installed"
+    result = subprocess.run(
+        [NODE, str(HERE / "node" / "pg_client.js"), "127.0.0.1", str(proxy.port), proxy.user,
+         proxy.password, "pgx", sql],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    if "error" in answer:
+        return Outcome(error=answer["error"], sqlstate=answer["code"])
+    return Outcome(rows=answer["rows"])
+
+
+def _jdbc(proxy: Proxy, sql: str) -> Outcome:
+    assert JAVA and JDBC_JAR.exists(), "java or the PostgreSQL JDBC driver is not installed"
+    url = f"jdbc:postgresql://127.0.0.1:{proxy.port}/pgx?sslmode=disable"
+    result = subprocess.run(
+        [JAVA, "-cp", str(JDBC_JAR), str(HERE / "java" / "JdbcClient.java"), url, proxy.user,
+         proxy.password, sql],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    for line in lines:
+        if line.startswith("ERROR "):
+            _, state, message = [*line.split(" ", 2), ""][:3]
+            return Outcome(error=message, sqlstate=state)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.split()
-    assert [line.split("|")[0] for line in lines] == ["1", "2"]
+    return Outcome(rows=[line.split("\t")[1:] for line in lines if line.startswith("ROW")])
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+CLIENTS: dict[str, Callable[[Proxy, str], Outcome]] = {
+    "psql": _psql,
+    "psycopg-text": _psycopg(False),
+    "psycopg-binary": _psycopg(True),
+    "asyncpg": _asyncpg,
+    "sqlalchemy": _sqlalchemy,
+    "node-pg": _node_pg,
+    "jdbc": _jdbc,
+}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_each_client_gets_masked_rows(proxy: Proxy, accounts_db: AccountsDb, client: str) -> None:
+    restore(accounts_db)
+    outcome = CLIENTS[client](proxy, "SELECT id, email FROM accounts ORDER BY id")
+    assert outcome.error is None, outcome.error
+    assert outcome.rows is not None
+    assert [row[0] for row in outcome.rows] == ["1", "2"]
+    shown = json.dumps(outcome.rows)
     for email in EMAILS:
-        assert email not in result.stdout
-    assert all(line.split("|")[1] for line in lines)  # masked, not empty
+        assert email not in shown
+    assert all(row[1] for row in outcome.rows)  # masked, not dropped
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_each_client_is_denied_a_drop_and_the_table_survives(
+    proxy: Proxy, accounts_db: AccountsDb, client: str
+) -> None:
+    restore(accounts_db)
+    outcome = CLIENTS[client](proxy, "DROP TABLE accounts")
+    assert outcome.rows is None
+    assert outcome.sqlstate == "42501", outcome
+    assert "no-drop" in (outcome.error or "")
+    assert accounts_db.count() == 2
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_each_clients_delete_waits_for_approval_and_runs_once(
+    proxy: Proxy, world: World, accounts_db: AccountsDb, client: str
+) -> None:
+    restore(accounts_db)
+    sql = f"DELETE FROM accounts /* {client} */"
+    outcome: list[Outcome] = []
+    runner = threading.Thread(target=lambda: outcome.append(CLIENTS[client](proxy, sql)))
+    runner.start()
+    request_id = proxy.request_id(timeout=120)
+    assert accounts_db.count() == 2  # nothing ran while it waits
+    approved = world.bob.user.run("approve", request_id, "--comment", "checked")
+    assert approved.returncode == 0, approved.stderr
+    runner.join(120)
+    assert not runner.is_alive()
+    assert outcome and outcome[0].error is None, outcome
+    assert accounts_db.count() == 0
+    ran = [e for e in world.broker.audit_events("query") if e["details"]["query"] == sql]
+    assert len(ran) == 1 and ran[0]["details"]["approver"] == "bob"
+
+
+# -- masked selects -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
@@ -185,14 +348,6 @@ def test_asyncpg_prepared_binary_select_is_masked(proxy: Proxy, accounts_db: Acc
 # -- denied -----------------------------------------------------------------------------------
 
 
-def test_psql_drop_is_denied_and_the_table_survives(proxy: Proxy, accounts_db: AccountsDb) -> None:
-    restore(accounts_db)
-    result = psql(proxy, "DROP TABLE accounts")
-    assert result.returncode != 0
-    assert "denied by rule no-drop" in result.stderr
-    assert accounts_db.count() == 2
-
-
 def test_psycopg_drop_is_denied_with_sqlstate_42501(proxy: Proxy, accounts_db: AccountsDb) -> None:
     restore(accounts_db)
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
@@ -203,58 +358,7 @@ def test_psycopg_drop_is_denied_with_sqlstate_42501(proxy: Proxy, accounts_db: A
     assert accounts_db.count() == 2
 
 
-def test_asyncpg_drop_in_a_prepared_statement_is_denied(
-    proxy: Proxy, accounts_db: AccountsDb
-) -> None:
-    restore(accounts_db)
-
-    async def work() -> None:
-        conn = await asyncpg.connect(
-            host="127.0.0.1", port=proxy.port, user=proxy.user, password=proxy.password,
-            database="pgx", ssl=False,
-        )  # fmt: skip
-        try:
-            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
-                await conn.execute("DROP TABLE accounts")
-        finally:
-            await conn.close()
-
-    asyncio.run(work())
-    assert accounts_db.count() == 2
-
-
 # -- approval inside the protocol ----------------------------------------------------------
-
-
-def test_psycopg_delete_waits_for_approval_then_runs_once(
-    proxy: Proxy, world: World, accounts_db: AccountsDb
-) -> None:
-    restore(accounts_db)
-    outcome: dict[str, Any] = {}
-
-    def delete() -> None:
-        try:
-            with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-                outcome["rowcount"] = conn.execute("DELETE FROM accounts").rowcount
-        except Exception as exc:  # reported below
-            outcome["error"] = exc
-
-    client = threading.Thread(target=delete)
-    client.start()
-    request_id = proxy.request_id()
-    assert accounts_db.count() == 2  # nothing ran while it waits
-    approved = world.bob.user.run("approve", request_id, "--comment", "checked")
-    assert approved.returncode == 0, approved.stderr
-    client.join(60)
-    assert not client.is_alive()
-    assert outcome.get("rowcount") == 2, outcome
-    assert accounts_db.count() == 0
-    queries = [
-        e
-        for e in world.broker.audit_events("query")
-        if e["details"]["query"] == "DELETE FROM accounts" and e["details"]["approver"] == "bob"
-    ]
-    assert len(queries) == 1 and queries[0]["actor"] == "alice"
 
 
 def test_a_client_that_leaves_while_waiting_cancels_the_request(
@@ -312,3 +416,137 @@ def test_a_startup_packet_over_10_kb_is_refused(proxy: Proxy) -> None:
     assert answer.startswith(b"E")
     assert re.search(rb"startup packet of \d+ bytes", answer)
     assert psql(proxy, "SELECT 2").stdout.strip() == "2"
+
+
+# -- COPY, cancel, notices, transactions, errors --------------------------------------------
+
+PG_DUMP = shutil.which("pg_dump")
+
+
+def test_pg_dump_output_is_masked(proxy: Proxy, accounts_db: AccountsDb) -> None:
+    restore(accounts_db)
+    assert PG_DUMP, "pg_dump is not installed"
+    result = subprocess.run(
+        [PG_DUMP, proxy.dsn(), "--table", "accounts", "--data-only", "--no-owner"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "COPY public.accounts (id, email) FROM stdin;" in result.stdout
+    data = result.stdout.split("FROM stdin;\n", 1)[1].split("\n\\.", 1)[0].splitlines()
+    assert [line.split("\t")[0] for line in data] == ["1", "2"]
+    for email in EMAILS:
+        assert email not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "copy",
+    [
+        "COPY accounts TO STDOUT",
+        "COPY accounts (id, email) TO STDOUT",
+        "COPY (SELECT id, email FROM accounts ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
+    ],
+    ids=["text", "text-columns", "csv-header"],
+)
+def test_copy_to_stdout_is_masked(proxy: Proxy, accounts_db: AccountsDb, copy: str) -> None:
+    restore(accounts_db)
+    result = psql(proxy, copy)
+    assert result.returncode == 0, result.stderr
+    for email in EMAILS:
+        assert email not in result.stdout
+    lines = result.stdout.splitlines()
+    if "HEADER" in copy:
+        assert lines[0] == "id,email"
+        lines = lines[1:]
+    assert sorted(line.split("\t" if "csv" not in copy else ",")[0] for line in lines) == ["1", "2"]
+
+
+def test_copy_in_binary_format_is_refused_where_results_are_masked(proxy: Proxy) -> None:
+    result = psql(proxy, "COPY accounts TO STDOUT WITH (FORMAT binary)")
+    assert result.returncode != 0
+    assert "binary format cannot be masked" in result.stderr
+
+
+def test_copy_from_stdin_writes_rows(proxy: Proxy, accounts_db: AccountsDb) -> None:
+    restore(accounts_db)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with conn.cursor().copy("COPY accounts (id, email) FROM STDIN") as copy:
+            copy.write_row((7, "seven@example.com"))
+            copy.write_row((8, "eight@example.com"))
+    assert accounts_db.count() == 4 and accounts_db.has(7) and accounts_db.has(8)
+
+
+def test_cancel_stops_the_statement_on_the_target(proxy: Proxy) -> None:
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        timer = threading.Timer(1.0, conn.cancel)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(60)")
+        timer.join()
+        # The same connection goes on.
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+
+
+def test_notices_transactions_and_error_fields_pass(proxy: Proxy, accounts_db: AccountsDb) -> None:
+    restore(accounts_db)
+    notices: list[str] = []
+    with psycopg.connect(proxy.dsn()) as conn:
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        conn.execute("CREATE TABLE IF NOT EXISTS accounts (id int)")
+        assert any("already exists" in text for text in notices)
+        conn.execute("UPDATE accounts SET id = id + 100 WHERE id = 1")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.rollback()
+        with pytest.raises(psycopg.errors.DivisionByZero) as caught:
+            conn.execute("SELECT 1 / 0")
+        assert caught.value.sqlstate == "22012"
+        conn.rollback()
+    assert accounts_db.has(1) and not accounts_db.has(101)
+
+
+def test_an_error_that_would_echo_a_masked_value_does_not(
+    proxy: Proxy, accounts_db: AccountsDb
+) -> None:
+    restore(accounts_db)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation) as caught:
+            conn.execute("SELECT email::int FROM accounts WHERE id = 1")
+    text = str(caught.value) + str(caught.value.diag.message_detail)
+    assert EMAILS[0] not in text and "ann" not in text
+
+
+def test_a_parse_with_65535_parameters_runs_whole(proxy: Proxy, accounts_db: AccountsDb) -> None:
+    restore(accounts_db)
+    count = 65535
+    sql = "SELECT count(*) FROM accounts WHERE id IN (" + ", ".join(["%s"] * count) + ")"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert conn.execute(sql, list(range(1, count + 1))).fetchone() == (2,)
+
+
+def test_an_operator_chain_too_deep_to_parse_is_refused_and_the_broker_lives(
+    proxy: Proxy,
+) -> None:
+    # 30,000 `+` crash pglast (a segmentation fault) in any process that parses them.
+    result = psql(proxy, "SELECT " + " + ".join(["1"] * 30_000))
+    assert result.returncode != 0
+    assert "too complex to inspect" in result.stderr
+    assert psql(proxy, "SELECT 3").stdout.strip() == "3"
+
+
+def test_a_second_client_is_served_while_the_first_waits(
+    proxy: Proxy, world: World, accounts_db: AccountsDb
+) -> None:
+    restore(accounts_db)
+    outcome: list[Outcome] = []
+    sql = "DELETE FROM accounts /* waiting */"
+    first = threading.Thread(target=lambda: outcome.append(_psql(proxy, sql)))
+    first.start()
+    request_id = proxy.request_id()
+    second = _psycopg(False)(proxy, "SELECT count(*) FROM accounts")
+    assert second.rows == [["2"]]
+    denied = world.bob.user.run("approve", "--deny", request_id, "--comment", "not now")
+    assert denied.returncode == 0, denied.stderr
+    first.join(60)
+    assert outcome and outcome[0].sqlstate == "42501"
+    assert accounts_db.count() == 2

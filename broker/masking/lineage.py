@@ -489,6 +489,8 @@ PURE_FUNCTIONS = frozenset(
     ts_rank_cd typeof ucase unhex unicode unistr unixepoch unnest upper uuid uuid_generate_v4
     var_pop var_samp variance version week weekday width_bucket xmlagg xmlconcat
     xmlelement xmlforest year
+    current_catalog current_database current_role current_schema current_schemas current_user
+    pg_backend_pid pg_is_in_recovery session_user
     """.split()
 )
 

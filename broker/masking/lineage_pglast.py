@@ -52,8 +52,9 @@ def column_sources_pglast(
     """
     names = list(result_columns)
     try:
-        from pglast import parse_sql
         from pglast.parser import ParseError
+
+        from broker.pglast_guard import parse_sql
     except ImportError:  # pragma: no cover - pglast is a dependency
         return _all_opaque(names)
     try:

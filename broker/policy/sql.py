@@ -38,6 +38,8 @@ from sqlglot.errors import ErrorLevel
 from sqlglot.tokens import TokenType
 
 from broker.config import Policy, Rule
+from broker.pglast_guard import TooComplex
+from broker.pglast_guard import parse_sql as guarded_parse
 from broker.policy.decision import Decision, combine, stronger
 from broker.policy.sql_predicates import GlotPredicate, PgPredicate, Verdict
 from broker.policy.sql_session import SessionState, effects_of_words, pg_state_problem
@@ -333,7 +335,8 @@ class _Names:
 
     def after(self, statement: Statement) -> None:
         kinds = [statement.kind, *(s.kind for s in statement.inner)]
-        if self.unit.names_move_after_unknown and statement.unknown is not None:
+        moved = statement.unknown is not None or "session" in statement.effects
+        if self.unit.names_move_after_unknown and moved:
             self.unsure = True
         if any(k.startswith(self.unit.name_moving_kinds) for k in kinds):
             self.unsure = True
@@ -754,6 +757,48 @@ def _pg_function_problem(name: str) -> str | None:
     return None
 
 
+# Settings set_config() may change without the statement being unknown: search_path moves
+# where unqualified names are found (as SET search_path does: names are unsure after it), and
+# restrict_nonsystem_relation_kind only forbids (pg_dump sets both first).
+_SAFE_SETTINGS = frozenset({"search_path", "restrict_nonsystem_relation_kind"})
+
+
+def _pg_sets_safe_setting(node: ast.FuncCall, names: tuple[str, ...], named: str | None) -> bool:
+    """set_config('<a safe setting>', …, …), its name written out, or given as the `name`
+    column of pg_settings filtered to that one setting (NAMED). Any other setting, or one
+    named at run time, stays unknown."""
+    if [n.lower() for n in names] not in (["set_config"], ["pg_catalog", "set_config"]):
+        return False
+    args = node.args or ()
+    if len(args) != 3:
+        return False
+    first = args[0]
+    if isinstance(first, ast.A_Const) and isinstance(first.val, ast.String):
+        return first.val.sval.lower() in _SAFE_SETTINGS
+    column = _pg_strings(first.fields) if isinstance(first, ast.ColumnRef) else ()
+    return column == ("name",) and named is not None and named.lower() in _SAFE_SETTINGS
+
+
+def _pg_settings_filter(node: ast.Node) -> str | None:
+    """For `… FROM pg_settings WHERE name = '<x>'` (one relation, that one filter): x."""
+    if not isinstance(node, ast.SelectStmt) or len(node.fromClause or ()) != 1:
+        return None
+    (source,) = node.fromClause
+    if not isinstance(source, ast.RangeVar) or source.relname != "pg_settings":
+        return None
+    if source.schemaname not in (None, "pg_catalog") or source.catalogname:
+        return None
+    where = node.whereClause
+    if not isinstance(where, ast.A_Expr) or _pg_strings(where.name or ()) != ("=",):
+        return None
+    left, right = where.lexpr, where.rexpr
+    if not isinstance(left, ast.ColumnRef) or _pg_strings(left.fields) != ("name",):
+        return None
+    if isinstance(right, ast.A_Const) and isinstance(right.val, ast.String):
+        return str(right.val.sval)
+    return None
+
+
 def _pg_false(arg: Any) -> bool:
     """True for an EXPLAIN option value that turns the option off (false, off, 0)."""
     if isinstance(arg, ast.String):
@@ -894,6 +939,8 @@ class _PgWalk:
         self.tables: list[tuple[str, ...]] = []
         self.problems: list[str] = []
         self.nested: list[tuple[ast.Node, frozenset[str]]] = []
+        self.settings = False  # sets a setting that only moves names or restricts
+        self.named_setting: str | None = None  # FROM pg_settings WHERE name = '…'
 
     def visit(self, node: ast.Node, scope: frozenset[str], collect: bool, root: bool) -> None:
         if not root and collect and isinstance(node, _PG_DML):
@@ -907,9 +954,12 @@ class _PgWalk:
             self.problems.append(problem)
         if isinstance(node, ast.FuncCall):
             names = _pg_strings(node.funcname)
-            problem = _pg_function_problem(names[-1]) if names else None
-            if problem is not None:
-                self.problems.append(problem)
+            if _pg_sets_safe_setting(node, names, self.named_setting):
+                self.settings = True
+            else:
+                problem = _pg_function_problem(names[-1]) if names else None
+                if problem is not None:
+                    self.problems.append(problem)
         if isinstance(node, ast.DropStmt):
             self._dropped(node)
         skip: tuple[str, ...] = ()
@@ -962,6 +1012,7 @@ def _pg_statement(node: ast.Node, text: str, scope: frozenset[str] = frozenset()
         walk.visit(node, scope, collect=False, root=True)
         inner_nodes += [(element, scope) for element in _pg_nodes(node.schemaElts)]
     else:
+        walk.named_setting = _pg_settings_filter(node)
         walk.visit(node, scope, collect=True, root=True)
         inner_nodes += walk.nested
     kind = _pg_kind(node)
@@ -983,6 +1034,8 @@ def _pg_statement(node: ast.Node, text: str, scope: frozenset[str] = frozenset()
     effects = _pg_effects(node, program, bool(walk.problems))
     for part in inner:
         effects |= part.effects
+    if walk.settings:
+        effects.add("session")
     return Statement(
         kind=kind,
         tables=_dedupe(walk.tables),
@@ -1049,9 +1102,11 @@ def _pg_slice(text: str, raw: ast.RawStmt, offset: int = 0) -> str:
 def _parse_pglast(text: str) -> ParsedSql:
     ambiguous = _pg_ambiguous_strings(text)
     try:
-        raws = pglast.parse_sql(text)
+        raws = guarded_parse(text)
     except pglast.parser.ParseError as exc:
         return _pg_fallback(text, f"cannot parse: {exc.args[0] if exc.args else exc}")
+    except TooComplex as exc:
+        return ParsedSql((), str(exc))
     statements = tuple(_pg_statement(raw.stmt, _pg_slice(text, raw)) for raw in raws)
     return ParsedSql(statements, ambiguous)
 
@@ -1085,8 +1140,8 @@ def _pg_fallback(text: str, problem: str) -> ParsedSql:
     for start, end in chunks:
         chunk = text[start:end]
         try:
-            raws = pglast.parse_sql(chunk)
-        except pglast.parser.ParseError as exc:
+            raws = guarded_parse(chunk)
+        except (pglast.parser.ParseError, TooComplex) as exc:
             reason = f"cannot parse: {exc.args[0] if exc.args else exc}"
             code = blanked[start:end]
             effects = effects_of_words(code)

@@ -252,7 +252,8 @@ class SqlUnit(Unit):
     default_schemas: ClassVar[tuple[str, ...]] = ()  # searched for an unqualified name
     catalog_schema_prefix: ClassVar[tuple[str, str] | None] = None  # ("pg_", "pg_catalog")
     current_schema_known: ClassVar[bool] = True  # False: the current database is not known
-    names_move_after_unknown: ClassVar[bool] = False  # an unknown statement may move them
+    # An unknown statement, or one that changes session settings, may move them.
+    names_move_after_unknown: ClassVar[bool] = False
     name_moving_kinds: ClassVar[tuple[str, ...]] = ()  # statement kinds that move them
 
     # What statements may do.

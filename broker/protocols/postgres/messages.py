@@ -117,6 +117,11 @@ class Cursor:
         self.at += 2
         return value
 
+    def uint16(self) -> int:
+        value: int = struct.unpack_from("!H", self.body, self.at)[0]
+        self.at += 2
+        return value
+
     def uint32(self) -> int:
         value: int = struct.unpack_from("!I", self.body, self.at)[0]
         self.at += 4
@@ -188,10 +193,7 @@ def parse_parse(body: bytes) -> tuple[str, str, tuple[int, ...]]:
     """Parse: (statement name, SQL text, parameter type OIDs)."""
     read = Cursor(body)
     name, text = read.cstring(), read.cstring()
-    count = read.int16()
-    if count < 0:
-        raise ProtocolError("a Parse with a negative parameter count")
-    oids = tuple(read.uint32() for _ in range(count))
+    oids = tuple(read.uint32() for _ in range(read.uint16()))
     _checked(read, "a Parse")
     return name, text, oids
 
@@ -199,12 +201,12 @@ def parse_parse(body: bytes) -> tuple[str, str, tuple[int, ...]]:
 def parse_bind(body: bytes) -> Bind:
     read = Cursor(body)
     portal, statement = read.cstring(), read.cstring()
-    formats = tuple(read.int16() for _ in range(read.int16()))
+    formats = tuple(read.int16() for _ in range(read.uint16()))
     values: list[bytes | None] = []
-    for _ in range(read.int16()):
+    for _ in range(read.uint16()):
         length = read.int32()
         values.append(None if length == -1 else read.take(length))
-    results = tuple(read.int16() for _ in range(read.int16()))
+    results = tuple(read.int16() for _ in range(read.uint16()))
     _checked(read, "a Bind")
     if any(f not in (0, 1) for f in (*formats, *results)):
         raise ProtocolError("a Bind with a format that is neither text nor binary")

@@ -21,11 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.pglast_guard import parse_sql
 from broker.protocols.base import TargetError
 from broker.protocols.postgres import messages as m
 from broker.protocols.postgres import values as v
+from broker.protocols.postgres.copy_out import CopyNotMasked, CopyOut, copy_out
 from broker.protocols.postgres.upstream import Upstream
-from broker.protocols.sql import Judgement, ProxyHost, RowMask
+from broker.protocols.sql import Judgement, ProxyHost, RowMask, StatementError
 
 MASK_BATCH = 500
 REFUSED = "42501"  # insufficient_privilege: how a refusal is reported
@@ -73,6 +75,8 @@ class _Run:
     rows: int = 0
     notes: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
+    copy: CopyOut | None = None  # a COPY TO STDOUT whose rows are masked
+    copy_header: bool = False  # its CSV header line is still to come
 
 
 def bind_parameters(sql: str, oids: tuple[int, ...], bind: m.Bind) -> tuple[str, str | None]:
@@ -81,21 +85,15 @@ def bind_parameters(sql: str, oids: tuple[int, ...], bind: m.Bind) -> tuple[str,
     if not bind.values:
         return sql, None
     try:
-        import pglast
-
-        trees = pglast.parse_sql(sql)
+        trees = parse_sql(sql)
     except Exception:
-        return sql, None  # unparsable: judged unknown anyway
+        return sql, None  # unparsable or too complex: judged unknown anyway
     refs = sorted(
-        {
-            (n.location, n.number)
-            for t in trees
-            for n in _nodes(t)
-            if type(n).__name__ == "ParamRef"
-        },
-        reverse=True,
+        {(n.location, n.number) for t in trees for n in _nodes(t) if type(n).__name__ == "ParamRef"}
     )
-    out = sql.encode()
+    text = sql.encode()  # locations count bytes
+    pieces: list[bytes] = []
+    at = 0
     for location, number in refs:
         if location is None or not 1 <= number <= len(bind.values):
             return sql, f"parameter ${number} has no value"
@@ -106,10 +104,12 @@ def bind_parameters(sql: str, oids: tuple[int, ...], bind: m.Bind) -> tuple[str,
         except v.Unreadable as exc:
             return sql, f"parameter ${number} cannot be read ({exc})"
         token = f"${number}".encode()
-        if out[location : location + len(token)] != token:
+        if location < at or text[location : location + len(token)] != token:
             return sql, "a parameter is not where the parser says"
-        out = out[:location] + v.literal(value).encode() + out[location + len(token) :]
-    return out.decode(), None
+        pieces += [text[at:location], v.literal(value).encode()]
+        at = location + len(token)
+    pieces.append(text[at:])
+    return b"".join(pieces).decode(), None
 
 
 def _nodes(node: Any) -> Iterator[Any]:
@@ -128,9 +128,7 @@ def _nodes(node: Any) -> Iterator[Any]:
 def copies_out(sql: str) -> bool:
     """Whether SQL holds a COPY … TO STDOUT (its rows are not masked through the proxy yet)."""
     try:
-        import pglast
-
-        trees = pglast.parse_sql(sql)
+        trees = parse_sql(sql)
     except Exception:
         return "copy" in sql.lower()
     return any(type(n).__name__ == "CopyStmt" and not n.is_from for t in trees for n in _nodes(t))
@@ -279,10 +277,14 @@ class _Connection:
     # -- simple query ------------------------------------------------------------------
 
     async def simple(self, sql: str) -> None:
-        if self.host.masks and copies_out(sql):
-            self.refuse(_COPY_OUT, NOT_MASKED_YET, synced=True)
-            await self.flush()
-            return
+        copy = None
+        if self.host.masks:
+            try:
+                copy = copy_out(sql)
+            except CopyNotMasked as exc:
+                self.refuse(f"hoop: {exc}; nothing was run", NOT_MASKED_YET, synced=True)
+                await self.flush()
+                return
         judgement = await self.host.judge(sql)
         if not judgement.allowed:
             self.refuse(judgement.refusal, REFUSED, synced=True)
@@ -290,10 +292,20 @@ class _Connection:
             return
         for text in judgement.texts:
             await self.prepare(text)
+        runs = [_Run(text, judgement, i) for i, text in enumerate(judgement.texts)]
+        if copy is not None:
+            described = await self.copy_mask(copy)
+            if described is None:
+                self.refuse(_COPY_OUT, NOT_MASKED_YET, synced=True)
+                await self.flush()
+                return
+            run = runs[0]
+            run.mask, names = described
+            run.copy, run.copy_header = copy, copy.header
+            run.columns = [m.Column(name) for name in names]
         up = self.upstream()
         up.send(m.query(sql))
         await up.drain()
-        runs = [_Run(text, judgement, i) for i, text in enumerate(judgement.texts)]
         try:
             for i in range(1 << 30):
                 # More results than statements split: the rest is the whole text (opaque).
@@ -328,9 +340,12 @@ class _Connection:
             elif kind == b"G":
                 self.pass_on(message)
                 await self.copy_in()
-            elif kind == b"H" and self.host.masks:
-                raise EOFError  # refused before it ran (copies_out); never pass rows unmasked
+            elif kind == b"H" and self.host.masks and run.copy is None:
+                raise EOFError  # refused before it ran (copy_out); never pass rows unmasked
+            elif kind == b"d" and run.copy is not None:
+                self.copy_row(run, message, pending)
             else:
+                self.send_rows(run, pending)
                 self.pass_on(message)
 
     # -- extended query ----------------------------------------------------------------
@@ -378,7 +393,7 @@ class _Connection:
             if what != "execute" or portal is None or portal.judgement is not None:
                 continue
             if self.host.masks and copies_out(portal.sql):
-                self.refuse(_COPY_OUT, NOT_MASKED_YET, synced=synced)
+                self.refuse(_COPY_EXTENDED, NOT_MASKED_YET, synced=synced)
                 await self.flush()
                 return
             judgement = await self.host.judge(portal.sql, unknown=portal.problem)
@@ -476,6 +491,49 @@ class _Connection:
 
     # -- answers -----------------------------------------------------------------------
 
+    async def copy_mask(self, copy: CopyOut) -> tuple[RowMask, list[str]] | None:
+        """How the rows of COPY are masked: its query's columns, asked of the target (which is
+        at a Sync: nothing of the client's is in flight); None when they cannot be known."""
+        if not self.at_sync:
+            return None
+        await self.prepare(copy.select)
+        try:
+            result = await self.upstream().execute(
+                f"SELECT * FROM ({copy.select}) AS hoop_copy LIMIT 0"  # noqa: S608 (judged)
+            )
+            async for _ in result.rows:
+                pass
+        except StatementError:
+            return None
+        return await self.plan(copy.select, result.columns), result.columns
+
+    def copy_row(self, run: _Run, message: m.Message, pending: list[list[bytes | None]]) -> None:
+        """One CopyData row of a masked COPY TO STDOUT (a CSV header passes as it is)."""
+        assert run.copy is not None
+        if run.copy_header:
+            run.copy_header = False
+            self.pass_on(message)
+            return
+        pending.append([message.body])
+        if len(pending) >= MASK_BATCH:
+            self.send_copy_rows(run, pending)
+
+    def send_copy_rows(self, run: _Run, pending: list[list[bytes | None]]) -> None:
+        copy, mask = run.copy, run.mask
+        assert copy is not None and mask is not None
+        rows: list[list[object]] = []
+        for (data,) in pending:
+            assert data is not None
+            rows.append(list(copy.read_row(data) or []))
+        run.rows += len(rows)
+        width = len(run.columns or ())
+        if any(len(row) != width for row in rows):
+            # Not the shape the COPY's query was described with: nothing of it is shown.
+            raise m.ProtocolError("a COPY row does not have the columns of its query")
+        for row in mask.apply_batch(rows):
+            self.send(m.frame(b"d", copy.write_row(list(row))))
+        pending.clear()
+
     async def plan(self, sql: str, columns: list[str]) -> RowMask:
         return await self.host.plan(self.upstream(), sql, columns)
 
@@ -559,6 +617,9 @@ class _Connection:
         """Mask a batch of rows, send them, and empty the batch."""
         if not rows:
             return
+        if run.copy is not None:
+            self.send_copy_rows(run, rows)
+            return
         run.rows += len(rows)
         columns = run.columns or []
         width = len(rows[0])
@@ -639,9 +700,13 @@ class _Connection:
                 return
 
 
+_COPY_EXTENDED = (
+    "hoop: COPY … TO STDOUT is masked only as a simple query (psql, pg_dump), and this "
+    "target masks results: nothing was run"
+)
 _COPY_OUT = (
-    "hoop: COPY … TO STDOUT is not masked through the proxy yet, and this target masks "
-    "results: nothing was run (use SELECT)"
+    "hoop: the columns of this COPY … TO STDOUT could not be read, and this target masks "
+    "results: nothing was run"
 )
 
 

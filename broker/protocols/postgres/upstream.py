@@ -340,7 +340,7 @@ _NAME_MISMATCH = (62, 63, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_, _IP_ADDR
 
 
 def _connect_error(target: PostgresTarget, exc: Exception) -> str:
-    """The message PostgresConnection gives for the same failure (psycopg's _connect_error)."""
+    """The message PostgresConnection gives for the same failure (its _connect_error)."""
     if isinstance(exc, _Refused):
         code, text = exc.fields.get("C", ""), exc.fields.get("M", "")
         if code == "3D000" or (code == "28000" and "does not exist" in text):
