@@ -123,11 +123,16 @@ class ApiClient:
         await self.close()
 
     async def close(self) -> None:
+        self.close_channel()
+        self._conn.close()
+        await self._conn.wait_closed()
+
+    def close_channel(self) -> None:
+        """End the hoop-api channel and keep the connection (for what else runs on it)."""
         if self._process is not None:
             self._process.stdin.write_eof()
             self._process.close()
-        self._conn.close()
-        await self._conn.wait_closed()
+            self._process = None
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         try:

@@ -550,3 +550,14 @@ def test_a_second_client_is_served_while_the_first_waits(
     first.join(60)
     assert outcome and outcome[0].sqlstate == "42501"
     assert accounts_db.count() == 2
+
+
+def test_proxy_refuses_a_target_that_takes_no_native_client(world: World) -> None:
+    result = world.alice.user.run("proxy", "shell")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "hoopctl: target shell is a local target: proxy serves database targets "
+        "(postgres, mysql); for ssh targets see hoopctl ssh-config"
+    ]
+    unknown = world.alice.user.run("proxy", "nope")
+    assert unknown.returncode == 2 and "no target 'nope' is open to you" in unknown.stderr

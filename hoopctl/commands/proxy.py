@@ -76,6 +76,11 @@ def proxy(
         conn = await open_connection(
             address, username=profile.user, client_keys=[(store.private_key(), profile.cert())]
         )
+        try:
+            kind = await _target_type(conn, target)
+        except BaseException:
+            conn.close()
+            raise
         password = None if no_password else secrets.token_urlsafe(18)
         listener = ProxyListener(conn, target, password=password, reason=reason)
         try:
@@ -84,7 +89,7 @@ def proxy(
             conn.close()
             raise UsageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
         bound = server.sockets[0].getsockname()[1]
-        _announce(target, profile.user, bound, password, output)
+        _announce(target, kind, profile.user, bound, password, output)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -108,14 +113,57 @@ def proxy(
     raise typer.Exit(_run(work))
 
 
-def _announce(target: str, user: str, port: int, password: str | None, output: ProxyOutput) -> None:
-    import sys
+# The database targets that take their own clients, and what to paste to reach them.
+NATIVE_TYPES = ("postgres", "mysql")
 
+
+async def _target_type(conn: object, target: str) -> str:
+    """TARGET's type as the broker lists it; a one-line error when it takes no native client
+    (the broker refuses those too: this only says so before anything listens)."""
+    from hoopctl.transport import ApiClient
+
+    api = ApiClient(conn)  # type: ignore[arg-type]
+    try:
+        rows = await api.call("targets.list")
+    finally:
+        api.close_channel()
+    kinds = {row.get("name"): row.get("type") for row in rows}
+    if target not in kinds:
+        raise UsageError(f"no target {target!r} is open to you (see hoopctl targets)")
+    kind = str(kinds[target])
+    if kind not in NATIVE_TYPES:
+        raise UsageError(
+            f"target {target} is a {kind} target: proxy serves database targets "
+            f"({', '.join(NATIVE_TYPES)}); for ssh targets see hoopctl ssh-config"
+        )
+    return kind
+
+
+def _client_lines(kind: str, target: str, user: str, port: int) -> tuple[str, str, list[str]]:
+    """(a DSN or URL, the JDBC URL, the lines to paste) for a KIND target."""
+    if kind == "mysql":
+        url = f"mysql://{user}@127.0.0.1:{port}/{target}"
+        jdbc = f"jdbc:mariadb://127.0.0.1:{port}/{target}"
+        command = (
+            f"mariadb --host=127.0.0.1 --port={port} --user={user} --skip-ssl "
+            f"--enable-cleartext-plugin --password {target}"
+        )
+        return url, jdbc, [f"  {command}", f"  JDBC (DBeaver): {jdbc}"]
     dsn = f"host=127.0.0.1 port={port} dbname={target} user={user} sslmode=disable"
     jdbc = f"jdbc:postgresql://127.0.0.1:{port}/{target}?sslmode=disable"
+    return dsn, jdbc, [f'  psql "{dsn}"', f"  JDBC (DBeaver): {jdbc}"]
+
+
+def _announce(
+    target: str, kind: str, user: str, port: int, password: str | None, output: ProxyOutput
+) -> None:
+    import sys
+
+    dsn, jdbc, paste = _client_lines(kind, target, user, port)
     if output == ProxyOutput.json:
         record = {
             "target": target,
+            "type": kind,
             "host": "127.0.0.1",
             "port": port,
             "user": user,
@@ -125,9 +173,8 @@ def _announce(target: str, user: str, port: int, password: str | None, output: P
         }
         print(json.dumps(record), flush=True)
     lines = [
-        f"hoopctl: proxy for {target} listening on 127.0.0.1:{port}; Ctrl-C stops it",
-        f'  psql "{dsn}"',
-        f"  JDBC (DBeaver): {jdbc}",
+        f"hoopctl: proxy for {target} ({kind}) listening on 127.0.0.1:{port}; Ctrl-C stops it",
+        *paste,
     ]
     if password is not None:
         lines.append(f"  password (one-time, while this proxy runs): {password}")
