@@ -25,7 +25,7 @@ from broker.identity.dev_issuer import DevIssuer, DevUser
 from broker.identity.registry import CertificateRegistry
 from broker.identity.tokens import TokenValidator
 from broker.keys import BrokerKeys, UserCA, load_or_create_keys
-from broker.server import BrokerConnection, handle_process
+from broker.server import BrokerConnection, handle_process, open_sftp
 from broker.sessions.approvals import ApprovalGate
 from broker.store import Store
 
@@ -122,6 +122,10 @@ class Broker:
                 server_host_keys=[self.keys.host_key],
                 server_factory=lambda: BrokerConnection(self),
                 process_factory=lambda process: handle_process(self, process),
+                # The sftp subsystem (sftp, and scp in its default mode): every channel is
+                # checked in open_sftp as handle_process checks a session, and the server it
+                # returns reaches only the target, never the broker's own files.
+                sftp_factory=lambda chan: open_sftp(self, chan),
                 login_timeout=self.config.broker.login_timeout,
                 allow_scp=False,
                 agent_forwarding=False,

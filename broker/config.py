@@ -239,6 +239,9 @@ class _TerminalTarget(_TargetBase):
     # "strict": the broker owns the command line; "screen": the older reconstruction from the
     # screen, a declared weaker grade (docs/configuration.md, docs/sessions.md).
     guard: Literal["strict", "screen"] = "strict"
+    # What plain scp, sftp and rsync may move (docs/native-clients.md): "download" is from the
+    # target to the client, "upload" the other way. Nothing unless the config says so.
+    transfer: Literal["none", "download", "upload", "both"] = "none"
 
 
 class SshTarget(_TerminalTarget):
@@ -273,6 +276,15 @@ class LocalTarget(_TerminalTarget):
     run_as: Annotated[str, Field(min_length=1), AfterValidator(_run_as_user)]
     command: list[str] = Field(default_factory=lambda: ["bash", "-l"], min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("transfer")
+    @classmethod
+    def _no_transfers(cls, value: str) -> str:
+        if value != "none":
+            raise ValueError(
+                'local targets take no file transfers (only ssh targets do): use transfer = "none"'
+            )
+        return value
 
 
 class _DatabaseTarget(_TargetBase):

@@ -1,11 +1,16 @@
-"""The broker's SSH front door: certificate authentication and dispatch of each SSH session."""
+"""The broker's SSH front door: certificate authentication and dispatch of each SSH session.
+
+A session channel asks for a session command (`connect NAME`, `exec NAME -- CMD`, …), or, from
+plain OpenSSH with the Host blocks of `hoopctl ssh-config`, carries ``HOOP_TARGET=NAME``: then
+its shell, exec or sftp request is a session on that target (broker/sessions/openssh.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import asyncssh
 
@@ -15,12 +20,14 @@ from broker.errors import BrokerError
 from broker.protocol import LOGIN_USER, SUBSYSTEM
 from broker.protocols import unit_for
 from broker.session_context import ConnectionContext
-from broker.sessions.approvals import ApprovalGate
+from broker.sessions.approvals import ApprovalGate, ApprovalRecord
 from broker.sessions.base import SessionBase, SessionHost
 from broker.sessions.command_exec import CommandExec
+from broker.sessions.file_transfer import FileTransferSession, SftpBridge
 from broker.sessions.guarded_terminal import GuardedTerminalSession
+from broker.sessions.openssh import TARGET_ENV, OpenSshExec, openssh_reason, openssh_request
 from broker.sessions.proxy import NativeProxy
-from broker.sessions.request import RequestError, parse_session_command
+from broker.sessions.request import RequestError, SessionCommand, parse_session_command
 from broker.sessions.sql_exec import SqlExec
 from broker.sessions.sql_shell import SqlShell
 from broker.sessions.terminal import TerminalSession
@@ -31,6 +38,9 @@ if TYPE_CHECKING:
     from broker.identity.registry import CertificateRegistry
 
 log = logging.getLogger("hoop.broker")
+
+# Says why a channel is refused (the message, the exit status) and ends it.
+Refuse = Callable[[str, int], None]
 
 
 class ServerHost(SessionHost, Protocol):
@@ -160,12 +170,180 @@ async def handle_process(broker: ServerHost, process: asyncssh.SSHServerProcess[
     if ctx.anonymous:
         _refuse(process, "log in first: hoopctl login", 2)
         return
+
+    def refuse(message: str, status: int) -> None:
+        _refuse(process, message, status)
+
+    if TARGET_ENV in process.env:
+        await _handle_openssh(broker, process, ctx, process.env[TARGET_ENV], refuse)
+        return
     try:
         request = parse_session_command(process.command or "")
     except RequestError as exc:
         _refuse(process, str(exc), 2)
         return
-    target = broker.config.target(request.target)
+    target = await _find_target(broker, ctx, request.target, refuse)
+    if target is None:
+        return
+    session_class = SESSIONS.get((_family(target), request.verb))
+    if session_class is None:
+        _refuse(process, f"target {target.name} does not take `{request.verb}`", 2)
+        return
+    cleared, grant = await _clear_to_start(broker, ctx, target, refuse)
+    if not cleared:
+        return
+    session = session_class(
+        broker, ctx, process, target, broker.config.policy_for(target), broker.approvals, request
+    )
+    session.grant = grant
+    status = await _guarded(process, session.run())
+    with contextlib.suppress(OSError, asyncssh.Error):
+        process.exit(status)
+
+
+async def _handle_openssh(
+    broker: ServerHost,
+    process: asyncssh.SSHServerProcess[bytes],
+    ctx: ConnectionContext,
+    name: str,
+    refuse: Refuse,
+) -> None:
+    """A channel from plain OpenSSH carrying HOOP_TARGET=NAME: its shell request is `connect
+    NAME`, its exec request `exec NAME -- CMD` or a file transfer (scp -t|-f, rsync --server)."""
+    try:
+        plain = openssh_request(name, process.env, process.command, process.subsystem)
+    except RequestError as exc:
+        refuse(str(exc), 2)
+        return
+    target = await _find_target(broker, ctx, plain.request.target, refuse)
+    if target is None:
+        return
+    family = _family(target)
+    if family == "database":
+        refuse(
+            f"target {target.name} is a database: plain ssh reaches shell targets "
+            f"(hoopctl connect {target.name})",
+            2,
+        )
+        return
+    cleared, grant = await _clear_to_start(broker, ctx, target, refuse)
+    if not cleared:
+        return
+    parts = (broker, ctx, process, target, broker.config.policy_for(target), broker.approvals)
+    session: SessionBase
+    if plain.kind == "shell":
+        session = SESSIONS[(family, "connect")](*parts, plain.request)
+    elif plain.kind == "exec":
+        session = OpenSshExec(*parts, plain.request, command=plain.command or "")
+    else:
+        session = FileTransferSession(*parts, plain.request, tool=plain.kind, command=plain.command)
+    session.grant = grant
+    status = await _guarded(process, session.run())
+    with contextlib.suppress(OSError, asyncssh.Error):
+        process.exit(status)
+
+
+async def open_sftp(broker: ServerHost, chan: asyncssh.SSHServerChannel[bytes]) -> SftpBridge:
+    """The sftp subsystem (asyncssh's SFTP factory): checked as handle_process checks a
+    session, then a transfer session whose SFTP server passes operations on to the target. A
+    refused channel is told why and closed; the server returned for it refuses everything."""
+
+    def refuse(message: str, status: int) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            chan.write_stderr(f"hoop-broker: {message}\r\n".encode())
+            chan.exit(status)
+
+    closed = SftpBridge(chan, None, None, refusal="this channel was refused")
+    try:
+        return await _open_sftp(broker, chan, refuse) or closed
+    except Exception:
+        log.exception("sftp session failed")
+        refuse("internal error; the broker logged it", 1)
+        return closed
+
+
+async def _open_sftp(
+    broker: ServerHost, chan: asyncssh.SSHServerChannel[bytes], refuse: Refuse
+) -> SftpBridge | None:
+    conn = chan.get_connection()
+    owner = conn.get_owner()
+    ctx = owner.context if isinstance(owner, BrokerConnection) else None
+    if ctx is None or ctx.user != chan.get_extra_info("username"):
+        refuse("not authenticated", 2)
+        return None
+    if ctx.anonymous:
+        refuse("log in first: hoopctl login", 2)
+        return None
+    env = chan.get_environment()
+    name = env.get(TARGET_ENV)
+    if not name:
+        refuse(
+            "sftp reaches a target through its Host block from hoopctl ssh-config "
+            f"(SetEnv {TARGET_ENV}=NAME)",
+            2,
+        )
+        return None
+    try:
+        request = SessionCommand("transfer", name, reason=openssh_reason(env))
+    except RequestError as exc:
+        refuse(str(exc), 2)
+        return None
+    target = await _find_target(broker, ctx, name, refuse)
+    if target is None:
+        return None
+    if _family(target) == "database":
+        refuse(f"target {target.name} is a database: it takes no file transfers", 2)
+        return None
+    cleared, grant = await _clear_to_start(broker, ctx, target, refuse)
+    if not cleared:
+        return None
+    session = FileTransferSession(
+        broker,
+        ctx,
+        cast("asyncssh.SSHServerProcess[bytes]", None),  # an SFTP channel has no process
+        target,
+        broker.config.policy_for(target),
+        broker.approvals,
+        request,
+        tool="sftp",
+        say=lambda text: _say_on(chan, text),
+    )
+    session.grant = grant
+    if not await session.start():  # said and audited
+        _end_channel(chan, 1)
+        return None
+    try:
+        client = await session.open_target_sftp()
+    except BaseException:
+        await asyncio.shield(session.finish(1))
+        raise
+    if client is None:  # said, and recorded as failed
+        await session.finish(1)
+        _end_channel(chan, 1)
+        return None
+    session.on_stop = chan.close
+
+    async def finished() -> None:
+        await session.finish(1 if session.failures else 0)
+
+    return SftpBridge(chan, session, client, on_exit=finished)
+
+
+def _end_channel(chan: asyncssh.SSHServerChannel[bytes], status: int) -> None:
+    with contextlib.suppress(OSError, asyncssh.Error):
+        chan.exit(status)
+
+
+def _say_on(chan: asyncssh.SSHServerChannel[bytes], text: str) -> None:
+    with contextlib.suppress(OSError, asyncssh.Error):
+        chan.write_stderr(f"hoop-broker: {text}\r\n".encode())
+
+
+async def _find_target(
+    broker: ServerHost, ctx: ConnectionContext, name: str, refuse: Refuse
+) -> Target | None:
+    """The target NAME if it is open to the user; otherwise refused (and audited)."""
+    target = broker.config.target(name)
     if target is None or not ctx.may_use(target.allowed_groups):
         # Unknown and forbidden look the same, so target names do not leak to outsiders.
         await broker.audit.emit(
@@ -173,24 +351,28 @@ async def handle_process(broker: ServerHost, process: asyncssh.SSHServerProcess[
                 type="session.rejected",
                 actor=ctx.user,
                 groups=ctx.groups,
-                target=request.target,
+                target=name,
                 outcome="failure",
                 reason="no such target, or not allowed for the user's groups",
                 remote=ctx.remote,
             )
         )
-        _refuse(process, f"no target {request.target!r} is open to you (see hoopctl targets)", 1)
-        return
-    session_class = SESSIONS.get((_family(target), request.verb))
-    if session_class is None:
-        _refuse(process, f"target {target.name} does not take `{request.verb}`", 2)
-        return
+        refuse(f"no target {name!r} is open to you (see hoopctl targets)", 1)
+        return None
+    return target
+
+
+async def _clear_to_start(
+    broker: ServerHost, ctx: ConnectionContext, target: Target, refuse: Refuse
+) -> tuple[bool, ApprovalRecord | None]:
+    """Whether a session on TARGET may start now (its access grant, strict audit), and the
+    grant it runs under; a refusal is said and audited."""
     grant = None
     if target.access == "request":
         grant = await broker.approvals.active_grant(ctx.user, target.name)
         if grant is None:
-            await _refuse_without_grant(broker, process, ctx, target)
-            return
+            await _refuse_without_grant(broker, refuse, ctx, target)
+            return False, None
     refusal = broker.audit.refusal_reason()
     if refusal is not None:
         # Strict audit: no session may start while its events could be lost.
@@ -206,22 +388,13 @@ async def handle_process(broker: ServerHost, process: asyncssh.SSHServerProcess[
                     remote=ctx.remote,
                 )
             )
-        _refuse(process, f"session refused: {refusal}", 1)
-        return
-    session = session_class(
-        broker, ctx, process, target, broker.config.policy_for(target), broker.approvals, request
-    )
-    session.grant = grant
-    status = await _guarded(process, session.run())
-    with contextlib.suppress(OSError, asyncssh.Error):
-        process.exit(status)
+        refuse(f"session refused: {refusal}", 1)
+        return False, None
+    return True, grant
 
 
 async def _refuse_without_grant(
-    broker: ServerHost,
-    process: asyncssh.SSHServerProcess[bytes],
-    ctx: ConnectionContext,
-    target: Target,
+    broker: ServerHost, refuse: Refuse, ctx: ConnectionContext, target: Target
 ) -> None:
     """A target with `access = "request"` and no active grant for this user: say how to get one."""
     pending = await broker.approvals.pending_access(ctx.user, target.name)
@@ -247,7 +420,7 @@ async def _refuse_without_grant(
             details={"pending_request": pending.id if pending else None},
         )
     )
-    _refuse(process, message, 4)
+    refuse(message, 4)
 
 
 def _family(target: Target) -> str:

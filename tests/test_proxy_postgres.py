@@ -35,6 +35,7 @@ POLICY = """
 [policies.proxied]
 default = "allow"
 on_unknown = "review"
+unknown_approvers = ["dba-leads"]
 
 [[policies.proxied.rules]]
 name = "no-drop"
@@ -525,12 +526,21 @@ def test_a_parse_with_65535_parameters_runs_whole(proxy: Proxy, accounts_db: Acc
 
 
 def test_an_operator_chain_too_deep_to_parse_is_refused_and_the_broker_lives(
-    proxy: Proxy,
+    proxy: Proxy, world: World
 ) -> None:
-    # 30,000 `+` crash pglast (a segmentation fault) in any process that parses them.
-    result = psql(proxy, "SELECT " + " + ".join(["1"] * 30_000))
-    assert result.returncode != 0
-    assert "too complex to inspect" in result.stderr
+    # 30,000 `+` crash pglast (a segmentation fault) in any process that parses them: the
+    # statement is unknown (it goes to approvers), and the broker goes on.
+    outcome: list[Outcome] = []
+    sql = "SELECT " + " + ".join(["1"] * 30_000)
+    client = threading.Thread(target=lambda: outcome.append(_psql(proxy, sql)))
+    client.start()
+    request_id = proxy.request_id()
+    record = approvals.record_of(world.bob.user, request_id)
+    assert "too complex to inspect" in json.dumps(record)
+    denied = world.bob.user.run("approve", "--deny", request_id)
+    assert denied.returncode == 0, denied.stderr
+    client.join(60)
+    assert outcome and outcome[0].sqlstate == "42501"
     assert psql(proxy, "SELECT 3").stdout.strip() == "3"
 
 
@@ -561,3 +571,25 @@ def test_proxy_refuses_a_target_that_takes_no_native_client(world: World) -> Non
     ]
     unknown = world.alice.user.run("proxy", "nope")
     assert unknown.returncode == 2 and "no target 'nope' is open to you" in unknown.stderr
+
+
+def test_an_approved_statement_that_changes_how_text_is_read_ends_the_connection(
+    proxy: Proxy, world: World, accounts_db: AccountsDb
+) -> None:
+    restore(accounts_db)
+    conn = psycopg.connect(proxy.dsn(), autocommit=True)
+    outcome: list[object] = []
+    sql = "SELECT set_config('standard_conforming_strings', 'off', false)"
+    client = threading.Thread(target=lambda: outcome.append(conn.execute(sql).fetchone()))
+    client.start()
+    request_id = proxy.request_id()
+    approved = world.bob.user.run("approve", request_id, "--comment", "testing")
+    assert approved.returncode == 0, approved.stderr
+    client.join(60)
+    assert len(outcome) == 1  # it ran (its value is masked: set_config() is opaque)
+    # From now on the server would read '\'' as a quote the broker does not see: nothing
+    # more runs in this session.
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("DELETE FROM accounts WHERE email = '\\' OR true --'")
+    conn.close()
+    assert accounts_db.count() == 2

@@ -35,7 +35,14 @@ MAX_LIST_LIMIT = 10_000
 CHUNK = 192 * 1024  # recording bytes per pushed event (256 KiB once in base64)
 FOLLOW_POLL = 0.2  # seconds between looks at a live recording
 STATE_POLL = 1.0  # seconds between looks at a live session's state
-TIMELINE_EVENTS = ("command", "query", "command.blocked", "query.blocked")
+TIMELINE_EVENTS = (
+    "command",
+    "query",
+    "command.blocked",
+    "query.blocked",
+    "file.transfer",
+    "file.change",
+)
 
 _SESSION_COLUMNS = (
     "id",
@@ -209,8 +216,14 @@ class AuditApi:
             event = json.loads(raw)
             details = event.get("details") or {}
             subject = "query" if event_type.startswith("query") else "command"
-            blocked = event_type.endswith(".blocked")
+            blocked = event_type.endswith(".blocked") or details.get("state") == "refused"
             text = details.get(subject)
+            if event_type.startswith("file."):  # `upload /tmp/f (12 bytes)`, `remove /tmp/f`
+                what = details.get("direction") or details.get("operation")
+                size = details.get("size")
+                text = f"{what} {details.get('path')}" + (
+                    f" ({size} bytes)" if isinstance(size, int) else ""
+                )
             timeline.append(
                 {
                     "offset": clock.offset(text, at)
@@ -218,7 +231,7 @@ class AuditApi:
                     else round(max(0.0, at - row["started_at"]), 3),
                     "time": at,
                     "type": event_type,
-                    "text": details.get(subject),
+                    "text": text,
                     "decision": details.get("decision"),
                     "outcome": "blocked"
                     if blocked

@@ -15,6 +15,7 @@ import tempfile
 import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker.config import LocalTarget
 from broker.protocols.agent_link import AGENT_BOOTSTRAP, AGENT_SOURCE, AgentLink
@@ -27,7 +28,15 @@ from broker.protocols.shell_integration import (
     sh_env_file,
     write_zsh_dotdir,
 )
-from broker.protocols.terminal import CommandProcess, TerminalRequest, TerminalUnit
+from broker.protocols.terminal import (
+    CommandProcess,
+    StreamProcess,
+    TerminalRequest,
+    TerminalUnit,
+)
+
+if TYPE_CHECKING:
+    import asyncssh
 
 _READ_SIZE = 65536
 SHELL_PROGRAMS = ("bash", "sh", "zsh", "dash", "ksh")  # may run one-off commands with -c
@@ -296,6 +305,17 @@ class LocalUnit(TerminalUnit[LocalTarget]):
             return _exit_status(await child.wait())
 
         yield CommandProcess(child.stdout, child.stderr, wait)
+
+    def open_sftp(
+        self, target: LocalTarget
+    ) -> contextlib.AbstractAsyncContextManager[asyncssh.SFTPClient]:
+        # The config refuses `transfer` on local targets; this is the second lock.
+        raise TargetError(f"target {target.name}: local targets take no file transfers")
+
+    def run_stream(
+        self, target: LocalTarget, command: str
+    ) -> contextlib.AbstractAsyncContextManager[StreamProcess]:
+        raise TargetError(f"target {target.name}: local targets take no file transfers")
 
     def end_session(self, shell_pid: int) -> None:
         if shell_pid:

@@ -198,6 +198,11 @@ class ProxyHost(Protocol):
         them."""
         ...
 
+    async def settled(self, conn: DatabaseConnection) -> str | None:
+        """CONN is at a Sync after statements ran: why the server no longer reads text as
+        the broker does (the connection must end), or None."""
+        ...
+
     async def done(
         self,
         judgement: Judgement,

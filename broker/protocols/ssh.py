@@ -14,7 +14,12 @@ from broker.credentials import resolve_credential
 from broker.protocols.agent_link import AGENT_BOOTSTRAP, AGENT_SOURCE, AgentLink
 from broker.protocols.base import TargetError
 from broker.protocols.shell_integration import bash_rcfile, remote_bash_command
-from broker.protocols.terminal import CommandProcess, TerminalRequest, TerminalUnit
+from broker.protocols.terminal import (
+    CommandProcess,
+    StreamProcess,
+    TerminalRequest,
+    TerminalUnit,
+)
 
 CONNECT_TIMEOUT = 15
 
@@ -241,6 +246,44 @@ class SshUnit(TerminalUnit[SshTarget]):
         try:
             remote = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
             yield CommandProcess(remote.stdout, remote.stderr, lambda: _exit_status(remote))
+        finally:
+            conn.close()
+
+    @contextlib.asynccontextmanager
+    async def open_sftp(self, target: SshTarget) -> AsyncIterator[asyncssh.SFTPClient]:
+        conn = await connect_target(target)
+        try:
+            try:
+                # Paths stay bytes end to end: a name that is not UTF-8 is passed on as it is.
+                client = await conn.start_sftp_client(path_encoding=None)
+            except (asyncssh.Error, OSError) as exc:
+                reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+                raise TargetError(
+                    f"target {target.name}: no SFTP service on the target: {reason}"
+                ) from None
+            try:
+                yield client
+            finally:
+                client.exit()
+        finally:
+            conn.close()
+
+    @contextlib.asynccontextmanager
+    async def run_stream(self, target: SshTarget, command: str) -> AsyncIterator[StreamProcess]:
+        conn = await connect_target(target)
+        try:
+            try:
+                remote = await conn.create_process(command, encoding=None)
+            except asyncssh.Error as exc:
+                raise TargetError(
+                    f"target {target.name}: cannot open a session: {exc.reason}"
+                ) from None
+            try:
+                yield StreamProcess(
+                    remote.stdin, remote.stdout, remote.stderr, lambda: _exit_status(remote)
+                )
+            finally:
+                remote.close()
         finally:
             conn.close()
 

@@ -1,8 +1,9 @@
 """The terminal family's interface: what the session core asks of an `ssh` or `local` unit.
 
 The core never looks at the target's type: it asks ``terminal_unit(target.type)`` for a
-screen-grade terminal, the strict guard's helper link, a one-off command (exec), and the
-end of what is left of a session."""
+screen-grade terminal, the strict guard's helper link, a one-off command (exec), the end of
+what is left of a session, and, for file transfers (plain scp, sftp and rsync), an SFTP client
+on the target and a command whose input comes from the client (rsync's server)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from broker.config import LocalTarget, SshTarget
-from broker.protocols.base import Unit
+from broker.protocols.base import TargetError, Unit
 
 if TYPE_CHECKING:
+    import asyncssh
+
     from broker.protocols.agent_link import AgentLink
 
 
@@ -75,6 +78,26 @@ class CommandProcess:
     wait: Callable[[], Awaitable[int]]
 
 
+class ByteWriter(Protocol):
+    """The input of a command (an asyncssh writer)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def write_eof(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamProcess:
+    """A command whose input the broker feeds (rsync's server): its three streams and status."""
+
+    stdin: ByteWriter
+    stdout: ByteReader
+    stderr: ByteReader
+    wait: Callable[[], Awaitable[int]]
+
+
 TargetT = TypeVar("TargetT", SshTarget, LocalTarget)
 
 
@@ -103,3 +126,19 @@ class TerminalUnit(Unit, Generic[TargetT]):
         """Make sure nothing of a strict session whose shell was SHELL_PID (0: not known)
         outlives it, once its helper link is closed."""
         raise NotImplementedError
+
+    def open_sftp(
+        self, target: TargetT
+    ) -> contextlib.AbstractAsyncContextManager[asyncssh.SFTPClient]:
+        """An SFTP client on TARGET (paths and names as bytes), for the broker's own SFTP
+        server to pass file operations on to; closed on leaving the context. Raises
+        TargetError when the unit takes no file transfers."""
+        raise TargetError(f"target {target.name}: {self.name} targets take no file transfers")
+
+    def run_stream(
+        self, target: TargetT, command: str
+    ) -> contextlib.AbstractAsyncContextManager[StreamProcess]:
+        """COMMAND (shell text) run once on TARGET without a PTY, its input fed by the broker
+        (rsync's server); closed on leaving the context. Raises TargetError when the unit
+        takes no file transfers."""
+        raise TargetError(f"target {target.name}: {self.name} targets take no file transfers")

@@ -22,6 +22,7 @@ from broker.policy.sql_session import SessionState
 from broker.protocols.sql import DatabaseConnection, RowMask, StatementError
 from broker.recording import RecordingError
 from broker.sessions.sql_base import SqlSessionBase
+from broker.sessions.sql_state import needs_check, reading_drift
 
 
 @dataclass
@@ -39,6 +40,7 @@ class NativeProxy(SqlSessionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sql_state = SessionState()
+        self._check_reading = False  # a statement ran that may change how text is read
 
     # -- ProxyHost ---------------------------------------------------------------------
 
@@ -126,6 +128,8 @@ class NativeProxy(SqlSessionBase):
     ) -> None:
         statements: tuple[Statement, ...] = judgement.statements
         statement = statements[index] if index < len(statements) else None
+        if statement is None or needs_check(statement):
+            self._check_reading = True
         text = (
             statement.text if statement else judgement.texts[min(index, len(judgement.texts) - 1)]
         )
@@ -153,6 +157,12 @@ class NativeProxy(SqlSessionBase):
             approver=judgement.approver,
             unmaskable=list(notes),
         )
+
+    async def settled(self, conn: DatabaseConnection) -> str | None:
+        if not self._check_reading:
+            return None
+        self._check_reading = False
+        return await reading_drift(conn, self.dialect)
 
     # -- the session -------------------------------------------------------------------
 

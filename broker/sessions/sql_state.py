@@ -13,12 +13,26 @@ from broker.policy.sql import Statement
 from broker.protocols import sql_unit
 from broker.protocols.sql import DatabaseConnection, StatementError
 
+# Statements that only open, mark or end a transaction: they change no setting of their own,
+# and a check after BEGIN would be the transaction's first query (SET TRANSACTION ISOLATION
+# LEVEL must come before any).
+_TRANSACTION_ONLY = frozenset(
+    {
+        "BEGIN", "START TRANSACTION", "COMMIT", "END", "ROLLBACK", "SAVEPOINT",
+        "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT", "SET TRANSACTION",
+    }
+)  # fmt: skip
+
 
 def needs_check(statement: Statement) -> bool:
+    if statement.unknown is not None:
+        return True
     effects = set(statement.effects)
     for inner in statement.inner:
         effects |= inner.effects
-    return statement.unknown is not None or bool(effects & {"session", "code"})
+    if statement.kind in _TRANSACTION_ONLY and not statement.inner and effects <= {"session"}:
+        return False
+    return bool(effects & {"session", "code"})
 
 
 async def reading_drift(conn: DatabaseConnection, dialect: str) -> str | None:

@@ -253,17 +253,30 @@ class _Connection:
                 return
             if kind == b"Q":
                 await self.simple(m.parse_query(message.body))
+                if await self.drifted():
+                    return
             elif kind in (b"P", b"B", b"D", b"E", b"C"):
                 group.append(message)
             elif kind in (b"S", b"H"):
                 group.append(message)
                 await self.extended(group, synced=kind == b"S")
                 group = []
+                if self.at_sync and await self.drifted():
+                    return
             elif kind in (b"d", b"c", b"f"):
                 continue  # copy messages outside a copy: the server ignores them too
             else:
                 await self.fatal(f"unexpected message type {kind!r}", "08P01")
                 return
+
+    async def drifted(self) -> bool:
+        """After statements that may change how the server reads text: whether it now reads
+        it otherwise than the broker (the connection is then ended: nothing more runs)."""
+        drift = await self.host.settled(self.upstream())
+        if drift is None:
+            return False
+        await self.fatal(f"hoop: stopped: {drift}; the broker cannot judge what follows", "08006")
+        return True
 
     def refuse(self, message: str, sqlstate: str, *, synced: bool) -> None:
         self.send(m.error(message, sqlstate))
