@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncssh
 
+from broker.masking.lineage import ColumnSource
 from broker.masking_views import column_sources, prepare_column_sources
 from broker.policy.decision import Decision, combine
 from broker.policy.sql import Statement, decide_sql
@@ -93,9 +94,14 @@ class NativeProxy(SqlSessionBase):
         return _Judgement(False, f"hoop: {outcome.message}", texts, parsed.statements, decision)
 
     async def prepare(self, conn: DatabaseConnection, sql: str) -> None:
-        await prepare_column_sources(conn, self.dialect, sql, self._shared_taint())
+        # Where nothing is masked, nothing is looked up: no lineage, no taint to keep (a
+        # catalog query per statement would be a round trip to the database each time).
+        if self.masks:
+            await prepare_column_sources(conn, self.dialect, sql, self._shared_taint())
 
     async def plan(self, conn: DatabaseConnection, sql: str, columns: list[str]) -> RowMask:
+        if not self.masks:
+            return self._masking().plan([ColumnSource(name, ()) for name in columns])
         sources = await column_sources(conn, self.dialect, sql, columns)
         return self._masking().plan(sources)
 

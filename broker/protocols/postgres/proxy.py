@@ -155,13 +155,25 @@ class _Connection:
         self.at_sync = True  # the target has answered a Sync: it may run our own queries
         self.skipping = False  # the target skips messages until the client's next Sync
         self.key = (secrets.randbits(31), secrets.randbits(31))
+        self.out: list[bytes] = []  # answers not yet written (see send)
+        self.held = 0
 
     # -- the start ---------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        self.writer.write(data)
+        # Held until the next flush: one write (one SSH packet) per answer, not per message.
+        self.out.append(data)
+        self.held += len(data)
+        if self.held >= 1 << 16:
+            self.writer.write(b"".join(self.out))
+            self.out.clear()
+            self.held = 0
 
     async def flush(self) -> None:
+        if self.out:
+            self.writer.write(b"".join(self.out))
+            self.out.clear()
+            self.held = 0
         await self.writer.drain()
 
     async def fatal(self, message: str, sqlstate: str) -> None:
