@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncssh
 
@@ -34,8 +34,12 @@ class ProxyListener:
         password: str | None,
         reason: str | None = None,
         say: Callable[[str], None] | None = None,
+        reconnect: Callable[[], Awaitable[asyncssh.SSHClientConnection]] | None = None,
     ) -> None:
         self.conn = conn
+        self.reconnect = reconnect
+        self._connecting = asyncio.Lock()
+        self._replaced = asyncio.Event()
         self.target = target
         words = ["proxy"]
         if reason:
@@ -58,9 +62,30 @@ class ProxyListener:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    async def connection(self) -> asyncssh.SSHClientConnection:
+        """The SSH connection to the broker; after it was lost (a broker restart), a new one."""
+        async with self._connecting:
+            if self.conn.is_closed() and self.reconnect is not None:
+                self.conn = await self.reconnect()
+                self._replaced.set()
+                self.say("hoopctl: reconnected to the broker")
+            return self.conn
+
+    async def watch(self) -> None:
+        """Say when the connection to the broker is lost: open clients end with it, the next
+        client makes a new one."""
+        while True:
+            conn = self.conn
+            await conn.wait_closed()
+            if conn is self.conn:
+                self.say("hoopctl: lost the connection to the broker; the next client reconnects")
+                self._replaced.clear()
+                await self._replaced.wait()
+
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            process = await self.conn.create_process(self.command, encoding=None)
+            conn = await self.connection()
+            process = await conn.create_process(self.command, encoding=None)
         except (asyncssh.Error, OSError) as exc:
             self.say(f"hoopctl: the broker did not take the connection: {_reason(exc)}")
             return

@@ -593,3 +593,31 @@ def test_an_approved_statement_that_changes_how_text_is_read_ends_the_connection
         conn.execute("DELETE FROM accounts WHERE email = '\\' OR true --'")
     conn.close()
     assert accounts_db.count() == 2
+
+
+def test_a_broker_restart_ends_open_clients_cleanly_and_the_proxy_reconnects(
+    tmp_path_factory: pytest.TempPathFactory, accounts_db: AccountsDb
+) -> None:
+    root = tmp_path_factory.mktemp("restart")
+    targets = accounts_db.target("pgx", root, policy="proxied") + MASKING + POLICY
+    with approvals_world(root, targets=targets, people=("alice",)) as own:
+        child = own.alice.user.spawn("proxy", "pgx", "--output", "json", timeout=60)
+        child.expect(r'\{"target": "pgx".*\}')
+        info = json.loads(child.match.group(0))
+        proxy = Proxy(child, int(info["port"]), str(info["password"]), str(info["user"]))
+        try:
+            open_conn = psycopg.connect(proxy.dsn(), autocommit=True)
+            assert open_conn.execute("SELECT 1").fetchone() == (1,)
+            own.broker.stop()
+            child.expect("lost the connection to the broker")
+            with pytest.raises(psycopg.OperationalError):
+                open_conn.execute("SELECT 2")
+            open_conn.close()
+            own.broker.start()
+            # The proxy is still there: the next client gets a new connection to the broker.
+            assert _psql(proxy, "SELECT 3").rows == [["3"]]
+            child.expect("reconnected to the broker")
+        finally:
+            child.sendintr()
+            child.expect(pexpect.EOF)
+            child.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -73,16 +73,27 @@ def proxy(
         address = _address(broker)
         store = CredentialStore(address)
         profile = await current_profile(store)
-        conn = await open_connection(
-            address, username=profile.user, client_keys=[(store.private_key(), profile.cert())]
-        )
+
+        async def connect() -> object:
+            current = await current_profile(store)
+            return await open_connection(
+                address, username=current.user, client_keys=[(store.private_key(), current.cert())]
+            )
+
+        conn: Any = await connect()
         try:
             kind = await _target_type(conn, target)
         except BaseException:
             conn.close()
             raise
         password = None if no_password else secrets.token_urlsafe(18)
-        listener = ProxyListener(conn, target, password=password, reason=reason)
+        listener = ProxyListener(
+            conn,
+            target,
+            password=password,
+            reason=reason,
+            reconnect=connect,  # type: ignore[arg-type]
+        )
         try:
             server = await asyncio.start_server(listener.handle, "127.0.0.1", port)
         except OSError as exc:
@@ -94,19 +105,14 @@ def proxy(
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        closed = asyncio.ensure_future(conn.wait_closed())
-        stopped = asyncio.ensure_future(stop.wait())
+        watching = asyncio.ensure_future(listener.watch())
         try:
-            await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await stop.wait()
         finally:
+            watching.cancel()
             server.close()
             await listener.close()
-            conn.close()
-            for task in (closed, stopped):
-                task.cancel()
-        if closed.done() and not stop.is_set():
-            print("hoopctl: the broker closed the connection; the proxy stopped", file=sys.stderr)
-            return 1
+            listener.conn.close()
         print("hoopctl: proxy stopped", file=sys.stderr)
         return 0
 
