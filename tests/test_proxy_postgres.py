@@ -621,3 +621,17 @@ def test_a_broker_restart_ends_open_clients_cleanly_and_the_proxy_reconnects(
             child.sendintr()
             child.expect(pexpect.EOF)
             child.close()
+
+
+def test_a_binary_value_that_cannot_be_masked_is_null_and_named_in_the_audit(
+    proxy: Proxy, world: World, accounts_db: AccountsDb
+) -> None:
+    restore(accounts_db)
+    sql = "SELECT id, length(email)::numeric AS size FROM accounts WHERE id = 1"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        rows = conn.execute(sql, binary=True).fetchall()
+    # size derives from the masked email: masked, but a numeric in binary format cannot be
+    # read to mask it, so it is sent as NULL rather than as it is.
+    assert rows == [(1, None)]
+    (event,) = [e for e in world.broker.audit_events("query") if e["details"]["query"] == sql]
+    assert event["details"]["unmaskable"] == ["size"]
