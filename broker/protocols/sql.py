@@ -161,6 +161,12 @@ class Judgement(Protocol):
     @property
     def texts(self) -> tuple[str, ...]: ...
 
+    @property
+    def reads_only(self) -> tuple[bool, ...]:
+        """For each of the texts: it changes neither the catalog nor the session (what was
+        looked up before the input ran still holds after it)."""
+        ...
+
 
 class ProxyHost(Protocol):
     """What a unit's native-protocol server asks of the session that carries one client
@@ -187,8 +193,12 @@ class ProxyHost(Protocol):
         """Before SQL runs on CONN (idle): look up what masking needs to know of it."""
         ...
 
-    async def plan(self, conn: DatabaseConnection, sql: str, columns: list[str]) -> RowMask:
-        """How the rows of SQL's result (COLUMNS by name) are masked."""
+    async def plan(
+        self, conn: DatabaseConnection, sql: str, columns: list[str], *, opaque: bool = False
+    ) -> RowMask:
+        """How the rows of SQL's result (COLUMNS by name) are masked; OPAQUE: what was looked
+        up may no longer hold (an earlier statement of the same input changed the catalog or
+        the session), so every column may hold anything (any rule masks it)."""
         ...
 
     async def error_fields(

@@ -36,6 +36,12 @@ class _Judgement:
     approver: str | None = None
     started: float = field(default_factory=time.monotonic)
 
+    @property
+    def reads_only(self) -> tuple[bool, ...]:
+        if not self.statements:
+            return tuple(False for _ in self.texts)
+        return tuple(s.unknown is None and s.effects <= {"reads"} for s in self.statements)
+
 
 class NativeProxy(SqlSessionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -99,9 +105,13 @@ class NativeProxy(SqlSessionBase):
         if self.masks:
             await prepare_column_sources(conn, self.dialect, sql, self._shared_taint())
 
-    async def plan(self, conn: DatabaseConnection, sql: str, columns: list[str]) -> RowMask:
+    async def plan(
+        self, conn: DatabaseConnection, sql: str, columns: list[str], *, opaque: bool = False
+    ) -> RowMask:
         if not self.masks:
             return self._masking().plan([ColumnSource(name, ()) for name in columns])
+        if opaque:
+            return self._masking().plan([ColumnSource(name, (), True) for name in columns])
         sources = await column_sources(conn, self.dialect, sql, columns)
         return self._masking().plan(sources)
 

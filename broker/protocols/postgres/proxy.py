@@ -155,6 +155,10 @@ class _Connection:
         self.at_sync = True  # the target has answered a Sync: it may run our own queries
         self.skipping = False  # the target skips messages until the client's next Sync
         self.key = (secrets.randbits(31), secrets.randbits(31))
+        # What masking looked up before this input ran may no longer hold: an earlier
+        # statement of it (or of the sequence since the last Sync) changed the catalog or the
+        # session.
+        self.stale = False
         self.out: list[bytes] = []  # answers not yet written (see send)
         self.held = 0
 
@@ -302,6 +306,8 @@ class _Connection:
     # -- simple query ------------------------------------------------------------------
 
     async def simple(self, sql: str) -> None:
+        if self.at_sync:  # lookups are made afresh; mid-sequence what was stale stays so
+            self.stale = False
         copy = None
         if self.host.masks:
             try:
@@ -428,6 +434,8 @@ class _Connection:
                 return
             portal.judgement = judgement
             to_prepare.append(portal.sql)
+        if self.at_sync:  # lookups are made afresh; mid-sequence what was stale stays so
+            self.stale = False
         for sql in dict.fromkeys(to_prepare):
             await self.prepare(sql)
         self.statements, self.portals = statements, portals
@@ -560,7 +568,7 @@ class _Connection:
         pending.clear()
 
     async def plan(self, sql: str, columns: list[str]) -> RowMask:
-        return await self.host.plan(self.upstream(), sql, columns)
+        return await self.host.plan(self.upstream(), sql, columns, opaque=self.stale)
 
     def upstream(self) -> Upstream:
         assert self.up is not None
@@ -704,6 +712,9 @@ class _Connection:
         rows.clear()
 
     async def finish(self, run: _Run, *, error: str | None = None) -> None:
+        reads_only = run.judgement.reads_only
+        if run.index >= len(reads_only) or not reads_only[run.index]:
+            self.stale = True
         await self.host.done(
             run.judgement,
             run.index,

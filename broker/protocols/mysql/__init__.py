@@ -1,4 +1,9 @@
-"""MySQL and MariaDB: aiomysql with KILL QUERY as the cancel, read by sqlglot's MySQL dialect."""
+"""MySQL and MariaDB: aiomysql with KILL QUERY as the cancel, read by sqlglot's MySQL dialect.
+
+Native clients (`hoopctl proxy`) are served in the package's own modules: packets.py (framing,
+OK/ERR/EOF), handshake.py (the connection phase), lexer.py (placeholders, statements, KILL),
+values.py (columns, rows, parameters), upstream.py (the broker's raw connection to the target),
+results.py (relaying and masking answers) and proxy.py (the server side)."""
 
 # Catalog queries are built as text: every name in them passed literal() or safe_literal().
 # ruff: noqa: S608
@@ -23,6 +28,7 @@ from broker.protocols.sql import (
     CatalogRow,
     Client,
     Key,
+    ProxyHost,
     Recognised,
     Relation,
     Result,
@@ -116,7 +122,7 @@ class _VerifiedConnection(aiomysql.Connection):  # type: ignore[misc]
         await super()._request_authentication()
 
 
-def _ssl(target: MysqlTarget) -> ssl.SSLContext | None:
+def tls_context(target: MysqlTarget) -> ssl.SSLContext | None:
     if target.tls == "disable":
         return None
     if target.tls == "verify-full":
@@ -139,7 +145,7 @@ async def _connect(target: MysqlTarget) -> aiomysql.Connection:
         autocommit=True,
         connect_timeout=CONNECT_TIMEOUT,
         charset="utf8mb4",
-        ssl=_ssl(target),
+        ssl=tls_context(target),
         init_command=(
             f"SET SESSION max_statement_time = {target.statement_timeout}"
             if target.statement_timeout
@@ -193,14 +199,19 @@ _ERROR_NAMES = {
 }
 
 
+def error_condition(code: int | None) -> str | None:
+    """The fixed name of server error CODE: 1292 -> "truncated wrong value"."""
+    name = _ERROR_NAMES.get(code) if code is not None else None
+    return name.replace("_", " ").lower() if name else None
+
+
 def _statement_error(exc: pymysql.err.MySQLError) -> StatementError:
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    name = _ERROR_NAMES.get(code) if code is not None else None
     return StatementError(
         _message(exc),
         sqlstate=getattr(exc, "sqlstate", None),
         code=code,
-        condition=name.replace("_", " ").lower() if name else None,
+        condition=error_condition(code),
     )
 
 
@@ -353,6 +364,15 @@ class Mysql(SqlUnit):
 
     async def open(self, target: Any) -> MysqlConnection:
         return await MysqlConnection.open(target)
+
+    native_clients = True
+
+    async def serve_native(
+        self, host: ProxyHost, reader: Any, writer: Any, *, password_sha256: str | None
+    ) -> None:
+        from broker.protocols.mysql.proxy import serve_client
+
+        await serve_client(host, reader, writer, password_sha256=password_sha256)
 
     def relations_sql(self) -> str:
         return (
