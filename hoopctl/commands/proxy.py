@@ -152,7 +152,7 @@ def _client_lines(kind: str, target: str, user: str, port: int) -> tuple[str, st
         jdbc = f"jdbc:mariadb://127.0.0.1:{port}/{target}"
         command = (
             f"mariadb --host=127.0.0.1 --port={port} --user={user} --skip-ssl "
-            f"--enable-cleartext-plugin --password {target}"
+            f"--password {target}"
         )
         return url, jdbc, [f"  {command}", f"  JDBC (DBeaver): {jdbc}"]
     dsn = f"host=127.0.0.1 port={port} dbname={target} user={user} sslmode=disable"
