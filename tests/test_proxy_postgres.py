@@ -25,6 +25,7 @@ import pexpect
 import psycopg
 import pytest
 
+from broker.recording import read_events
 from tests.fixtures import approvals
 from tests.fixtures.approvals import AccountsDb, World, approvals_world
 from tests.scratch_databases import PG_ADMIN
@@ -664,3 +665,32 @@ def test_a_view_made_earlier_in_the_same_pipeline_is_still_masked(
             cur = conn.execute("SELECT contact FROM contacts_b WHERE id = %s", (1,))
         rows = cur.fetchall()
     assert len(rows) == 1 and rows[0][0] != EMAILS[0] and "ann" not in str(rows[0][0])
+
+
+def test_each_connection_is_one_recorded_session_with_masked_summaries(
+    proxy: Proxy, world: World, accounts_db: AccountsDb
+) -> None:
+    restore(accounts_db)
+    sql = "SELECT id, email FROM accounts /* recorded */ ORDER BY id"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute(sql).fetchall()
+        conn.execute("SELECT 7 AS seven").fetchall()
+    (event,) = [e for e in world.broker.audit_events("query") if e["details"]["query"] == sql]
+    assert event["details"]["masked"] == {"email": 2} and event["details"]["rows"] == 2
+    session = event["session"]
+    starts = [e for e in world.broker.audit_events("session.start") if e["session"] == session]
+    assert starts and starts[0]["details"]["kind"] == "proxy"
+    for _ in range(100):  # the broker ends the session once it sees the client leave
+        ends = [e for e in world.broker.audit_events("session.end") if e["session"] == session]
+        if ends:
+            break
+        threading.Event().wait(0.1)
+    assert len(ends) == 1
+    cast = world.broker.data_dir / "recordings" / f"{session}.cast"
+    _, events = read_events(cast)
+    marks = [data for _, kind, data in events if kind == "m"]
+    assert f"query: {sql}" in marks and "query: SELECT 7 AS seven" in marks
+    output = "".join(data for _, kind, data in events if kind == "o")
+    assert "-- SELECT: 2 rows, masked email=2" in output
+    for email in EMAILS:
+        assert email not in cast.read_text()
