@@ -471,12 +471,18 @@ def test_copy_in_binary_format_is_refused_where_results_are_masked(proxy: Proxy)
 
 
 def test_copy_from_stdin_writes_rows(proxy: Proxy, accounts_db: AccountsDb) -> None:
-    restore(accounts_db)
+    # Into a table of its own: masking treats what COPY FROM writes as possibly anything.
+    with psycopg.connect(**PG_ADMIN, dbname=accounts_db.name) as admin:
+        admin.execute("CREATE TABLE IF NOT EXISTS imports (id int, note text)")
+        admin.execute(f"ALTER TABLE imports OWNER TO {accounts_db.name}_app")
+        admin.execute("DELETE FROM imports")
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-        with conn.cursor().copy("COPY accounts (id, email) FROM STDIN") as copy:
-            copy.write_row((7, "seven@example.com"))
-            copy.write_row((8, "eight@example.com"))
-    assert accounts_db.count() == 4 and accounts_db.has(7) and accounts_db.has(8)
+        with conn.cursor().copy("COPY imports (id, note) FROM STDIN") as copy:
+            copy.write_row((7, "seven"))
+            copy.write_row((8, "eight"))
+    with psycopg.connect(**PG_ADMIN, dbname=accounts_db.name) as admin:
+        rows = admin.execute("SELECT id, note FROM imports ORDER BY id").fetchall()
+    assert rows == [(7, "seven"), (8, "eight")]
 
 
 def test_cancel_stops_the_statement_on_the_target(proxy: Proxy) -> None:
@@ -575,25 +581,39 @@ def test_proxy_refuses_a_target_that_takes_no_native_client(world: World) -> Non
 
 
 def test_an_approved_statement_that_changes_how_text_is_read_ends_the_connection(
-    proxy: Proxy, world: World, accounts_db: AccountsDb
+    tmp_path_factory: pytest.TempPathFactory, accounts_db: AccountsDb
 ) -> None:
+    # A broker of its own: the approved statement runs code, after which masking treats every
+    # column of the target as possibly holding anything (in every later session).
     restore(accounts_db)
-    conn = psycopg.connect(proxy.dsn(), autocommit=True)
-    outcome: list[object] = []
-    sql = "SELECT set_config('standard_conforming_strings', 'off', false)"
-    client = threading.Thread(target=lambda: outcome.append(conn.execute(sql).fetchone()))
-    client.start()
-    request_id = proxy.request_id()
-    approved = world.bob.user.run("approve", request_id, "--comment", "testing")
-    assert approved.returncode == 0, approved.stderr
-    client.join(60)
-    assert len(outcome) == 1  # it ran (its value is masked: set_config() is opaque)
-    # From now on the server would read '\'' as a quote the broker does not see: nothing
-    # more runs in this session.
-    with pytest.raises(psycopg.OperationalError):
-        conn.execute("DELETE FROM accounts WHERE email = '\\' OR true --'")
-    conn.close()
-    assert accounts_db.count() == 2
+    root = tmp_path_factory.mktemp("drift")
+    targets = accounts_db.target("pgx", root, policy="proxied") + MASKING + POLICY
+    with approvals_world(root, targets=targets) as own:
+        child = own.alice.user.spawn("proxy", "pgx", "--output", "json", timeout=60)
+        child.expect(r'\{"target": "pgx".*\}')
+        info = json.loads(child.match.group(0))
+        proxy = Proxy(child, int(info["port"]), str(info["password"]), str(info["user"]))
+        try:
+            conn = psycopg.connect(proxy.dsn(), autocommit=True)
+            outcome: list[object] = []
+            sql = "SELECT set_config('standard_conforming_strings', 'off', false)"
+            client = threading.Thread(target=lambda: outcome.append(conn.execute(sql).fetchone()))
+            client.start()
+            request_id = proxy.request_id()
+            approved = own.bob.user.run("approve", request_id, "--comment", "testing")
+            assert approved.returncode == 0, approved.stderr
+            client.join(60)
+            assert len(outcome) == 1  # it ran (its value is masked: set_config() is opaque)
+            # From now on the server would read '\\'' as a quote the broker does not see:
+            # nothing more runs in this session.
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("DELETE FROM accounts WHERE email = '\\\\' OR true --'")
+            conn.close()
+            assert accounts_db.count() == 2
+        finally:
+            child.sendintr()
+            child.expect(pexpect.EOF)
+            child.close()
 
 
 def test_a_broker_restart_ends_open_clients_cleanly_and_the_proxy_reconnects(

@@ -151,8 +151,7 @@ def _client_lines(kind: str, target: str, user: str, port: int) -> tuple[str, st
         url = f"mysql://{user}@127.0.0.1:{port}/{target}"
         jdbc = f"jdbc:mariadb://127.0.0.1:{port}/{target}"
         command = (
-            f"mariadb --host=127.0.0.1 --port={port} --user={user} --skip-ssl "
-            f"--password {target}"
+            f"mariadb --host=127.0.0.1 --port={port} --user={user} --skip-ssl --password {target}"
         )
         return url, jdbc, [f"  {command}", f"  JDBC (DBeaver): {jdbc}"]
     dsn = f"host=127.0.0.1 port={port} dbname={target} user={user} sslmode=disable"

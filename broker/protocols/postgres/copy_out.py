@@ -112,7 +112,10 @@ def copy_out(sql: str) -> CopyOut | None:
         raise CopyNotMasked(f"COPY in {fmt} format cannot be masked; use text or csv")
     header = settings.pop("header", "false")
     delimiter = settings.pop("delimiter", None) or ("," if fmt == "csv" else "\t")
-    null = settings.pop("null", None)
+    if settings.pop("null", None) is not None:
+        # A field equal to the NULL string would be written back as it is: the string would
+        # confirm a guessed value.
+        raise CopyNotMasked("the COPY option null cannot be masked")
     if settings:
         raise CopyNotMasked(f"COPY options {', '.join(sorted(settings))} cannot be masked")
     if len(delimiter) != 1:
@@ -122,5 +125,5 @@ def copy_out(sql: str) -> CopyOut | None:
         csv=fmt == "csv",
         header=header is None or header.lower() in ("true", "on", "1", "match"),
         delimiter=delimiter,
-        null=null if null is not None else ("" if fmt == "csv" else "\\N"),
+        null="" if fmt == "csv" else "\\N",
     )

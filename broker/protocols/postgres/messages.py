@@ -101,28 +101,36 @@ async def read_startup(reader: asyncio.StreamReader, *, limit: int = MAX_STARTUP
 
 
 class Cursor:
-    """Reads the fields of one message body in order."""
+    """Reads the fields of one message body in order (ProtocolError when it is too short)."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
         self.at = 0
 
+    def _need(self, n: int) -> None:
+        if self.at + n > len(self.body):
+            raise ProtocolError("a message is shorter than its fields")
+
     def int32(self) -> int:
+        self._need(4)
         value: int = _I32.unpack_from(self.body, self.at)[0]
         self.at += 4
         return value
 
     def int16(self) -> int:
+        self._need(2)
         value: int = _I16.unpack_from(self.body, self.at)[0]
         self.at += 2
         return value
 
     def uint16(self) -> int:
+        self._need(2)
         value: int = struct.unpack_from("!H", self.body, self.at)[0]
         self.at += 2
         return value
 
     def uint32(self) -> int:
+        self._need(4)
         value: int = struct.unpack_from("!I", self.body, self.at)[0]
         self.at += 4
         return value

@@ -30,6 +30,9 @@ from broker.protocols.postgres.upstream import Upstream
 from broker.protocols.sql import Judgement, ProxyHost, RowMask, StatementError
 
 MASK_BATCH = 500
+MAX_CLIENT_MESSAGE = 64 << 20  # one message from the client (COPY rows, a Bind's values)
+MAX_GROUP_BYTES = 64 << 20  # messages held up to a Sync
+MAX_GROUP_MESSAGES = 100_000
 REFUSED = "42501"  # insufficient_privilege: how a refusal is reported
 NOT_MASKED_YET = "0A000"  # feature_not_supported
 
@@ -259,13 +262,24 @@ class _Connection:
 
     async def loop(self) -> None:
         group: list[m.Message] = []
+        held = 0
         while True:
             try:
-                message = await m.read_message(self.reader)
+                message = await m.read_message(self.reader, limit=MAX_CLIENT_MESSAGE)
             except EOFError:
                 return
             kind = message.type
             if kind == b"X":
+                return
+            held += len(message.body)
+            if len(group) >= MAX_GROUP_MESSAGES or held > MAX_GROUP_BYTES:
+                await self.fatal("hoop: too many messages before a Sync", "54000")
+                return
+            if kind == b"Q" and (self.skipping or not self.at_sync):
+                # The target is inside an extended-protocol sequence (or skipping to its Sync
+                # after an error): a simple Query now would be lost or run out of step.
+                await self.fatal("hoop: a simple Query inside an unfinished extended-protocol "
+                                 "sequence: send Sync first", "08P01")  # fmt: skip
                 return
             if kind == b"Q":
                 await self.simple(m.parse_query(message.body))
@@ -276,7 +290,7 @@ class _Connection:
             elif kind in (b"S", b"H"):
                 group.append(message)
                 await self.extended(group, synced=kind == b"S")
-                group = []
+                group, held = [], 0
                 if self.at_sync and await self.drifted():
                     return
             elif kind in (b"d", b"c", b"f"):
@@ -393,32 +407,58 @@ class _Connection:
         portals = dict(self.portals)
         steps: list[tuple[str, Any]] = []
         to_prepare: list[str] = []
+        # What the group would make of the statements and portals, if the target takes every
+        # message of it: used to judge it. The proxy's own state changes only as the target
+        # confirms each Parse, Bind and Close (answer_step): a message the target refuses (a
+        # Parse of a name that exists) must not change what the proxy believes will run.
+        unknown: str | None = None
         for message in group:
             kind = message.type
             if kind == b"P":
                 name, sql, oids = m.parse_parse(message.body)
-                statements[name] = _Statement(sql, oids)
-                steps.append(("parse", None))
+                statement = _Statement(sql, oids)
+                statements[name] = statement
+                steps.append(("parse", (name, statement)))
             elif kind == b"B":
                 bind = m.parse_bind(message.body)
                 found = statements.get(bind.statement)
-                if found is not None:
-                    sql, problem = bind_parameters(found.sql, found.oids, bind)
-                    portals[bind.portal] = _Portal(found, bind, sql, problem)
-                steps.append(("bind", None))
+                if found is None:
+                    unknown = unknown or f"prepared statement {bind.statement!r}"
+                    break
+                sql, problem = bind_parameters(found.sql, found.oids, bind)
+                portal = _Portal(found, bind, sql, problem)
+                portals[bind.portal] = portal
+                steps.append(("bind", (bind.portal, portal)))
             elif kind == b"D":
                 what, name = m.parse_target(message.body)
                 item = statements.get(name) if what == b"S" else portals.get(name)
-                if item is not None:
-                    to_prepare.append(item.sql)
+                if item is None:
+                    unknown = unknown or f"{'statement' if what == b'S' else 'portal'} {name!r}"
+                    break
+                to_prepare.append(item.sql)
                 steps.append(("describe " + what.decode(), item))
             elif kind == b"E":
                 name, _ = m.parse_execute(message.body)
-                steps.append(("execute", portals.get(name)))
+                found_portal = portals.get(name)
+                if found_portal is None:
+                    unknown = unknown or f"portal {name!r}"
+                    break
+                steps.append(("execute", found_portal))
             elif kind == b"C":
                 what, name = m.parse_target(message.body)
                 (statements if what == b"S" else portals).pop(name, None)
-                steps.append(("close", None))
+                steps.append(("close", (what, name)))
+        if unknown is not None:
+            # A cursor opened with SQL DECLARE, a statement of SQL PREPARE, or one the target
+            # refused: the proxy runs through the protocol only what it has judged.
+            self.refuse(
+                f"hoop: unknown {unknown}: through the proxy, the protocol runs only "
+                "statements and portals made with Parse and Bind",
+                "26000",
+                synced=synced,
+            )
+            await self.flush()
+            return
         # Every Execute is judged before anything of the group goes to the target.
         for what, portal in steps:
             if what != "execute" or portal is None or portal.judgement is not None:
@@ -438,7 +478,6 @@ class _Connection:
             self.stale = False
         for sql in dict.fromkeys(to_prepare):
             await self.prepare(sql)
-        self.statements, self.portals = statements, portals
         await self.forward(group, synced=synced)
         try:
             for what, item in steps:
@@ -464,6 +503,15 @@ class _Connection:
             await self.answer_execute(item)
             return
         message = await self.next_answer(None, [])
+        if what == "parse" and message.type == b"1":
+            name, statement = item
+            self.statements[name] = statement
+        elif what == "bind" and message.type == b"2":
+            name, portal = item
+            self.portals[name] = portal
+        elif what == "close" and message.type == b"3":
+            kind, name = item
+            (self.statements if kind == b"S" else self.portals).pop(name, None)
         if what == "describe S" and message.type == b"t":
             if item is not None:
                 # The server's parameter types, where Parse left them to it: a Bind's binary
@@ -476,7 +524,7 @@ class _Connection:
                 )
             self.pass_on(message)
             message = await self.next_answer(None, [])
-        if message.type == b"T" and item is not None:
+        if what.startswith("describe") and message.type == b"T" and item is not None:
             columns = m.parse_row_description(message.body)
             shown, item.text_columns, _ = await self.describe(item.sql, columns)
             item.columns = columns
@@ -579,6 +627,8 @@ class _Connection:
 
     def ready(self, message: m.Message) -> None:
         self.status = message.body[:1]
+        if self.status == b"I":
+            self.portals.clear()  # portals end with their transaction
         self.at_sync = True
         self.pass_on(message)
 
@@ -725,11 +775,17 @@ class _Connection:
         )
 
     async def copy_in(self) -> None:
-        """COPY FROM STDIN (judged as a write): the client's data goes on to the target."""
+        """COPY FROM STDIN (judged as a write): the client's data goes on to the target. Only
+        copy messages pass: once the target has ended the copy (a bad row), anything else
+        would run unjudged, so another message ends the connection."""
         await self.flush()
         up = self.upstream()
         while True:
-            message = await m.read_message(self.reader)
+            message = await m.read_message(self.reader, limit=MAX_CLIENT_MESSAGE)
+            if message.type not in (b"d", b"c", b"f", b"H", b"S"):
+                raise m.ProtocolError(
+                    f"message type {message.type!r} inside COPY FROM STDIN (end it first)"
+                )
             up.send(m.frame(message.type, message.body))
             await up.drain()
             if message.type in (b"c", b"f"):

@@ -6,6 +6,7 @@ A value of a type not listed here cannot be read in binary format: the caller fa
 
 from __future__ import annotations
 
+import math
 import struct
 import uuid
 
@@ -93,8 +94,10 @@ def literal(value: object) -> str:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
+    if isinstance(value, int):
+        return f"({value})"  # never `0--5`: a minus after a minus would start a comment
+    if isinstance(value, float):
+        return f"({value!r})" if math.isfinite(value) else f"'{value!r}'::float8"
     if isinstance(value, bytes):
         return f"'\\x{value.hex()}'::bytea"
     return "'" + str(value).replace("'", "''") + "'"
