@@ -120,7 +120,6 @@ class _Connection:
         self.seq = 0
         self.out: list[bytes] = []
         self.statements: dict[int, _Prepared] = {}
-        self.last_statement: int | None = None
 
     # -- packets to the client -------------------------------------------------------------
 
@@ -308,6 +307,17 @@ class _Connection:
                 )
                 return
             await self.flush()
+            if command in (p.COM_QUERY, p.COM_STMT_EXECUTE, p.COM_INIT_DB):
+                # After statements that may change how the server reads text (character
+                # set, sql_mode): read the settings back; if they moved, nothing more runs.
+                drift = await self.host.settled(self.upstream())
+                if drift is not None:
+                    await self.fatal(
+                        ER_TABLEACCESS_DENIED,
+                        "42000",
+                        f"hoop: stopped: {drift}; the broker cannot judge what follows",
+                    )
+                    return
 
     async def look_up(self, texts: tuple[str, ...]) -> None:
         """What masking must know of each statement, while the target is idle."""
@@ -430,12 +440,14 @@ class _Connection:
         self.statements[statement_id] = _Prepared(
             sql, problem, params, lexer.placeholders(sql), text_columns
         )
-        self.last_statement = statement_id
 
     def statement(self, payload: bytes) -> _Prepared | None:
+        """The statement a COM_STMT_* names. The id "the statement prepared last" is not
+        taken: what the server means by it (after a prepare it refused) may differ from what
+        the proxy would."""
         statement_id = int.from_bytes(payload[1:5], "little")
-        if statement_id == _LAST_STATEMENT and self.last_statement is not None:
-            statement_id = self.last_statement
+        if statement_id == _LAST_STATEMENT:
+            return None
         return self.statements.get(statement_id)
 
     async def execute(self, payload: bytes) -> None:
@@ -455,7 +467,6 @@ class _Connection:
                 "hoop: server-side cursors are not taken through the proxy (execute without one)",
             )
             return
-        prepared.types = execute.types
         sql, problem = prepared.sql, prepared.problem or execute.problem or prepared.long_problem
         if problem is None:
             sql, problem = v.bind(prepared.sql, prepared.placeholders, execute.values)
@@ -468,14 +479,18 @@ class _Connection:
             return
         await self.look_up(judgement.texts)
         await self.forward(payload)
+        prepared.types = execute.types  # the target keeps them once it has them, not before
         # The target forgets the long data with each execution, whatever its outcome.
         prepared.long_data, prepared.long_problem = {}, None
         await self.relay(sql, judgement, binary=True, described=prepared.text_columns)
 
     async def long_data(self, payload: bytes) -> None:
-        """A parameter's value in pieces (no answer): kept to bind it when it runs."""
+        """A parameter's value in pieces (no answer): kept to bind it when it runs. For a
+        statement the proxy does not know it is not sent on."""
         prepared = self.statement(payload)
-        if prepared is not None and len(payload) >= 7:
+        if prepared is None:
+            return
+        if len(payload) >= 7:
             param = int.from_bytes(payload[5:7], "little")
             held = prepared.long_data.get(param, b"") + payload[7:]
             if sum(map(len, prepared.long_data.values())) + len(payload) > MAX_LONG_DATA:
@@ -486,13 +501,19 @@ class _Connection:
 
     async def close_statement(self, payload: bytes) -> None:
         prepared_id = int.from_bytes(payload[1:5], "little")
-        self.statements.pop(prepared_id, None)
-        await self.forward(payload)  # no answer
+        if self.statements.pop(prepared_id, None) is not None:
+            await self.forward(payload)  # no answer
 
     async def reset_statement(self, payload: bytes) -> None:
         prepared = self.statement(payload)
-        if prepared is not None:
-            prepared.long_data, prepared.long_problem = {}, None
+        if prepared is None:
+            self.error(
+                ER_UNKNOWN_STMT_HANDLER,
+                "HY000",
+                "Unknown prepared statement handler given to mysqld_stmt_reset",
+            )
+            return
+        prepared.long_data, prepared.long_problem = {}, None
         await self.forward(payload)
         self.send(await self.answer())
 

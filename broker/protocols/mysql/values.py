@@ -253,12 +253,26 @@ def parse_execute(
             else:
                 value = _parameter(cur, kind, unsigned)
             execute.values.append(value)
+        if cur.at != len(cur.body):
+            raise Unreadable("bytes after the last parameter")
     except (Unreadable, p.ProtocolError) as exc:
         execute.problem = f"parameter {len(execute.values) + 1} cannot be read ({exc})"
     return execute
 
 
+# The parameter types whose reading by the server is known: others (YEAR, INT24, BIT,
+# GEOMETRY, the server's internal date types) MariaDB reads as NULL without taking their
+# bytes, MySQL otherwise: every value after them would be read from another place.
+_PARAMETER_TYPES = (
+    frozenset({TINY, SHORT, LONG, LONGLONG, FLOAT, DOUBLE, NULL, DATE, DATETIME, TIMESTAMP, TIME})
+    | _DECIMALS
+    | _STRINGS
+)
+
+
 def _parameter(cur: p.Cursor, kind: int, unsigned: bool) -> object:
+    if kind not in _PARAMETER_TYPES:
+        raise Unreadable(f"parameter type {kind}")
     start = cur.at
     if kind in _FIXED:
         cur.take(_FIXED[kind])
