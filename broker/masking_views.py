@@ -18,10 +18,10 @@ column names:
     sources = await column_sources(conn, dialect, sql, result.columns)
 
 ``prepare_column_sources`` runs at most one catalog query per statement (plus one per level
-of views over views, the first time they are seen), none when every relation is cached or
-the statement names none. Lookups are cached per connection for CACHE_SECONDS; a statement
-that is not a query or DML (DDL, SET, USE, ...) drops the cache, so call it for every
-statement (it costs a parse when there is nothing to look up).
+of views over views), none when the statement names no relation. What was looked up holds
+for that one statement only: another session (of any user, through any path) may replace a
+view or a function between two statements, so each statement looks its relations up afresh.
+Call it for every statement (it costs a parse when there is nothing to look up).
 
 Fail closed: a relation whose lookup failed, that was not looked up, that the catalog does
 not know, or a view whose definition cannot be resolved (or nests deeper than MAX_DEPTH)
@@ -63,7 +63,6 @@ from broker.protocols.sql import DatabaseConnection, Key, StatementError, safe_l
 log = logging.getLogger("hoop.broker.masking")
 
 MAX_DEPTH = 8  # levels of views over views that are looked up and resolved
-CACHE_SECONDS = 5.0  # a lookup is trusted this long (DDL by other sessions)
 MAX_RELATIONS = 256  # relations looked up for one statement at most
 ANYWHERE = "*"  # a source that every column rule matches (see broker.masking.masker._Rule)
 
@@ -473,9 +472,9 @@ async def prepare_column_sources(
             state.taint.version += 1
     parsed = _parse(dialect, sql)
     ddl = parsed is None or not parsed.keep_cache
-    if ddl:
-        # DDL, SET search_path, USE, ... or not understood: what is cached may change.
-        state.forget()
+    # Nothing looked up for an earlier statement is trusted: another connection may have
+    # replaced a view (or made a function write) since, and would read through it unmasked.
+    state.forget()
     if parsed is not None and parsed.keys:
         await _look_up(conn, state, dialect, parsed.keys)
     try:
@@ -515,7 +514,6 @@ async def _look_up(
     conn: DatabaseConnection, state: _State, dialect: str, keys: Sequence[Key]
 ) -> None:
     """The relations ``keys`` and the views under them, into state.relations."""
-    now = time.monotonic()
     pending = list(keys)
     seen: set[Key] = set()
     for _ in range(MAX_DEPTH + 1):
@@ -524,9 +522,8 @@ async def _look_up(
             if key in seen:
                 continue
             seen.add(key)
-            rel = state.relations.get(_qualified(key))
-            if rel is not None and now - rel.fetched < CACHE_SECONDS:
-                continue
+            if _qualified(key) in state.relations:
+                continue  # looked up for this statement already
             if safe_literal(key[1]) is None or (
                 key[0] is not None and safe_literal(key[0]) is None
             ):
@@ -582,8 +579,8 @@ async def _check_functions(
     now = time.monotonic()
     wanted = []
     for name in sorted(effects.functions):
-        cached = state.functions.get(name)
-        if cached is not None and now - cached[1] < CACHE_SECONDS:
+        cached = state.functions.get(name)  # looked up for this statement already
+        if cached is not None:
             if cached[0]:
                 effects.code = True
                 return

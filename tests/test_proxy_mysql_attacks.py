@@ -5,7 +5,10 @@ target: the rows survive."""
 from __future__ import annotations
 
 import json
+import secrets
+import socket
 import struct
+import time
 from typing import Any
 
 import pymysql
@@ -17,8 +20,9 @@ from tests.fixtures import approvals
 TARGET = base.TARGET
 db, world, proxy = base.db, base.world, base.proxy
 
-LONG, INT24 = 3, 9
+LONG, INT24, BLOB = 3, 9, 252
 SQL = "DELETE FROM accounts WHERE id = ? OR ? = ?"
+INSERT = "INSERT INTO accounts VALUES (?, ?)"
 
 
 class _RawPacket(pymysql.protocol.MysqlPacket):  # type: ignore[misc]
@@ -107,3 +111,39 @@ def test_the_last_statement_id_is_not_taken(proxy: Any, db: Any, world: Any) -> 
     assert answer[0] == 0xFF
     assert "999 OR 1 = 1" in record  # judged as what runs: unbounded
     assert db.count() == 2
+
+
+def test_a_statement_whose_client_left_is_cancelled(proxy: Any, db: Any) -> None:
+    """The client sends a slow INSERT and hangs up while it runs: the target kills it, so the
+    row never appears (it would once the sleep ended)."""
+    row = 700_000 + secrets.randbelow(100_000)
+    conn = _connect(proxy)
+    _send(
+        conn,
+        b"\x03" + f"INSERT INTO accounts SELECT {row}, 'late' FROM (SELECT SLEEP(4)) s".encode(),
+    )
+    time.sleep(1.0)  # judged and running on the target by now
+    conn._sock.shutdown(socket.SHUT_RDWR)  # (close() alone leaves pymysql's file open)
+    conn._sock.close()
+    time.sleep(5.0)  # past the end of the sleep
+    assert not db.query("SELECT 1 FROM accounts WHERE id = %s", (row,))
+
+
+def test_long_data_is_capped_per_connection_not_per_statement(proxy: Any, db: Any) -> None:
+    """Two statements each take 9 MiB in pieces (each under the 16 MiB cap, together over
+    it): the broker holds no more than the cap per connection, so the second INSERT cannot be
+    judged by its value: unknown input, which this policy sends to a review nobody can give
+    (no approvers for it). It never runs."""
+    row = 600_000 + secrets.randbelow(100_000)
+    conn = _connect(proxy)
+    first, second = _prepare(conn, INSERT), _prepare(conn, INSERT)
+    assert first is not None and second is not None
+    piece = b"x" * (1 << 20)
+    for statement in (first, second):
+        for _ in range(9):
+            _send(conn, b"\x18" + struct.pack("<IH", statement, 1) + piece)
+    _execute(conn, second, [LONG, BLOB], struct.pack("<i", row))
+    answer = _read(conn)
+    conn.close()
+    assert answer[0] == 0xFF and b"too long to be judged" in answer, answer[:300]
+    assert not db.query("SELECT 1 FROM accounts WHERE id = %s", (row,))

@@ -4,15 +4,18 @@ on the target (rows that survive, a value that never shows), with a raw protocol
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pexpect
+import psycopg
 import pytest
 
 from tests.fixtures import approvals
-from tests.fixtures.approvals import AccountsDb, World, approvals_world
+from tests.fixtures.approvals import PG_ADMIN, AccountsDb, World, approvals_world
 from tests.test_proxy_postgres import EMAILS, MASKING, POLICY, Proxy, restore
 
 accounts_db = approvals.accounts_db
@@ -235,3 +238,39 @@ def test_a_truncated_message_is_a_protocol_violation(proxy: Proxy, message: byte
     raw.send(message, SYNC)
     answers = raw.until_closed()
     assert any(kind == b"E" and b"protocol violation" in data for kind, data in answers)
+
+
+def test_a_view_replaced_by_another_connection_is_looked_up_again(
+    proxy: Proxy, accounts_db: AccountsDb
+) -> None:
+    """One connection reads a harmless view; a second replaces it with one over the emails;
+    the first reads it again at once: masked (nothing looked up earlier is trusted)."""
+    reader, writer = Raw(proxy), Raw(proxy)
+    try:
+        writer.send(query("CREATE OR REPLACE VIEW v_swap AS SELECT 'harmless'::text AS e"))
+        writer.until_ready()
+        reader.send(query("SELECT e FROM v_swap"))
+        assert b"harmless" in shown(reader.until_ready())
+        writer.send(query("CREATE OR REPLACE VIEW v_swap AS SELECT email AS e FROM accounts"))
+        assert not any(kind == b"E" for kind, _ in writer.until_ready())
+        reader.send(query("SELECT e FROM v_swap"))
+        answers = reader.until_ready()
+        assert sum(kind == b"D" for kind, _ in answers) == accounts_db.count()  # rows came
+        assert not any(email.encode() in shown(answers) for email in EMAILS)
+    finally:
+        reader.close()
+        writer.close()
+        with psycopg.connect(**PG_ADMIN, dbname=accounts_db.name) as admin:
+            admin.execute("DROP VIEW IF EXISTS v_swap")
+
+
+def test_a_statement_whose_client_left_is_cancelled(proxy: Proxy, accounts_db: AccountsDb) -> None:
+    """The client sends a slow INSERT and hangs up while it runs: the target cancels it, so
+    the row never appears (it would once the sleep ended)."""
+    row = 700_000 + secrets.randbelow(100_000)
+    client = Raw(proxy)
+    client.send(query(f"INSERT INTO accounts (id, email) SELECT {row}, 'late' FROM pg_sleep(4)"))
+    time.sleep(1.0)  # judged and running on the target by now
+    client.close()
+    time.sleep(5.0)  # past the end of the sleep
+    assert not accounts_db.has(row)

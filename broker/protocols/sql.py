@@ -8,7 +8,9 @@ dialect); each unit says which one reads it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -213,6 +215,10 @@ class ProxyHost(Protocol):
         the broker does (the connection must end), or None."""
         ...
 
+    async def gone(self) -> None:
+        """Returns once the client has left."""
+        ...
+
     async def done(
         self,
         judgement: Judgement,
@@ -226,6 +232,28 @@ class ProxyHost(Protocol):
         """Statement INDEX of JUDGEMENT has run: audit and record it. NOTES: columns sent as
         NULL because their values could not be masked in the client's format."""
         ...
+
+
+@contextlib.asynccontextmanager
+async def abandoned_when_gone(
+    host: ProxyHost, abandon: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """While a native client is served: once it has left, ABANDON its target connection
+    (nothing more is sent, and what runs is cancelled). A statement whose client can no longer
+    see its answer, nor cancel it, must not run on to commit."""
+
+    async def watch() -> None:
+        await host.gone()
+        with contextlib.suppress(Exception):
+            await abandon()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 def safe_literal(text: str) -> str | None:

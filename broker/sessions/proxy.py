@@ -22,6 +22,7 @@ from broker.policy.sql import Statement, decide_sql
 from broker.policy.sql_session import SessionState
 from broker.protocols.sql import DatabaseConnection, RowMask, StatementError
 from broker.recording import RecordingError
+from broker.sessions.client_input import ClientInput
 from broker.sessions.sql_base import SqlSessionBase
 from broker.sessions.sql_state import needs_check, reading_drift
 
@@ -48,6 +49,7 @@ class NativeProxy(SqlSessionBase):
         super().__init__(*args, **kwargs)
         self._sql_state = SessionState()
         self._check_reading = False  # a statement ran that may change how text is read
+        self._input: ClientInput | None = None  # while the client is served
 
     # -- ProxyHost ---------------------------------------------------------------------
 
@@ -71,8 +73,14 @@ class NativeProxy(SqlSessionBase):
 
     async def _closed(self) -> bool:
         """While a statement waits for approval: True once the client has gone."""
-        await self._process.wait_closed()
+        await self.gone()
         return True
+
+    async def gone(self) -> None:
+        if self._input is None:
+            await self._process.wait_closed()
+        else:
+            await self._input.left.wait()
 
     async def judge(self, sql: str, *, unknown: str | None = None) -> _Judgement:
         decision, parsed = await asyncio.to_thread(
@@ -201,10 +209,11 @@ class NativeProxy(SqlSessionBase):
             return 1
         await self._begin(kind="proxy", started=started, command=None, details={"kind": "proxy"})
         status = 0
+        self._input = ClientInput(self._process.stdin)
         try:
             await unit.serve_native(
                 self,
-                self._process.stdin,
+                self._input,
                 self._process.stdout,
                 password_sha256=self._request.password_sha256,
             )
@@ -212,5 +221,6 @@ class NativeProxy(SqlSessionBase):
             self._notify(f"the recording cannot be written; stopped ({exc})")
             status = 1
         finally:
+            await self._input.close()
             await self._end(state="closed", status=status)
         return status

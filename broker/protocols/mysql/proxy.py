@@ -31,7 +31,7 @@ from broker.protocols.mysql import packets as p
 from broker.protocols.mysql import values as v
 from broker.protocols.mysql.results import Lost, Relay
 from broker.protocols.mysql.upstream import Gone, Upstream
-from broker.protocols.sql import ProxyHost
+from broker.protocols.sql import ProxyHost, abandoned_when_gone
 
 # What a client may ask for (and the target then gets).
 OFFERED = (
@@ -50,7 +50,7 @@ OFFERED = (
     | p.CLIENT_CONNECT_ATTRS
     | p.CLIENT_PLUGIN_AUTH_LENENC
 )
-MAX_LONG_DATA = 1 << 24  # bytes of COM_STMT_SEND_LONG_DATA kept to judge a statement by
+MAX_LONG_DATA = 1 << 24  # bytes of COM_STMT_SEND_LONG_DATA held per connection, to judge by
 
 # Errors the proxy itself answers with.
 ER_DBACCESS_DENIED = 1044
@@ -120,6 +120,7 @@ class _Connection:
         self.seq = 0
         self.out: list[bytes] = []
         self.statements: dict[int, _Prepared] = {}
+        self.long_held = 0  # bytes of long data held for all statements (MAX_LONG_DATA)
 
     # -- packets to the client -------------------------------------------------------------
 
@@ -437,6 +438,9 @@ class _Connection:
             self.send(column.as_text() if i in text_columns else column.payload)
         if columns:
             self.send(await self.answer())  # EOF
+        replaced = self.statements.get(statement_id)
+        if replaced is not None:
+            self.forget_long_data(replaced)
         self.statements[statement_id] = _Prepared(
             sql, problem, params, lexer.placeholders(sql), text_columns
         )
@@ -481,7 +485,7 @@ class _Connection:
         await self.forward(payload)
         prepared.types = execute.types  # the target keeps them once it has them, not before
         # The target forgets the long data with each execution, whatever its outcome.
-        prepared.long_data, prepared.long_problem = {}, None
+        self.forget_long_data(prepared)
         await self.relay(sql, judgement, binary=True, described=prepared.text_columns)
 
     async def long_data(self, payload: bytes) -> None:
@@ -492,16 +496,24 @@ class _Connection:
             return
         if len(payload) >= 7:
             param = int.from_bytes(payload[5:7], "little")
-            held = prepared.long_data.get(param, b"") + payload[7:]
-            if sum(map(len, prepared.long_data.values())) + len(payload) > MAX_LONG_DATA:
-                prepared.long_problem = "a parameter sent in pieces is too long to be judged"
+            piece = payload[7:]
+            if prepared.long_problem or self.long_held + len(piece) > MAX_LONG_DATA:
+                # Held per connection, not per statement: many statements must not add up.
+                prepared.long_problem = "parameters sent in pieces are too long to be judged"
             else:
-                prepared.long_data[param] = held
+                prepared.long_data[param] = prepared.long_data.get(param, b"") + piece
+                self.long_held += len(piece)
         await self.forward(payload)
+
+    def forget_long_data(self, prepared: _Prepared) -> None:
+        self.long_held -= sum(map(len, prepared.long_data.values()))
+        prepared.long_data, prepared.long_problem = {}, None
 
     async def close_statement(self, payload: bytes) -> None:
         prepared_id = int.from_bytes(payload[1:5], "little")
-        if self.statements.pop(prepared_id, None) is not None:
+        prepared = self.statements.pop(prepared_id, None)
+        if prepared is not None:
+            self.forget_long_data(prepared)
             await self.forward(payload)  # no answer
 
     async def reset_statement(self, payload: bytes) -> None:
@@ -513,13 +525,17 @@ class _Connection:
                 "Unknown prepared statement handler given to mysqld_stmt_reset",
             )
             return
-        prepared.long_data, prepared.long_problem = {}, None
+        self.forget_long_data(prepared)
         await self.forward(payload)
         self.send(await self.answer())
 
     async def cancel(self) -> None:
         if self.up is not None:
             await self.up.cancel()
+
+    async def abandon(self) -> None:
+        if self.up is not None:
+            await self.up.abandon()
 
 
 def _text(data: bytes, what: str) -> tuple[str, str | None]:
@@ -541,7 +557,8 @@ async def serve_client(
     protocol is told why and the connection ends."""
     conn = _Connection(host, reader, writer, password_sha256)
     try:
-        await conn.serve()
+        async with abandoned_when_gone(host, conn.abandon):
+            await conn.serve()
     except p.ProtocolError as exc:
         await conn.fatal(ER_HANDSHAKE, "08S01", f"hoop: protocol violation: {exc}")
     except (EOFError, ConnectionError, asyncio.IncompleteReadError):

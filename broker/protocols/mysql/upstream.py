@@ -73,6 +73,7 @@ class Upstream:
         self.capabilities = 0
         self.status = greeting.status
         self.tls = False
+        self.abandoned = False  # the client has left (abandon): nothing more is sent
         self._seq = 0
 
     @property
@@ -130,16 +131,25 @@ class Upstream:
 
     def command(self, payload: bytes) -> None:
         """Send a command (a packet that starts a new sequence)."""
+        if self.abandoned:
+            raise ConnectionError("the client has left: nothing more is sent to the target")
         data, self._seq = p.frame(payload, 0)
         self.writer.write(data)
 
     def send(self, payload: bytes) -> None:
         """Send the next packet of the sequence."""
+        if self.abandoned:
+            raise ConnectionError("the client has left: nothing more is sent to the target")
         data, self._seq = p.frame(payload, self._seq)
         self.writer.write(data)
 
     async def drain(self) -> None:
         await self.writer.drain()
+
+    async def abandon(self) -> None:
+        """The client has left: send nothing more, and cancel what runs now."""
+        self.abandoned = True
+        await self.cancel()
 
     async def read(self) -> bytes:
         """The server's next packet (ProtocolError, or EOFError at its end)."""

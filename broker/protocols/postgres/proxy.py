@@ -27,7 +27,13 @@ from broker.protocols.postgres import messages as m
 from broker.protocols.postgres import values as v
 from broker.protocols.postgres.copy_out import CopyNotMasked, CopyOut, copy_out
 from broker.protocols.postgres.upstream import Upstream
-from broker.protocols.sql import Judgement, ProxyHost, RowMask, StatementError
+from broker.protocols.sql import (
+    Judgement,
+    ProxyHost,
+    RowMask,
+    StatementError,
+    abandoned_when_gone,
+)
 
 MASK_BATCH = 500
 MAX_CLIENT_MESSAGE = 64 << 20  # one message from the client (COPY rows, a Bind's values)
@@ -234,6 +240,10 @@ class _Connection:
     async def cancel(self) -> None:
         if self.up is not None:
             await self.up.cancel()
+
+    async def abandon(self) -> None:
+        if self.up is not None:
+            await self.up.abandon()
 
     # -- the session -------------------------------------------------------------------
 
@@ -809,7 +819,8 @@ async def serve_client(
     protocol is told why and the connection ends."""
     conn = _Connection(host, reader, writer, password_sha256)
     try:
-        await conn.serve()
+        async with abandoned_when_gone(host, conn.abandon):
+            await conn.serve()
     except m.ProtocolError as exc:
         await conn.fatal(f"protocol violation: {exc}", "08P01")
     except (EOFError, ConnectionError, asyncio.IncompleteReadError):

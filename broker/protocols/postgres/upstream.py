@@ -62,6 +62,7 @@ class Upstream:
         self.pid = 0
         self.key = 0
         self.status = b"I"
+        self.abandoned = False  # the client has left (abandon): nothing more is sent
         self._held: deque[m.Message] = deque()  # came during execute(), for read() to hand on
 
     @classmethod
@@ -87,7 +88,14 @@ class Upstream:
     # -- raw messages (the native proxy) ----------------------------------------------------
 
     def send(self, data: bytes) -> None:
+        if self.abandoned:
+            raise ConnectionError("the client has left: nothing more is sent to the target")
         self.writer.write(data)
+
+    async def abandon(self) -> None:
+        """The client has left: send nothing more, and cancel what runs now."""
+        self.abandoned = True
+        await self.cancel()
 
     async def drain(self) -> None:
         await self.writer.drain()
