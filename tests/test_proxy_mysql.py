@@ -615,7 +615,7 @@ def test_the_no_password_proxy_takes_clients_without_one(
 
 
 def test_kill_query_stops_the_users_own_statement_and_no_other_kill_passes(
-    proxy: Proxy, db: Db
+    proxy: Proxy, db: Db, world: World
 ) -> None:
     def connect() -> pymysql.Connection[Any]:
         return pymysql.connect(
@@ -661,6 +661,11 @@ def test_kill_query_stops_the_users_own_statement_and_no_other_kill_passes(
         assert not runner.is_alive()
         assert outcome.get("errno") == 1317 or outcome.get("rows") == ((1,),), outcome
         assert outcome["took"] < 30
+        # Each KILL the proxy answered itself is in the audit trail, refused or done.
+        done = f"KILL QUERY {sleeper.thread_id()}"
+        assert any(e["details"]["query"] == done for e in world.broker.audit_events("query"))
+        blocked = {e["details"]["query"] for e in world.broker.audit_events("query.blocked")}
+        assert {"KILL 1", "KILL CONNECTION 1", "KILL QUERY 7"} <= blocked
     finally:
         sleeper.close()
         killer.close()

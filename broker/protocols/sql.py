@@ -219,6 +219,12 @@ class ProxyHost(Protocol):
         """Returns once the client has left."""
         ...
 
+    async def answered(self, sql: str, kind: str, *, refused: str | None = None) -> None:
+        """SQL (of KIND) was answered by the unit itself, not run as written (a KILL QUERY
+        of one of the user's connections): audit and record it; REFUSED: why it was not
+        done."""
+        ...
+
     async def done(
         self,
         judgement: Judgement,

@@ -182,6 +182,21 @@ class NativeProxy(SqlSessionBase):
             unmaskable=list(notes),
         )
 
+    async def answered(self, sql: str, kind: str, *, refused: str | None = None) -> None:
+        if refused is None:
+            decision = Decision("allow", None, "answered by the proxy")
+        else:
+            decision = Decision("deny", None, refused)
+        self._mark(f"query: {sql}")
+        summary = f"{kind}: answered by the proxy" + (f"; refused: {refused}" if refused else "")
+        self._record_output(f"{sql}\n-- {summary}\n".encode())
+        if refused is not None:
+            await self._audit_decision("query.blocked", "query", sql, decision)
+            return
+        await self._audit_query(
+            sql, kind, [], decision, rows=0, masked={}, error=None, started=time.monotonic()
+        )
+
     async def settled(self, conn: DatabaseConnection) -> str | None:
         if not self._check_reading:
             return None

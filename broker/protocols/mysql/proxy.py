@@ -372,14 +372,18 @@ class _Connection:
         the broker's credential might stop other sessions of the target."""
         thread = lexer.kill_query(sql)
         if thread is None:
+            await self.host.answered(sql, "KILL", refused=_KILL_REFUSED)
             self.refuse(_KILL_REFUSED)
             return
         live = _LIVE.get(thread)
         if live is None or live.host.user != self.host.user:
-            self.error(ER_NO_SUCH_THREAD, "HY000", f"Unknown thread id: {thread}")
+            unknown = f"Unknown thread id: {thread}"
+            await self.host.answered(sql, "KILL", refused=unknown)
+            self.error(ER_NO_SUCH_THREAD, "HY000", unknown)
             return
         if live is not self and live.up is not None:
             await live.up.cancel()
+        await self.host.answered(sql, "KILL")
         self.send(p.ok(status=self.upstream().status))
 
     async def init_db(self, payload: bytes) -> None:
