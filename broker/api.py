@@ -197,8 +197,9 @@ class Api:
             raise
         now = time.time()
         await broker.store.record_identity(
-            identity.user, identity.groups, identity.subject, identity.issuer, now
+            identity.user, identity.groups, identity.subject, identity.issuer, now, identity.kind
         )
+        broker.audit.actor_kinds[identity.user] = identity.kind
         await broker.audit.emit(
             AuditEvent(
                 type="auth.login",

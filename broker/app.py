@@ -27,6 +27,7 @@ from broker.identity.tokens import TokenValidator
 from broker.keys import BrokerKeys, UserCA, load_or_create_keys
 from broker.server import BrokerConnection, handle_process, open_sftp
 from broker.sessions.approvals import ApprovalGate
+from broker.sessions.budgets import RateBudget
 from broker.store import Store
 
 log = logging.getLogger("hoop.broker")
@@ -86,6 +87,7 @@ class Broker:
         self.config = config
         self.dev_mode = dev_mode
         self.api = Api(self)
+        self.rates = RateBudget()  # statements per minute, per user and target
         self._server: asyncssh.SSHAcceptor | None = None
         self._dev_issuer: DevIssuer | None = None
         self._store: Store | None = None

@@ -24,6 +24,7 @@ from broker.errors import BrokerError, ConfigError
 
 plain_help_types()
 
+GIL_SWITCH_SECONDS = 0.0005  # see serve
 app = typer.Typer(
     name="hoop-broker",
     help="The hoop session broker: an SSH gateway that records and polices every session.",
@@ -92,6 +93,10 @@ def serve(
         for problem in review_problems(loaded):
             # check-config reports it as an error; a running broker refuses such input at once.
             print(f"hoop-broker: warning: {problem}", file=sys.stderr, flush=True)
+        # The audit writer and the judging of long inputs run in threads: a thread waiting
+        # for the GIL behind the event loop gets it after this long (5 ms by default, which
+        # every statement of every session would wait).
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         asyncio.run(serve_forever(loaded, dev_mode=dev, listen=listen))
     except BrokerError as exc:
         _fail(exc)

@@ -9,7 +9,7 @@ import pwd
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -181,6 +181,8 @@ class Rule(_Strict):
     without_where: bool | None = None
     # Fallback for anything the parsers do not cover.
     regex: Regex = None
+    # Whom the rule is for: people or agents (see [oidc] agent settings); both when unset.
+    actor_kind: Literal["person", "agent"] | None = None
     approvers: list[str] = Field(default_factory=list)
     approvals: int = Field(default=1, ge=1)
     timeout: Duration = Field(default=900, gt=0)
@@ -195,6 +197,13 @@ class Policy(_Strict):
     # can, which check-config reports (review_problems).
     unknown_approvers: list[str] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
+
+    def for_actor(self, kind: str) -> Policy:
+        """The policy as it applies to an actor of KIND: rules for the other kind left out."""
+        kept = [rule for rule in self.rules if rule.actor_kind in (None, kind)]
+        if len(kept) == len(self.rules):
+            return self
+        return self.model_copy(update={"rules": kept})
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
@@ -287,11 +296,62 @@ class LocalTarget(_TerminalTarget):
         return value
 
 
+def _byte_count(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 65536, 64KB or 10MB")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*", value)
+        if match:
+            unit = match.group(2) or "B"
+            scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}.get(unit)
+            return int(match.group(1)) * (scale or 1024 ** ("BKMG".index(unit[0])))
+    raise ValueError("expected a size such as 65536, 64KB or 10MB")
+
+
+ByteCount = Annotated[int, BeforeValidator(_byte_count)]
+
+
+class BudgetLimits(_Strict):
+    """What one statement may take (rows, bytes of output, time) and how many statements a
+    user may run on the target in a minute. Unset: no limit of that kind."""
+
+    max_rows: int | None = Field(default=None, gt=0)
+    max_bytes: ByteCount | None = Field(default=None, gt=0)
+    statement_timeout: Duration | None = Field(default=None, gt=0)
+    max_statements_per_minute: int | None = Field(default=None, gt=0)
+
+
+class Budget(BudgetLimits):
+    """A target's budget for everyone; `person` and `agent` replace single limits for that
+    kind of actor (``[targets.budget.agent] max_rows = 1000``)."""
+
+    person: BudgetLimits | None = None
+    agent: BudgetLimits | None = None
+
+    def for_actor(self, kind: str) -> BudgetLimits:
+        special = self.person if kind == "person" else self.agent if kind == "agent" else None
+        values = self.model_dump(exclude={"person", "agent"})
+        if special is not None:
+            values.update(special.model_dump(exclude_none=True))
+        return BudgetLimits(**values)
+
+
 class _DatabaseTarget(_TargetBase):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     # Any statement running longer is cancelled (by PostgreSQL and MariaDB; for SQLite, by the
     # broker's progress handler).
     statement_timeout: Duration | None = Field(default=None, gt=0)
+    budget: Budget = Field(default_factory=Budget)
+
+    def for_actor(self, kind: str) -> Self:
+        """The target as one actor's sessions see it: the shorter statement timeout of the
+        target's and of the actor's budget."""
+        timeout = self.budget.for_actor(kind).statement_timeout
+        if timeout is None or (self.statement_timeout and self.statement_timeout <= timeout):
+            return self
+        return self.model_copy(update={"statement_timeout": timeout})
 
 
 TlsMode = Literal["disable", "prefer", "require", "verify-full"]

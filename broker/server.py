@@ -134,7 +134,10 @@ class BrokerConnection(asyncssh.SSHServer):
         identity = await self._broker.store.identity(username)
         if identity is None:
             return False
-        self.context = ConnectionContext(user=username, groups=identity.groups, remote=self._remote)
+        self.context = ConnectionContext(
+            user=username, groups=identity.groups, remote=self._remote, kind=identity.kind
+        )
+        self._broker.audit.actor_kinds[username] = identity.kind
         return True
 
 

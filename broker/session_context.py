@@ -12,6 +12,7 @@ class ConnectionContext:
     groups: tuple[str, ...]
     remote: str
     anonymous: bool = False
+    kind: str = "person"  # "person" or "agent": from the identity the user logged in with
 
     def may_use(self, allowed_groups: Iterable[str]) -> bool:
         return not self.anonymous and bool(set(allowed_groups) & set(self.groups))

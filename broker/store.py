@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS identities (
     groups TEXT NOT NULL,
     subject TEXT NOT NULL,
     issuer TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'person'
 );
 CREATE TABLE IF NOT EXISTS audit_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -82,6 +83,7 @@ class StoredIdentity:
     user: str
     groups: tuple[str, ...]
     updated_at: float
+    kind: str = "person"
 
 
 _CHAIN_COLUMNS = (("seq", "INTEGER"), ("prev_hash", "TEXT"), ("hash", "TEXT"))
@@ -103,6 +105,9 @@ def migrate_audit_chain(conn: sqlite3.Connection, now: float | None = None) -> i
     detected; `audit_meta.chain_since` records when chaining began.
     """
     conn.executescript(_SCHEMA)
+    known = {row[1] for row in conn.execute("PRAGMA table_info(identities)")}
+    if "kind" not in known:  # a store from before agent identities: everyone was a person
+        conn.execute("ALTER TABLE identities ADD COLUMN kind TEXT NOT NULL DEFAULT 'person'")
     columns = {row[1] for row in conn.execute("PRAGMA table_info(audit_events)")}
     for name, kind in _CHAIN_COLUMNS:
         if name not in columns:
@@ -156,13 +161,25 @@ def append_chained(
     record: dict[str, Any],
     floor: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
-    """Append RECORD to the chain in one write transaction; return it with seq and hashes.
+    """Append RECORD to the chain in one write transaction; return it with seq and hashes."""
+    return append_chained_batch(conn, [record], floor)[0]
+
+
+def append_chained_batch(
+    conn: sqlite3.Connection,
+    records: Sequence[dict[str, Any]],
+    floor: tuple[int, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Append RECORDS to the chain, in order, in one write transaction (one commit for all of
+    them); return each with seq and hashes. All are stored or none.
 
     `BEGIN IMMEDIATE` takes SQLite's write lock before the head is read, so two writers
     (the broker and `hoop-broker prune`) cannot both extend the same head. FLOOR is the head
     this writer last saw: if the store's head is older, events were deleted from its end, and
     the chain goes on from FLOOR so that the gap stays visible to `hoop-broker verify`.
     """
+    texts = [json.dumps(record, sort_keys=True) for record in records]  # before the lock
+    chained: list[dict[str, Any]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
         head_seq, prev = chain_head(conn)
@@ -175,29 +192,33 @@ def append_chained(
                 floor[0],
             )
             head_seq, prev = floor
-        seq = head_seq + 1
-        digest = chain_hash(record, seq, prev)
-        conn.execute(
-            "INSERT INTO audit_events(time, type, actor, session, target, event, seq, prev_hash, "
-            "hash) VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                record["time"],
-                record["type"],
-                record.get("actor"),
-                record.get("session"),
-                record.get("target"),
-                json.dumps(record, sort_keys=True),
-                seq,
-                prev,
-                digest,
-            ),
-        )
+        seq = head_seq
+        for record, text in zip(records, texts, strict=True):
+            seq += 1
+            digest = chain_hash(record, seq, prev)
+            conn.execute(
+                "INSERT INTO audit_events(time, type, actor, session, target, event, seq, "
+                "prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    record["time"],
+                    record["type"],
+                    record.get("actor"),
+                    record.get("session"),
+                    record.get("target"),
+                    text,
+                    seq,
+                    prev,
+                    digest,
+                ),
+            )
+            chained.append({**record, "seq": seq, "prev_hash": prev, "hash": digest})
+            prev = digest
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    return {**record, "seq": seq, "prev_hash": prev, "hash": digest}
+    return chained
 
 
 def _event_row(row: Sequence[Any]) -> dict[str, Any]:
@@ -210,8 +231,11 @@ def _event_row(row: Sequence[Any]) -> dict[str, Any]:
 class _AuditWriter:
     """The one writer of the audit chain: its own connection, used from one thread only.
 
-    Appends run one at a time in submission order, each as a single function call in that
-    thread, so a cancelled caller can never leave a transaction half done.
+    Appends are written in submission order. Events that arrive while a write is under way
+    wait for it, then go together in the next one: one transaction (one commit) per batch,
+    so the chain keeps up with many sessions. Each batch is a single function call in the
+    writer's thread, so a cancelled caller can never leave a transaction half done, nor lose
+    its event: it is written all the same.
     """
 
     def __init__(self, path: Path) -> None:
@@ -219,6 +243,43 @@ class _AuditWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="hoop-audit-writer")
         self._conn: sqlite3.Connection | None = None
         self.floor: tuple[int, str] | None = None
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def append_soon(self, record: dict[str, Any]) -> dict[str, Any]:
+        """RECORD chained, once it is stored (with the events that came with it)."""
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((record, done))
+        if self._writing is None:
+            self._writing = asyncio.ensure_future(self._write_waiting())
+        return await asyncio.shield(done)
+
+    async def _write_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                try:
+                    chained = await self.call(self.append_batch, [r for r, _ in batch])
+                except BaseException as exc:
+                    if len(batch) > 1 and isinstance(exc, Exception):
+                        # One bad event must not take the others with it: one at a time.
+                        for record, done in batch:
+                            try:
+                                one = await self.call(self.append, record)
+                            except Exception as single:
+                                _settle(done, error=single)
+                            else:
+                                _settle(done, result=one)
+                        continue
+                    for _, done in batch:
+                        _settle(done, error=exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for (_, done), one in zip(batch, chained, strict=True):
+                        _settle(done, result=one)
+        finally:
+            self._writing = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -229,9 +290,13 @@ class _AuditWriter:
         migrate_audit_chain(self._conn)
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        assert self._conn is not None
-        chained = append_chained(self._conn, record, self.floor)
-        self.floor = (chained["seq"], chained["hash"])
+        return self.append_batch([record])[0]
+
+    def append_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("the audit writer is closed")
+        chained = append_chained_batch(self._conn, records, self.floor)
+        self.floor = (chained[-1]["seq"], chained[-1]["hash"])
         return chained
 
     def close_sync(self) -> None:
@@ -240,8 +305,27 @@ class _AuditWriter:
             self._conn = None
 
     async def close(self) -> None:
+        if self._writing is not None:  # what was handed in is written first
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._writing)
         await self.call(self.close_sync)
         self._executor.shutdown(wait=False)
+
+
+MAX_BATCH = 512  # audit events written in one transaction at most
+
+
+def _settle(
+    done: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
+) -> None:
+    if done.done():
+        return
+    if isinstance(error, asyncio.CancelledError):
+        done.cancel()
+    elif error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
 
 
 class Store:
@@ -308,23 +392,32 @@ class Store:
         raise AssertionError("unreachable")
 
     async def record_identity(
-        self, user: str, groups: Sequence[str], subject: str, issuer: str, now: float
+        self,
+        user: str,
+        groups: Sequence[str],
+        subject: str,
+        issuer: str,
+        now: float,
+        kind: str = "person",
     ) -> None:
         await self._write(
-            "INSERT INTO identities(user, groups, subject, issuer, updated_at) VALUES (?,?,?,?,?) "
+            "INSERT INTO identities(user, groups, subject, issuer, updated_at, kind) "
+            "VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(user) DO UPDATE SET groups=excluded.groups, subject=excluded.subject, "
-            "issuer=excluded.issuer, updated_at=excluded.updated_at",
-            (user, json.dumps(list(groups)), subject, issuer, now),
+            "issuer=excluded.issuer, updated_at=excluded.updated_at, kind=excluded.kind",
+            (user, json.dumps(list(groups)), subject, issuer, now, kind),
         )
 
     async def identity(self, user: str) -> StoredIdentity | None:
         async with self._db.execute(
-            "SELECT user, groups, updated_at FROM identities WHERE user = ?", (user,)
+            "SELECT user, groups, updated_at, kind FROM identities WHERE user = ?", (user,)
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
-        return StoredIdentity(user=row[0], groups=tuple(json.loads(row[1])), updated_at=row[2])
+        return StoredIdentity(
+            user=row[0], groups=tuple(json.loads(row[1])), updated_at=row[2], kind=row[3]
+        )
 
     async def create_session(
         self,
@@ -403,7 +496,7 @@ class Store:
         if self._writer is None:
             raise StoreError("the store is closed")
         try:
-            return await self._writer.call(self._writer.append, event)
+            return await self._writer.append_soon(event)
         except sqlite3.Error as exc:
             raise StoreError(f"audit event could not be stored: {exc}") from None
 

@@ -422,6 +422,41 @@ async def test_concurrent_writers_in_two_processes_never_fork_the_chain(tmp_path
     assert kinds.count("mine") == 200 and kinds.count("other") == 200
 
 
+async def test_events_that_arrive_together_are_written_in_order_and_none_is_lost(
+    tmp_path: Path,
+) -> None:
+    """Appends that come while a write is under way go in batches (one commit each): every
+    event is stored in the order it was handed in; an event that cannot be stored fails alone;
+    a caller that stops waiting still has its event written."""
+    store = await Store.open(tmp_path)
+
+    def event(n: int) -> dict[str, Any]:
+        return {"type": "mine", "time": time.time(), "groups": [], "details": {"n": n}}
+
+    bad = {"type": "bad", "time": time.time(), "groups": [], "details": {"x": object()}}
+    calls = [store.append_audit(event(n)) for n in range(300)]
+    calls.insert(150, store.append_audit(bad))
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    impatient = asyncio.ensure_future(store.append_audit(event(300)))
+    await asyncio.sleep(0)  # every event handed in
+    impatient.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    await store.close()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(failed) == 1
+    conn = sqlite3.connect(tmp_path / "hoop.db")
+    report = verify_chain_db(conn, None)
+    assert report.problems == [] and report.events == 301
+    numbers = [
+        json.loads(row[0])["details"]["n"]
+        for row in conn.execute("SELECT event FROM audit_events ORDER BY seq")
+    ]
+    assert numbers == list(range(301))
+    # The seqs returned are the stored ones.
+    stored = [r["seq"] for r in results if not isinstance(r, BaseException)]
+    assert stored == list(range(1, 301))
+
+
 _OLD_SCHEMA = """
 CREATE TABLE audit_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -49,6 +49,8 @@ class AuditEvent:
     reason: str | None = None
     remote: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    actor_kind: str | None = None  # "person" or "agent"; filled in by AuditLog.emit when known
+    client: dict[str, str] | None = None  # what the client said it is (name, version)
 
 
 def event_record(event: AuditEvent, now: float) -> dict[str, Any]:
@@ -77,6 +79,9 @@ class AuditLog:
             self._sinks.append(StdoutSink(SinkConfig(type="stdout"), stream=stream))
         self._sinks.extend(sinks)
         self.strict = strict
+        # Each user's kind ("person" or "agent"), as last seen at login or SSH authentication:
+        # every event with an actor carries it.
+        self.actor_kinds: dict[str, str] = {}
         self._data_dir = data_dir
         self._signer = signer
         self._store_error: str | None = None
@@ -127,6 +132,10 @@ class AuditLog:
             await sink.start()
 
     async def emit(self, event: AuditEvent) -> dict[str, Any]:
+        if event.actor is not None and event.actor_kind is None:
+            kind = self.actor_kinds.get(event.actor)
+            if kind is not None:
+                event = replace(event, actor_kind=kind)
         record = event_record(event, time.time())
         try:
             chained = await self._store.append_audit(record)

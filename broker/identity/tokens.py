@@ -36,6 +36,7 @@ class Identity:
     expires_at: int
     subject: str
     issuer: str
+    kind: str = "person"  # "person" or "agent" (see OidcSection's agent settings)
 
 
 class TokenValidator:

@@ -29,6 +29,7 @@ from broker.sessions.approvals import (
     ReviewRequest,
     decided_by,
 )
+from broker.sessions.budgets import RateBudget
 from broker.sessions.request import SessionCommand
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class SessionHost(Protocol):
     store: Store
     audit: AuditLog
     keys: BrokerKeys
+    rates: RateBudget
 
     @property
     def data_dir(self) -> Path: ...
@@ -108,8 +110,11 @@ class SessionBase:
         self._broker = broker
         self._ctx = ctx
         self._process = process
-        self._target = target
-        self._policy = policy
+        # As they apply to this actor: rules for the other kind of actor (people, agents) left
+        # out, and the actor's budget's statement timeout where it is the shorter.
+        for_actor = getattr(target, "for_actor", None)
+        self._target = for_actor(ctx.kind) if for_actor is not None else target
+        self._policy = policy.for_actor(ctx.kind)
         self._gate = gate
         self._request = request
         self._reason = request.reason
@@ -614,6 +619,8 @@ class SessionBase:
                 target=self._target.name,
                 session=self.session_id,
                 remote=self._ctx.remote,
+                actor_kind=self._ctx.kind,
+                client=self._request.client_info,
                 **fields,  # type: ignore[arg-type]
             )
         )

@@ -10,10 +10,13 @@ import io
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from broker.sessions.budgets import Cut
 
 TABLE_ROW_LIMIT = 10_000
 FORMATS = ("table", "json", "csv")
@@ -91,12 +94,17 @@ class ResultWriter:
         self.truncated += max(0, len(rows) - room)
         return ""
 
-    def end(self) -> str:
+    def end(self, cut: Cut | None = None) -> str:
+        """The text after the rows; CUT: the result was stopped at a budget, and says so (in
+        json as the array's last element, {"hoop_truncated": {...}})."""
+        marker = cut.marker(self.fmt) if cut is not None else ""
         if self.fmt == "csv":
-            return ""
+            return marker
         if self.fmt == "json":
+            if marker:
+                return ("\n" if self._first else ",\n") + marker + "\n]\n"
             return "\n]\n" if not self._first else "]\n"
-        return self._table()
+        return self._table() + marker
 
     def _csv_line(self, values: Sequence[str]) -> str:
         buffer = io.StringIO()

@@ -6,7 +6,6 @@ rule says review), plans the masking of each result, and audits and records each
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import asyncssh
 from broker.masking.lineage import ColumnSource
 from broker.masking_views import column_sources, prepare_column_sources
 from broker.policy.decision import Decision, combine
-from broker.policy.sql import Statement, decide_sql
+from broker.policy.sql import Statement
 from broker.policy.sql_session import SessionState
 from broker.protocols.sql import DatabaseConnection, RowMask, StatementError
 from broker.recording import RecordingError
@@ -83,9 +82,7 @@ class NativeProxy(SqlSessionBase):
             await self._input.left.wait()
 
     async def judge(self, sql: str, *, unknown: str | None = None) -> _Judgement:
-        decision, parsed = await asyncio.to_thread(
-            decide_sql, self._policy, sql, self.dialect, self._sql_state
-        )
+        decision, parsed = await self._decide_sql(sql, self._sql_state)
         if unknown is not None:
             doubt = Decision(
                 self._policy.on_unknown, None, f"cannot tell what this SQL does: {unknown}"

@@ -1,9 +1,12 @@
 """Parsing what the client asked the broker to run (docs/approvals-contract.md):
 
 exec [--reason TEXT] [--output table|json|csv] [--wait SECONDS | --no-wait] [--request ID]
-     NAME [-- CMD ...]
-connect [--reason TEXT] NAME [-- CMD ...]
-proxy [--reason TEXT] [--password-sha256 HEX] NAME
+     [--client NAME/VERSION] NAME [-- CMD ...]
+connect [--reason TEXT] [--client NAME/VERSION] NAME [-- CMD ...]
+proxy [--reason TEXT] [--password-sha256 HEX] [--client NAME/VERSION] NAME
+
+--client names the program that asked (an MCP client, say): it goes into the session's audit
+events as `client`, and decides nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ class SessionCommand:
     request_id: str | None = None
     # proxy: the SHA-256 (hex) of the one-time password the local client must give.
     password_sha256: str | None = None
+    # What the client says it is (--client NAME/VERSION): for the audit trail only.
+    client: tuple[str, str] | None = None
+
+    @property
+    def client_info(self) -> dict[str, str] | None:
+        if self.client is None:
+            return None
+        return {"name": self.client[0], "version": self.client[1]}
 
 
 VERBS = ("connect", "exec", "proxy")
@@ -46,6 +57,7 @@ USAGE = {
     "proxy": "proxy [--reason TEXT] [--password-sha256 HEX] TARGET",
 }
 _EXEC_ONLY = ("--wait", "--no-wait", "--request", "--output", "-o")
+_CLIENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9 ._@+:()-]{0,63})/([A-Za-z0-9][A-Za-z0-9._+-]{0,31})")
 
 
 def _value(word: str, rest: list[str]) -> str:
@@ -80,6 +92,7 @@ def parse_session_command(command: str) -> SessionCommand:
     no_wait = False
     request_id: str | None = None
     password_sha256: str | None = None
+    client: tuple[str, str] | None = None
     target: str | None = None
     while rest:
         word = rest.pop(0)
@@ -109,6 +122,13 @@ def parse_session_command(command: str) -> SessionCommand:
             password_sha256 = _value(word, rest).strip().lower()
             if not re.fullmatch(r"[0-9a-f]{64}", password_sha256):
                 raise RequestError("--password-sha256 takes 64 hex digits")
+        elif flag == "--client":
+            match = _CLIENT.fullmatch(_value(word, rest).strip())
+            if match is None:
+                raise RequestError(
+                    "--client takes NAME/VERSION (letters, digits and . _ @ + : ( ) - only)"
+                )
+            client = (match.group(1), match.group(2))
         elif word.startswith("-"):
             raise RequestError(f"unknown option {word}")
         elif target is None:
@@ -135,4 +155,5 @@ def parse_session_command(command: str) -> SessionCommand:
         wait=0 if no_wait else DEFAULT_EXEC_WAIT if wait is None else wait,
         request_id=request_id,
         password_sha256=password_sha256,
+        client=client,
     )

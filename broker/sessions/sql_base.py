@@ -3,13 +3,14 @@ anything else sees it, and the per-statement `query` audit event."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import DatabaseTarget
+from broker.config import BudgetLimits, DatabaseTarget
 from broker.credentials import resolve_credential
 from broker.keys import load_or_create_secret
 from broker.masking.masker import Masker
@@ -22,6 +23,8 @@ from broker.masking_views import (
     shared_taint,
 )
 from broker.policy.decision import Decision
+from broker.policy.sql import ParsedSql, decide_sql
+from broker.policy.sql_session import SessionState
 from broker.protocols import sql_unit
 from broker.protocols.sql import DatabaseConnection, SqlUnit, StatementError
 from broker.sessions.base import SessionBase
@@ -77,6 +80,9 @@ def withheld_message(exc: StatementError) -> str:
     )
 
 
+INLINE_DECIDE_BYTES = 4096  # inputs up to this size are judged without a thread
+
+
 class SqlSessionBase(SessionBase):
     _target: DatabaseTarget
 
@@ -89,6 +95,46 @@ class SqlSessionBase(SessionBase):
     @property
     def unit(self) -> SqlUnit:
         return sql_unit(self._target.type)
+
+    async def _decide_sql(
+        self, text: str, state: SessionState | None = None
+    ) -> tuple[Decision, ParsedSql]:
+        """The policy's decision on TEXT. A short input that PostgreSQL's own parser reads
+        (pglast: C, bounded) is judged on the event loop: a hop to a thread and back costs more
+        than parsing it, and waits for the GIL behind the other sessions. Anything else (a
+        long input, sqlglot's pure-Python parsing) in a thread, so that the other sessions go
+        on meanwhile."""
+        if len(text) <= INLINE_DECIDE_BYTES and self.unit.parser == "pglast":
+            decided = decide_sql(self._policy, text, self.dialect, state)  # type: ignore[arg-type]
+        else:
+            decided = await asyncio.to_thread(
+                decide_sql,
+                self._policy,
+                text,
+                self.dialect,  # type: ignore[arg-type]
+                state,
+            )
+        return self._within_rate(*decided)
+
+    @property
+    def _limits(self) -> BudgetLimits:
+        """This actor's budget on the target (rows, bytes, time, rate)."""
+        return self._target.budget.for_actor(self._ctx.kind)
+
+    def _within_rate(self, decision: Decision, parsed: ParsedSql) -> tuple[Decision, ParsedSql]:
+        """DECISION, unless running PARSED would take the user past the target's
+        max_statements_per_minute: then a deny saying so (nothing of the input runs)."""
+        per_minute = self._limits.max_statements_per_minute
+        if per_minute is None or decision.action == "deny":
+            return decision, parsed
+        for _ in parsed.statements or (None,):
+            if not self._broker.rates.take(self._ctx.user, self._target.name, per_minute):
+                reason = (
+                    f"rate budget: at most {per_minute} statements a minute on target "
+                    f"{self._target.name} for {self._ctx.kind}s; try again in a minute"
+                )
+                return Decision("deny", "budget", reason), parsed
+        return decision, parsed
 
     def _masking(self) -> Masker:
         if self._masker is None:
@@ -184,6 +230,7 @@ class SqlSessionBase(SessionBase):
         started: float,
         approver: str | None = None,
         unmaskable: list[str] | None = None,
+        truncated: dict[str, object] | None = None,
     ) -> None:
         await self._audit_decision(
             "query",
@@ -200,5 +247,6 @@ class SqlSessionBase(SessionBase):
                 "masked": masked,
                 "duration_ms": round((time.monotonic() - started) * 1000, 3),
                 **({"unmaskable": unmaskable} if unmaskable else {}),
+                **({"truncated": truncated} if truncated else {}),
             },
         )

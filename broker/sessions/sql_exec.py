@@ -4,7 +4,6 @@ broker's own connection, streaming formatted rows back. Exit: 0 ok, 1 target err
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -14,11 +13,12 @@ import asyncssh
 
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
-from broker.policy.sql import ParsedSql, decide_sql
+from broker.policy.sql import ParsedSql
 from broker.protocols import open_database
 from broker.protocols.base import TargetError
 from broker.protocols.sql import DatabaseConnection, StatementError
 from broker.recording import RecordingError
+from broker.sessions.budgets import BudgetMeter, Cut
 from broker.sessions.formats import ResultWriter
 from broker.sessions.sql_base import QUERY_KINDS, SqlSessionBase
 from broker.sessions.sql_state import needs_check, reading_drift
@@ -85,12 +85,7 @@ class SqlExec(SqlSessionBase):
         return await self._execute(sql, parsed, decision)
 
     async def _decide(self, sql: str) -> tuple[Decision, ParsedSql]:
-        return await asyncio.to_thread(
-            decide_sql,
-            self._policy,
-            sql,
-            self.dialect,  # type: ignore[arg-type]
-        )
+        return await self._decide_sql(sql)
 
     async def _refused(self, sql: str, decision: Decision) -> int:
         def say(text: str) -> None:
@@ -192,6 +187,7 @@ class SqlExec(SqlSessionBase):
         rows = 0
         error: str | None = None
         masked: dict[str, int] = {}
+        cut: Cut | None = None
         head = json.dumps({"statement": text, "kind": kind}, ensure_ascii=False)[:-1]
         opened = in_rows = False
         try:
@@ -205,7 +201,12 @@ class SqlExec(SqlSessionBase):
                 await self._write(writer.begin(result.columns))
                 in_rows = True
                 batch: list[tuple[object, ...]] = []
+                meter = BudgetMeter(self._limits)
                 async for row in result.rows:
+                    if not meter.admit(row):
+                        cut = meter.cut
+                        await self._stop_reading(conn, result)
+                        break
                     batch.append(row)
                     if len(batch) >= ROW_BATCH:
                         await self._write(writer.rows(batch))
@@ -214,10 +215,12 @@ class SqlExec(SqlSessionBase):
                 if batch:
                     await self._write(writer.rows(batch))
                     rows += len(batch)
-                end = writer.end()
+                end = writer.end(cut)
                 in_rows = False
                 await self._write(end.rstrip("\n") + "}" if self._document else end)
                 masked = result.masked_counts()
+                if cut is not None:
+                    self._error(cut.text)
             elif self._document:
                 await self._write(', "status": ' + json.dumps(result.status) + "}")
             elif result.status:
@@ -247,5 +250,13 @@ class SqlExec(SqlSessionBase):
             error=error,
             started=started,
             approver=self._approver,
+            truncated=cut.as_dict() if cut is not None else None,
         )
         return 1 if error else 0
+
+    async def _stop_reading(self, conn: DatabaseConnection, result: Any) -> None:
+        """A result cut at its budget: the database stops producing it (the rest is never
+        fetched), and the connection stays usable for the next statement."""
+        await conn.cancel()
+        with contextlib.suppress(Exception):
+            await result.rows.aclose()

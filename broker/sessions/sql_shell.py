@@ -41,7 +41,6 @@ from rich.text import Text
 from broker.credentials import CredentialError
 from broker.masking.lineage import ColumnSource
 from broker.policy.decision import Decision
-from broker.policy.sql import decide_sql
 from broker.policy.sql_session import SessionState
 from broker.protocols import open_database
 from broker.protocols.base import TargetError
@@ -329,13 +328,7 @@ class SqlShell(SqlSessionBase):
 
     # -- SQL ------------------------------------------------------------------------------
     async def _run_input(self, text: str) -> None:
-        decision, parsed = await asyncio.to_thread(
-            decide_sql,
-            self._policy,
-            text,
-            self.dialect,  # type: ignore[arg-type]
-            self._sql_state,
-        )
+        decision, parsed = await self._decide_sql(text, self._sql_state)
         approver: str | None = None
         if decision.action != "allow":
             outcome = await self._held(text, decision, len(parsed.statements))

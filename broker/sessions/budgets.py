@@ -1,0 +1,95 @@
+"""Budgets (a target's `[targets.budget]`, per actor kind): the rate of statements a user may
+run on a target, counted across all of that user's sessions there, and the marker a result
+cut at its row or byte budget carries in each output format."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from broker.sessions.formats import to_text
+
+WINDOW = 60.0  # seconds: max_statements_per_minute counts the statements of the last minute
+MAX_TRACKED = 100_000  # (user, target) windows kept at most; the oldest idle ones go first
+
+
+class RateBudget:
+    """Statements per minute per (user, target), in a sliding window. The clock is injected
+    so that tests can move time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[tuple[str, str], deque[float]] = {}
+
+    def take(self, user: str, target: str, per_minute: int | None) -> bool:
+        """Count one statement of USER on TARGET; False (not counted) when the last minute
+        already holds PER_MINUTE of them."""
+        if per_minute is None:
+            return True
+        now = self._clock()
+        key = (user, target)
+        seen = self._seen.pop(key, None) or deque()
+        while seen and seen[0] <= now - WINDOW:
+            seen.popleft()
+        self._seen[key] = seen  # re-inserted: the dict's order is least recently used first
+        if len(seen) >= per_minute:
+            return False
+        seen.append(now)
+        if len(self._seen) > MAX_TRACKED:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A result stopped at its budget: which one, its limit, and the rows sent before."""
+
+    budget: str  # "max_rows" or "max_bytes"
+    limit: int
+    rows: int
+
+    @property
+    def text(self) -> str:
+        unit = "rows" if self.budget == "max_rows" else "bytes"
+        return (
+            f"result truncated at the target's {self.budget} budget ({self.limit} {unit}): "
+            f"{self.rows} row{'s' if self.rows != 1 else ''} sent"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {"budget": self.budget, "limit": self.limit, "rows": self.rows}
+
+    def marker(self, fmt: str) -> str:
+        """The marker after the rows, in output format FMT (a script sees the cut too)."""
+        if fmt == "json":
+            return json.dumps({"hoop_truncated": self.as_dict()})
+        return f"# hoop: {self.text}\n" if fmt == "csv" else f"({self.text})\n"
+
+
+class BudgetMeter:
+    """Counts one result's rows and bytes (the text form of its values) against a budget."""
+
+    def __init__(self, limits: Any) -> None:
+        self._max_rows: int | None = limits.max_rows
+        self._max_bytes: int | None = limits.max_bytes
+        self.rows = 0
+        self.bytes = 0
+        self.cut: Cut | None = None
+
+    def admit(self, row: Sequence[Any]) -> bool:
+        """Whether ROW may be sent; False once a budget is spent (then ``cut`` says which)."""
+        if self._max_rows is not None and self.rows >= self._max_rows:
+            self.cut = Cut("max_rows", self._max_rows, self.rows)
+            return False
+        if self._max_bytes is not None:
+            size = sum(len(to_text(value).encode("utf-8", "replace")) for value in row)
+            if self.bytes + size > self._max_bytes:
+                self.cut = Cut("max_bytes", self._max_bytes, self.rows)
+                return False
+            self.bytes += size
+        self.rows += 1
+        return True
