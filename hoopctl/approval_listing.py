@@ -85,7 +85,7 @@ def _table_row(request: ApprovalRequest, now: float) -> dict[str, Text | str]:
         "id": cell(request.id),
         "state": request.state,
         "kind": request.kind,
-        "requester": cell(request.requester),
+        "requester": cell(request.requester_label),
         "target": cell(request.target),
         "what": cell(request.what()),
         "rule": cell(request.rule),

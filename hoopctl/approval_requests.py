@@ -111,6 +111,12 @@ class ApprovalRequest:
     duration: int | None
     grant_until: float | None
     raw: dict[str, Any]
+    requester_kind: str = "person"  # "person" or "agent"
+
+    @property
+    def requester_label(self) -> str:
+        """The requester as approvers see them: an agent is marked as one."""
+        return f"{self.requester} [agent]" if self.requester_kind == "agent" else self.requester
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ApprovalRequest:
@@ -124,6 +130,7 @@ class ApprovalRequest:
             kind=str(record.get("kind") or "command"),
             state=str(record.get("state") or "pending"),
             requester=str(record.get("requester") or ""),
+            requester_kind="agent" if record.get("requester_kind") == "agent" else "person",
             requester_groups=_strings(record.get("requester_groups")),
             target=str(record.get("target") or ""),
             session=text("session"),

@@ -250,7 +250,7 @@ def row_fragments(
         (style, marker),
         *escaped(request.id, style),
         (style, "  "),
-        *escaped(request.requester, style),
+        *escaped(request.requester_label, style),
         (style, " → "),
         *escaped(request.target, style),
         (style, f"  {_left_text(request, now)}"),
@@ -327,7 +327,7 @@ def detail_lines(request: ApprovalRequest, me: str, now: float) -> list[Fragment
         field_(
             "Requester",
             [
-                *escaped(request.requester),
+                *escaped(request.requester_label),
                 ("", " (groups: "),
                 *escaped(", ".join(request.requester_groups) or "-"),
                 ("", ")"),

@@ -136,6 +136,19 @@ allowed_groups = ["dba"]
 max_bytes = "4KB"
 
 [[targets]]
+name = "pg-few"
+type = "postgres"
+address = "127.0.0.1:5432"
+database = "{database}"
+user = "{database}_app"
+credential = "file:{secret}"
+tls = "disable"
+allowed_groups = ["dba"]
+
+[targets.budget]
+max_rows = 5
+
+[[targets]]
 name = "pg-rate"
 type = "postgres"
 address = "127.0.0.1:5432"
@@ -267,3 +280,46 @@ def test_the_persons_statement_timeout_applies(alice: User) -> None:
     assert slow.returncode == 1
     assert "statement timeout" in slow.stderr
     assert slow.stdout.strip() in ("", "[]")
+
+
+def test_the_example_policy_sends_every_write_by_an_agent_to_review() -> None:
+    import tomllib
+
+    from broker.policy.sql import decide_sql
+
+    path = Path(__file__).parent.parent / "examples/policies/agents.toml"
+    policy = PolicyConfig(**tomllib.loads(path.read_text())["policies"]["agents-review-writes"])
+    for sql in (
+        "INSERT INTO accounts VALUES (3, 'x')",
+        "UPDATE accounts SET email = 'x' WHERE id = 1",
+        "DELETE FROM accounts WHERE id = 1",
+        "CREATE TABLE t (x int)",
+        "SET search_path = other",
+    ):
+        agent, _ = decide_sql(policy.for_actor("agent"), sql, "postgres")
+        person, _ = decide_sql(policy.for_actor("person"), sql, "postgres")
+        assert (agent.action, agent.rule) == ("review", "agent-writes"), sql
+        assert person.action == "allow", sql
+    reads, _ = decide_sql(policy.for_actor("agent"), "SELECT * FROM accounts", "postgres")
+    assert reads.action == "allow"
+    dropped, _ = decide_sql(policy.for_actor("agent"), "DROP TABLE accounts", "postgres")
+    assert dropped.action == "deny"
+
+
+def test_the_sql_shell_stops_a_result_at_max_rows_and_goes_on(
+    alice: User, broker: BrokerProcess
+) -> None:
+    from tests.test_sql_shell import Shell
+
+    shell = Shell(alice, "pg-few")
+    shown = shell.run(MILLION + ";", timeout=60)
+    assert "row 5" in shown and "row 6" not in shown
+    assert "result truncated at the target's max_rows budget (5 rows): 5 rows sent" in shown
+    assert "42" in shell.run("SELECT 42 AS answer;")  # the session goes on
+    assert shell.quit() == 0
+    event = next(
+        e
+        for e in broker.audit_events("query")
+        if e["details"]["query"] == MILLION and e["target"] == "pg-few"
+    )
+    assert event["details"]["truncated"] == {"budget": "max_rows", "limit": 5, "rows": 5}

@@ -205,6 +205,10 @@ class ApprovalService:
         )
 
     # -- requests -------------------------------------------------------------------------
+    def _kind_of(self, user: str) -> str:
+        """ "person" or "agent", as USER authenticated (they are connected: they just asked)."""
+        return self._broker.audit.actor_kinds.get(user, "person")
+
     async def submit(self, request: ReviewRequest) -> ApprovalRecord:
         decision = request.decision
         now = time.time()
@@ -216,6 +220,7 @@ class ApprovalService:
                 "kind": "command",
                 "state": "pending",
                 "requester": request.user,
+                "requester_kind": self._kind_of(request.user),
                 "requester_groups": json.dumps(list(request.groups)),
                 "target": request.target,
                 "session": request.session_id,
@@ -277,6 +282,7 @@ class ApprovalService:
                 "kind": "access",
                 "state": "pending",
                 "requester": user,
+                "requester_kind": self._kind_of(user),
                 "requester_groups": json.dumps(list(groups)),
                 "target": target.name,
                 "session": None,

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS approval_requests (
     decided_at REAL,
     executed_at REAL,
     duration INTEGER,
-    grant_until REAL
+    grant_until REAL,
+    requester_kind TEXT NOT NULL DEFAULT 'person'
 );
 CREATE INDEX IF NOT EXISTS approval_requests_open ON approval_requests(state, expires_at);
 CREATE INDEX IF NOT EXISTS approval_requests_requester
@@ -87,7 +88,8 @@ END;
 _COLUMNS = (
     "id, kind, state, requester, requester_groups, target, session, bound_session, subject, "
     "command, command_sha256, rule, policy, reason, approver_groups, approvals_needed, screen, "
-    "timeout, created_at, expires_at, decided_at, executed_at, duration, grant_until"
+    "timeout, created_at, expires_at, decided_at, executed_at, duration, grant_until, "
+    "requester_kind"
 )
 
 
@@ -117,6 +119,7 @@ def _record(row: Sequence[Any], decisions: Iterable[Decided]) -> ApprovalRecord:
         executed_at,
         duration,
         grant_until,
+        requester_kind,
     ) = row
     return ApprovalRecord(
         id=request_id,
@@ -140,6 +143,7 @@ def _record(row: Sequence[Any], decisions: Iterable[Decided]) -> ApprovalRecord:
         executed_at=executed_at,
         duration=duration,
         grant_until=grant_until,
+        requester_kind=requester_kind,
         bound_session=bound_session,
         subject=subject,
         timeout=timeout,
@@ -172,6 +176,13 @@ class ApprovalStore:
     async def create_tables(self) -> None:
         try:
             await self._db.executescript(_SCHEMA)
+            async with self._db.execute("PRAGMA table_info(approval_requests)") as cursor:
+                known = {row[1] for row in await cursor.fetchall()}
+            if "requester_kind" not in known:  # a store from before agent identities
+                await self._db.execute(
+                    "ALTER TABLE approval_requests "
+                    "ADD COLUMN requester_kind TEXT NOT NULL DEFAULT 'person'"
+                )
             await self._db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create the approval tables: {exc}") from None

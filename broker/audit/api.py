@@ -105,10 +105,14 @@ class AuditApi:
 
     async def _select_sessions(self, where: str, params: list[Any]) -> list[dict[str, Any]]:
         # WHERE is built from constant clauses with ? placeholders only.
-        sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions {where}"  # noqa: S608
+        kind = "(SELECT kind FROM identities WHERE identities.user = sessions.user)"
+        sql = f"SELECT {', '.join(_SESSION_COLUMNS)}, {kind} FROM sessions {where}"  # noqa: S608
         async with self._broker.store.db.execute(sql, params) as cursor:
             rows = await cursor.fetchall()
-        return [dict(zip(_SESSION_COLUMNS, row, strict=True)) for row in rows]
+        return [
+            {**dict(zip(_SESSION_COLUMNS, row[:-1], strict=True)), "user_kind": row[-1] or "person"}
+            for row in rows
+        ]
 
     async def _counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
@@ -140,6 +144,7 @@ class AuditApi:
     def _summary(row: dict[str, Any], counts: dict[str, int] | None) -> dict[str, Any]:
         ended = row["ended_at"]
         summary = {key: row[key] for key in _SESSION_COLUMNS if key != "recording"}
+        summary["user_kind"] = row.get("user_kind", "person")
         summary["duration"] = round(
             (ended if ended is not None else time.time()) - row["started_at"], 3
         )

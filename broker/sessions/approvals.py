@@ -95,6 +95,7 @@ class ApprovalRecord:
     executed_at: float | None = None
     duration: int | None = None
     grant_until: float | None = None
+    requester_kind: str = "person"  # "person" or "agent"
     # The session the approval is bound to while it is open (commands typed in a session).
     bound_session: str | None = None
     subject: str = "command"
@@ -132,6 +133,7 @@ class ApprovalRecord:
             "kind": self.kind,
             "state": self.state,
             "requester": self.requester,
+            "requester_kind": self.requester_kind,
             "requester_groups": list(self.requester_groups),
             "target": self.target,
             "session": self.session,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,3 +93,10 @@ class BudgetMeter:
             self.bytes += size
         self.rows += 1
         return True
+
+    async def limit(self, rows: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """ROWS up to the budget (then ``cut`` is set and the rest is not read)."""
+        async for row in rows:
+            if not self.admit(row):
+                return
+            yield row

@@ -47,6 +47,7 @@ from broker.protocols.base import TargetError
 from broker.protocols.sql import Relation, StatementError
 from broker.recording import RecordingError
 from broker.sessions.approvals import ReviewOutcome
+from broker.sessions.budgets import BudgetMeter
 from broker.sessions.formats import to_text
 from broker.sessions.prompt_channel import ChannelTerminal, open_history
 from broker.sessions.sql_base import QUERY_KINDS, MaskedResult, SqlSessionBase
@@ -431,11 +432,16 @@ class SqlShell(SqlSessionBase):
         rows = 0
         error: str | None = None
         masked: dict[str, int] = {}
+        meter = BudgetMeter(self._limits)
         term.on_interrupt = self._interrupt
         try:
             result = await self._query(self._conn, text, kind)
             if result.columns:
-                rows, stopped, waited = await self._show(result.columns, result.rows)
+                shown = meter.limit(result.rows)
+                rows, stopped, waited = await self._show(result.columns, shown)
+                if meter.cut is not None:
+                    await self._stop(result.rows)
+                    term.write(meter.cut.marker("table"))
                 masked = result.masked_counts()
                 term.write(f"({rows} rows shown; stopped)\n" if stopped else _plural(rows) + "\n")
                 if _verb(kind) not in QUERY_KINDS and result.status:
@@ -463,6 +469,7 @@ class SqlShell(SqlSessionBase):
             error=error,
             started=started + waited,
             approver=approver,
+            truncated=meter.cut.as_dict() if meter.cut is not None else None,
         )
         if _verb(kind) in CATALOG_CHANGES and not self._transaction():
             await self._refresh_catalog()

@@ -132,6 +132,12 @@ def sessions(
                 },
                 "started": local_time(row["started_at"]),
                 "duration_text": format_duration(row["duration"]),
+                # Agents stand out from people: the same mark approvers see.
+                **(
+                    {"user": escape(f"{row['user']} [agent]")}
+                    if row.get("user_kind") == "agent"
+                    else {}
+                ),
             }
             for row in rows
         ]

@@ -110,6 +110,12 @@ def to_ecs(record: dict[str, Any]) -> dict[str, Any]:
         _put(doc, "user.name", record["actor"])
     if record.get("groups"):
         _put(doc, "user.roles", list(record["groups"]))
+    if record.get("actor_kind"):
+        _put(doc, "hoop.actor_kind", record["actor_kind"])
+    client = record.get("client")
+    if isinstance(client, dict):
+        _put(doc, "user_agent.name", client.get("name"))
+        _put(doc, "user_agent.version", client.get("version"))
     if record.get("remote"):
         address, port = _split_remote(str(record["remote"]))
         _put(doc, "source.address", address)
