@@ -20,7 +20,7 @@ from broker.config import Budget, PostgresTarget, Rule
 from broker.config import Policy as PolicyConfig
 from broker.sessions.budgets import BudgetMeter, RateBudget
 from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
-from tests.scratch_databases import scratch_postgres
+from tests.scratch_databases import scratch_mariadb, scratch_postgres
 
 PASSWORD = "pg-" + secrets.token_hex(8)
 MILLION = "SELECT g AS n, 'row ' || g AS label FROM generate_series(1, 1000000) g"
@@ -104,11 +104,31 @@ def database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[BrokerProcess]:
+def maria() -> Iterator[str]:
+    with scratch_mariadb(password=PASSWORD) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def broker(
+    tmp_path_factory: pytest.TempPathFactory, database: str, maria: str
+) -> Iterator[BrokerProcess]:
     tmp = tmp_path_factory.mktemp("budgets")
     secret = tmp / "pg-secret"
     secret.write_text(PASSWORD)
     targets = f"""
+[[targets]]
+name = "maria-few"
+type = "mysql"
+address = "127.0.0.1:3306"
+database = "{maria}"
+user = "{maria}"
+credential = "file:{secret}"
+allowed_groups = ["dba"]
+
+[targets.budget]
+max_rows = 5
+
 [[targets]]
 name = "pg"
 type = "postgres"
@@ -322,4 +342,82 @@ def test_the_sql_shell_stops_a_result_at_max_rows_and_goes_on(
         for e in broker.audit_events("query")
         if e["details"]["query"] == MILLION and e["target"] == "pg-few"
     )
+    assert event["details"]["truncated"] == {"budget": "max_rows", "limit": 5, "rows": 5}
+
+
+def test_a_native_client_gets_the_rows_within_budget_and_a_warning(
+    alice: User, broker: BrokerProcess
+) -> None:
+    """Through `hoopctl proxy`: psycopg (extended protocol) and psql (simple query) get the
+    first rows, a WARNING saying why the rest was held back, and a working connection."""
+    import shutil
+    import subprocess
+
+    import pexpect
+
+    child = alice.spawn("proxy", "pg-few", "--output", "json", timeout=60)
+    child.expect(r'\{"target": "pg-few".*\}')
+    info = json.loads(child.match.group(0))
+    dsn = (
+        f"host=127.0.0.1 port={info['port']} dbname=pg-few user={info['user']} "
+        f"password={info['password']} sslmode=disable"
+    )
+    try:
+        notices: list[str] = []
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+            cursor = conn.execute(MILLION)
+            assert [row[0] for row in cursor.fetchall()] == [1, 2, 3, 4, 5]
+            assert cursor.rowcount == 5
+            assert any("truncated at the target's max_rows budget (5 rows)" in n for n in notices)
+            assert conn.execute("SELECT 42").fetchone() == (42,)
+        psql = shutil.which("psql")
+        assert psql is not None
+        shown = subprocess.run(
+            [psql, dsn, "-X", "-A", "-t", "-c", MILLION],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert shown.stdout.splitlines() == [f"{n}|row {n}" for n in range(1, 6)], shown.stdout
+        assert "WARNING:  hoop: result truncated" in shown.stderr
+    finally:
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        child.close()
+    events = [
+        e
+        for e in broker.audit_events("query")
+        if e["details"]["query"] == MILLION and e["target"] == "pg-few"
+    ]
+    assert len(events) >= 2
+    assert all(e["details"]["truncated"]["rows"] == 5 for e in events)
+
+
+def test_a_mysql_client_gets_the_rows_within_budget_and_a_warning(
+    alice: User, broker: BrokerProcess
+) -> None:
+    import pexpect
+    import pymysql
+
+    sql = "SELECT seq FROM seq_1_to_1000000"
+    child = alice.spawn("proxy", "maria-few", "--output", "json", timeout=60)
+    child.expect(r'\{"target": "maria-few".*\}')
+    info = json.loads(child.match.group(0))
+    try:
+        conn = pymysql.connect(
+            host="127.0.0.1", port=int(info["port"]), user=info["user"],
+            password=info["password"], read_timeout=60,
+        )  # fmt: skip
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+            assert [row[0] for row in cursor.fetchall()] == [1, 2, 3, 4, 5]
+            # MySQL's only way to say that more was held back: a warning counted at the end.
+            assert conn._result is not None and conn._result.warning_count >= 1
+            cursor.execute("SELECT 42")
+            assert cursor.fetchone() == (42,)
+        conn.close()
+    finally:
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        child.close()
+    event = next(e for e in broker.audit_events("query") if e["details"]["query"] == sql)
     assert event["details"]["truncated"] == {"budget": "max_rows", "limit": 5, "rows": 5}

@@ -219,6 +219,12 @@ class ProxyHost(Protocol):
         """Returns once the client has left."""
         ...
 
+    @property
+    def limits(self) -> Any:
+        """The actor's result budget on the target: ``max_rows`` and ``max_bytes`` (None: no
+        limit)."""
+        ...
+
     async def answered(self, sql: str, kind: str, *, refused: str | None = None) -> None:
         """SQL (of KIND) was answered by the unit itself, not run as written (a KILL QUERY
         of one of the user's connections): audit and record it; REFUSED: why it was not
@@ -234,9 +240,11 @@ class ProxyHost(Protocol):
         masked: dict[str, int],
         notes: Sequence[str],
         error: str | None,
+        truncated: dict[str, object] | None = None,
     ) -> None:
         """Statement INDEX of JUDGEMENT has run: audit and record it. NOTES: columns sent as
-        NULL because their values could not be masked in the client's format."""
+        NULL because their values could not be masked in the client's format; TRUNCATED:
+        the budget that cut its result ({"budget", "limit", "rows"})."""
         ...
 
 

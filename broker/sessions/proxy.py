@@ -75,6 +75,10 @@ class NativeProxy(SqlSessionBase):
         await self.gone()
         return True
 
+    @property
+    def limits(self) -> Any:
+        return self._limits
+
     async def gone(self) -> None:
         if self._input is None:
             await self._process.wait_closed()
@@ -146,6 +150,7 @@ class NativeProxy(SqlSessionBase):
         masked: dict[str, int],
         notes: Sequence[str],
         error: str | None,
+        truncated: dict[str, object] | None = None,
     ) -> None:
         statements: tuple[Statement, ...] = judgement.statements
         statement = statements[index] if index < len(statements) else None
@@ -162,6 +167,8 @@ class NativeProxy(SqlSessionBase):
             summary += ", sent as NULL (cannot be masked in the client's format): " + ", ".join(
                 notes
             )
+        if truncated:
+            summary += f", truncated at {truncated['budget']} {truncated['limit']}"
         if error:
             summary += f"; {error}"
         self._mark(f"query: {text}")
@@ -177,6 +184,7 @@ class NativeProxy(SqlSessionBase):
             started=judgement.started,
             approver=judgement.approver,
             unmaskable=list(notes),
+            truncated=truncated,
         )
 
     async def answered(self, sql: str, kind: str, *, refused: str | None = None) -> None:

@@ -37,6 +37,16 @@ class Run:
     masked: dict[str, int] = field(default_factory=dict)
     notes: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
+    # The actor's result budget: rows and bytes let through, and the budget that cut it.
+    kept: int = 0
+    kept_bytes: int = 0
+    cut: tuple[str, int] | None = None
+
+    @property
+    def truncated(self) -> dict[str, object] | None:
+        if self.cut is None:
+            return None
+        return {"budget": self.cut[0], "limit": self.cut[1], "rows": self.kept}
 
 
 @dataclass
@@ -150,8 +160,11 @@ class Relay:
                 if p.is_err(payload):
                     await self.error(run, payload)
                     return None
-                self.send(payload)  # flushed once the statement is audited (finish)
+                # A cut result says so the only way MySQL's protocol has: one warning more.
+                self.send(_one_more_warning(payload) if run.cut else payload)
                 return p.eof_status(payload)
+            if not self.within_budget(run, len(payload)):
+                continue  # read and dropped: memory stays bounded
             if plain:
                 run.rows += 1
                 self.send(payload)
@@ -162,6 +175,20 @@ class Relay:
             if len(pending) >= MASK_BATCH:
                 self.rows(run, result, pending)
                 await self.flush()
+
+    def within_budget(self, run: Run, size: int) -> bool:
+        """Whether one more row (SIZE bytes) may go to the client under the actor's budget."""
+        if run.cut is None:
+            limits = self.host.limits
+            if limits.max_rows is not None and run.kept >= limits.max_rows:
+                run.cut = ("max_rows", limits.max_rows)
+            elif limits.max_bytes is not None and run.kept_bytes + size > limits.max_bytes:
+                run.cut = ("max_bytes", limits.max_bytes)
+        if run.cut is not None:
+            return False
+        run.kept += 1
+        run.kept_bytes += size
+        return True
 
     async def describe(self, run: Run, columns: list[v.Column]) -> _ResultSet:
         if not self.host.masks:
@@ -252,7 +279,16 @@ class Relay:
                 masked=run.masked if not n else {},
                 notes=sorted(run.notes) if not n else (),
                 error=error if not n else None,
+                truncated=run.truncated if not n else None,
             )
+
+
+def _one_more_warning(eof: bytes) -> bytes:
+    """An EOF packet (0xFE, warnings, status) with its warning count one higher."""
+    if len(eof) < 5:
+        return eof
+    warnings = min(int.from_bytes(eof[1:3], "little") + 1, 0xFFFF)
+    return eof[:1] + warnings.to_bytes(2, "little") + eof[3:]
 
 
 def _read(cell: bytes, column: v.Column, binary: bool) -> object:

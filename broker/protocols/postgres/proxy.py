@@ -63,6 +63,7 @@ class _Portal:
     columns: list[m.Column] | None = None
     text_columns: frozenset[int] = frozenset()
     judgement: Judgement | None = None  # once allowed: a suspended portal runs on
+    spent: tuple[int, int] = (0, 0)  # rows and bytes sent so far (its Executes add up)
 
     def description(self) -> tuple[list[m.Column] | None, frozenset[int]]:
         if self.columns is not None:
@@ -86,6 +87,17 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     copy: CopyOut | None = None  # a COPY TO STDOUT whose rows are masked
     copy_header: bool = False  # its CSV header line is still to come
+    # The actor's result budget: rows and bytes let through, and the budget that cut it.
+    kept: int = 0
+    kept_bytes: int = 0
+    dropped: int = 0
+    cut: tuple[str, int] | None = None
+
+    @property
+    def truncated(self) -> dict[str, object] | None:
+        if self.cut is None:
+            return None
+        return {"budget": self.cut[0], "limit": self.cut[1], "rows": self.kept}
 
 
 def bind_parameters(sql: str, oids: tuple[int, ...], bind: m.Bind) -> tuple[str, str | None]:
@@ -389,7 +401,7 @@ class _Connection:
                 self.row(run, message, pending)
             elif kind in (b"C", b"I"):
                 self.send_rows(run, pending)
-                self.pass_on(message)
+                self.end_statement(run, message)
                 await self.finish(run)
                 return False
             elif kind == b"G":
@@ -547,6 +559,7 @@ class _Connection:
             self.pass_on(await self.next_answer(None, []))  # the target's own error
             return
         run = _Run(portal.sql, portal.judgement)
+        run.kept, run.kept_bytes = portal.spent
         run.columns, run.text_columns = portal.description()
         run.formats = portal.bind.result_formats
         if run.columns is not None:
@@ -567,7 +580,8 @@ class _Connection:
                 self.row(run, message, pending)
             elif kind in (b"C", b"I", b"s"):
                 self.send_rows(run, pending)
-                self.pass_on(message)
+                self.end_statement(run, message)
+                portal.spent = (run.kept, run.kept_bytes)
                 await self.finish(run)
                 if kind != b"s":  # a suspended portal runs on without a new judgement
                     portal.judgement = None
@@ -697,7 +711,46 @@ class _Connection:
         ]
         return shown, masked, mask if mask.active else None
 
+    def within_budget(self, run: _Run, size: int) -> bool:
+        """Whether one more row (SIZE bytes) may go to the client under the actor's budget.
+        Rows past it are read from the target and dropped (memory stays bounded; a cancel
+        would abort an open transaction), and the statement's end says so."""
+        if run.cut is None:
+            limits = self.host.limits
+            if limits.max_rows is not None and run.kept >= limits.max_rows:
+                run.cut = ("max_rows", limits.max_rows)
+            elif limits.max_bytes is not None and run.kept_bytes + size > limits.max_bytes:
+                run.cut = ("max_bytes", limits.max_bytes)
+        if run.cut is not None:
+            run.dropped += 1
+            return False
+        run.kept += 1
+        run.kept_bytes += size
+        return True
+
+    def end_statement(self, run: _Run, message: m.Message) -> None:
+        """The statement's CommandComplete (or PortalSuspended), after a warning when rows
+        were held back, and then with the count of rows the client got."""
+        if run.cut is None or run.dropped == 0:
+            self.pass_on(message)
+            return
+        budget, limit = run.cut
+        unit = "rows" if budget == "max_rows" else "bytes"
+        text = (
+            f"hoop: result truncated at the target's {budget} budget ({limit} {unit}): "
+            f"{run.kept} rows sent"
+        )
+        self.send(m.fields(b"N", {"S": "WARNING", "V": "WARNING", "C": "01000", "M": text}))
+        tag = m.parse_command_complete(message.body) if message.type == b"C" else ""
+        verb = tag.split(" ", 1)[0]
+        if verb in ("SELECT", "FETCH"):
+            self.send(m.command_complete(f"{verb} {run.kept}"))
+        else:
+            self.pass_on(message)
+
     def row(self, run: _Run, message: m.Message, pending: list[list[bytes | None]]) -> None:
+        if not self.within_budget(run, len(message.body)):
+            return
         if run.mask is None and not run.text_columns:
             run.rows += 1
             self.pass_on(message)
@@ -782,6 +835,7 @@ class _Connection:
             masked=run.mask.counts if run.mask is not None else {},
             notes=sorted(run.notes),
             error=error,
+            truncated=run.truncated,
         )
 
     async def copy_in(self) -> None:
