@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -421,3 +422,19 @@ def test_a_mysql_client_gets_the_rows_within_budget_and_a_warning(
         child.close()
     event = next(e for e in broker.audit_events("query") if e["details"]["query"] == sql)
     assert event["details"]["truncated"] == {"budget": "max_rows", "limit": 5, "rows": 5}
+
+
+def test_exec_summary_tells_a_program_what_ran(alice: User) -> None:
+    """`exec --summary` (what hoopctl mcp asks for): the last stderr line holds the session id,
+    the exit status and each statement's rows, masked counts and truncation, as JSON."""
+    sql = f"{MILLION}; SELECT 1 AS one"
+    ran = alice.run("exec", "pg", "-c", sql, "-o", "json", "--summary", timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    line = ran.stderr.strip().splitlines()[-1]
+    assert line.startswith("hoopctl: summary ") or line.startswith("hoop: summary "), line
+    summary = json.loads(line.split("summary ", 1)[1])
+    assert re.fullmatch(r"\d{8}-[0-9a-f]{12}", summary["session"])
+    assert summary["exit_status"] == 0
+    first, second = summary["statements"]
+    assert first["rows"] == 1000 and first["truncated"]["budget"] == "max_rows"
+    assert second == {"statement": "SELECT 1 AS one", "kind": "SELECT", "rows": 1, "masked": {}}

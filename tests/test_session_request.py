@@ -24,3 +24,10 @@ def test_the_client_names_itself_for_the_audit_trail_only() -> None:
     for bad in ("nameless", "a/b/c", "x/" + "9" * 40, "evil\x1b[2J/1", "/1.0"):
         with pytest.raises(RequestError, match="--client takes NAME/VERSION"):
             parse_session_command(f"exec --client {bad!r} pg")
+
+
+def test_summary_is_an_exec_option() -> None:
+    assert parse_session_command("exec --summary pg").summary
+    assert not parse_session_command("exec pg").summary
+    with pytest.raises(RequestError, match="applies to exec only"):
+        parse_session_command("connect --summary pg")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shlex
 import time
 from typing import Any
@@ -35,6 +36,13 @@ class CommandExec(SessionBase):
             self._process.stderr.write(f"hoop: {text}\n".encode())
 
     async def run(self) -> int:
+        status = await self._run_exec()
+        if self._request.summary:
+            summary = {"session": self.session_id, "exit_status": status}
+            self._error("summary " + json.dumps(summary))
+        return status
+
+    async def _run_exec(self) -> int:
         if self._request.request_id:
             return await self._run_request(self._request.request_id)
         if not self._argv:

@@ -1,7 +1,7 @@
 """Parsing what the client asked the broker to run (docs/approvals-contract.md):
 
 exec [--reason TEXT] [--output table|json|csv] [--wait SECONDS | --no-wait] [--request ID]
-     [--client NAME/VERSION] NAME [-- CMD ...]
+     [--client NAME/VERSION] [--summary] NAME [-- CMD ...]
 connect [--reason TEXT] [--client NAME/VERSION] NAME [-- CMD ...]
 proxy [--reason TEXT] [--password-sha256 HEX] [--client NAME/VERSION] NAME
 
@@ -41,6 +41,9 @@ class SessionCommand:
     password_sha256: str | None = None
     # What the client says it is (--client NAME/VERSION): for the audit trail only.
     client: tuple[str, str] | None = None
+    # exec --summary: a last stderr line `hoop: summary {json}` (session id, exit status and,
+    # for SQL, each statement's rows, masked counts and truncation), for programs.
+    summary: bool = False
 
     @property
     def client_info(self) -> dict[str, str] | None:
@@ -56,7 +59,7 @@ USAGE = {
     "[--request ID] TARGET [-- COMMAND …]",
     "proxy": "proxy [--reason TEXT] [--password-sha256 HEX] TARGET",
 }
-_EXEC_ONLY = ("--wait", "--no-wait", "--request", "--output", "-o")
+_EXEC_ONLY = ("--wait", "--no-wait", "--request", "--output", "-o", "--summary")
 _CLIENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9 ._@+:()-]{0,63})/([A-Za-z0-9][A-Za-z0-9._+-]{0,31})")
 
 
@@ -93,6 +96,7 @@ def parse_session_command(command: str) -> SessionCommand:
     request_id: str | None = None
     password_sha256: str | None = None
     client: tuple[str, str] | None = None
+    summary = False
     target: str | None = None
     while rest:
         word = rest.pop(0)
@@ -112,6 +116,8 @@ def parse_session_command(command: str) -> SessionCommand:
             wait = _seconds(_value(word, rest))
         elif word == "--no-wait":
             no_wait = True
+        elif word == "--summary":
+            summary = True
         elif flag == "--request":
             request_id = _value(word, rest).strip()
             if not request_id:
@@ -156,4 +162,5 @@ def parse_session_command(command: str) -> SessionCommand:
         request_id=request_id,
         password_sha256=password_sha256,
         client=client,
+        summary=summary,
     )

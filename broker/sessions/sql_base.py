@@ -83,8 +83,17 @@ def withheld_message(exc: StatementError) -> str:
 INLINE_DECIDE_BYTES = 4096  # inputs up to this size are judged without a thread
 
 
+SUMMARY_STATEMENTS = 100  # statements kept for `exec --summary` (the last ones)
+
+
 class SqlSessionBase(SessionBase):
     _target: DatabaseTarget
+    # What each statement gave (exec --summary): rows, masked counts, truncation, error.
+    statements_run: list[dict[str, object]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.statements_run = []
 
     _masker: Masker | None = None
 
@@ -232,6 +241,17 @@ class SqlSessionBase(SessionBase):
         unmaskable: list[str] | None = None,
         truncated: dict[str, object] | None = None,
     ) -> None:
+        self.statements_run.append(
+            {
+                "statement": text,
+                "kind": kind,
+                "rows": rows,
+                "masked": masked,
+                **({"error": error} if error else {}),
+                **({"truncated": truncated} if truncated else {}),
+            }
+        )
+        del self.statements_run[:-SUMMARY_STATEMENTS]
         await self._audit_decision(
             "query",
             "query",

@@ -63,6 +63,20 @@ class SqlExec(SqlSessionBase):
         return b"".join(chunks).decode("utf-8", "replace")
 
     async def run(self) -> int:
+        status = await self._run()
+        if self._request.summary:
+            self._summary(status)
+        return status
+
+    def _summary(self, status: int) -> None:
+        summary = {
+            "session": self.session_id,
+            "exit_status": status,
+            "statements": self.statements_run,
+        }
+        self._error("summary " + json.dumps(summary, ensure_ascii=False, default=str))
+
+    async def _run(self) -> int:
         sql = await self._read_sql()
         if sql is None:
             self._error(f"SQL input larger than {MAX_SQL_BYTES // (1024 * 1024)} MiB")

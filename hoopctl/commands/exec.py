@@ -80,6 +80,14 @@ def exec_(
             autocompletion=complete_request,
         ),
     ] = None,
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help="End with a line `hoop: summary {json}` on stderr: the session id, the exit "
+            "status and, for SQL, each statement's rows, masked counts and truncation.",
+        ),
+    ] = False,
     broker: BrokerOption = None,
 ) -> None:
     """Run SQL (or a command) on a target once, for scripts and agents.
@@ -129,6 +137,8 @@ def exec_(
         words = ["exec"] if command else ["exec", "--output", (output or ExecOutput.table).value]
         if reason:
             words += ["--reason", reason]
+        if summary:
+            words.append("--summary")
         words += approval_words
         words.append(target)
         if command:
