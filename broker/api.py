@@ -39,6 +39,9 @@ class ApiHost(AuditHost, HasApprovals, Protocol):
     certificates: CertificateRegistry
 
 
+SCHEMA_COLUMNS = 5000  # columns targets.schema returns at most
+
+
 class Api:
     """Dispatches hoop-api methods; anonymous connections may only log in."""
 
@@ -51,6 +54,7 @@ class Api:
             "auth.exchange": self._auth_exchange,
             "whoami": self._whoami,
             "targets.list": self._targets_list,
+            "targets.schema": self._targets_schema,
         }
         self._streams: dict[str, StreamHandler] = {}
         for extra in (approval_methods(broker), audit_methods(broker)):
@@ -222,7 +226,60 @@ class Api:
         }
 
     async def _whoami(self, ctx: ConnectionContext, params: dict[str, Any]) -> dict[str, Any]:
-        return {"user": ctx.user, "groups": list(ctx.groups)}
+        return {"user": ctx.user, "groups": list(ctx.groups), "kind": ctx.kind}
+
+    async def _targets_schema(
+        self, ctx: ConnectionContext, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The tables and columns of a database target, from its catalog (names only, read
+        with the broker's credential), each column marked when a column rule masks it."""
+        from broker.masking.lineage import ColumnSource
+        from broker.masking.masker import Masker
+        from broker.protocols import open_database, sql_unit
+
+        name = params.get("target")
+        config = self._broker.config
+        target = config.target(name) if isinstance(name, str) else None
+        if target is None or not ctx.may_use(target.allowed_groups):
+            raise ApiError("not_found", f"no target {name!r} is open to you")
+        if not hasattr(target, "masking"):
+            raise ApiError("bad_request", f"target {target.name} is not a database")
+        # Names are matched against the rules; no value is masked, so no key is needed.
+        masker = Masker(target.masking, hash_key=b"names only")
+        try:
+            conn = await open_database(target)
+        except BrokerError as exc:
+            raise ApiError("unavailable", str(exc)) from None
+        try:
+            result = await conn.execute(sql_unit(target.type).completion_sql(SCHEMA_COLUMNS))
+            pairs = [(str(row[0]), row[1]) async for row in result.rows]
+        except Exception as exc:
+            raise ApiError("unavailable", f"target {target.name}: the catalog cannot be read "
+                           f"({type(exc).__name__})") from None  # fmt: skip
+        finally:
+            await conn.close()
+        tables: dict[str, list[dict[str, Any]]] = {}
+        for table, column in pairs:
+            columns = tables.setdefault(table, [])
+            if column is None:
+                continue
+            source = ColumnSource(str(column), (f"{table}.{column}",))
+            columns.append({"name": str(column), "masked": masker.strategy_for(source) is not None})
+        await self._broker.audit.emit(
+            AuditEvent(
+                type="schema.read",
+                actor=ctx.user,
+                groups=ctx.groups,
+                target=target.name,
+                remote=ctx.remote,
+                details={"tables": len(tables), "columns": len(pairs)},
+            )
+        )
+        return {
+            "target": target.name,
+            "tables": [{"name": t, "columns": c} for t, c in tables.items()],
+            "truncated": len(pairs) >= SCHEMA_COLUMNS,
+        }
 
     async def _targets_list(
         self, ctx: ConnectionContext, params: dict[str, Any]

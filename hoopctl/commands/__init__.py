@@ -20,6 +20,7 @@ from hoopctl.commands import targets  # noqa: F401
 from hoopctl.commands import connect  # noqa: F401
 from hoopctl.commands import exec  # noqa: F401
 from hoopctl.commands import proxy  # noqa: F401
+from hoopctl.commands import mcp  # noqa: F401
 from hoopctl.commands import ssh_config  # noqa: F401
 from hoopctl.commands import replay  # noqa: F401
 from hoopctl.commands import sessions  # noqa: F401
