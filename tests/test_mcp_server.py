@@ -27,12 +27,17 @@ accounts_db = approvals.accounts_db
 HOOPCTL = shutil.which("hoopctl") or os.path.join(os.path.dirname(sys.executable), "hoopctl")
 TOOLS = {"targets_list", "exec", "approval_wait", "schema", "sessions_list", "session_show"}
 CLIENT = types.Implementation(name="test-agent", version="1.2.3")
+BUDGET = """
+[targets.budget]
+max_rows = 1000
+"""
+MILLION = "SELECT g AS n FROM generate_series(1, 1000000) g"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, accounts_db: AccountsDb) -> Iterator[World]:
     root = tmp_path_factory.mktemp("mcp")
-    targets = accounts_db.target("pgm", root, policy="proxied") + MASKING + POLICY
+    targets = accounts_db.target("pgm", root, policy="proxied") + MASKING + BUDGET + POLICY
     with approvals_world(root, targets=targets, people=("alice", "bob")) as made:
         yield made
 
@@ -172,3 +177,64 @@ def test_print_config_is_what_mcp_clients_take(world: World) -> None:
     server = config["mcpServers"]["hoop"]
     assert os.path.isabs(server["command"]) and server["args"][0] == "mcp"
     assert server["args"][1:] == ["--broker", world.broker.address]
+
+
+def test_a_million_row_select_stops_at_the_budget(world: World) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with mcp_session(world.alice.user, world) as session:
+            return await call(session, "exec", target="pgm", sql=MILLION)
+
+    found = run(scenario())
+    assert found["status"] == "completed"
+    assert found["truncated"] is True
+    assert [row[0] for row in found["rows"]] == list(range(1, 1001))
+
+
+# A fixed transcript of an agent's tool calls, replayed; then the audit trail it left.
+TRANSCRIPT: list[tuple[str, dict[str, Any]]] = [
+    ("targets_list", {}),
+    ("schema", {"target": "pgm"}),
+    ("exec", {"target": "pgm", "sql": "SELECT count(*) AS n FROM accounts"}),
+    ("exec", {"target": "pgm", "sql": "SELECT email FROM accounts WHERE id = 1"}),
+    ("exec", {"target": "pgm", "sql": "TRUNCATE accounts"}),
+    ("exec", {"target": "shell", "argv": ["id", "-un"]}),
+    ("exec", {"target": "pgm", "sql": "SELEC broken"}),
+]
+
+
+def test_an_agent_loop_leaves_the_audit_trail_of_what_it_did(
+    world: World, accounts_db: AccountsDb
+) -> None:
+    restore(accounts_db)
+    start = len(world.broker.audit_events())
+
+    async def replay() -> list[dict[str, Any]]:
+        async with mcp_session(world.alice.user, world) as session:
+            return [await call(session, tool, **args) for tool, args in TRANSCRIPT]
+
+    answers = run(replay())
+    assert [a["status"] for a in answers] == [
+        "completed", "completed", "completed", "completed", "denied", "completed",
+        "pending_approval",
+    ]  # fmt: skip
+    assert accounts_db.count() == 2  # the TRUNCATE never ran
+    assert not any(email in json.dumps(answers) for email in EMAILS)
+    trail = [
+        e for e in world.broker.audit_events()[start:]
+        if e["type"] in ("schema.read", "query", "query.blocked", "command", "approval.requested")
+    ]  # fmt: skip
+    described = [(e["type"], (e.get("details") or {}).get("query")) for e in trail]
+    assert described == [
+        ("schema.read", None),
+        ("query", "SELECT count(*) AS n FROM accounts"),
+        ("query", "SELECT email FROM accounts WHERE id = 1"),
+        ("query.blocked", "TRUNCATE accounts"),
+        ("command", None),
+        ("approval.requested", None),
+        ("query.blocked", "SELEC broken"),  # not run: it waits for a person (--no-wait)
+    ]
+    assert all(e["actor"] == "alice" for e in trail)
+    ran = [e for e in trail if e["type"] in ("query", "command")]
+    assert all(e.get("client") == {"name": "test-agent", "version": "1.2.3"} for e in ran)
+    assert trail[2]["details"]["masked"] == {"email": 1}
+    world.alice.user.run("request", "cancel", answers[-1]["request_id"])
