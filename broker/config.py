@@ -116,6 +116,11 @@ class OidcSection(_Strict):
     jwks_cache_ttl: Duration = Field(default=600, ge=0)
     leeway: Duration = Field(default=30, ge=0, le=300)
     ca_file: Path | None = None
+    # Who is an agent (kind "agent": rules with actor_kind = "agent", the agent budget): a
+    # token whose AGENT_CLAIM is true (or "agent"), one issued to a client in AGENT_CLIENTS,
+    # and any token a client got for itself (client credentials: its subject is the client).
+    agent_claim: str | None = None
+    agent_clients: list[str] = Field(default_factory=list)
 
     @field_validator("issuer")
     @classmethod

@@ -55,7 +55,7 @@ def _require_secure(url: str, what: str) -> None:
         raise LoginError(f"{what} {url} must use https")
 
 
-def discover(issuer: str) -> Endpoints:
+def _discovery(issuer: str) -> dict[str, Any]:
     _require_secure(issuer, "issuer")
     url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
     try:
@@ -68,6 +68,11 @@ def discover(issuer: str) -> Endpoints:
         "/"
     ):
         raise LoginError(f"identity provider at {url} names a different issuer")
+    return document
+
+
+def discover(issuer: str) -> Endpoints:
+    document = _discovery(issuer)
     device = document.get("device_authorization_endpoint")
     token = document.get("token_endpoint")
     if not isinstance(device, str) or not isinstance(token, str):
@@ -75,6 +80,40 @@ def discover(issuer: str) -> Endpoints:
     _require_secure(device, "device authorization endpoint")
     _require_secure(token, "token endpoint")
     return Endpoints(device_authorization=device, token=token)
+
+
+def client_credentials_token(
+    issuer: str, client_id: str, client_secret: str, scopes: list[str] | None = None
+) -> str:
+    """An access token (a JWT the broker validates) for a client of its own: the OAuth 2.0
+    client credentials grant, with the client authenticating at the token endpoint."""
+    token_endpoint = _discovery(issuer).get("token_endpoint")
+    if not isinstance(token_endpoint, str):
+        raise LoginError("the identity provider publishes no token endpoint")
+    _require_secure(token_endpoint, "token endpoint")
+    try:
+        with OAuth2Client(
+            client_id=client_id,
+            client_secret=client_secret,
+            token_endpoint_auth_method="client_secret_basic",  # noqa: S106 (a method's name)
+            scope=" ".join(scopes) if scopes else None,
+            timeout=HTTP_TIMEOUT,
+        ) as client:
+            token = client.fetch_token(token_endpoint, grant_type="client_credentials")
+    except OAuthError as exc:
+        # The provider's own words (invalid_client, unauthorized_client …); never the secret.
+        raise LoginError(f"the identity provider refused client {client_id}: {exc.error}") from None
+    except (httpx.HTTPError, ValueError) as exc:
+        host = urlsplit(token_endpoint).netloc or token_endpoint
+        raise LoginError(f"the identity provider {host} cannot be reached ({exc})") from None
+    access = dict(token).get("access_token")
+    if not isinstance(access, str) or access.count(".") != 2:
+        raise LoginError(
+            "the identity provider returned no JWT access token for this client (the broker "
+            "validates a signed JWT: configure the client's tokens as JWTs for the broker's "
+            "audience)"
+        )
+    return access
 
 
 def _client(client_id: str) -> OAuth2Client:

@@ -147,8 +147,26 @@ class TokenValidator:
         except MissingClaimError as exc:
             raise AuthError(f"token rejected: {exc.description}") from None
 
+    def _kind(self, claims: dict[str, Any]) -> str:
+        """"agent" or "person". A token a client got for itself (no person behind it: its
+        subject is the client) is always an agent; rules for agents are the stricter ones,
+        so a doubt counts as an agent, never the other way round."""
+        client = claims.get("client_id") or claims.get("azp")
+        if isinstance(client, str) and client:
+            if client in self._oidc.agent_clients or claims.get("sub") == client:
+                return "agent"
+        claim = self._oidc.agent_claim
+        if claim is not None and claim in claims:
+            value = claims[claim]
+            if value is True or (isinstance(value, str) and value.lower() in ("true", "agent")):
+                return "agent"
+        return "person"
+
     def _identity(self, claims: dict[str, Any]) -> Identity:
         user = claims.get(self._oidc.username_claim)
+        client = claims.get("client_id")
+        if user is None and isinstance(client, str) and claims.get("sub") == client:
+            user = client  # a client's own token (client credentials): it is the user
         if not isinstance(user, str) or not user:
             raise AuthError(f"token has no {self._oidc.username_claim!r} claim to name the user")
         if not _PRINCIPAL.match(user) or user in RESERVED_USERS:
@@ -164,6 +182,7 @@ class TokenValidator:
             expires_at=int(claims["exp"]),
             subject=str(claims.get("sub", user)),
             issuer=str(claims["iss"]),
+            kind=self._kind(claims),
         )
 
 

@@ -83,6 +83,28 @@ def login(
             help="Read an ID token from stdin instead of the device flow (CI, agents).",
         ),
     ] = False,
+    client_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--client-credentials",
+            help="Log in as a client of your own (an agent, a service): the OAuth 2.0 client "
+            "credentials grant. Client id: --client-id or HOOP_CLIENT_ID; secret: "
+            "HOOP_CLIENT_SECRET or --client-secret-stdin (never on the command line).",
+        ),
+    ] = False,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            "--client-id", envvar="HOOP_CLIENT_ID", help="The client id (--client-credentials)."
+        ),
+    ] = None,
+    client_secret_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--client-secret-stdin",
+            help="Read the client secret from stdin (--client-credentials).",
+        ),
+    ] = False,
     dev_user: Annotated[
         str | None,
         typer.Option(
@@ -102,7 +124,12 @@ def login(
 
     from hoopctl.credentials import CredentialStore, announce_backend
     from hoopctl.hostkeys import forget
-    from hoopctl.oidc import discover, poll_for_tokens, start_device_authorization
+    from hoopctl.oidc import (
+        client_credentials_token,
+        discover,
+        poll_for_tokens,
+        start_device_authorization,
+    )
     from hoopctl.session import exchange, profile_from
     from hoopctl.transport import ApiClient, open_connection
 
@@ -113,9 +140,30 @@ def login(
 
     # Synchronous on purpose: the device-flow wait must stop at the first Ctrl-C, which an
     # event loop would only deliver at its next await.
+    def client_secret() -> str:
+        if client_secret_stdin:
+            secret = sys.stdin.readline().strip()
+        else:
+            secret = os.environ.get("HOOP_CLIENT_SECRET", "").strip()
+        if not secret:
+            raise UsageError(
+                "--client-credentials needs the client secret: set HOOP_CLIENT_SECRET or pipe "
+                "it to --client-secret-stdin"
+            )
+        return secret
+
     def work() -> None:
-        if dev_user is not None and token_stdin:
-            raise UsageError("--dev-user and --token-stdin exclude each other")
+        chosen = [token_stdin, dev_user is not None, client_credentials]
+        if sum(chosen) > 1:
+            raise UsageError(
+                "--dev-user, --token-stdin and --client-credentials exclude each other"
+            )
+        if client_secret_stdin and not client_credentials:
+            raise UsageError("--client-secret-stdin goes with --client-credentials")
+        if client_credentials and not (client_id or "").strip():
+            raise UsageError(
+                "--client-credentials needs the client id: --client-id ID or HOOP_CLIENT_ID"
+            )
         if dev_user is not None and not dev_user.strip():
             raise UsageError("--dev-user needs a user name (one of the broker's [dev.users])")
         address = _address(broker)
@@ -132,7 +180,12 @@ def login(
                 f"(hoop-broker serve --dev); {address} logs in with {config['issuer']}"
             )
         token_endpoint = None
-        if token_stdin:
+        if client_credentials:
+            id_token = client_credentials_token(
+                config["issuer"], (client_id or "").strip(), client_secret()
+            )
+            refresh_token = None
+        elif token_stdin:
             id_token = sys.stdin.read().strip()
             if not id_token:
                 raise UsageError("--token-stdin: no token on stdin")

@@ -87,6 +87,15 @@ const ACCOUNTS = new Map([
   }],
 ]);
 
+// A confidential client for agents: the OAuth 2.0 client credentials grant gives it a JWT
+// access token for the broker's audience, with the groups an IdP would map to the client.
+const AGENT_CLIENT = {
+  id: 'hoop-agent',
+  secret: 'hoop-agent-secret',
+  groups: ['dba', 'engineers'],
+};
+const BROKER_RESOURCE = 'urn:hoop:broker';
+
 function passwordMatches(expected, given) {
   const a = Buffer.from(String(expected));
   const b = Buffer.from(String(given ?? ''));
@@ -290,6 +299,14 @@ function buildProvider(issuer) {
       response_types: [],
       redirect_uris: [],
       id_token_signed_response_alg: 'RS256',
+    }, {
+      client_id: AGENT_CLIENT.id,
+      client_secret: AGENT_CLIENT.secret,
+      client_name: 'an agent',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
     }],
     findAccount,
     jwks: { keys: [makeSigningJwk()] },
@@ -313,7 +330,28 @@ function buildProvider(issuer) {
       revocation: { enabled: true },
       introspection: { enabled: true },
       userinfo: { enabled: true },
+      clientCredentials: { enabled: true },
+      // Client credentials tokens are JWTs for the broker (aud = the broker's audience, the
+      // hoopctl client id); the device flow's tokens are unchanged (no resource asked).
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async (ctx, client) => (
+          client?.clientId === AGENT_CLIENT.id ? BROKER_RESOURCE : undefined),
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (ctx, resource) => {
+          if (resource !== BROKER_RESOURCE) throw new errors.InvalidTarget();
+          return {
+            scope: '',
+            audience: CONFIG.clientId,
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: CONFIG.accessTokenTtl,
+            jwt: { sign: { alg: 'RS256' } },
+          };
+        },
+      },
     },
+    extraTokenClaims: async (ctx, token) => (
+      token.clientId === AGENT_CLIENT.id && !token.accountId ? { groups: [...AGENT_CLIENT.groups] } : undefined),
     // Always issue refresh tokens to clients allowed to use the grant
     // (the default requires offline_access in the granted scopes).
     issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
