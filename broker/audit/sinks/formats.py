@@ -30,6 +30,7 @@ _ECS_KIND: dict[str, tuple[list[str], list[str]]] = {
     "command.blocked": (["process"], ["denied"]),
     "query": (["database"], ["access"]),
     "query.blocked": (["database"], ["denied"]),
+    "schema.read": (["database"], ["info"]),
     "approval.requested": (["iam"], ["creation"]),
     "approval.approved": (["iam"], ["change", "allowed"]),
     "approval.denied": (["iam"], ["change", "denied"]),
