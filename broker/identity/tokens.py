@@ -148,7 +148,7 @@ class TokenValidator:
             raise AuthError(f"token rejected: {exc.description}") from None
 
     def _kind(self, claims: dict[str, Any]) -> str:
-        """"agent" or "person". A token a client got for itself (no person behind it: its
+        """ "agent" or "person". A token a client got for itself (no person behind it: its
         subject is the client) is always an agent; rules for agents are the stricter ones,
         so a doubt counts as an agent, never the other way round."""
         client = claims.get("client_id") or claims.get("azp")
