@@ -11,13 +11,14 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
 from broker.api import Api
 from broker.approvals import start_approvals
 from broker.audit.events import AuditEvent, open_audit_log
-from broker.audit.index import schedule_indexing
+from broker.audit.index import schedule_indexing, stop_indexing
 from broker.audit.integrity import seal_recording
 from broker.config import BrokerConfig, OidcSection
 from broker.errors import BrokerError, ConfigError
@@ -31,6 +32,7 @@ from broker.sessions.budgets import RateBudget
 from broker.store import Store
 
 log = logging.getLogger("hoop.broker")
+DRAIN_SECONDS = 30.0  # how long a stopping broker waits for its sessions to end
 
 DEV_CLIENT_ID = "hoopctl"
 
@@ -88,6 +90,8 @@ class Broker:
         self.dev_mode = dev_mode
         self.api = Api(self)
         self.rates = RateBudget()  # statements per minute, per user and target
+        self.live: set[asyncio.Task[Any]] = set()  # channels being served (server.py)
+        self.stopping = False
         self._server: asyncssh.SSHAcceptor | None = None
         self._dev_issuer: DevIssuer | None = None
         self._store: Store | None = None
@@ -169,6 +173,11 @@ class Broker:
                 )
             )
 
+    async def _drain(self) -> None:
+        pending = await _drain_tasks(set(self.live))
+        if pending:
+            log.warning("stopping: %d sessions did not end within %ss", len(pending), DRAIN_SECONDS)
+
     async def _start_dev_issuer(self) -> None:
         dev = self.config.dev
         users = dict(dev.users) if dev else {}
@@ -202,15 +211,32 @@ class Broker:
         )
 
     async def stop(self) -> None:
+        """Stop accepting, end every session (each writes its session.end and seals its
+        recording), then drain the audit sinks and close the store: nothing is lost."""
+        self.stopping = True
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self._drain()
+        await stop_indexing()
         if self._dev_issuer is not None:
             await self._dev_issuer.stop()
         if getattr(self, "audit", None) is not None:
             await self.audit.close()  # drains the sinks and signs the chain head
         if self._store is not None:
             await self._store.close()
+
+
+async def _drain_tasks(tasks: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Cancel TASKS and wait for them to run their endings; those still running after
+    DRAIN_SECONDS."""
+    running = {task for task in tasks if not task.done()}
+    for task in running:
+        task.cancel()
+    if not running:
+        return set()
+    _, pending = await asyncio.wait(running, timeout=DRAIN_SECONDS)
+    return pending
 
 
 async def serve_forever(config: BrokerConfig, *, dev_mode: bool, listen: str | None) -> None:

@@ -50,6 +50,8 @@ class ServerHost(SessionHost, Protocol):
     config: BrokerConfig
     certificates: CertificateRegistry
     approvals: ApprovalGate
+    # Every channel being served (sessions and API calls): the broker drains them on stop.
+    live: set[asyncio.Task[Any]]
 
 
 class BrokerConnection(asyncssh.SSHServer):
@@ -160,6 +162,10 @@ def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, status: int
 
 
 async def handle_process(broker: ServerHost, process: asyncssh.SSHServerProcess[bytes]) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        broker.live.add(task)
+        task.add_done_callback(broker.live.discard)
     conn = process.get_extra_info("connection")
     owner = conn.get_owner() if conn is not None else None
     ctx = owner.context if isinstance(owner, BrokerConnection) else None

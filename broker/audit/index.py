@@ -602,3 +602,13 @@ def schedule_indexing(store: Store) -> None:
     task = asyncio.get_running_loop().create_task(run())
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+async def stop_indexing() -> None:
+    """Cancel the background indexing (a stopping broker, before its store closes): what it
+    had not indexed yet is indexed by the next catch-up."""
+    tasks = [task for task in _background if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)

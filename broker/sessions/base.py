@@ -730,6 +730,9 @@ class SessionBase:
         self._stderr(f"session {self.session_id} ended (exit {status})")
 
     async def _end(self, *, state: str, status: int, reason: str | None = None) -> None:
+        if getattr(self._broker, "stopping", False) and state == "closed":
+            # Ended by the broker's shutdown (its channel closed under it), not by the user.
+            state, reason = "interrupted", reason or "the broker stopped during the session"
         if self._grant_task is not None:
             self._grant_task.cancel()
             with contextlib.suppress(BaseException):
