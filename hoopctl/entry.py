@@ -8,6 +8,13 @@ import sys
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--version"]:
+        # Answered before the command line is built (typer, rich and every command's module):
+        # what scripts call most often, and the start-up cost everyone sees.
+        from hoopctl import __version__
+
+        sys.stdout.write(f"hoopctl {__version__}\n")
+        return
     if os.environ.get("_HOOPCTL_COMPLETE", "").startswith("complete_") and not os.environ.get(
         "_HOOPCTL_FULL_COMPLETE"
     ):

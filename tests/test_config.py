@@ -331,3 +331,22 @@ def test_hoop_broker_version_and_short_help() -> None:
     short = subprocess.run([HOOP_BROKER, "-h"], capture_output=True, text=True, timeout=30)
     assert short.returncode == 0, short.stderr
     assert "serve" in short.stdout and "check-config" in short.stdout
+
+
+def test_version_is_answered_before_the_command_line_is_built() -> None:
+    """`hoopctl --version` (the start-up everyone pays) imports neither typer nor rich."""
+    import sys as _sys
+
+    probe = (
+        "import sys, runpy; sys.argv = ['hoopctl', '--version']\n"
+        "from hoopctl.entry import main; main()\n"
+        "print('typer' in sys.modules, 'rich' in sys.modules)"
+    )
+    result = subprocess.run(
+        [_sys.executable, "-c", probe], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"hoopctl {__import__('hoopctl').__version__}",
+        "False False",
+    ]
