@@ -31,6 +31,7 @@ WAITING = re.compile(r"^hoop: waiting for approval (\S+) ")
 DENIED_BY = re.compile(r"^hoop: denied by ")
 CLIENT_NAME = re.compile(r"[^A-Za-z0-9 ._@+:()-]")
 CLIENT_VERSION = re.compile(r"[^A-Za-z0-9._+-]")
+LEADING = re.compile(r"^[^A-Za-z0-9]+")
 
 # `hoopctl exec` exit codes (docs/exit-codes.md).
 EXIT_OK, EXIT_TARGET, EXIT_USAGE, EXIT_DENIED, EXIT_APPROVAL = 0, 1, 2, 3, 4
@@ -287,8 +288,10 @@ def _refusal(ran: Ran, common: dict[str, Any]) -> Envelope:
 def client_words(client: tuple[str, str] | None) -> list[str]:
     if client is None:
         return []
-    name = CLIENT_NAME.sub("", client[0])[:64].strip() or "unknown"
-    version = CLIENT_VERSION.sub("", client[1])[:32] or "0"
+    # What the broker takes (NAME/VERSION, each starting with a letter or digit); the rest of
+    # what an MCP client calls itself is dropped, never refused: its calls must still run.
+    name = LEADING.sub("", CLIENT_NAME.sub("", client[0]))[:64].rstrip() or "unknown"
+    version = LEADING.sub("", CLIENT_VERSION.sub("", client[1]))[:32] or "0"
     return ["--client", f"{name}/{version}"]
 
 

@@ -238,3 +238,19 @@ def test_an_agent_loop_leaves_the_audit_trail_of_what_it_did(
     assert all(e.get("client") == {"name": "test-agent", "version": "1.2.3"} for e in ran)
     assert trail[2]["details"]["masked"] == {"email": 1}
     world.alice.user.run("request", "cancel", answers[-1]["request_id"])
+
+
+def test_any_client_name_becomes_one_the_broker_takes() -> None:
+    from broker.sessions.request import parse_session_command
+    from hoopctl.mcp_server import client_words
+
+    for name, version in [
+        ("Claude Desktop", "0.9.2"),
+        (" .weird\x1b[2J name/with/slashes ", "v1.0 (beta)"),
+        ("", ""),
+        ("中文客户端", "\uff11.\uff10"),
+    ]:
+        words = client_words((name, version))
+        request = parse_session_command(" ".join(["exec", *map(repr, words), "pg"]))
+        assert request.client_info is not None
+        assert "\x1b" not in words[1] and words[1].count("/") == 1
