@@ -438,3 +438,13 @@ def test_exec_summary_tells_a_program_what_ran(alice: User) -> None:
     first, second = summary["statements"]
     assert first["rows"] == 1000 and first["truncated"]["budget"] == "max_rows"
     assert second == {"statement": "SELECT 1 AS one", "kind": "SELECT", "rows": 1, "masked": {}}
+
+
+def test_mariadb_results_stop_at_the_budget_and_the_next_statement_runs(alice: User) -> None:
+    sql = "SELECT seq FROM seq_1_to_1000000; SELECT 42 AS answer"
+    result = alice.run("exec", "maria-few", "-c", sql, "-o", "json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)
+    assert first["rows"][:5] == [{"seq": n} for n in range(1, 6)]
+    assert first["rows"][5] == {"hoop_truncated": {"budget": "max_rows", "limit": 5, "rows": 5}}
+    assert second["rows"] == [{"answer": 42}]

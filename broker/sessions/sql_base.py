@@ -221,6 +221,10 @@ class SqlSessionBase(SessionBase):
                         batch = []
             except StatementError as exc:
                 raise self._statement_error(conn, text, exc) from None
+            finally:
+                # Closed early (a budget, a pager's q): the driver's stream is closed here and
+                # now, not later by the garbage collector while the next statement reads.
+                await result.rows.aclose()  # type: ignore[attr-defined]
             for masked in plan.apply_batch(batch) if batch else ():
                 yield masked
 
