@@ -71,5 +71,3 @@ def test_a_stopped_broker_ends_every_session_and_loses_no_event(tmp_path: Any) -
         assert states == {"interrupted"}
         log = broker.stderr_path.read_text()
         assert "session failed" not in log and "Traceback" not in log
-
-
