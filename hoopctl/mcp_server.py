@@ -114,8 +114,10 @@ class BrokerLink:
         conn = await self.connection()
         process = await conn.create_process(shlex.join(words), encoding=None)
         try:
-            process.stdin.write(data)
-            process.stdin.write_eof()
+            # The broker may answer (a refusal) and close before it reads anything.
+            with contextlib.suppress(BrokenPipeError, ConnectionError, asyncssh.Error):
+                process.stdin.write(data)
+                process.stdin.write_eof()
             out, err = await asyncio.gather(_read_capped(process.stdout), _read_all(process.stderr))
             await process.wait_closed()
         finally:

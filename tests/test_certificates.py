@@ -205,7 +205,7 @@ def test_certificate_from_the_broker_ca_lets_plain_ssh_in(
 
     assert result.returncode == 0, result.stderr
     assert responses(result) == [
-        {"id": 1, "result": {"user": "alice", "groups": ["dba", "engineers"]}}
+        {"id": 1, "result": {"user": "alice", "groups": ["dba", "engineers"], "kind": "person"}}
     ]
 
 

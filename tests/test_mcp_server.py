@@ -104,7 +104,7 @@ def test_the_tools_masking_a_denial_and_a_command(world: World, accounts_db: Acc
 
     assert seen["echo"]["status"] == "completed"
     assert seen["echo"]["stdout"].strip() == "hi" and seen["echo"]["exit_status"] == 0
-    assert seen["rm"]["status"] == "denied"
+    assert seen["rm"]["status"] == "denied", seen["rm"]
 
     tables = {t["name"]: t["columns"] for t in seen["schema"]["tables"]}
     assert {"name": "email", "masked": True} in tables["accounts"]

@@ -56,7 +56,7 @@ def test_ssh_config_block_lets_plain_openssh_call_the_api(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "id": 1,
-        "result": {"user": "alice", "groups": ["dba", "engineers"]},
+        "result": {"user": "alice", "groups": ["dba", "engineers"], "kind": "person"},
     }
     assert options["host"] == "hoop-127.0.0.1"
     assert options["user"] == "alice"
