@@ -118,9 +118,9 @@ class OidcSection(_Strict):
     ca_file: Path | None = None
     # Who is an agent (kind "agent": rules with actor_kind = "agent", the agent budget): a
     # token whose AGENT_CLAIM is true (or "agent"), one issued to a client in AGENT_CLIENTS,
-    # and any token a client got for itself (client credentials: its subject is the client).
-    agent_claim: str | None = None
-    agent_clients: list[str] = Field(default_factory=list)
+    # and any token a client got for itself (client credentials: see identity/tokens.py).
+    agent_claim: str | None = Field(default=None, min_length=1)
+    agent_clients: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
     @field_validator("issuer")
     @classmethod

@@ -13,6 +13,11 @@ Accounts known to the provider (username / password / groups):
 * alice / alice-password / ["engineers", "dba"]
 * bob / bob-password / ["approvers", "engineers"]
 * carol / carol-password / ["contractors"]
+* ci-bot / ci-bot-password / ["engineers"], with the claim ``hoop_agent: true``
+
+Clients: ``hoopctl`` (public; device flow and refresh) and ``hoop-agent`` / secret
+``hoop-agent-secret`` (confidential; the client credentials grant gives it a JWT access token
+with ``aud`` = the ``hoopctl`` client id and groups ["dba", "engineers"]).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
     "alice": {"password": "alice-password", "groups": ["engineers", "dba"]},
     "bob": {"password": "bob-password", "groups": ["approvers", "engineers"]},
     "carol": {"password": "carol-password", "groups": ["contractors"]},
+    "ci-bot": {"password": "ci-bot-password", "groups": ["engineers"]},
 }
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"

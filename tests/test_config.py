@@ -69,6 +69,15 @@ def test_documented_example_config_passes(tmp_path: Path) -> None:
         ('[oidc]\nissuer = "http://idp.example.com"\nclient_id = "x"\n', "oidc.issuer: "),
         ('[oidc]\nissuer = "http://10.0.0.7:8080/realm"\nclient_id = "x"\n', "must use https"),
         ('[oidc]\nissuer = "http://127.0.0.1.nip.io"\nclient_id = "x"\n', "must use https"),
+        (
+            '[oidc]\nissuer = "https://i"\nclient_id = "x"\nagent_clients = "ci"\n',
+            "oidc.agent_clients",
+        ),
+        (
+            '[oidc]\nissuer = "https://i"\nclient_id = "x"\nagent_clients = [""]\n',
+            "oidc.agent_clients",
+        ),
+        ('[oidc]\nissuer = "https://i"\nclient_id = "x"\nagent_claim = ""\n', "oidc.agent_claim"),
     ],
 )
 def test_each_problem_is_reported_with_its_key_path(

@@ -148,29 +148,34 @@ class TokenValidator:
             raise AuthError(f"token rejected: {exc.description}") from None
 
     def _kind(self, claims: dict[str, Any]) -> str:
-        """ "agent" or "person". A token a client got for itself (no person behind it: its
-        subject is the client) is always an agent; rules for agents are the stricter ones,
-        so a doubt counts as an agent, never the other way round."""
-        client = claims.get("client_id") or claims.get("azp")
-        if isinstance(client, str) and client:
-            if client in self._oidc.agent_clients or claims.get("sub") == client:
-                return "agent"
+        """ "agent" or "person". A client's own token (no person behind it) is always an
+        agent's. Rules for agents are the stricter ones (their writes go to review), so every
+        sign of an agent counts and only a token with none of them is a person's."""
+        subject = claims.get("sub")
+        if _clients_own(claims) or not isinstance(subject, str) or not subject:
+            return "agent"  # no subject names no person either
+        clients = (claims.get("client_id"), claims.get("azp"))
+        if any(isinstance(c, str) and c in self._oidc.agent_clients for c in clients):
+            return "agent"
         claim = self._oidc.agent_claim
-        if claim is not None and claim in claims:
-            value = claims[claim]
-            if value is True or (isinstance(value, str) and value.lower() in ("true", "agent")):
-                return "agent"
+        if claim is not None and _marks_agent(claims.get(claim)):
+            return "agent"
         return "person"
 
-    def _identity(self, claims: dict[str, Any]) -> Identity:
+    def _user(self, claims: dict[str, Any]) -> str:
         user = claims.get(self._oidc.username_claim)
-        client = claims.get("client_id")
-        if user is None and isinstance(client, str) and claims.get("sub") == client:
-            user = client  # a client's own token (client credentials): it is the user
+        if user is None and _clients_own(claims):
+            # Only a client's own token falls back to the client: a person's token without
+            # the username claim must not become the (shared) client's name.
+            user = _client(claims) or claims.get("sub")
         if not isinstance(user, str) or not user:
             raise AuthError(f"token has no {self._oidc.username_claim!r} claim to name the user")
         if not _PRINCIPAL.match(user) or user in RESERVED_USERS:
             raise AuthError(f"user name {user!r} cannot be used as an SSH principal")
+        return user
+
+    def _identity(self, claims: dict[str, Any]) -> Identity:
+        user = self._user(claims)
         raw_groups = claims.get(self._oidc.groups_claim, [])
         if isinstance(raw_groups, str):
             raw_groups = raw_groups.split()
@@ -184,6 +189,29 @@ class TokenValidator:
             issuer=str(claims["iss"]),
             kind=self._kind(claims),
         )
+
+
+def _client(claims: dict[str, Any]) -> str | None:
+    """The OAuth client the token was issued to (RFC 9068 client_id, else OIDC azp)."""
+    for name in ("client_id", "azp"):
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _clients_own(claims: dict[str, Any]) -> bool:
+    """A token a client got for itself (the client credentials grant): no person behind it.
+    Providers say so differently: the subject is the client (RFC 9068, oidc-provider, Okta),
+    Auth0's gty, Microsoft Entra's idtyp."""
+    if claims.get("gty") == "client-credentials" or claims.get("idtyp") == "app":
+        return True
+    subject = claims.get("sub")
+    return isinstance(subject, str) and subject in (claims.get("client_id"), claims.get("azp"))
+
+
+def _marks_agent(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "agent"))
 
 
 def _has_kid(keys: KeySet, kid: str) -> bool:

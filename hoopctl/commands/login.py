@@ -1,4 +1,5 @@
-"""`hoopctl login`: OIDC device flow (or a token on stdin), then a short-lived certificate."""
+"""`hoopctl login`: OIDC device flow (or a token on stdin, or an agent's client credentials),
+then a short-lived certificate."""
 
 from __future__ import annotations
 
@@ -138,10 +139,12 @@ def login(
         async with ApiClient(conn) as api:
             return dict(await api.call("auth.config"))
 
-    # Synchronous on purpose: the device-flow wait must stop at the first Ctrl-C, which an
-    # event loop would only deliver at its next await.
     def client_secret() -> str:
-        if client_secret_stdin:
+        if client_secret_stdin and sys.stdin.isatty():
+            import getpass
+
+            secret = getpass.getpass("Client secret: ", stream=sys.stderr).strip()
+        elif client_secret_stdin:
             secret = sys.stdin.readline().strip()
         else:
             secret = os.environ.get("HOOP_CLIENT_SECRET", "").strip()
@@ -152,6 +155,8 @@ def login(
             )
         return secret
 
+    # Synchronous on purpose: the device-flow wait must stop at the first Ctrl-C, which an
+    # event loop would only deliver at its next await.
     def work() -> None:
         chosen = [token_stdin, dev_user is not None, client_credentials]
         if sum(chosen) > 1:
@@ -166,6 +171,7 @@ def login(
             )
         if dev_user is not None and not dev_user.strip():
             raise UsageError("--dev-user needs a user name (one of the broker's [dev.users])")
+        secret = client_secret() if client_credentials else ""
         address = _address(broker)
         store = CredentialStore(address)
         store.check_usable()
@@ -181,9 +187,7 @@ def login(
             )
         token_endpoint = None
         if client_credentials:
-            id_token = client_credentials_token(
-                config["issuer"], (client_id or "").strip(), client_secret()
-            )
+            id_token = client_credentials_token(config["issuer"], (client_id or "").strip(), secret)
             refresh_token = None
         elif token_stdin:
             id_token = sys.stdin.read().strip()

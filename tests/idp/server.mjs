@@ -85,6 +85,15 @@ const ACCOUNTS = new Map([
     email: 'carol@example.test',
     groups: ['contractors'],
   }],
+  // An automation's account that logs in like a person: only its hoop_agent claim tells it
+  // apart (for brokers with [oidc] agent_claim = "hoop_agent").
+  ['ci-bot', {
+    password: 'ci-bot-password',
+    name: 'CI Bot',
+    email: 'ci-bot@example.test',
+    groups: ['engineers'],
+    hoopAgent: true,
+  }],
 ]);
 
 // A confidential client for agents: the OAuth 2.0 client credentials grant gives it a JWT
@@ -116,6 +125,7 @@ async function findAccount(ctx, sub) {
         email: account.email,
         email_verified: true,
         groups: [...account.groups],
+        ...(account.hoopAgent ? { hoop_agent: true } : {}),
       };
     },
   };
@@ -319,7 +329,7 @@ function buildProvider(issuer) {
       openid: ['sub'],
       profile: ['preferred_username', 'name'],
       email: ['email', 'email_verified'],
-      groups: ['groups'],
+      groups: ['groups', 'hoop_agent'],
     },
     // Put the scope-derived claims into the ID token even though an access
     // token is issued alongside it (the broker reads groups from the ID token).
