@@ -103,7 +103,8 @@ def test_an_agent_logs_in_without_a_browser_and_is_an_agent(
 ) -> None:
     whoami = agent.run("whoami", "--output", "json")
     assert whoami.returncode == 0, whoami.stderr
-    assert json.loads(whoami.stdout)["user"] == AGENT
+    me = json.loads(whoami.stdout)
+    assert (me["user"], me["kind"]) == (AGENT, "agent")
     logins = [e for e in broker.audit_events("auth.login") if e.get("actor") == AGENT]
     assert logins and logins[-1]["actor_kind"] == "agent" and logins[-1]["outcome"] == "success"
 

@@ -29,6 +29,7 @@ def whoami(broker: BrokerOption = None, output: OutputOption = OutputFormat.tabl
         record = {
             "user": me["user"],
             "groups": me["groups"],
+            "kind": me.get("kind", "person"),  # "agent" for an agent's identity
             "broker": str(address),
             "certificate_expires": datetime.fromtimestamp(profile.valid_before, tz=UTC).isoformat(),
             "certificate_expires_in": int(profile.valid_before - time.time()),
@@ -40,6 +41,7 @@ def whoami(broker: BrokerOption = None, output: OutputOption = OutputFormat.tabl
             [
                 ("user", "User"),
                 ("groups", "Groups"),
+                ("kind", "Kind"),
                 ("broker", "Broker"),
                 ("certificate_expires", "Certificate expires"),
             ],
