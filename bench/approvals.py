@@ -2,7 +2,7 @@
 approved command runs.
 
     cd /work/main && .venv/bin/python -m bench.approvals [--requests 200] [--max-seconds 120]
-        [--burst 50]
+        [--burst 50] [--workers 1]
 
 Starts `hoop-broker serve --dev` on free loopback ports with a `local` target `bench` whose
 policy sends `printf` to review by the group `approvers`, logs alice (the requester) and bob
@@ -269,16 +269,31 @@ async def burst(
 
 
 async def measure(
-    address: Any, alice: Identity, bob: Identity, requests: int, max_seconds: float, size: int
+    address: Any,
+    alice: Identity,
+    bob: Identity,
+    requests: int,
+    max_seconds: float,
+    size: int,
+    workers: int = 1,
 ) -> tuple[Samples, int, float]:
     from hoopctl.transport import ApiClient, open_connection
 
     samples = Samples()
-    alice_conn = await open_connection(
-        address, username=alice.user, client_keys=[(alice.key, alice.cert)]
-    )
     bob_conn = await open_connection(address, username=bob.user, client_keys=[(bob.key, bob.cert)])
     bob_api = ApiClient(bob_conn)
+    bob_worker = (await bob_api.call("whoami", {}))["served_by"]
+    for _ in range(50):  # with workers: alice on another worker than bob, when it can be had
+        alice_conn = await open_connection(
+            address, username=alice.user, client_keys=[(alice.key, alice.cert)]
+        )
+        probe = ApiClient(alice_conn)
+        alice_worker = (await probe.call("whoami", {}))["served_by"]
+        probe.close_channel()
+        if alice_worker != bob_worker or workers == 1:
+            break
+        alice_conn.close()
+    print(f"requester served by {alice_worker}, approver by {bob_worker}")
     watcher = Watcher(bob_api.stream("approvals.watch"))
     watching = asyncio.ensure_future(watcher.run())
     done = 0
@@ -313,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--burst", type=int, default=50, help="requests pending at once in the burst (0: none)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="broker worker processes (serve --workers N); with 2 or more, a request and its "
+        "decision are often on different workers",
+    )
     args = parser.parse_args(argv)
     try:
         ensure_os_users()  # the OS users local targets run as (run_as); make system-deps too
@@ -330,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 auto_approve=None,
                 targets=TARGETS,
             ),
+            workers=args.workers,
         )
         try:
             alice_user, bob_user = User(root / "alice"), User(root / "bob")
@@ -341,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             alice = load_identity(alice_user, address)
             bob = load_identity(bob_user, address)  # known_hosts: bob's (the same pinned key)
             samples, rounds, seconds = asyncio.run(
-                measure(address, alice, bob, args.requests, args.max_seconds, args.burst)
+                measure(
+                    address, alice, bob, args.requests, args.max_seconds, args.burst, args.workers
+                )
             )
         finally:
             broker.stop()
@@ -349,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"hoopctl approvals benchmark: {rounds} approval rounds in {seconds:.1f} s "
         f"(CPython {platform.python_version()}, {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} cores)"
+        f"{os.cpu_count()} cores, {args.workers} broker workers)"
     )
     print()
     print(samples.table())

@@ -226,7 +226,14 @@ class Api:
         }
 
     async def _whoami(self, ctx: ConnectionContext, params: dict[str, Any]) -> dict[str, Any]:
-        return {"user": ctx.user, "groups": list(ctx.groups), "kind": ctx.kind}
+        # served_by: the host and process (a worker, with `serve --workers N`) of this
+        # connection, for operators following one connection through the logs.
+        return {
+            "user": ctx.user,
+            "groups": list(ctx.groups),
+            "kind": ctx.kind,
+            "served_by": self._broker.store.owner,
+        }
 
     async def _targets_schema(
         self, ctx: ConnectionContext, params: dict[str, Any]

@@ -10,6 +10,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,15 @@ from broker.identity.tokens import TokenValidator
 from broker.keys import BrokerKeys, UserCA, load_or_create_keys
 from broker.server import BrokerConnection, handle_process, open_sftp
 from broker.sessions.approvals import ApprovalGate
-from broker.sessions.budgets import RateBudget
+from broker.sessions.budgets import RateBudget, SharedRateBudget, StatementRate
 from broker.store import Store
 
 log = logging.getLogger("hoop.broker")
 DRAIN_SECONDS = 30.0  # how long a stopping broker waits for its sessions to end
 
 DEV_CLIENT_ID = "hoopctl"
+# Set by the supervisor of `serve --workers N` for its workers: the dev issuer it serves.
+DEV_ISSUER_ENV = "HOOP_DEV_ISSUER"
 
 
 _PR_SET_DUMPABLE = 4
@@ -75,21 +78,29 @@ def check_data_dir(data_dir: Path) -> None:
         )
 
 
-def _split_host_port(value: str) -> tuple[str, int]:
+def split_host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig, *, dev_mode: bool = False) -> None:
+    """One broker process. ROLE "single": the whole broker. With `serve --workers N`, the
+    "supervisor" holds the port, runs the dev issuer and the audit sinks, and closes what its
+    workers leave open; each "worker" serves SSH on the shared port (SO_REUSEPORT)."""
+
+    def __init__(
+        self, config: BrokerConfig, *, dev_mode: bool = False, role: str = "single"
+    ) -> None:
         if dev_mode and config.oidc is not None:
             raise ConfigError("--dev serves its own issuer: remove [oidc] or run without --dev")
         if not dev_mode and config.oidc is None:
             raise ConfigError("no [oidc] section: configure an issuer, or run with --dev")
         self.config = config
         self.dev_mode = dev_mode
+        self.role = role
         self.api = Api(self)
-        self.rates = RateBudget()  # statements per minute, per user and target
+        # Statements per minute, per user and target: counted in the store when workers share it.
+        self.rates: StatementRate = RateBudget()
         self.live: set[asyncio.Task[Any]] = set()  # channels being served (server.py)
         self.stopping = False
         self._server: asyncssh.SSHAcceptor | None = None
@@ -111,20 +122,30 @@ class Broker:
         self.keys: BrokerKeys = load_or_create_keys(self.data_dir)
         check_data_dir(self.data_dir)
         self.store = self._store = await Store.open(self.data_dir)
+        if self.role == "worker":
+            self.rates = SharedRateBudget(self.store)
         self.certificates = await CertificateRegistry.open(
             self.store.db, UserCA(self.data_dir, self.keys.user_ca)
         )
-        self.audit = await open_audit_log(self.store, self.config)
-        if self.dev_mode:
+        self.audit = await open_audit_log(self.store, self.config, self.role)
+        if self.dev_mode and self.role == "worker":
+            self.oidc = OidcSection(
+                issuer=os.environ[DEV_ISSUER_ENV], client_id=DEV_CLIENT_ID, algorithms=["RS256"]
+            )
+        elif self.dev_mode:
             await self._start_dev_issuer()
         self.validator = TokenValidator(self.oidc)
-        self.approvals: ApprovalGate = await start_approvals(self)
-        await self._close_interrupted_sessions()
-        host, port = _split_host_port(listen or self.config.broker.listen)
+        self.approvals: ApprovalGate = await start_approvals(self, shared=self.role == "worker")
+        if self.role != "worker":
+            await self.close_interrupted_sessions()
+        if self.role == "supervisor":
+            return  # the workers listen
+        host, port = split_host_port(listen or self.config.broker.listen)
         try:
             self._server = await asyncssh.listen(
                 host,
                 port,
+                reuse_port=self.role == "worker",
                 server_host_keys=[self.keys.host_key],
                 server_factory=lambda: BrokerConnection(self),
                 process_factory=lambda process: handle_process(self, process),
@@ -144,6 +165,8 @@ class Broker:
         schedule_indexing(self.store)
         bound = self._server.sockets[0].getsockname()
         self.listen_address = f"{bound[0]}:{bound[1]}"
+        if self.role == "worker":
+            return  # the supervisor says where the broker listens, once every worker is ready
         print(
             f"hoop-broker listening on {self.listen_address} "
             f"(host key {self.keys.host_fingerprint})",
@@ -151,9 +174,10 @@ class Broker:
             flush=True,
         )
 
-    async def _close_interrupted_sessions(self) -> None:
-        """Sessions left open by a crash: mark them interrupted; their recordings stay as flushed."""
-        for session in await self.store.interrupt_open_sessions(time.time()):
+    async def close_interrupted_sessions(self, owner: str | None = None) -> None:
+        """Sessions left open by a crash (of the broker, or of the worker OWNER): mark them
+        interrupted; their recordings stay as flushed, and are sealed."""
+        for session in await self.store.interrupt_open_sessions(time.time(), owner):
             details: dict[str, object] = {"state": "interrupted"}
             if session.get("recording"):
                 signature = await seal_recording(
@@ -193,7 +217,7 @@ class Broker:
             auto_approve=dev.auto_approve if dev else None,
             id_token_ttl=dev.id_token_ttl if dev else 3600,
         )
-        host, port = _split_host_port(dev.listen if dev else "127.0.0.1:2280")
+        host, port = split_host_port(dev.listen if dev else "127.0.0.1:2280")
         try:
             await self._dev_issuer.start(host, port)
         except OSError as exc:
@@ -239,13 +263,22 @@ async def _drain_tasks(tasks: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
     return pending
 
 
-async def serve_forever(config: BrokerConfig, *, dev_mode: bool, listen: str | None) -> None:
-    broker = Broker(config, dev_mode=dev_mode)
+async def serve_forever(
+    config: BrokerConfig,
+    *,
+    dev_mode: bool,
+    listen: str | None,
+    role: str = "single",
+    ready: Callable[[], None] | None = None,
+) -> None:
+    broker = Broker(config, dev_mode=dev_mode, role=role)
     try:
         await broker.start(listen=listen)
     except BaseException:
         await broker.stop()
         raise
+    if ready is not None:
+        ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

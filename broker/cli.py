@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -81,23 +82,59 @@ def serve(
         str | None, typer.Option("--listen", help="HOST:PORT to listen on (overrides config).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Python log level.")] = "WARNING",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Worker processes sharing the port (SO_REUSEPORT) [default: the number of "
+            "cores]. 1 runs the whole broker in one process.",
+        ),
+    ] = None,
 ) -> None:
     """Run the broker until SIGTERM or Ctrl-C."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     from broker.app import serve_forever  # the whole broker: not needed by the other commands
+    from broker.workers import WORKER_ENV, die_with_parent, say_ready, supervise
 
+    worker = os.environ.get(WORKER_ENV)
+    count = workers if workers is not None else (os.cpu_count() or 1)
     try:
+        if worker:
+            die_with_parent()
         loaded = _load(config, dev)
-        if config is None:
+        if config is None and not worker:
             _demo_database(loaded)
-        for problem in review_problems(loaded):
+        for problem in [] if worker else review_problems(loaded):
             # check-config reports it as an error; a running broker refuses such input at once.
             print(f"hoop-broker: warning: {problem}", file=sys.stderr, flush=True)
         # The audit writer and the judging of long inputs run in threads: a thread waiting
         # for the GIL behind the event loop gets it after this long (5 ms by default, which
         # every statement of every session would wait).
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
-        asyncio.run(serve_forever(loaded, dev_mode=dev, listen=listen))
+        if worker:
+            asyncio.run(
+                serve_forever(
+                    loaded,
+                    dev_mode=dev,
+                    listen=listen,
+                    role="worker",
+                    ready=say_ready,
+                )
+            )
+        elif count > 1:
+            command = [
+                "serve",
+                *(["--config", str(config.resolve())] if config is not None else []),
+                *(["--dev"] if dev else []),
+                "--log-level",
+                log_level,
+            ]
+            asyncio.run(
+                supervise(loaded, dev_mode=dev, listen=listen, workers=count, command=command)
+            )
+        else:
+            asyncio.run(serve_forever(loaded, dev_mode=dev, listen=listen))
     except BrokerError as exc:
         _fail(exc)
     except KeyboardInterrupt:

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -72,10 +74,23 @@ CREATE TABLE IF NOT EXISTS sessions (
     exit_status INTEGER,
     recording TEXT,
     reason TEXT,
-    command TEXT
+    command TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
+CREATE TABLE IF NOT EXISTS rate_marks (
+    user TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_marks_key ON rate_marks(user, target, at);
 """
+
+
+def process_owner(pid: int | None = None) -> str:
+    """Who serves a session: this host and process PID (this one by default): a worker, or
+    the one broker process."""
+    return f"{socket.gethostname()}/{os.getpid() if pid is None else pid}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,8 @@ def migrate_audit_chain(conn: sqlite3.Connection, now: float | None = None) -> i
     known = {row[1] for row in conn.execute("PRAGMA table_info(identities)")}
     if "kind" not in known:  # a store from before agent identities: everyone was a person
         conn.execute("ALTER TABLE identities ADD COLUMN kind TEXT NOT NULL DEFAULT 'person'")
+    if "owner" not in {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}:
+        conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")  # from before workers
     columns = {row[1] for row in conn.execute("PRAGMA table_info(audit_events)")}
     for name, kind in _CHAIN_COLUMNS:
         if name not in columns:
@@ -299,6 +316,33 @@ class _AuditWriter:
         self.floor = (chained[-1]["seq"], chained[-1]["hash"])
         return chained
 
+    def take_rate(self, user: str, target: str, per_minute: int, now: float, window: float) -> bool:
+        """Count one statement of USER on TARGET unless the last WINDOW seconds already hold
+        PER_MINUTE of them: one write transaction, so processes sharing the store agree."""
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("the store is closed")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "DELETE FROM rate_marks WHERE user = ? AND target = ? AND at <= ?",
+                (user, target, now - window),
+            )
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM rate_marks WHERE user = ? AND target = ?", (user, target)
+            ).fetchone()
+            allowed = count < per_minute
+            if allowed:
+                conn.execute(
+                    "INSERT INTO rate_marks(user, target, at) VALUES (?,?,?)", (user, target, now)
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return bool(allowed)
+
     def close_sync(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -333,6 +377,7 @@ class Store:
         self._db = db
         self._path = path
         self._writer: _AuditWriter | None = None
+        self.owner = process_owner()
 
     @classmethod
     async def open(cls, data_dir: Path) -> Store:
@@ -433,8 +478,8 @@ class Store:
     ) -> None:
         await self._write(
             "INSERT INTO sessions(id, user, target, kind, state, started_at, recording, reason, "
-            "command) VALUES (?,?,?,?,'open',?,?,?,?)",
-            (session_id, user, target, kind, started_at, recording, reason, command),
+            "command, owner) VALUES (?,?,?,?,'open',?,?,?,?,?)",
+            (session_id, user, target, kind, started_at, recording, reason, command, self.owner),
         )
 
     async def end_session(
@@ -445,15 +490,25 @@ class Store:
             (state, ended_at, exit_status, session_id),
         )
 
-    async def interrupt_open_sessions(self, now: float) -> list[dict[str, Any]]:
-        """Sessions still open when the broker (re)starts were cut off by a crash or kill."""
+    async def interrupt_open_sessions(
+        self, now: float, owner: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Sessions still open when the broker (re)starts were cut off by a crash or kill:
+        all of them, or those OWNER served (a worker process that died)."""
+        where, params = "state = 'open'", []
+        if owner is not None:
+            where, params = "state = 'open' AND owner = ?", [owner]
         async with self._db.execute(
-            "SELECT id, user, target, recording FROM sessions WHERE state = 'open'"
+            f"SELECT id, user, target, recording FROM sessions WHERE {where}",  # noqa: S608
+            params,
         ) as cursor:
             rows = await cursor.fetchall()
-        await self._write(
-            "UPDATE sessions SET state = 'interrupted', ended_at = ? WHERE state = 'open'", (now,)
-        )
+        for row in rows:  # one by one: a session that ended meanwhile keeps its own end
+            await self._write(
+                "UPDATE sessions SET state = 'interrupted', ended_at = ? "
+                "WHERE id = ? AND state = 'open'",
+                (now, row[0]),
+            )
         return [{"id": r[0], "user": r[1], "target": r[2], "recording": r[3]} for r in rows]
 
     async def session(self, session_id: str) -> dict[str, Any] | None:
@@ -499,6 +554,20 @@ class Store:
             return await self._writer.append_soon(event)
         except sqlite3.Error as exc:
             raise StoreError(f"audit event could not be stored: {exc}") from None
+
+    async def take_rate(
+        self, user: str, target: str, per_minute: int, now: float, window: float
+    ) -> bool:
+        """The shared rate budget (SharedRateBudget); a store that cannot count refuses."""
+        if self._writer is None:
+            raise StoreError("the store is closed")
+        try:
+            return await self._writer.call(
+                self._writer.take_rate, user, target, per_minute, now, window
+            )
+        except sqlite3.Error as exc:
+            log.error("rate budget: the store cannot count statements: %s", exc)
+            return False  # fail closed
 
     async def audit_head(self) -> tuple[int, str]:
         """(seq, hash) of the newest audit event (or of the prune checkpoint, or (0, GENESIS))."""

@@ -209,6 +209,8 @@ class BrokerProcess:
     env: dict[str, str] = field(default_factory=dict)
     # Runs the broker through this command, e.g. ["setpriv", "--bounding-set=-setuid", "--"].
     prefix: list[str] = field(default_factory=list)
+    # `serve --workers N`: one process unless a test is about workers (the default is cores).
+    workers: int = 1
 
     def start(self, timeout: float = 20.0, *, file_size_limit: int | None = None) -> BrokerProcess:
         """Start the broker; FILE_SIZE_LIMIT (bytes, RLIMIT_FSIZE) makes large writes fail for real."""
@@ -216,6 +218,7 @@ class BrokerProcess:
         self.stdout_path = workdir / f"{self.config_path.stem}.stdout"
         self.stderr_path = workdir / f"{self.config_path.stem}.stderr"
         args = [*self.prefix, HOOP_BROKER, "serve", "--config", str(self.config_path)]
+        args += ["--workers", str(self.workers)]
         if self.dev:
             args.append("--dev")
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
@@ -280,6 +283,7 @@ def start_broker(
     name: str = "broker",
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
+    workers: int = 1,
 ) -> BrokerProcess:
     config_path = tmp_path / f"{name}.toml"
     config_path.write_text(config_text)
@@ -290,6 +294,7 @@ def start_broker(
         dev=dev,
         env=dict(env or {}),
         prefix=list(prefix or []),
+        workers=workers,
     ).start()
 
 

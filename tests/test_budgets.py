@@ -19,7 +19,7 @@ import pytest
 
 from broker.config import Budget, PostgresTarget, Rule
 from broker.config import Policy as PolicyConfig
-from broker.sessions.budgets import BudgetMeter, RateBudget
+from broker.sessions.budgets import BudgetMeter, RateBudget, SharedRateBudget
 from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
 from tests.scratch_databases import scratch_mariadb, scratch_postgres
 
@@ -38,19 +38,43 @@ class Clock:
         return self.now
 
 
-def test_the_61st_statement_in_a_minute_is_refused_and_a_minute_later_it_is_not() -> None:
+async def test_the_61st_statement_in_a_minute_is_refused_and_a_minute_later_it_is_not() -> None:
     clock = Clock()
     rates = RateBudget(clock)
     for n in range(60):
-        assert rates.take("agent-7", "pg", 60), n
+        assert await rates.take("agent-7", "pg", 60), n
         clock.now += 0.5  # 60 statements in 30 s
-    assert not rates.take("agent-7", "pg", 60)
-    assert rates.take("alice", "pg", 60)  # another user has a budget of their own
-    assert rates.take("agent-7", "other", 60)  # and so has another target
+    assert not await rates.take("agent-7", "pg", 60)
+    assert await rates.take("alice", "pg", 60)  # another user has a budget of their own
+    assert await rates.take("agent-7", "other", 60)  # and so has another target
     clock.now += 30.2  # the first statement (only) is now more than a minute old
-    assert rates.take("agent-7", "pg", 60)
-    assert not rates.take("agent-7", "pg", 60)
-    assert rates.take("agent-7", "pg", None)  # no budget: no limit
+    assert await rates.take("agent-7", "pg", 60)
+    assert not await rates.take("agent-7", "pg", 60)
+    assert await rates.take("agent-7", "pg", None)  # no budget: no limit
+
+
+async def test_workers_sharing_the_store_share_one_rate_budget(tmp_path: Path) -> None:
+    """Two processes' stores on one data dir (as `serve --workers 2` runs them): the 61st
+    statement is refused whichever of them counts it, and the minute still slides."""
+    from broker.store import Store
+
+    clock = Clock()
+    first, second = await Store.open(tmp_path), await Store.open(tmp_path)
+    try:
+        one, two = SharedRateBudget(first, clock), SharedRateBudget(second, clock)
+        for n in range(60):
+            assert await (one if n % 2 else two).take("agent-7", "pg", 60), n
+            clock.now += 0.5
+        assert not await one.take("agent-7", "pg", 60)
+        assert not await two.take("agent-7", "pg", 60)
+        assert await two.take("alice", "pg", 60)
+        clock.now += 30.2
+        assert await one.take("agent-7", "pg", 60)
+        assert not await two.take("agent-7", "pg", 60)
+        assert await one.take("agent-7", "pg", None)
+    finally:
+        await first.close()
+        await second.close()
 
 
 def test_a_meter_stops_at_the_rows_or_the_bytes() -> None:

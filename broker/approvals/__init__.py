@@ -12,8 +12,9 @@ from broker.approvals.service import ApprovalHost, ApprovalService
 __all__ = ["ApprovalHost", "ApprovalService", "start_approvals"]
 
 
-async def start_approvals(broker: ApprovalHost) -> ApprovalService:
-    """The broker's approval gate, started with the broker (its state lives in the store)."""
-    service = ApprovalService(broker)
+async def start_approvals(broker: ApprovalHost, *, shared: bool = False) -> ApprovalService:
+    """The broker's approval gate, started with the broker (its state lives in the store).
+    SHARED: other processes (workers) change the same store; follow their changes."""
+    service = ApprovalService(broker, shared=shared)
     await service.start()
     return service

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.approvals.notifier import Change, Notifier, Subscription
-from broker.approvals.store import AlreadyDecided, ApprovalStore
+from broker.approvals.store import CHANGES_KEPT, AlreadyDecided, ApprovalStore
 from broker.audit.events import AuditEvent, AuditLog
 from broker.sessions.approvals import (
     DEFAULT_TIMEOUT,
@@ -42,6 +42,10 @@ log = logging.getLogger("hoop.broker.approvals")
 
 # The sweeper looks at least this often, and sooner when a request is due.
 SWEEP_EVERY = 30.0
+# With workers sharing the store, each reads the others' changes from the feed this often.
+FEED_POLL = 0.05
+FEED_PRUNE_EVERY = 60.0
+PUBLISHED_KEPT = 10_000
 MAX_COMMENT = 2000
 MAX_REASON = 2000
 MAX_SCREEN_LINE = 512
@@ -62,26 +66,56 @@ class ApprovalHost(Protocol):
 class ApprovalService:
     """The broker's ApprovalGate, and what the hoop-api approval methods call."""
 
-    def __init__(self, broker: ApprovalHost) -> None:
+    def __init__(self, broker: ApprovalHost, *, shared: bool = False) -> None:
         self._broker = broker
         self.store = ApprovalStore(broker.store.db)
         self.notifier = Notifier()
         self._wake = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        # SHARED: other processes (workers) change requests in the same store; their changes
+        # come in through the store's change feed.
+        self._shared = shared
+        self._feed: asyncio.Task[None] | None = None
+        # What was last pushed of each request, so a change is pushed once however it came.
+        self._published: dict[str, tuple[object, ...]] = {}
 
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
         await self.store.create_tables()
         await self.expire_due()
-        self._sweeper = asyncio.get_running_loop().create_task(
-            self._sweep_loop(), name="approval-expiry"
-        )
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep_loop(), name="approval-expiry")
+        if self._shared:
+            after = await self.store.last_change()
+            self._feed = loop.create_task(self._feed_loop(after), name="approval-feed")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._feed):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _feed_loop(self, after: int) -> None:
+        """Push the changes other processes made to the store, as they appear in its feed."""
+        pruned = time.monotonic()
+        while True:
+            await asyncio.sleep(FEED_POLL)
+            try:
+                changes = await self.store.changes_after(after)
+                for request_id in dict.fromkeys(request for _, request in changes):
+                    record = await self.store.get(request_id)
+                    if record is not None:
+                        self._publish("updated", record)
+                if changes:
+                    after = changes[-1][0]
+                if time.monotonic() - pruned > FEED_PRUNE_EVERY:
+                    pruned = time.monotonic()
+                    await self.store.forget_changes(time.time() - CHANGES_KEPT)
+            except (ValueError, sqlite3.ProgrammingError):
+                return  # the store was closed: the broker is stopping
+            except Exception:
+                log.exception("reading the approval change feed failed")
 
     async def _sweep_loop(self) -> None:
         """Expire requests when their time comes: a timer to the next expiry, re-armed on change."""
@@ -532,6 +566,16 @@ class ApprovalService:
 
     # -- audit and push -------------------------------------------------------------------
     def _publish(self, kind: str, record: ApprovalRecord) -> None:
+        seen = (record.state, len(record.decisions), record.expires_at, record.executed_at)
+        if self._published.get(record.id) == seen:
+            return  # already pushed (by this process, or from the feed)
+        if kind == "updated" and record.id not in self._published and record.state == "pending":
+            # First heard of through the feed: a request another worker just made.
+            kind = "requested" if not record.decisions else kind
+        self._published.pop(record.id, None)
+        self._published[record.id] = seen
+        if len(self._published) > PUBLISHED_KEPT:
+            del self._published[next(iter(self._published))]
         self.notifier.publish(Change(kind, record))  # type: ignore[arg-type]
 
     async def _audit(

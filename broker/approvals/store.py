@@ -83,7 +83,32 @@ BEGIN
                 ELSE expires_at END
         WHERE id = NEW.request AND state IN ('approved', 'denied') AND decided_at IS NULL;
 END;
+-- Every change to a request, by any process sharing the store (the workers of `serve
+-- --workers N`): each worker follows this feed and wakes its own waiters and watchers.
+CREATE TABLE IF NOT EXISTS approval_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS approval_change_inserted AFTER INSERT ON approval_requests
+BEGIN
+    INSERT INTO approval_changes(request, at)
+        VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0);
+END;
+CREATE TRIGGER IF NOT EXISTS approval_change_updated AFTER UPDATE ON approval_requests
+BEGIN
+    INSERT INTO approval_changes(request, at)
+        VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0);
+END;
+CREATE TRIGGER IF NOT EXISTS approval_change_decided AFTER INSERT ON approval_decisions
+BEGIN
+    INSERT INTO approval_changes(request, at)
+        VALUES (NEW.request, (julianday('now') - 2440587.5) * 86400.0);
+END;
 """
+
+# How long the change feed keeps a change (a worker reads it within a fraction of a second).
+CHANGES_KEPT = 600.0
 
 _COLUMNS = (
     "id, kind, state, requester, requester_groups, target, session, bound_session, subject, "
@@ -270,6 +295,22 @@ class ApprovalStore:
         )
         decisions = await self._decisions([row[0] for row in rows])
         return [_record(row, decisions[row[0]]) for row in rows]
+
+    async def last_change(self) -> int:
+        """The newest seq in the change feed (0 when it is empty)."""
+        rows = await self._rows("SELECT COALESCE(MAX(seq), 0) FROM approval_changes")
+        return int(rows[0][0])
+
+    async def changes_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str]]:
+        """(seq, request id) of the changes after SEQ, oldest first."""
+        rows = await self._rows(
+            "SELECT seq, request FROM approval_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    async def forget_changes(self, before: float) -> int:
+        return await self._change("DELETE FROM approval_changes WHERE at < ?", (before,))
 
     async def get(self, request_id: str) -> ApprovalRecord | None:
         records = await self._records("id = ?", (request_id,))

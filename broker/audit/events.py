@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("hoop.audit")
 
 HEAD_INTERVAL = 1.0  # seconds between rewrites of the signed chain head
+FOLLOW_POLL = 0.05  # seconds between reads of the store by a log that follows it (workers)
+FOLLOW_CHUNK = 500
+# Where the process that runs the sinks (the supervisor of `serve --workers N`) tells the
+# workers how the audit pipeline stands, for strict mode.
+HEALTH_FILE = "audit_health.json"
+HEALTH_STALE = 10.0  # seconds after which a health file nobody rewrote is not trusted
 CLOSE_TIMEOUT = 5.0  # seconds each sink gets to drain its queue when the broker stops
 
 
@@ -72,7 +79,16 @@ class AuditLog:
         strict: bool = False,
         data_dir: Path | None = None,
         signer: Signer | None = None,
+        role: str = "single",
     ) -> None:
+        # ROLE "single": one broker process; events go to the store, then to the sinks.
+        # "supervisor": the sinks and the signed head follow the store, where the workers
+        # write (this process writes its own events there too). "worker": events go to the
+        # store only; strict mode asks the supervisor's health file.
+        self._role = role
+        self._follow_task: asyncio.Task[None] | None = None
+        self._health_cache: tuple[float, dict[str, Any] | None] = (0.0, None)
+        self._followed = 0  # the newest seq handed to the sinks (supervisor)
         self._store = store
         self._sinks: list[Sink] = []
         if stdout:
@@ -130,6 +146,35 @@ class AuditLog:
                 head_seq=head_seq,
             )
             await sink.start()
+        if self._role == "supervisor":
+            self._followed = head_seq
+            self._write_health()
+            self._follow_task = asyncio.create_task(self._follow(head_seq), name="audit-follow")
+
+    async def _follow(self, after: int) -> None:
+        """Hand every event the store gains, in chain order, to the sinks (supervisor)."""
+        last_health = time.monotonic()
+        while True:
+            try:
+                after = await self._catch_up(after)
+            except Exception:  # the store is read again next time; nothing is skipped
+                log.exception("audit: reading new events from the store failed")
+            if time.monotonic() - last_health > HEALTH_STALE / 4:
+                last_health = time.monotonic()
+                await asyncio.to_thread(self._write_health)
+            await asyncio.sleep(FOLLOW_POLL)
+
+    async def _catch_up(self, after: int) -> int:
+        while records := await self._store.audit_events_between(after, None, FOLLOW_CHUNK):
+            for record in records:
+                for sink in self._sinks:
+                    sink.offer(record)
+                after = int(record["seq"])
+                self._head = (after, str(record["hash"]))
+            if self._head_dirty is not None:
+                self._head_dirty.set()
+        self._followed = after
+        return after
 
     async def emit(self, event: AuditEvent) -> dict[str, Any]:
         if event.actor is not None and event.actor_kind is None:
@@ -149,6 +194,10 @@ class AuditLog:
         if self._store_error is not None:
             log.warning("audit: the store can be written again")
             self._store_error = None
+        if self._role == "worker":
+            self._head = (chained["seq"], chained["hash"])
+        if self._role != "single":
+            return chained  # the supervisor's sinks and head follow the store
         for sink in self._sinks:
             sink.offer(chained)
         self._head = (chained["seq"], chained["hash"])
@@ -160,6 +209,10 @@ class AuditLog:
 
     def health(self) -> dict[str, Any]:
         """The audit pipeline as the broker sees it: the store and each sink."""
+        sinks = [sink.health().to_json() for sink in self._sinks]
+        if self._role == "worker":
+            shared = self._shared_health()
+            sinks = list(shared.get("sinks", [])) if shared else []
         return {
             "strict": self.strict,
             "store": {
@@ -167,9 +220,43 @@ class AuditLog:
                 "message": self._store_error or "",
             },
             "head": {"seq": self._head[0], "hash": self._head[1]} if self._head else None,
-            "sinks": [sink.health().to_json() for sink in self._sinks],
+            "sinks": sinks,
             "refusing": self.refusal_reason(),
         }
+
+    def _shared_health(self) -> dict[str, Any] | None:
+        """The supervisor's view of the sinks (its health file), None if unknown or stale."""
+        if self._data_dir is None:
+            return None
+        path = self._data_dir / HEALTH_FILE
+        try:
+            mtime = path.stat().st_mtime
+            if self._health_cache[0] != mtime:
+                self._health_cache = (mtime, json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
+        health = self._health_cache[1]
+        if not isinstance(health, dict) or time.time() - float(health.get("time", 0)) > (
+            HEALTH_STALE
+        ):
+            return None
+        return health
+
+    def _write_health(self) -> None:
+        if self._role != "supervisor" or self._data_dir is None:
+            return
+        health = {
+            "time": time.time(),
+            "sinks": [sink.health().to_json() for sink in self._sinks],
+            "refusing": self._sink_refusal(),
+        }
+        path = self._data_dir / HEALTH_FILE
+        temporary = path.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps(health))
+            temporary.replace(path)
+        except OSError as exc:
+            log.error("audit: cannot write %s: %s", path, exc)
 
     def refusal_reason(self) -> str | None:
         """Why new sessions must be refused now (strict mode only), or None.
@@ -182,6 +269,15 @@ class AuditLog:
             return None
         if self._store_error is not None:
             return f"the audit trail cannot be written (store: {self._store_error})"
+        if self._role == "worker":
+            shared = self._shared_health()
+            if shared is None:
+                return "the audit trail's sinks cannot be checked (no word from the supervisor)"
+            refusing = shared.get("refusing")
+            return str(refusing) if refusing else None
+        return self._sink_refusal()
+
+    def _sink_refusal(self) -> str | None:
         for sink in self._sinks:
             health = sink.health()
             if sink.lossless and health.state != OK:
@@ -195,6 +291,7 @@ class AuditLog:
         """A sink changed state: record it in the chain as an `audit.sink` event."""
         if self._closed:
             return
+        self._write_health()
         if self.strict and sink.lossless:
             if new != OK:
                 log.error(
@@ -252,6 +349,12 @@ class AuditLog:
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+            with contextlib.suppress(Exception):  # the last events, written as workers ended
+                await self._catch_up(self._followed)
         await asyncio.gather(
             *(sink.close(CLOSE_TIMEOUT) for sink in self._sinks), return_exceptions=True
         )
@@ -262,18 +365,23 @@ class AuditLog:
             await self._write_head()
 
 
-async def open_audit_log(store: Store, config: BrokerConfig) -> AuditLog:
-    """The broker's audit log as configured (store, stdout and the configured sinks), started."""
+async def open_audit_log(store: Store, config: BrokerConfig, role: str = "single") -> AuditLog:
+    """The broker's audit log as configured (store, stdout and the configured sinks), started.
+
+    ROLE "worker" (a worker of `serve --workers N`): the store only; its supervisor runs the
+    sinks and signs the head."""
     data_dir = config.broker.data_dir
-    sinks = [build_sink(sink, data_dir=data_dir) for sink in config.audit.sinks]
+    worker = role == "worker"
+    sinks = [] if worker else [build_sink(sink, data_dir=data_dir) for sink in config.audit.sinks]
     explicit_stdout = any(sink.type == "stdout" for sink in config.audit.sinks)
     audit = AuditLog(
         store,
-        stdout=config.broker.audit_stdout and not explicit_stdout,
+        stdout=config.broker.audit_stdout and not explicit_stdout and not worker,
         sinks=sinks,
         strict=config.audit.strict,
         data_dir=data_dir,
-        signer=Signer.load(data_dir, create=True),
+        signer=None if worker else Signer.load(data_dir, create=True),
+        role=role,
     )
     await audit.start()
     return audit

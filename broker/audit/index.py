@@ -436,10 +436,13 @@ class SessionIndex:
         ]
         rows += [("output", offset, line) for offset, line in text.lines]
         cursor = await self._db.execute(
-            "INSERT INTO session_index(session, user, target, started_at, indexed_at, note) "
-            "VALUES (?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO session_index(session, user, target, started_at, indexed_at, "
+            "note) VALUES (?,?,?,?,?,?)",
             (session_id, user, target, started_at, time.time(), text.note),
         )
+        if cursor.rowcount == 0:
+            await self._db.commit()  # another process sharing the store (a worker) indexed it
+            return
         number = cursor.lastrowid
         for start in range(0, len(rows), INSERT_BATCH):
             batch = rows[start : start + INSERT_BATCH]

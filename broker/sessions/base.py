@@ -29,7 +29,7 @@ from broker.sessions.approvals import (
     ReviewRequest,
     decided_by,
 )
-from broker.sessions.budgets import RateBudget
+from broker.sessions.budgets import StatementRate
 from broker.sessions.request import SessionCommand
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class SessionHost(Protocol):
     store: Store
     audit: AuditLog
     keys: BrokerKeys
-    rates: RateBudget
+    rates: StatementRate
 
     @property
     def data_dir(self) -> Path: ...

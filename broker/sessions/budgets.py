@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from broker.sessions.formats import to_text
 
@@ -25,7 +25,7 @@ class RateBudget:
         self._clock = clock
         self._seen: dict[tuple[str, str], deque[float]] = {}
 
-    def take(self, user: str, target: str, per_minute: int | None) -> bool:
+    async def take(self, user: str, target: str, per_minute: int | None) -> bool:
         """Count one statement of USER on TARGET; False (not counted) when the last minute
         already holds PER_MINUTE of them."""
         if per_minute is None:
@@ -42,6 +42,33 @@ class RateBudget:
         if len(self._seen) > MAX_TRACKED:
             del self._seen[next(iter(self._seen))]
         return True
+
+
+class StatementRate(Protocol):
+    """What sessions ask of a rate budget (RateBudget in one process, SharedRateBudget when
+    workers share the store)."""
+
+    async def take(self, user: str, target: str, per_minute: int | None) -> bool: ...
+
+
+class RateStore(Protocol):
+    async def take_rate(
+        self, user: str, target: str, per_minute: int, now: float, window: float
+    ) -> bool: ...
+
+
+class SharedRateBudget:
+    """The same budget counted in the store, for brokers whose workers share it (`serve
+    --workers N`): a user's statements count together whichever worker runs them."""
+
+    def __init__(self, store: RateStore, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def take(self, user: str, target: str, per_minute: int | None) -> bool:
+        if per_minute is None:
+            return True
+        return await self._store.take_rate(user, target, per_minute, self._clock(), WINDOW)
 
 
 @dataclass(frozen=True)

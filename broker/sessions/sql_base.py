@@ -123,21 +123,23 @@ class SqlSessionBase(SessionBase):
                 self.dialect,  # type: ignore[arg-type]
                 state,
             )
-        return self._within_rate(*decided)
+        return await self._within_rate(*decided)
 
     @property
     def _limits(self) -> BudgetLimits:
         """This actor's budget on the target (rows, bytes, time, rate)."""
         return self._target.budget.for_actor(self._ctx.kind)
 
-    def _within_rate(self, decision: Decision, parsed: ParsedSql) -> tuple[Decision, ParsedSql]:
+    async def _within_rate(
+        self, decision: Decision, parsed: ParsedSql
+    ) -> tuple[Decision, ParsedSql]:
         """DECISION, unless running PARSED would take the user past the target's
         max_statements_per_minute: then a deny saying so (nothing of the input runs)."""
         per_minute = self._limits.max_statements_per_minute
         if per_minute is None or decision.action == "deny":
             return decision, parsed
         for _ in parsed.statements or (None,):
-            if not self._broker.rates.take(self._ctx.user, self._target.name, per_minute):
+            if not await self._broker.rates.take(self._ctx.user, self._target.name, per_minute):
                 reason = (
                     f"rate budget: at most {per_minute} statements a minute on target "
                     f"{self._target.name} for {self._ctx.kind}s; try again in a minute"
