@@ -51,14 +51,16 @@ policy = "shell"
 """
 
 
-def start_terminal_broker(tmp_path: Path, targets: str, *, name: str = "broker") -> BrokerProcess:
+def start_terminal_broker(
+    tmp_path: Path, targets: str, *, name: str = "broker", workers: int = 1
+) -> BrokerProcess:
     config = dev_config(
         tmp_path / f"{name}-data",
         port=free_port(),
         dev_port=free_port(),
         targets=targets + SHELL_POLICY,
     )
-    return start_broker(tmp_path, config, name=name)
+    return start_broker(tmp_path, config, name=name, workers=workers)
 
 
 def open_shell(user: User, target: str = "shell", *args: str) -> pexpect.spawn:

@@ -297,3 +297,28 @@ def test_a_refused_exec_is_a_blocked_session_listed_shown_and_searchable(world: 
     assert [match["session"] for match in found] == [row["id"]]
     # The auditor sees it among everyone's refused attempts.
     assert row["id"] in {r["id"] for r in hoop_json(world.dave, "sessions", "--state", "blocked")}
+
+
+def test_bulk_output_is_indexed_up_to_the_cap_and_its_command_still_found(world: World) -> None:
+    """Millions of output characters: the first MAX_INDEXED_OUTPUT are searchable, what comes
+    after is not (the broker does not spend seconds re-reading it), the command is."""
+    from broker.audit.index import MAX_INDEXED_OUTPUT, MAX_OUTPUT_LINES
+
+    alice = world.alice
+    # 100 characters a line with its CR LF, fewer lines than MAX_OUTPUT_LINES: only the
+    # character cap can leave the tail out.
+    lines = MAX_INDEXED_OUTPUT // 100 + 10_000
+    assert lines < MAX_OUTPUT_LINES
+    script = (
+        "printf 'bulk-head-%s\\n' first; "
+        f"seq -f 'bulk-row-%090g' 1 {lines}; "
+        "printf 'bulk-tail-%s\\n' last"
+    )
+    result = alice.run("exec", "shell", "--", "bash", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("bulk-tail-last")
+    head = [m for m in search(alice, "bulk-head-first") if m["kind"] == "output"]
+    assert [m["line"] for m in head] == ["bulk-head-first"]
+    assert not [m for m in search(alice, "bulk-tail-last") if m["kind"] == "output"]
+    commands = [m for m in search(alice, "bulk-tail") if m["kind"] == "command"]
+    assert len(commands) == 1 and "seq -f" in commands[0]["line"]

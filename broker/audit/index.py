@@ -11,7 +11,9 @@ session started, the offset `hoopctl replay ID --at OFFSET` takes):
   line at the time it took its final form (its last character shown): a command typed at a
   prompt that waited is found where it was typed, not where the prompt was drawn. Identical lines of one session are
   indexed once (their first time). A session contributes at most ``MAX_OUTPUT_LINES`` output
-  lines of at most ``MAX_LINE_CHARS`` characters each.
+  lines of at most ``MAX_LINE_CHARS`` characters each, from its first ``MAX_INDEXED_OUTPUT``
+  characters of output: a bulk export of millions of rows costs the index (and the broker's
+  CPU, after the session) no more than a few MiB of it.
 
 Only recordings (masked before they were written) and audit events are read, so a masked
 value never reaches the index.
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hoop.broker.index")
 
 MAX_OUTPUT_LINES = 100_000
+MAX_INDEXED_OUTPUT = 4 << 20  # characters of a session's output rebuilt into lines
 MAX_LINE_CHARS = 1_000
 INSERT_BATCH = 5_000
 MAX_RESULTS = 1_000
@@ -234,9 +237,12 @@ def read_recording_text(path: Path) -> RecordingText:
     builder = LineBuilder()
     marks: list[tuple[float, str]] = []
     note: str | None = None
+    output_left = MAX_INDEXED_OUTPUT
     try:
         with path.open("rb") as file:
             for lineno, raw in enumerate(file, 1):
+                if output_left <= 0 and b'"m"' not in raw:
+                    continue  # past the output cap only marks are read (cheaply, as read_marks)
                 try:
                     value = json.loads(raw)
                 except ValueError:
@@ -252,8 +258,13 @@ def read_recording_text(path: Path) -> RecordingText:
                 if not isinstance(at, int | float) or not isinstance(data, str):
                     note = f"recording damaged at line {lineno}; indexed up to it"
                     break
-                if code == "o":
-                    builder.feed(float(at), data)
+                if code == "o" and output_left > 0:
+                    builder.feed(float(at), data[:output_left])
+                    output_left -= len(data)
+                    if output_left <= 0:
+                        note = (
+                            f"only the first {MAX_INDEXED_OUTPUT >> 20} MiB of output are indexed"
+                        )
                 elif code == "m":
                     marks.append((float(at), data))
     except OSError as exc:
