@@ -10,6 +10,7 @@ import os
 import socket
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,6 +86,26 @@ CREATE TABLE IF NOT EXISTS rate_marks (
 );
 CREATE INDEX IF NOT EXISTS rate_marks_key ON rate_marks(user, target, at);
 """
+
+
+_write_locks: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def write_lock(db: aiosqlite.Connection) -> asyncio.Lock:
+    """The lock a write on the store's shared connection holds from its first statement to
+    its COMMIT or ROLLBACK.
+
+    SQLite's transaction belongs to the connection, not to the coroutine: without the lock, one
+    module's rollback after a busy error (or its commit) took another module's write, made
+    between that write's execute and its commit, with it. A decision was lost that way: stored
+    as "recorded", audited as approved, and gone (issue 16, the lost approval).
+    """
+    lock = _write_locks.get(db)
+    if lock is None:
+        lock = _write_locks[db] = asyncio.Lock()
+    return lock
 
 
 def process_owner(pid: int | None = None) -> str:
@@ -418,18 +439,27 @@ class Store:
         await self._db.close()
 
     async def _write(self, sql: str, params: Sequence[Any]) -> int:
+        # Shielded: a caller cancelled between the statement and its commit must not leave
+        # its write open on the shared connection (the next commit, anyone's, would take it).
+        return await asyncio.shield(self._write_now(sql, params))
+
+    async def _write_now(self, sql: str, params: Sequence[Any]) -> int:
         # Another connection (the audit writer, `hoop-broker prune`) may have written since
         # this connection's read snapshot: SQLite then refuses at once ("database is locked")
         # instead of waiting. Roll back, so no half-open transaction blocks later writes, and
         # try again on a fresh snapshot.
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                cursor = await self._db.execute(sql, params)
-                await self._db.commit()
-                return cursor.lastrowid or 0
+                async with write_lock(self._db):
+                    try:
+                        cursor = await self._db.execute(sql, params)
+                        await self._db.commit()
+                        return cursor.lastrowid or 0
+                    except sqlite3.Error:
+                        with contextlib.suppress(sqlite3.Error):
+                            await self._db.rollback()
+                        raise
             except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.rollback()
                 retry = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
                 if not retry or attempt == WRITE_ATTEMPTS - 1:
                     raise StoreError(f"store write failed: {exc}") from None

@@ -228,6 +228,11 @@ async def test_the_audit_chain_is_one_and_each_event_reaches_the_sink_once(
         await asyncio.sleep(0.1)
     assert seqs[: len(seqs)] == list(range(1, len(seqs) + 1)), "a gap or a repeat in the sink"
     assert len(seqs) >= count
+    # Whichever worker wrote it, an event with an actor says what kind of actor it was.
+    unkinded = [
+        e["type"] for e in broker.audit_events() if e.get("actor") and not e.get("actor_kind")
+    ]
+    assert not unkinded, unkinded
     result = subprocess.run(
         [HOOP_BROKER, "verify", "--config", str(broker.config_path)],
         capture_output=True,

@@ -204,9 +204,13 @@ def test_certificate_from_the_broker_ca_lets_plain_ssh_in(
     result = ssh(dev_broker, "alice", tmp_path / "control", key=key_path, cert=cert)
 
     assert result.returncode == 0, result.stderr
-    assert responses(result) == [
-        {"id": 1, "result": {"user": "alice", "groups": ["dba", "engineers"], "kind": "person"}}
-    ]
+    (response,) = responses(result)
+    served_by = response["result"].pop("served_by")
+    assert response == {
+        "id": 1,
+        "result": {"user": "alice", "groups": ["dba", "engineers"], "kind": "person"},
+    }
+    assert served_by.endswith(f"/{dev_broker.process.pid}")  # type: ignore[union-attr]
 
 
 def test_certificate_from_another_ca_is_refused_and_audited(

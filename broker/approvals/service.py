@@ -566,7 +566,14 @@ class ApprovalService:
 
     # -- audit and push -------------------------------------------------------------------
     def _publish(self, kind: str, record: ApprovalRecord) -> None:
-        seen = (record.state, len(record.decisions), record.expires_at, record.executed_at)
+        seen = (
+            record.state,
+            len(record.decisions),
+            record.expires_at,
+            record.decided_at,
+            record.executed_at,
+            record.grant_until,
+        )
         if self._published.get(record.id) == seen:
             return  # already pushed (by this process, or from the feed)
         if kind == "updated" and record.id not in self._published and record.state == "pending":

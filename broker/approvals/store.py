@@ -22,6 +22,7 @@ import aiosqlite
 
 from broker.errors import StoreError
 from broker.sessions.approvals import ApprovalRecord, Decided
+from broker.store import write_lock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approval_requests (
@@ -223,21 +224,29 @@ class ApprovalStore:
     async def _change_now(self, sql: str, params: Sequence[Any]) -> int:
         for attempt in range(BUSY_RETRIES):
             try:
-                cursor = await self._db.execute(sql, params)
-                changed = cursor.rowcount
-                await self._db.commit()
-                return changed
+                async with write_lock(self._db):
+                    try:
+                        cursor = await self._db.execute(sql, params)
+                        changed = cursor.rowcount
+                        await self._db.commit()
+                        return changed
+                    except sqlite3.IntegrityError:
+                        await self._db.commit()  # end the implicit transaction; nothing written
+                        raise
+                    except sqlite3.OperationalError as exc:
+                        if _busy(exc):
+                            # The transaction could not get SQLite's write lock, so it holds
+                            # no write: end it (dropping its stale snapshot) and try again.
+                            # COMMIT, not ROLLBACK: a rollback could abort other modules' reads
+                            # in flight.
+                            with contextlib.suppress(sqlite3.Error):
+                                await self._db.commit()
+                        raise
             except sqlite3.IntegrityError:
-                await self._db.commit()  # end the implicit transaction; nothing was written
                 raise
             except sqlite3.OperationalError as exc:
                 if not _busy(exc) or attempt == BUSY_RETRIES - 1:
                     raise StoreError(f"store write failed: {exc}") from None
-                # The shared connection's transaction could not get the write lock, so it
-                # holds no write: end it (dropping its stale snapshot) and try again. COMMIT,
-                # not ROLLBACK: a rollback could abort other modules' reads in flight.
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.commit()
                 await asyncio.sleep(random.uniform(0.005, 0.05))
             except sqlite3.ProgrammingError:
                 raise  # the store was closed: the broker is stopping

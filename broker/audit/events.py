@@ -179,6 +179,12 @@ class AuditLog:
     async def emit(self, event: AuditEvent) -> dict[str, Any]:
         if event.actor is not None and event.actor_kind is None:
             kind = self.actor_kinds.get(event.actor)
+            if kind is None and self._role == "worker":
+                # The actor authenticated on another worker: their kind is in the store.
+                with contextlib.suppress(Exception):
+                    stored = await self._store.identity(event.actor)
+                    if stored is not None:
+                        kind = self.actor_kinds.setdefault(event.actor, stored.kind)
             if kind is not None:
                 event = replace(event, actor_kind=kind)
         record = event_record(event, time.time())

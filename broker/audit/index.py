@@ -33,6 +33,7 @@ last; a row left incomplete (a crash in between) is purged and redone by the nex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -40,12 +41,14 @@ import sqlite3
 import time
 import unicodedata
 import weakref
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+
+from broker.store import write_lock
 
 if TYPE_CHECKING:
     from broker.store import Store
@@ -382,8 +385,9 @@ class SessionIndex:
 
     async def ensure_schema(self) -> None:
         if not self._ready:
-            await self._db.executescript(_SCHEMA)
-            await self._db.commit()
+            async with write_lock(self._db):
+                await self._db.executescript(_SCHEMA)
+                await self._db.commit()
             self._ready = True
 
     async def catch_up(self) -> int:
@@ -414,16 +418,28 @@ class SessionIndex:
             "OR session NOT IN (SELECT id FROM sessions)"
         ) as cursor:
             stale = [row[0] for row in await cursor.fetchall()]
-        for number in stale:
-            await self._db.execute(
-                "INSERT INTO session_text(session_text, rowid, text) "
-                "SELECT 'delete', id, text FROM session_lines WHERE session_no = ?",
-                (number,),
-            )
-            await self._db.execute("DELETE FROM session_lines WHERE session_no = ?", (number,))
-            await self._db.execute("DELETE FROM session_index WHERE no = ?", (number,))
-        if stale:
+        if not stale:
+            return
+        async with write_lock(self._db), self._rolled_back_on_error():
+            for number in stale:
+                await self._db.execute(
+                    "INSERT INTO session_text(session_text, rowid, text) "
+                    "SELECT 'delete', id, text FROM session_lines WHERE session_no = ?",
+                    (number,),
+                )
+                await self._db.execute("DELETE FROM session_lines WHERE session_no = ?", (number,))
+                await self._db.execute("DELETE FROM session_index WHERE no = ?", (number,))
             await self._db.commit()
+
+    @contextlib.asynccontextmanager
+    async def _rolled_back_on_error(self) -> AsyncIterator[None]:
+        """A write transaction that fails leaves nothing behind on the shared connection."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.rollback()
+            raise
 
     async def _index_one(
         self, session_id: str, user: str, target: str, started_at: float, recording: str | None
@@ -446,30 +462,31 @@ class SessionIndex:
             for offset, line in command_lines(started_at, events, text.marks)
         ]
         rows += [("output", offset, line) for offset, line in text.lines]
-        cursor = await self._db.execute(
-            "INSERT OR IGNORE INTO session_index(session, user, target, started_at, indexed_at, "
-            "note) VALUES (?,?,?,?,?,?)",
-            (session_id, user, target, started_at, time.time(), text.note),
-        )
-        if cursor.rowcount == 0:
-            await self._db.commit()  # another process sharing the store (a worker) indexed it
-            return
-        number = cursor.lastrowid
-        for start in range(0, len(rows), INSERT_BATCH):
-            batch = rows[start : start + INSERT_BATCH]
-            await self._db.executemany(
-                "INSERT INTO session_lines(session_no, kind, offset, text) VALUES (?,?,?,?)",
-                [(number, kind, offset, line) for kind, offset, line in batch],
+        async with write_lock(self._db), self._rolled_back_on_error():
+            cursor = await self._db.execute(
+                "INSERT OR IGNORE INTO session_index(session, user, target, started_at, indexed_at, "
+                "note) VALUES (?,?,?,?,?,?)",
+                (session_id, user, target, started_at, time.time(), text.note),
             )
-        await self._db.execute(
-            "INSERT INTO session_text(rowid, text) SELECT id, text FROM session_lines "
-            "WHERE session_no = ?",
-            (number,),
-        )
-        await self._db.execute(
-            "UPDATE session_index SET complete = 1, lines = ? WHERE no = ?", (len(rows), number)
-        )
-        await self._db.commit()
+            if cursor.rowcount == 0:
+                await self._db.commit()  # another process sharing the store (a worker) indexed it
+                return
+            number = cursor.lastrowid
+            for start in range(0, len(rows), INSERT_BATCH):
+                batch = rows[start : start + INSERT_BATCH]
+                await self._db.executemany(
+                    "INSERT INTO session_lines(session_no, kind, offset, text) VALUES (?,?,?,?)",
+                    [(number, kind, offset, line) for kind, offset, line in batch],
+                )
+            await self._db.execute(
+                "INSERT INTO session_text(rowid, text) SELECT id, text FROM session_lines "
+                "WHERE session_no = ?",
+                (number,),
+            )
+            await self._db.execute(
+                "UPDATE session_index SET complete = 1, lines = ? WHERE no = ?", (len(rows), number)
+            )
+            await self._db.commit()
 
     async def search(
         self, text: str, *, user: str | None = None, limit: int = 50
@@ -546,11 +563,12 @@ class SessionIndex:
         joins the sessions table) and leave the index at the broker's next start."""
         await self.ensure_schema()
         async with self._lock:
-            for session_id in session_ids:
-                await self._db.execute(
-                    "UPDATE session_index SET complete = 0 WHERE session = ?", (session_id,)
-                )
-            await self._db.commit()
+            async with write_lock(self._db), self._rolled_back_on_error():
+                for session_id in session_ids:
+                    await self._db.execute(
+                        "UPDATE session_index SET complete = 0 WHERE session = ?", (session_id,)
+                    )
+                await self._db.commit()
             await self._purge_incomplete_and_removed()
 
 

@@ -39,7 +39,7 @@ from broker.identity.certificates import (
 )
 from broker.identity.tokens import Identity
 from broker.keys import UserCA, rotate_user_ca
-from broker.store import STORE_FILE, append_chained, connect_sync, migrate_audit_chain
+from broker.store import STORE_FILE, append_chained, connect_sync, migrate_audit_chain, write_lock
 
 # Serials are unsigned 64-bit: more than SQLite's INTEGER holds, so they are stored as decimal
 # text (also how audit events carry them).
@@ -227,16 +227,18 @@ class CertificateRegistry:
         """Write one row; False when its serial or key id is taken."""
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                await self._db.execute(_INSERT, params)
-                await self._db.commit()
-                return True
+                async with write_lock(self._db):
+                    try:
+                        await self._db.execute(_INSERT, params)
+                        await self._db.commit()
+                        return True
+                    except sqlite3.Error:
+                        with contextlib.suppress(sqlite3.Error):
+                            await self._db.rollback()
+                        raise
             except sqlite3.IntegrityError:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.rollback()
                 return False
             except sqlite3.OperationalError as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.rollback()
                 if not _busy(exc) or attempt == WRITE_ATTEMPTS - 1:
                     raise StoreError(f"the certificate could not be recorded: {exc}") from None
                 await asyncio.sleep(0.02 * (attempt + 1))
