@@ -90,7 +90,12 @@ async def test_two_hundred_concurrent_approvals_each_reach_their_requester(
                     await api.call("approvals.decide", {"id": request_id, "decision": "approve"})
 
             await asyncio.gather(*(approve(pending[marker]) for marker in markers))
-        results = await asyncio.gather(*waiting)
+        # Every requester's output within two minutes; one that never comes is named, not
+        # waited for until the test's own time limit.
+        await asyncio.wait(waiting, timeout=120)
+        never = [marker for marker, task in zip(markers, waiting, strict=True) if not task.done()]
+        assert not never, f"{len(never)} approved requesters never got their output: {never[:5]}"
+        results = [task.result() for task in waiting]
     finally:
         for task in waiting:
             task.cancel()
