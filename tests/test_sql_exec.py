@@ -214,6 +214,26 @@ def test_select_as_csv_and_table(dba: User, target: str) -> None:
     assert "10.5" in table.stdout and "(2 rows)" in table.stdout
 
 
+def test_csv_writes_each_kind_of_value_as_text_and_binary_as_hex(dba: User) -> None:
+    """NULL is empty, text keeps its commas, quotes and newlines, numbers, dates and booleans
+    are as str() gives them, and bytea is \\x and hex, in every row (also after rows with no
+    binary value in them)."""
+    sql = (
+        "SELECT * FROM (VALUES "
+        "(1, NULL::text, 1.5::numeric, true, '2024-01-02 03:04:05+00'::timestamptz, NULL::bytea),"
+        "(2, 'a, \"b\"' || chr(10) || 'c', 2.25, false, NULL, '\\x00ff'::bytea)"
+        ") AS v(n, t, d, b, ts, raw) ORDER BY n"
+    )
+    result = dba.run("exec", "pg", "-c", sql, "-o", "csv")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows == [
+        ["n", "t", "d", "b", "ts", "raw"],
+        ["1", "", "1.5", "True", "2024-01-02 03:04:05+00:00", ""],
+        ["2", 'a, "b"\nc', "2.25", "False", "", "\\x00ff"],
+    ]
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize(
     "sql",

@@ -22,6 +22,9 @@ TABLE_ROW_LIMIT = 10_000
 FORMATS = ("table", "json", "csv")
 
 
+_BINARY = (bytes, bytearray, memoryview)
+
+
 def to_text(value: Any) -> str:
     if value is None:
         return ""
@@ -75,7 +78,12 @@ class ResultWriter:
         if self.fmt == "csv":
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerows([to_text(v) for v in row] for row in rows)
+            if any(isinstance(value, _BINARY) for row in rows for value in row):
+                writer.writerows([to_text(v) for v in row] for row in rows)
+            else:
+                # The csv module writes None as "" and anything else as str() would, which
+                # is to_text for all but binary values: no per-cell Python call.
+                writer.writerows(rows)
             return buffer.getvalue()
         if self.fmt == "json":
             parts = []
