@@ -225,9 +225,11 @@ retry_max = "1s"
 {keys}"""
 
 
-def broker_with(tmp_path: Path, audit: str, *, name: str = "broker") -> BrokerProcess:
+def broker_with(
+    tmp_path: Path, audit: str, *, name: str = "broker", workers: int = 1
+) -> BrokerProcess:
     config = dev_config(tmp_path / f"{name}-data", port=free_port(), dev_port=free_port())
-    return start_broker(tmp_path, config + "\n[audit]\n" + audit, name=name)
+    return start_broker(tmp_path, config + "\n[audit]\n" + audit, name=name, workers=workers)
 
 
 @pytest.fixture
@@ -451,9 +453,19 @@ def _unlimit_file_size(broker: BrokerProcess) -> None:
 
 
 def check_disk_full(
-    tmp_path: Path, alice: User, receiver: WebhookReceiver, brokers: list[Any], *, strict: bool
+    tmp_path: Path,
+    alice: User,
+    receiver: WebhookReceiver,
+    brokers: list[Any],
+    *,
+    strict: bool,
+    workers: int = 1,
 ) -> BrokerProcess:
-    broker = broker_with(tmp_path, f"strict = {str(strict).lower()}\n" + webhook_sink(receiver.url))
+    broker = broker_with(
+        tmp_path,
+        f"strict = {str(strict).lower()}\n" + webhook_sink(receiver.url),
+        workers=workers,
+    )
     brokers.append(broker)
     _limit_file_size(broker, FILE_SIZE_LIMIT)
     assert alice.login(broker).returncode == 0
@@ -506,6 +518,34 @@ def test_disk_full_while_spooling_in_strict_mode_refuses_new_sessions(
     check_recovery(broker, alice, receiver)
     assert alice.run("exec", "dev-shell", "--", "touch", str(marker)).returncode == 0
     assert marker.exists()
+
+
+def test_with_workers_strict_mode_refuses_in_every_worker_while_the_supervisor_s_sink_fails(
+    tmp_path: Path,
+    target_dir: Path,
+    alice: User,
+    receiver: WebhookReceiver,
+    cleanup: list[BrokerProcess],
+) -> None:
+    """`serve --workers 2`: the sinks run in the supervisor (its file size is limited here);
+    the workers learn of the failure from it and refuse new sessions, then accept again; the
+    webhook gets every event once, in order, whichever worker wrote it."""
+    broker = check_disk_full(tmp_path, alice, receiver, cleanup, strict=True, workers=2)
+    marker = target_dir / "ran"
+    for attempt in range(6):  # connections land on either worker
+        result = alice.run("exec", "dev-shell", "--", "touch", f"{marker}-{attempt}")
+        assert result.returncode != 0, result.stderr
+        assert "audit trail" in result.stderr
+    assert not list(target_dir.iterdir())
+    check_recovery(broker, alice, receiver)
+    ran = 0
+    for attempt in range(6):
+        result = alice.run("exec", "dev-shell", "--", "touch", f"{marker}-ok-{attempt}")
+        assert result.returncode == 0, result.stderr
+        ran += 1
+    assert len(list(target_dir.iterdir())) == ran
+    wait_until(lambda: receiver.seqs == stored_seqs(broker), 20, "delivery of every event")
+    assert receiver.seqs == list(range(1, len(receiver.seqs) + 1))
 
 
 def test_disk_full_while_spooling_without_strict_mode_goes_on_loudly(
