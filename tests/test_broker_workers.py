@@ -313,3 +313,16 @@ async def test_sigterm_drains_every_worker_and_loses_no_session_end(
     assert len(ids) == sessions and ids <= ended
     states = {row[0] for row in store_rows(broker, "SELECT state FROM sessions")}
     assert states == {"interrupted"}
+
+
+def test_workers_must_be_a_positive_number(tmp_path: Path) -> None:
+    for bad in ("0", "-1", "two"):
+        result = subprocess.run(
+            [HOOP_BROKER, "serve", "--dev", "--workers", bad],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 2, result
+        assert "--workers" in result.stderr and "Traceback" not in result.stderr
