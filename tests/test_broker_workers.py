@@ -10,6 +10,7 @@ Bounded: a few dozen connections, every wait with a time limit, loopback only.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shlex
 import signal
@@ -206,6 +207,45 @@ async def test_a_request_on_one_worker_is_approved_on_the_other_and_runs_once(
             await api.close()
     assert crossed == 8
     assert sorted(log.read_text().split()) == sorted(m for m, _ in processes)
+
+
+async def test_a_live_session_is_followed_from_the_other_worker(
+    broker: BrokerProcess, alice: Person
+) -> None:
+    """The recording is followed (replay --follow) over a connection on the worker that does
+    not serve the session: what it prints later still arrives, live."""
+    conn = await alice.connect()
+    probe = ApiClient(conn)
+    served = pid_of((await probe.call("whoami", {}))["served_by"])
+    probe.close_channel()
+    script = "echo first-line; sleep 2; echo second-line; sleep 60"
+    process = await conn.create_process(
+        shlex.join(["exec", "box", "--", "bash", "-c", script]), encoding=None
+    )
+    apis: dict[int, Any] = {}
+    try:
+        await read_until(process.stdout, b"first-line", 20)
+        (session,) = store_rows(
+            broker,
+            "SELECT id FROM sessions WHERE state = 'open' AND command LIKE '%second-line%'",
+        )[0]
+        apis = await one_per_worker(alice)
+        other = next(api for pid, api in apis.items() if pid != served)
+        stream = other.stream("sessions.recording", {"id": session, "follow": True})
+        start = await asyncio.wait_for(anext(stream), 20)
+        assert start["type"] == "start" and start["state"] == "open"
+        seen = b""
+        while b"second-line" not in seen:
+            event = await asyncio.wait_for(anext(stream), 20)
+            assert event["type"] == "chunk", event
+            seen += base64.b64decode(event["data"])
+        assert b"first-line" in seen
+        await stream.aclose()
+    finally:
+        process.close()
+        conn.close()
+        for api in apis.values():
+            await api.close()
 
 
 async def test_the_audit_chain_is_one_and_each_event_reaches_the_sink_once(
