@@ -42,7 +42,7 @@ from broker.protocols.base import TargetError
 from broker.protocols.terminal import TerminalUnit
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.base import SessionBase
-from broker.sessions.prompt_channel import ChannelTerminal, open_history
+from broker.sessions.prompt_channel import ChannelTerminal, fixed_layout, open_history
 
 log = logging.getLogger("hoop.broker.session")
 
@@ -400,7 +400,7 @@ class GuardedTerminalSession(SessionBase):
         # 10 ms while the event loop is busy, which is most of a keystroke's echo time here.
         session.app.max_render_postpone_time = 0
         term.fast_echo = lambda data: _echo_ahead(session, term.cols)
-        return session
+        return fixed_layout(session)
 
     async def _interact(self) -> int:
         term = self._term

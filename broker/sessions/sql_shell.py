@@ -49,7 +49,7 @@ from broker.recording import RecordingError
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.budgets import BudgetMeter
 from broker.sessions.formats import to_text
-from broker.sessions.prompt_channel import ChannelTerminal, open_history
+from broker.sessions.prompt_channel import ChannelTerminal, fixed_layout, open_history
 from broker.sessions.sql_base import QUERY_KINDS, MaskedResult, SqlSessionBase
 from broker.sessions.sql_catalog import (
     COMPLETION_LIMIT,
@@ -238,7 +238,7 @@ class SqlShell(SqlSessionBase):
             input=self._term.input,
             output=self._term.output,
         )
-        return session
+        return fixed_layout(session)
 
     # -- prompt ---------------------------------------------------------------------------
     def _transaction(self) -> str:
