@@ -263,6 +263,15 @@ async def _drain_tasks(tasks: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
     return pending
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets: the broker stops when it is set."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def serve_forever(
     config: BrokerConfig,
     *,
@@ -279,10 +288,7 @@ async def serve_forever(
         raise
     if ready is not None:
         ready()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:

@@ -105,9 +105,10 @@ def serve(
         loaded = _load(config, dev)
         if config is None and not worker:
             _demo_database(loaded)
-        for problem in [] if worker else review_problems(loaded):
-            # check-config reports it as an error; a running broker refuses such input at once.
-            print(f"hoop-broker: warning: {problem}", file=sys.stderr, flush=True)
+        if not worker:  # (the supervisor has said it)
+            for problem in review_problems(loaded):
+                # check-config reports it as an error; a running broker refuses such input.
+                print(f"hoop-broker: warning: {problem}", file=sys.stderr, flush=True)
         # The audit writer and the judging of long inputs run in threads: a thread waiting
         # for the GIL behind the event loop gets it after this long (5 ms by default, which
         # every statement of every session would wait).

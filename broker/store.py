@@ -533,12 +533,10 @@ class Store:
             params,
         ) as cursor:
             rows = await cursor.fetchall()
-        for row in rows:  # one by one: a session that ended meanwhile keeps its own end
-            await self._write(
-                "UPDATE sessions SET state = 'interrupted', ended_at = ? "
-                "WHERE id = ? AND state = 'open'",
-                (now, row[0]),
-            )
+        await self._write(
+            f"UPDATE sessions SET state = 'interrupted', ended_at = ? WHERE {where}",  # noqa: S608
+            [now, *params],
+        )
         return [{"id": r[0], "user": r[1], "target": r[2], "recording": r[3]} for r in rows]
 
     async def session(self, session_id: str) -> dict[str, Any] | None:

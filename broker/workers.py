@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from broker.app import DEV_ISSUER_ENV, DRAIN_SECONDS, Broker, split_host_port
+from broker.app import DEV_ISSUER_ENV, DRAIN_SECONDS, Broker, split_host_port, stop_on_signals
 from broker.config import BrokerConfig
 from broker.errors import BrokerError
 from broker.store import process_owner
@@ -192,10 +192,7 @@ async def supervise(
     broker = Broker(config, dev_mode=dev_mode, role="supervisor")
     reservation: socket.socket | None = None
     pool: WorkerPool | None = None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await broker.start()
         host, port = split_host_port(listen or config.broker.listen)

@@ -125,3 +125,21 @@ async def test_a_failing_write_does_not_roll_back_a_decision_in_flight(tmp_path:
         ).fetchone()
     assert decisions == [("bob", "approve")]
     assert state == "approved"
+
+
+async def test_the_approval_change_feed_keeps_only_recent_changes(tmp_path: Path) -> None:
+    """Triggers write the feed in every mode; what is older than CHANGES_KEPT goes."""
+    from broker.approvals.store import CHANGES_KEPT
+
+    store = await Store.open(tmp_path)
+    try:
+        approvals = ApprovalStore(store.db)
+        await approvals.create_tables()
+        request_id = await new_request(approvals, time.time())
+        assert [request for _, request in await approvals.changes_after(0)] == [request_id]
+        await approvals.forget_changes(time.time() - CHANGES_KEPT)
+        assert len(await approvals.changes_after(0)) == 1  # recent: kept
+        await approvals.forget_changes(time.time() + 1)
+        assert await approvals.changes_after(0) == []
+    finally:
+        await store.close()

@@ -44,7 +44,7 @@ log = logging.getLogger("hoop.broker.approvals")
 SWEEP_EVERY = 30.0
 # With workers sharing the store, each reads the others' changes from the feed this often.
 FEED_POLL = 0.05
-FEED_PRUNE_EVERY = 60.0
+FEED_TRIM_EVERY = 60.0
 PUBLISHED_KEPT = 10_000
 MAX_COMMENT = 2000
 MAX_REASON = 2000
@@ -98,7 +98,6 @@ class ApprovalService:
 
     async def _feed_loop(self, after: int) -> None:
         """Push the changes other processes made to the store, as they appear in its feed."""
-        pruned = time.monotonic()
         while True:
             await asyncio.sleep(FEED_POLL)
             try:
@@ -109,20 +108,23 @@ class ApprovalService:
                         self._publish("updated", record)
                 if changes:
                     after = changes[-1][0]
-                if time.monotonic() - pruned > FEED_PRUNE_EVERY:
-                    pruned = time.monotonic()
-                    await self.store.forget_changes(time.time() - CHANGES_KEPT)
             except (ValueError, sqlite3.ProgrammingError):
                 return  # the store was closed: the broker is stopping
             except Exception:
                 log.exception("reading the approval change feed failed")
 
     async def _sweep_loop(self) -> None:
-        """Expire requests when their time comes: a timer to the next expiry, re-armed on change."""
+        """Expire requests when their time comes: a timer to the next expiry, re-armed on change.
+        Also trims the change feed, which the store's triggers fill in every mode (only
+        workers read it)."""
+        trimmed = time.monotonic()
         while True:
             self._wake.clear()
             try:
                 await self.expire_due()
+                if time.monotonic() - trimmed > FEED_TRIM_EVERY:
+                    trimmed = time.monotonic()
+                    await self.store.forget_changes(time.time() - CHANGES_KEPT)
                 next_at = await self.store.next_expiry()
             except (ValueError, sqlite3.ProgrammingError):
                 return  # the store was closed: the broker is stopping
@@ -574,12 +576,12 @@ class ApprovalService:
             record.executed_at,
             record.grant_until,
         )
-        if self._published.get(record.id) == seen:
+        known = self._published.get(record.id)
+        if known == seen:
             return  # already pushed (by this process, or from the feed)
-        if kind == "updated" and record.id not in self._published and record.state == "pending":
-            # First heard of through the feed: a request another worker just made.
-            kind = "requested" if not record.decisions else kind
-        self._published.pop(record.id, None)
+        if known is None and record.state == "pending" and not record.decisions:
+            kind = "requested"  # first heard of through the feed: another worker's request
+        self._published.pop(record.id, None)  # re-inserted last: the oldest are dropped first
         self._published[record.id] = seen
         if len(self._published) > PUBLISHED_KEPT:
             del self._published[next(iter(self._published))]

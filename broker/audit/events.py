@@ -200,11 +200,9 @@ class AuditLog:
         if self._store_error is not None:
             log.warning("audit: the store can be written again")
             self._store_error = None
-        if self._role == "worker":
-            self._head = (chained["seq"], chained["hash"])
-        if self._role != "single":
-            return chained  # the supervisor's sinks and head follow the store
-        for sink in self._sinks:
+        if self._role == "supervisor":
+            return chained  # its sinks and head follow the store, which has it now
+        for sink in self._sinks:  # (a worker has none)
             sink.offer(chained)
         self._head = (chained["seq"], chained["hash"])
         if self._head_dirty is not None:

@@ -74,7 +74,7 @@ def _no_winch_handler(handler: Callable[[], None]) -> Iterator[None]:
 # A session learns its size from its SSH channel (ChannelTerminal.resize), never from SIGWINCH
 # of the broker process. prompt_toolkit would install a process-wide handler at every prompt
 # (and put the previous one back at its end, in whatever order the sessions' prompts end),
-# which costs a tenth of the SQL shell's time per statement.
+# which costs a few percent of the SQL shell's time per statement.
 _pt_application.attach_winch_signal_handler = _no_winch_handler  # type: ignore[assignment]
 
 
