@@ -48,31 +48,12 @@ from typing import Any
 
 import asyncssh
 
-from tests.helpers import TARGET_USER, User, dev_config, ensure_os_users, free_port, start_broker
+from tests.helpers import User, dev_config, ensure_os_users, free_port, start_broker
+from tests.test_approvals_helpers import printf_review_target
 
 ROUND_TIMEOUT = 15.0
 
-TARGETS = f"""
-[[targets]]
-name = "bench"
-type = "local"
-guard = "screen"
-run_as = "{TARGET_USER}"
-command = ["bash", "--noprofile", "--norc"]
-allowed_groups = ["engineers"]
-policy = "bench"
-
-[policies.bench]
-default = "allow"
-on_unknown = "deny"
-
-[[policies.bench.rules]]
-name = "printf-needs-review"
-action = "review"
-program = ["printf"]
-approvers = ["approvers"]
-timeout = "10m"
-"""
+TARGETS = printf_review_target("bench")
 
 SENT_TO_STREAM = "exec sent -> in approver's stream"
 CREATED_TO_STREAM = "created_at -> in approver's stream"

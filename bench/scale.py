@@ -39,14 +39,11 @@ from pathlib import Path
 from bench.login import isolate
 from bench.terminal import (
     BACKSPACE,
-    COLS,
     ECHO_CHAR,
     OPEN_BATCH,
-    OPEN_TIMEOUT,
-    ROWS,
-    TERM,
     Shell,
     percentile,
+    shell_openers,
     web_target,
 )
 from tests.helpers import BrokerProcess, User, ensure_os_users
@@ -184,14 +181,6 @@ def report(points: list[Point], workers: int) -> str:
 async def bench(args: argparse.Namespace, workdir: Path) -> list[Point]:
     home = workdir / "user"
     isolate(home)  # this process and the `hoopctl login` subprocess share one user
-    import asyncssh
-
-    from broker.protocols.shell_integration import bash_rcfile, remote_bash_command
-    from hoopctl.address import BrokerAddress
-    from hoopctl.credentials import CredentialStore
-    from hoopctl.session import current_profile
-    from hoopctl.transport import open_connection
-
     sshd = start_sshd(workdir / "sshd")
     broker: BrokerProcess | None = None
     try:
@@ -199,43 +188,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> list[Point]:
         login = User(home).login(broker)
         if login.returncode != 0:
             raise SystemExit(f"bench: hoopctl login failed:\n{login.stderr}")
-        address = BrokerAddress.parse(broker.address)
-        store = CredentialStore(address)
-        profile = await current_profile(store)
-        client_keys = [(store.private_key(), profile.cert())]
-        shell_command = remote_bash_command(bash_rcfile(startup="login"))
-        sshd_host_key = asyncssh.import_public_key(sshd.host_key_line)
-
-        async def start_shell(conn: asyncssh.SSHClientConnection, command: str) -> Shell:
-            try:
-                process = await conn.create_process(
-                    command, term_type=TERM, term_size=(COLS, ROWS), encoding=None
-                )
-            except BaseException:
-                conn.close()
-                raise
-            shell = Shell(conn, process)
-            await shell.wait_for_prompt(OPEN_TIMEOUT)
-            return shell
-
-        async def open_direct() -> Shell:
-            conn = await asyncssh.connect(
-                sshd.host,
-                sshd.port,
-                username=sshd.user,
-                client_keys=[str(sshd.client_key_path)],
-                known_hosts=([sshd_host_key], [], []),
-                agent_path=None,
-                config=None,
-                password_auth=False,
-                kbdint_auth=False,
-                connect_timeout=OPEN_TIMEOUT,
-            )
-            return await start_shell(conn, shell_command)
-
-        async def open_broker() -> Shell:
-            conn = await open_connection(address, username=profile.user, client_keys=client_keys)
-            return await start_shell(conn, "connect web")
+        open_direct, open_broker = await shell_openers(sshd, broker)
 
         deadline = time.monotonic() + args.max_seconds
         points = []

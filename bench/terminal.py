@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,9 +183,13 @@ PROBE_MAX = 500
 PATHS = ("direct", "broker")
 
 
-async def bench(args: argparse.Namespace, workdir: Path) -> Results:
-    home = workdir / "user"
-    isolate(home)  # this process and the `hoopctl login` subprocess share one user
+Opener = Callable[[], Awaitable[Shell]]
+
+
+async def shell_openers(sshd: SshdServer, broker: BrokerProcess) -> tuple[Opener, Opener]:
+    """(open_direct, open_broker): each opens one PTY shell and waits for its prompt, straight
+    to SSHD with its client key, or through BROKER (`connect web`) as the user this process
+    logged in (bench.login.isolate, then `hoopctl login`)."""
     # Imported only now, so hoopctl and keyring see the isolated user.
     import asyncssh
 
@@ -194,6 +199,54 @@ async def bench(args: argparse.Namespace, workdir: Path) -> Results:
     from hoopctl.session import current_profile
     from hoopctl.transport import open_connection
 
+    address = BrokerAddress.parse(broker.address)
+    store = CredentialStore(address)
+    profile = await current_profile(store)
+    client_keys = [(store.private_key(), profile.cert())]
+    shell_command = remote_bash_command(bash_rcfile(startup="login"))
+    sshd_host_key = asyncssh.import_public_key(sshd.host_key_line)
+
+    async def start_shell(conn: Any, command: str) -> Shell:
+        try:
+            process = await conn.create_process(
+                command, term_type=TERM, term_size=(COLS, ROWS), encoding=None
+            )
+        except BaseException:
+            conn.close()
+            raise
+        shell = Shell(conn, process)
+        try:
+            await shell.wait_for_prompt(OPEN_TIMEOUT)
+        except BaseException:
+            await shell.close()
+            raise
+        return shell
+
+    async def open_direct() -> Shell:
+        conn = await asyncssh.connect(
+            sshd.host,
+            sshd.port,
+            username=sshd.user,
+            client_keys=[str(sshd.client_key_path)],
+            known_hosts=([sshd_host_key], [], []),
+            agent_path=None,
+            config=None,
+            password_auth=False,
+            kbdint_auth=False,
+            connect_timeout=OPEN_TIMEOUT,
+        )
+        return await start_shell(conn, shell_command)
+
+    async def open_broker() -> Shell:
+        conn = await open_connection(address, username=profile.user, client_keys=client_keys)
+        return await start_shell(conn, "connect web")
+
+    return open_direct, open_broker
+
+
+async def bench(args: argparse.Namespace, workdir: Path) -> Results:
+    home = workdir / "user"
+    isolate(home)  # this process and the `hoopctl login` subprocess share one user
     results = Results()
     sshd = start_sshd(workdir / "sshd")
     broker: BrokerProcess | None = None
@@ -202,48 +255,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> Results:
         login = User(home).login(broker)
         if login.returncode != 0:
             raise SystemExit(f"bench: hoopctl login failed:\n{login.stderr}")
-        address = BrokerAddress.parse(broker.address)
-        store = CredentialStore(address)
-        profile = await current_profile(store)
-        client_keys = [(store.private_key(), profile.cert())]
-        shell_command = remote_bash_command(bash_rcfile(startup="login"))
-        sshd_host_key = asyncssh.import_public_key(sshd.host_key_line)
-
-        async def open_direct() -> Shell:
-            conn = await asyncssh.connect(
-                sshd.host,
-                sshd.port,
-                username=sshd.user,
-                client_keys=[str(sshd.client_key_path)],
-                known_hosts=([sshd_host_key], [], []),
-                agent_path=None,
-                config=None,
-                password_auth=False,
-                kbdint_auth=False,
-                connect_timeout=OPEN_TIMEOUT,
-            )
-            return await start_shell(conn, shell_command)
-
-        async def open_broker() -> Shell:
-            conn = await open_connection(address, username=profile.user, client_keys=client_keys)
-            return await start_shell(conn, "connect web")
-
-        async def start_shell(conn: Any, command: str) -> Shell:
-            try:
-                process = await conn.create_process(
-                    command, term_type=TERM, term_size=(COLS, ROWS), encoding=None
-                )
-            except BaseException:
-                conn.close()
-                raise
-            shell = Shell(conn, process)
-            try:
-                await shell.wait_for_prompt(OPEN_TIMEOUT)
-            except BaseException:
-                await shell.close()
-                raise
-            return shell
-
+        open_direct, open_broker = await shell_openers(sshd, broker)
         opener = {"direct": open_direct, "broker": open_broker}
         shells: dict[str, Shell] = {}
         assert broker.process is not None

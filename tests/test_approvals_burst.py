@@ -18,33 +18,12 @@ import pytest
 
 from tests.fixtures import approvals
 from tests.fixtures.approvals import World, approvals_world
-from tests.helpers import TARGET_USER
-from tests.test_approvals_helpers import Person
+from tests.test_approvals_helpers import Person, printf_review_target
 
 REQUESTERS = 200
 DECIDING_AT_ONCE = 25
 
-BURST_TARGET = f"""
-[[targets]]
-name = "burst"
-type = "local"
-guard = "screen"
-run_as = "{TARGET_USER}"
-command = ["bash", "--noprofile", "--norc"]
-allowed_groups = ["engineers"]
-policy = "burst"
-
-[policies.burst]
-default = "allow"
-on_unknown = "deny"
-
-[[policies.burst.rules]]
-name = "printf-needs-review"
-action = "review"
-program = ["printf"]
-approvers = ["approvers"]
-timeout = "10m"
-"""
+BURST_TARGET = printf_review_target("burst")
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,32 @@ access_approvers = ["approvers"]
 """
 
 
+def printf_review_target(name: str) -> str:
+    """A local bash target NAME whose policy (also NAME) sends `printf` to review by
+    `approvers` and allows the rest: a command whose output shows whether it ran."""
+    return f"""
+[[targets]]
+name = "{name}"
+type = "local"
+guard = "screen"
+run_as = "{TARGET_USER}"
+command = ["bash", "--noprofile", "--norc"]
+allowed_groups = ["engineers"]
+policy = "{name}"
+
+[policies.{name}]
+default = "allow"
+on_unknown = "deny"
+
+[[policies.{name}.rules]]
+name = "printf-needs-review"
+action = "review"
+program = ["printf"]
+approvers = ["approvers"]
+timeout = "10m"
+"""
+
+
 def approvals_config(
     data_dir: Path, *, port: int, dev_port: int, targets: str = "", timeout: str = "15m"
 ) -> str:

@@ -25,32 +25,12 @@ import asyncssh
 import pytest
 
 from hoopctl.transport import ApiClient
-from tests.helpers import HOOP_BROKER, TARGET_USER, BrokerProcess, free_port, start_broker
-from tests.test_approvals_helpers import Person, approvals_config
+from tests.helpers import HOOP_BROKER, BrokerProcess, free_port, start_broker
+from tests.test_approvals_helpers import Person, approvals_config, printf_review_target
 
 WORKERS = 2
 
-TARGETS = f"""
-[[targets]]
-name = "box"
-type = "local"
-guard = "screen"
-run_as = "{TARGET_USER}"
-command = ["bash", "--noprofile", "--norc"]
-allowed_groups = ["engineers"]
-policy = "box"
-
-[policies.box]
-default = "allow"
-on_unknown = "deny"
-
-[[policies.box.rules]]
-name = "printf-needs-review"
-action = "review"
-program = ["printf"]
-approvers = ["approvers"]
-timeout = "10m"
-"""
+TARGETS = printf_review_target("box")
 
 
 @pytest.fixture(scope="module")
