@@ -605,3 +605,34 @@ def test_a_deletion_next_to_a_change_reports_both(tmp_path: Path) -> None:
         "audit seq 2: missing: 1 event deleted between seq 1 and 3",
         "audit seq 3: changed: the event no longer matches its hash (command, 1970-01-01T00:00:02Z)",
     ]
+
+
+def test_a_refused_exec_has_no_recording_and_clearing_one_does_not_hide_it(
+    broker: BrokerProcess, alice: User
+) -> None:
+    """A one-off exec refused before it ran is a session with no recording: verify checks no
+    recording for it. A recorded session whose column is cleared (to pass it off as such a
+    refusal) is still checked, by the digest its session.end sealed in the chain."""
+    assert alice.login(broker).returncode == 0
+    refused = alice.run("exec", "dev-shell", "--", "rm", "-f", "/tmp/nothing")
+    assert refused.returncode == 3, refused.stderr
+    cast = _recording(broker, alice, ["echo", "kept"])
+    broker.stop()
+    sign_unsigned(broker.data_dir)
+    with db(broker) as conn:
+        (blocked,) = conn.execute(
+            "SELECT id FROM sessions WHERE state = 'blocked' AND recording IS NULL"
+        ).fetchone()
+    result = run_verify(broker)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 recording" in result.stdout and blocked not in result.stdout
+    assert run_verify(broker, "--session", blocked).returncode == 0
+    cast.unlink()
+    signature_path(cast).unlink()
+    with db(broker) as conn:
+        conn.execute(
+            "UPDATE sessions SET recording = NULL, state = 'blocked' WHERE id = ?", (cast.stem,)
+        )
+    result = run_verify(broker)
+    assert result.returncode == 1
+    assert any(p.startswith(f"recording {cast.stem}: missing: ") for p in problem_lines(result))

@@ -38,10 +38,33 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("workers")
 
 
+RATE = 4  # statements a minute on the ledger target
+
+
+def ledger_target(path: Path) -> str:
+    """A SQLite target whose rate budget lets a person run RATE statements a minute."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE entries (n int)")
+    return f"""
+[[targets]]
+name = "ledger"
+type = "sqlite"
+path = "{path}"
+allowed_groups = ["dba"]
+policy = "sql"
+
+[targets.budget.person]
+max_statements_per_minute = {RATE}
+"""
+
+
 @pytest.fixture(scope="module")
 def broker(root: Path) -> Iterator[BrokerProcess]:
     config = approvals_config(
-        root / "data", port=free_port(), dev_port=free_port(), targets=TARGETS
+        root / "data",
+        port=free_port(),
+        dev_port=free_port(),
+        targets=TARGETS + ledger_target(root / "ledger.db"),
     )
     process = start_broker(root, config, workers=WORKERS)
     yield process
@@ -226,6 +249,26 @@ async def test_a_live_session_is_followed_from_the_other_worker(
         conn.close()
         for api in apis.values():
             await api.close()
+
+
+async def test_a_rate_budget_holds_across_workers(
+    broker: BrokerProcess, alice: Person, root: Path
+) -> None:
+    """Statements spread over both workers (one connection each, as `hoopctl exec` makes
+    them) count against one budget: the target holds exactly RATE rows, not RATE per worker."""
+    attempts = 3 * RATE
+    ran = [
+        await alice.run("exec ledger", stdin=f"INSERT INTO entries VALUES ({n})")
+        for n in range(attempts)
+    ]
+    statuses = [r.status for r in ran]
+    assert statuses.count(0) == RATE and statuses.count(3) == attempts - RATE, ran
+    assert all("rate budget" in r.stderr for r in ran if r.status == 3)
+    with sqlite3.connect(root / "ledger.db") as conn:
+        (rows,) = conn.execute("SELECT COUNT(*) FROM entries").fetchone()
+    assert rows == RATE
+    owners = store_rows(broker, "SELECT DISTINCT owner FROM sessions WHERE target = 'ledger'")
+    assert len(owners) == WORKERS, "the statements did not reach both workers"
 
 
 async def test_the_audit_chain_is_one_and_each_event_reaches_the_sink_once(

@@ -826,6 +826,11 @@ def verify_data_dir(data_dir: Path, session_id: str | None = None) -> VerifyRepo
         if not _SESSION_ID.match(sid):
             report.problems.append(Problem(f"session {sid!r}", "changed", "not a session id"))
             continue
+        if stored is None and sid not in chained:
+            # Refused before it ran (state "blocked"): a session of its own, never recorded.
+            # A recorded session's sealed digest is in the chain, so clearing its column
+            # does not hide its recording: it is checked below.
+            continue
         path = _recording_file(data_dir, sid, stored)
         if state == "open":
             report.notes.append(f"recording {sid}: not checked: the session is still open")
