@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -20,13 +21,14 @@ from broker.api import Api
 from broker.approvals import start_approvals
 from broker.audit.events import AuditEvent, open_audit_log
 from broker.audit.index import schedule_indexing, stop_indexing
-from broker.audit.integrity import seal_recording
+from broker.audit.integrity import seal_recording, signature_path
 from broker.config import BrokerConfig, OidcSection
 from broker.errors import BrokerError, ConfigError
 from broker.identity.dev_issuer import DevIssuer, DevUser
 from broker.identity.registry import CertificateRegistry
 from broker.identity.tokens import TokenValidator
 from broker.keys import BrokerKeys, UserCA, load_or_create_keys
+from broker.recording_objects import ObjectStoreError, RecordingShipper, open_recording_objects
 from broker.server import BrokerConnection, handle_process, open_sftp
 from broker.sessions.approvals import ApprovalGate
 from broker.sessions.budgets import RateBudget, SharedRateBudget, StatementRate
@@ -106,6 +108,10 @@ class Broker:
         self._server: asyncssh.SSHAcceptor | None = None
         self._dev_issuer: DevIssuer | None = None
         self._store: Store | None = None
+        # Recordings are copied to an S3-compatible bucket when [recordings] url is set.
+        self.recording_objects = open_recording_objects(config.recordings)
+        self._shipper: RecordingShipper | None = None
+        self._shipping: asyncio.Task[None] | None = None
         self.oidc: OidcSection = config.oidc or OidcSection(
             issuer="http://127.0.0.1",
             client_id=DEV_CLIENT_ID,  # replaced at start
@@ -138,6 +144,7 @@ class Broker:
         self.approvals: ApprovalGate = await start_approvals(self, shared=self.role == "worker")
         if self.role != "worker":
             await self.close_interrupted_sessions()
+            await self._start_shipping()
         if self.role == "supervisor":
             return  # the workers listen
         host, port = split_host_port(listen or self.config.broker.listen)
@@ -197,6 +204,34 @@ class Broker:
                 )
             )
 
+    async def _start_shipping(self) -> None:
+        """Ship recordings to the bucket (one shipper per node: the single broker process or
+        the supervisor, which ships what its workers record). A bucket that cannot be reached
+        at start is a start-up error: the operator asked for copies off this machine."""
+        objects = self.recording_objects
+        if objects is None:
+            return
+        try:
+            await asyncio.to_thread(objects.check)
+        except ObjectStoreError as exc:
+            raise BrokerError(str(exc)) from None
+        self._shipper = RecordingShipper(
+            objects,
+            self.data_dir / "recordings",
+            signature_of=signature_path,
+            interval=self.config.recordings.ship_interval,
+        )
+        self._shipping = asyncio.create_task(self._shipper.run(), name="recording-shipper")
+
+    async def _stop_shipping(self) -> None:
+        """The last round, once every session has ended and sealed its recording."""
+        if self._shipper is None or self._shipping is None:
+            return
+        self._shipping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._shipping
+        await self._shipper.ship_now()
+
     async def _drain(self) -> None:
         pending = await _drain_tasks(set(self.live))
         if pending:
@@ -242,6 +277,7 @@ class Broker:
             self._server.close()
             await self._server.wait_closed()
         await self._drain()
+        await self._stop_shipping()
         await stop_indexing()
         if self._dev_issuer is not None:
             await self._dev_issuer.stop()

@@ -22,6 +22,7 @@ from broker.config import BrokerConfig, load_config, parse_config, review_proble
 from broker.defaults import create_demo_database, default_dev_data_dir, dev_config_text
 from broker.durations import parse_duration
 from broker.errors import BrokerError, ConfigError
+from broker.recording_objects import open_recording_objects
 
 plain_help_types()
 
@@ -194,7 +195,9 @@ def verify(
     """
     try:
         loaded = _load(config, dev)
-        report = verify_data_dir(loaded.broker.data_dir, session)
+        report = verify_data_dir(
+            loaded.broker.data_dir, session, open_recording_objects(loaded.recordings)
+        )
     except BrokerError as exc:
         _fail(exc)
         return
@@ -231,7 +234,12 @@ def prune(
         raise typer.Exit(2) from None
     try:
         loaded = _load(config, dev)
-        result = prune_data_dir(loaded.broker.data_dir, seconds, dry_run=dry_run)
+        result = prune_data_dir(
+            loaded.broker.data_dir,
+            seconds,
+            dry_run=dry_run,
+            objects=open_recording_objects(loaded.recordings),
+        )
     except BrokerError as exc:
         _fail(exc)
         return
@@ -249,6 +257,9 @@ def prune(
     if result.event is not None:
         checkpoint = f"checkpoint at seq {result.last_seq}; " if result.events else ""
         print(f"hoop-broker prune: {checkpoint}recorded as audit event seq {result.event['seq']}")
+    if result.bucket_error is not None:
+        print(f"hoop-broker prune: {result.bucket_error}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def _when(timestamp: float) -> str:

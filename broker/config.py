@@ -404,6 +404,43 @@ Target = Annotated[
 ]
 
 
+def split_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of s3://bucket/prefix; the prefix ends in "/" unless empty."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"expected s3://BUCKET/PREFIX, got {url!r}")
+    prefix = parts.path.strip("/")
+    return parts.netloc, f"{prefix}/" if prefix else ""
+
+
+class RecordingsSection(_Strict):
+    """Where recordings go besides the data dir: an S3-compatible bucket (none by default)."""
+
+    url: str | None = None  # s3://bucket/prefix
+    endpoint_url: str | None = None  # MinIO, Ceph, moto...; AWS when unset
+    region: str = "us-east-1"
+    # References (env:NAME, file:PATH, keyring:SERVICE/USER); unset: boto3's own chain
+    # (AWS_ACCESS_KEY_ID, the instance role, ~/.aws).
+    access_key_id: CredentialRef = None
+    secret_access_key: CredentialRef = None
+    ship_interval: float = Field(default=0.5, gt=0, le=1)
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_s3_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> RecordingsSection:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together")
+        if self.url is None and self.endpoint_url is not None:
+            raise ValueError('endpoint_url needs url = "s3://BUCKET/PREFIX"')
+        return self
+
+
 class BrokerConfig(_Strict):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     oidc: OidcSection | None = None
@@ -411,6 +448,7 @@ class BrokerConfig(_Strict):
     targets: list[Target] = Field(default_factory=list)
     policies: dict[str, Policy] = Field(default_factory=dict)
     audit: AuditSection = Field(default_factory=AuditSection)
+    recordings: RecordingsSection = Field(default_factory=RecordingsSection)
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

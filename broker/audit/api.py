@@ -13,6 +13,8 @@ import asyncio
 import base64
 import json
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +28,7 @@ from broker.session_context import ConnectionContext
 if TYPE_CHECKING:
     from broker.audit.events import AuditLog
     from broker.config import BrokerConfig
+    from broker.recording_objects import RecordingObjects
     from broker.store import Store
 
 SESSION_ID = re.compile(r"\d{8}-[0-9a-f]{12}")
@@ -69,6 +72,7 @@ class AuditHost(Protocol):
     config: BrokerConfig
     store: Store
     audit: AuditLog
+    recording_objects: RecordingObjects | None
 
     @property
     def data_dir(self) -> Path: ...
@@ -299,9 +303,34 @@ class AuditApi:
                 await self._audit_replay(ctx, str(session_id), None, offset, follow, exc.message)
             raise
         path = self._recording_path(row)
+        copy: BucketCopy | None = None
+        if path is None and row["recording"] and self._broker.recording_objects is not None:
+            # Recorded on another node (or this node's copy is gone): the bucket's copy.
+            copy = await BucketCopy.fetch(
+                self._broker.recording_objects, row["id"], self._broker.data_dir
+            )
+            path = copy.path if copy is not None else None
         if path is None:
             await self._audit_replay(ctx, row["id"], row["target"], offset, follow, "no recording")
             raise ApiError("not_found", f"session {row['id']} has no recording")
+        size = path.stat().st_size
+        try:
+            await self._stream(ctx, row, path, size, offset, follow, push, copy)
+        finally:
+            if copy is not None:
+                copy.discard()
+
+    async def _stream(
+        self,
+        ctx: ConnectionContext,
+        row: dict[str, Any],
+        path: Path,
+        size: int,
+        offset: int,
+        follow: bool,
+        push: Push,
+        copy: BucketCopy | None,
+    ) -> None:
         await self._audit_replay(ctx, row["id"], row["target"], offset, follow, None)
         state = row["state"]
         await push(
@@ -311,7 +340,7 @@ class AuditApi:
                 "user": row["user"],
                 "target": row["target"],
                 "state": state,
-                "size": path.stat().st_size,
+                "size": size,
             }
         )
         position = offset
@@ -336,6 +365,8 @@ class AuditApi:
                 if not live:
                     break
                 await asyncio.sleep(FOLLOW_POLL)
+                if copy is not None:
+                    await copy.catch_up()
                 if time.monotonic() >= next_state_check:
                     next_state_check = time.monotonic() + STATE_POLL
                     rows = await self._select_sessions("WHERE id = ?", [row["id"]])
@@ -349,7 +380,9 @@ class AuditApi:
             from broker.audit.integrity import verify_session
         except ImportError:
             raise ApiError("unavailable", "verification is not available on this broker") from None
-        problems = await verify_session(self._broker.data_dir, row["id"])
+        problems = await verify_session(
+            self._broker.data_dir, row["id"], self._broker.recording_objects
+        )
         notes = []
         if row["state"] == "open":
             notes.append("recording not checked: the session is still open (signed when it ends)")
@@ -404,6 +437,56 @@ class AuditApi:
                 details={"offset": offset, "follow": follow, "auditor": self._is_auditor(ctx)},
             )
         )
+
+
+class BucketCopy:
+    """A session's recording fetched from the bucket into a private directory under the data
+    dir; while the session is open elsewhere, catch_up appends what its node shipped since."""
+
+    def __init__(self, objects: RecordingObjects, session_id: str, path: Path) -> None:
+        self.objects = objects
+        self.session_id = session_id
+        self.path = path
+        self._sealed = False
+
+    @classmethod
+    async def fetch(
+        cls, objects: RecordingObjects, session_id: str, data_dir: Path
+    ) -> BucketCopy | None:
+        cache = data_dir / "recordings-cache"
+        cache.mkdir(mode=0o700, exist_ok=True)
+        place = Path(tempfile.mkdtemp(dir=cache))
+        copy = cls(objects, session_id, place / f"{session_id}.cast")
+        copy.path.touch(mode=0o600)
+        try:
+            await copy.catch_up()
+        except BaseException:
+            copy.discard()
+            raise
+        if copy.path.stat().st_size == 0 and not copy._sealed:
+            copy.discard()
+            return None
+        return copy
+
+    async def catch_up(self) -> None:
+        """Append what the bucket holds past the end of the local copy (unreadable: later)."""
+        from broker.recording_objects import ObjectStoreError
+
+        if self._sealed:
+            return
+        size = self.path.stat().st_size
+        try:
+            stored = await asyncio.to_thread(self.objects.read, self.session_id, size)
+        except ObjectStoreError:
+            return
+        if stored is None:
+            return
+        with self.path.open("ab") as file:
+            file.write(stored.data)
+        self._sealed = stored.sealed
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 def _time(params: dict[str, Any], key: str) -> float | None:

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from broker.audit.chain import GENESIS, canonical_json, chain_hash
 from broker.audit.index import drop_from_index
 from broker.errors import BrokerError
+from broker.recording_objects import STORED_SUFFIX, ObjectStoreError, RecordingObjects
 
 if TYPE_CHECKING:
     from broker.keys import BrokerKeys
@@ -782,8 +784,15 @@ def _recording_file(data_dir: Path, session_id: str, stored: str | None) -> Path
     return standard
 
 
-def verify_data_dir(data_dir: Path, session_id: str | None = None) -> VerifyReport:
-    """Verify the audit chain and the recordings (all, or SESSION_ID's) of a broker data dir."""
+def verify_data_dir(
+    data_dir: Path, session_id: str | None = None, objects: RecordingObjects | None = None
+) -> VerifyReport:
+    """Verify the audit chain and the recordings (all, or SESSION_ID's) of a broker data dir.
+
+    With OBJECTS (recordings shipped to a bucket), the bucket's copy of each ended session
+    is what is checked: it is the copy every node replays. A recording sealed here and not
+    shipped yet is checked here, and said so.
+    """
     verifier = Verifier.load(data_dir)
     report = VerifyReport(key=verifier.fingerprint if verifier else None)
     if verifier is None:
@@ -822,29 +831,87 @@ def verify_data_dir(data_dir: Path, session_id: str | None = None) -> VerifyRepo
             )
     finally:
         conn.close()
-    for sid, state, started_at, stored in sessions:
-        if not _SESSION_ID.match(sid):
-            report.problems.append(Problem(f"session {sid!r}", "changed", "not a session id"))
-            continue
-        if stored is None and sid not in chained:
-            # Refused before it ran (state "blocked"): a session of its own, never recorded.
-            # A recorded session's sealed digest is in the chain, so clearing its column
-            # does not hide its recording: it is checked below.
-            continue
-        path = _recording_file(data_dir, sid, stored)
-        if state == "open":
-            report.notes.append(f"recording {sid}: not checked: the session is still open")
-            continue
-        if not signature_path(path).exists() and started_at < chain_since:
-            report.notes.append(
-                f"recording {sid}: not signed: recorded before this broker signed recordings"
+    with tempfile.TemporaryDirectory(prefix="hoop-verify-") as fetched:
+        for sid, state, started_at, stored in sessions:
+            _verify_session_recording(
+                report,
+                verifier,
+                data_dir,
+                (sid, state, started_at, stored),
+                chained=chained,
+                chain_since=chain_since,
+                objects=objects,
+                fetched=Path(fetched),
             )
-            continue
-        report.recordings += 1
-        report.problems.extend(
-            verify_recording(verifier, path, sid, chained_sha256=chained.get(sid))
-        )
     return report
+
+
+def _verify_session_recording(
+    report: VerifyReport,
+    verifier: Verifier | None,
+    data_dir: Path,
+    row: tuple[str, str, float, str | None],
+    *,
+    chained: dict[str, tuple[int, str]],
+    chain_since: float,
+    objects: RecordingObjects | None,
+    fetched: Path,
+) -> None:
+    sid, state, started_at, stored = row
+    if not _SESSION_ID.match(sid):
+        report.problems.append(Problem(f"session {sid!r}", "changed", "not a session id"))
+        return
+    if stored is None and sid not in chained:
+        # Refused before it ran (state "blocked"): a session of its own, never recorded.
+        # A recorded session's sealed digest is in the chain, so clearing its column
+        # does not hide its recording: it is checked below.
+        return
+    path = _recording_file(data_dir, sid, stored)
+    if state == "open":
+        report.notes.append(f"recording {sid}: not checked: the session is still open")
+        return
+    if objects is not None:
+        shipped = _shipped_copy(report, objects, sid, path, fetched)
+        if shipped is None:
+            return
+        path = shipped
+    if not signature_path(path).exists() and started_at < chain_since:
+        report.notes.append(
+            f"recording {sid}: not signed: recorded before this broker signed recordings"
+        )
+        return
+    report.recordings += 1
+    report.problems.extend(verify_recording(verifier, path, sid, chained_sha256=chained.get(sid)))
+    if path.parent == fetched:  # one fetched copy on disk at a time
+        for done in (path, signature_path(path)):
+            done.unlink(missing_ok=True)
+
+
+def _shipped_copy(
+    report: VerifyReport, objects: RecordingObjects, sid: str, local: Path, fetched: Path
+) -> Path | None:
+    """The bucket's sealed copy of SID's recording, fetched into FETCHED; the local copy
+    when it is sealed here and not shipped yet (noted); None when neither (reported)."""
+    try:
+        copy = objects.fetch(sid, fetched, sealed_only=True)
+    except ObjectStoreError as exc:
+        report.problems.append(Problem(f"recording {sid}", "unreadable", str(exc), sid))
+        return None
+    if copy is not None:
+        return copy
+    shipped_marker = local.with_name(local.name + STORED_SUFFIX)
+    if local.exists() and not shipped_marker.exists():
+        report.notes.append(f"recording {sid}: not in {objects.where} yet: checked here")
+        return local
+    report.problems.append(
+        Problem(
+            f"recording {sid}",
+            "missing",
+            f"{objects.key(sid)} is not in the bucket {objects.bucket}",
+            sid,
+        )
+    )
+    return None
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -856,7 +923,9 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     )
 
 
-async def verify_session(data_dir: Path, session_id: str) -> list[str]:
+async def verify_session(
+    data_dir: Path, session_id: str, objects: RecordingObjects | None = None
+) -> list[str]:
     """What `hoopctl replay ID --verify` shows: one line per problem, [] when intact.
 
     Covers the session's recording and its audit events, and every problem of the chain that
@@ -864,7 +933,7 @@ async def verify_session(data_dir: Path, session_id: str) -> list[str]:
     event may well have been this session's. Changed events of other sessions are summed up
     in one line. Runs in a worker thread; the whole chain is read (about 1 s per 100k events).
     """
-    report = await asyncio.to_thread(verify_data_dir, data_dir, session_id)
+    report = await asyncio.to_thread(verify_data_dir, data_dir, session_id, objects)
     lines = []
     others = 0
     for problem in report.problems:
@@ -893,6 +962,7 @@ class PruneResult:
     files: int = 0
     bytes: int = 0
     event: dict[str, Any] | None = None
+    bucket_error: str | None = None  # the pruned sessions' copies could not be deleted
 
 
 def _side_files(recordings: Path, session_id: str) -> list[Path]:
@@ -901,7 +971,12 @@ def _side_files(recordings: Path, session_id: str) -> list[Path]:
 
 
 def prune(
-    data_dir: Path, older_than: int, *, now: float | None = None, dry_run: bool = False
+    data_dir: Path,
+    older_than: int,
+    *,
+    now: float | None = None,
+    dry_run: bool = False,
+    objects: RecordingObjects | None = None,
 ) -> PruneResult:
     """Delete recordings of sessions that ended, and audit events written, before now-OLDER_THAN.
 
@@ -1008,6 +1083,15 @@ def prune(
                 result.bytes += size
         if dry_run:
             return result
+        removed_from_bucket: str | None = None
+        if objects is not None and result.sessions:
+            try:
+                objects.remove(result.sessions)
+                removed_from_bucket = objects.where
+            except ObjectStoreError as exc:
+                result.bucket_error = (
+                    f"the bucket's copies of {len(result.sessions)} sessions stay: {exc}"
+                )
         record = json_safe(
             {
                 "type": "audit.prune",
@@ -1024,6 +1108,7 @@ def prune(
                     "sessions": len(result.sessions),
                     "files": result.files,
                     "bytes": result.bytes,
+                    "bucket": removed_from_bucket,
                 },
             }
         )
