@@ -87,9 +87,9 @@ secret_access_key = "env:HOOP_S3_SECRET"
 """
 
 
-def start(tmp_path: Path, endpoint: str, bucket: str = BUCKET) -> BrokerProcess:
+def start(tmp_path: Path, endpoint: str, workers: int = 1) -> BrokerProcess:
     config = dev_config(tmp_path / "data", port=free_port(), dev_port=free_port())
-    return start_broker(tmp_path, config + recordings_config(endpoint, bucket), env=KEYS)
+    return start_broker(tmp_path, config + recordings_config(endpoint), env=KEYS, workers=workers)
 
 
 def objects(s3: object) -> dict[str, bytes]:
@@ -122,10 +122,12 @@ def only_session(broker: BrokerProcess) -> str:
     return cast.stem
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_recording_goes_to_the_bucket_and_replays_and_verifies_from_it_alone(
-    tmp_path: Path, s3_endpoint: str, bucket: object, alice: User
+    tmp_path: Path, s3_endpoint: str, bucket: object, alice: User, workers: int
 ) -> None:
-    broker = start(tmp_path, s3_endpoint)
+    """With workers, the supervisor ships what they record."""
+    broker = start(tmp_path, s3_endpoint, workers)
     try:
         assert alice.login(broker).returncode == 0
         ran = alice.run("exec", "dev-shell", "--", "echo", "shipped-word")
