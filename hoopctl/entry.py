@@ -24,6 +24,12 @@ def main() -> None:
         if text is not None:
             sys.stdout.write(text)
             return
+    if os.environ.get("HOOPCTL_PERSIST"):
+        from hoopctl.warm import run_warm
+
+        status = run_warm(sys.argv[1:])
+        if status is not None:
+            sys.exit(status)
     from hoopctl.cli import main as run_cli
 
     run_cli()

@@ -44,6 +44,14 @@ stdout = _Console(soft_wrap=True, width=_width(sys.stdout))
 stderr = _Console(stderr=True, soft_wrap=True, highlight=False, width=_width(sys.stderr))
 
 
+def reopen_consoles() -> None:
+    """Size up stdout and stderr again (a terminal or a pipe, colours, width), in place, so
+    that every module holding them sees it: for a warm child (hoopctl.warm), whose streams and
+    environment became the caller's after these were made."""
+    Console.__init__(stdout, soft_wrap=True, width=_width(sys.stdout))
+    Console.__init__(stderr, stderr=True, soft_wrap=True, highlight=False, width=_width(sys.stderr))
+
+
 def certificate_expiry(valid_before: int) -> str:
     """When a certificate expires, in local time, and how long is left (or EXPIRED)."""
     from broker.durations import format_duration
