@@ -279,6 +279,10 @@ def _accept(
         return
     child = os.fork()
     if child == 0:
+        # The child keeps nothing of the server: its socket, nor other callers' connections.
+        listener.close()
+        for other in children.values():
+            other.close()
         _run_child(conn, request, fds, command)  # never returns
     for fd in fds:
         os.close(fd)
