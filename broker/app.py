@@ -127,7 +127,7 @@ class Broker:
         make_non_dumpable()
         self.keys: BrokerKeys = load_or_create_keys(self.data_dir)
         check_data_dir(self.data_dir)
-        self.store = self._store = await Store.open(self.data_dir)
+        self.store = self._store = await Store.open(self.data_dir, url=self.config.store.conninfo())
         if self.role == "worker":
             self.rates = SharedRateBudget(self.store)
         self.certificates = await CertificateRegistry.open(

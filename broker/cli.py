@@ -289,7 +289,7 @@ def revoke(
 
     try:
         loaded = _load(config, dev)
-        result = revoke_certificates(loaded.broker.data_dir, who)
+        result = revoke_certificates(loaded.broker.data_dir, who, store_url=loaded.store.conninfo())
     except BrokerError as exc:
         _fail(exc)
         return
@@ -328,7 +328,7 @@ def rotate_ca(config: ConfigOption = None, dev: DevOption = False) -> None:
 
     try:
         loaded = _load(config, dev)
-        result = rotate(loaded.broker.data_dir)
+        result = rotate(loaded.broker.data_dir, store_url=loaded.store.conninfo())
     except BrokerError as exc:
         _fail(exc)
         return

@@ -404,6 +404,48 @@ Target = Annotated[
 ]
 
 
+class StoreSection(_Strict):
+    """Where the broker's state is: SQLite in the data dir (the default, one machine), or a
+    PostgreSQL database shared by every broker process and node."""
+
+    url: str | None = None  # postgresql://USER@HOST:PORT/DATABASE, no password in it
+    password: CredentialRef = None  # env:, file:, keyring: (or libpq's PGPASSWORD, ~/.pgpass)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ValueError(
+                f"expected postgresql://USER@HOST:PORT/DATABASE, got {parts.scheme}://…"
+            )
+        if parts.password:
+            raise ValueError(
+                'the URL holds a password: give it with password = "env:NAME" (or PGPASSWORD)'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _password_needs_url(self) -> StoreSection:
+        if self.password is not None and self.url is None:
+            raise ValueError('password needs url = "postgresql://…"')
+        return self
+
+    def conninfo(self) -> str | None:
+        """The URL to connect with, its password resolved (never logged or shown)."""
+        if self.url is None:
+            return None
+        if self.password is None:
+            return self.url
+        from psycopg.conninfo import make_conninfo
+
+        from broker.credentials import resolve_credential
+
+        return make_conninfo(self.url, password=resolve_credential(self.password, target="store"))
+
+
 def split_s3_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of s3://bucket/prefix; the prefix ends in "/" unless empty."""
     parts = urlsplit(url)
@@ -449,6 +491,7 @@ class BrokerConfig(_Strict):
     policies: dict[str, Policy] = Field(default_factory=dict)
     audit: AuditSection = Field(default_factory=AuditSection)
     recordings: RecordingsSection = Field(default_factory=RecordingsSection)
+    store: StoreSection = Field(default_factory=StoreSection)
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from broker.audit.chain import GENESIS, chain_hash
+from broker.database import PgConnection, SyncPgConnection, dialect
 from broker.errors import StoreError
 
 log = logging.getLogger("hoop.audit")
@@ -30,7 +31,7 @@ WRITE_ATTEMPTS = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
-    user TEXT PRIMARY KEY,
+    "user" TEXT PRIMARY KEY,
     groups TEXT NOT NULL,
     subject TEXT NOT NULL,
     issuer TEXT NOT NULL,
@@ -66,7 +67,7 @@ CREATE TABLE IF NOT EXISTS audit_meta (
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     target TEXT NOT NULL,
     kind TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -80,12 +81,99 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE TABLE IF NOT EXISTS rate_marks (
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     target TEXT NOT NULL,
     at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS rate_marks_key ON rate_marks(user, target, at);
+CREATE INDEX IF NOT EXISTS rate_marks_key ON rate_marks("user", target, at);
 """
+
+# The same tables in PostgreSQL ([store] url): floats are DOUBLE PRECISION (SQLite's REAL is
+# 8 bytes), ids BIGINT, and the chain columns are there from the start.
+_SCHEMA_PG = """
+CREATE TABLE IF NOT EXISTS identities (
+    "user" TEXT PRIMARY KEY,
+    groups TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'person'
+);
+CREATE TABLE IF NOT EXISTS audit_events (
+    id BIGSERIAL PRIMARY KEY,
+    time DOUBLE PRECISION NOT NULL,
+    type TEXT NOT NULL,
+    actor TEXT,
+    session TEXT,
+    target TEXT,
+    event TEXT NOT NULL,
+    seq BIGINT,
+    prev_hash TEXT,
+    hash TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_events_type ON audit_events(type);
+CREATE UNIQUE INDEX IF NOT EXISTS audit_events_seq ON audit_events(seq);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq BIGINT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    event_time DOUBLE PRECISION NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    cut DOUBLE PRECISION NOT NULL,
+    events BIGINT NOT NULL,
+    key TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    "user" TEXT NOT NULL,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    exit_status INTEGER,
+    recording TEXT,
+    reason TEXT,
+    command TEXT,
+    owner TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
+CREATE TABLE IF NOT EXISTS rate_marks (
+    "user" TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_marks_key ON rate_marks("user", target, at);
+"""
+
+StoreLocation = Path | str
+"""Where the store is: the SQLite file in the data dir, or a postgresql:// URL."""
+SyncConnection = sqlite3.Connection | SyncPgConnection
+
+
+def store_location(data_dir: Path, url: str | None = None) -> StoreLocation:
+    """The store of a broker with this data dir and `[store] url` (None: embedded SQLite)."""
+    return url if url else data_dir / STORE_FILE
+
+
+def describe_location(location: StoreLocation) -> str:
+    """The store's location for messages: the file, or the URL without its password."""
+    if isinstance(location, Path):
+        return str(location)
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(location)
+    except Exception:  # an unparsable URL is named by its scheme only
+        return "postgresql://…"
+    host = parts.get("host", "")
+    port = f":{parts['port']}" if parts.get("port") else ""
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    return f"postgresql://{user}{host}{port}/{parts.get('dbname', '')}"
 
 
 _write_locks: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = (
@@ -126,20 +214,32 @@ _CHAIN_COLUMNS = (("seq", "INTEGER"), ("prev_hash", "TEXT"), ("hash", "TEXT"))
 _EVENT_COLUMNS = "id, seq, prev_hash, hash, time, type, actor, session, target, event"
 
 
-def connect_sync(path: Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection to the store, in autocommit mode (explicit transactions)."""
-    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+def connect_sync(location: StoreLocation) -> SyncConnection:
+    """A plain connection to the store for a thread, in autocommit mode (explicit
+    transactions): sqlite3's, or its PostgreSQL counterpart (broker.database)."""
+    if isinstance(location, str):
+        return SyncPgConnection.connect(location)
+    conn = sqlite3.connect(location, timeout=5.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
 
-def migrate_audit_chain(conn: sqlite3.Connection, now: float | None = None) -> int:
+def migrate_audit_chain(conn: SyncConnection, now: float | None = None) -> int:
     """Bring a store made by an older broker up to the hash chain; return events newly chained.
 
     Adds the chain columns when they are missing and chains every event that has none, in
     the order they were written. Changes made to those events before this ran cannot be
-    detected; `audit_meta.chain_since` records when chaining began.
+    detected; `audit_meta.chain_since` records when chaining began. A PostgreSQL store is
+    made with the chain from the start.
     """
+    since = (repr(time.time() if now is None else now),)
+    if dialect(conn) == "postgres":
+        conn.executescript(_SCHEMA_PG)
+        conn.execute(
+            "INSERT INTO audit_meta(key, value) VALUES ('chain_since', ?) ON CONFLICT DO NOTHING",
+            since,
+        )
+        return 0
     conn.executescript(_SCHEMA)
     known = {row[1] for row in conn.execute("PRAGMA table_info(identities)")}
     if "kind" not in known:  # a store from before agent identities: everyone was a person
@@ -152,8 +252,8 @@ def migrate_audit_chain(conn: sqlite3.Connection, now: float | None = None) -> i
             conn.execute(f"ALTER TABLE audit_events ADD COLUMN {name} {kind}")
     conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS audit_events_seq ON audit_events(seq)")
     conn.execute(
-        "INSERT OR IGNORE INTO audit_meta(key, value) VALUES ('chain_since', ?)",
-        (repr(time.time() if now is None else now),),
+        "INSERT INTO audit_meta(key, value) VALUES ('chain_since', ?) ON CONFLICT DO NOTHING",
+        since,
     )
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -182,7 +282,7 @@ def migrate_audit_chain(conn: sqlite3.Connection, now: float | None = None) -> i
     return len(rows)
 
 
-def chain_head(conn: sqlite3.Connection) -> tuple[int, str]:
+def chain_head(conn: SyncConnection) -> tuple[int, str]:
     """(seq, hash) of the newest event; after a prune that left none, of the checkpoint."""
     row = conn.execute(
         "SELECT seq, hash FROM audit_events WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1"
@@ -195,7 +295,7 @@ def chain_head(conn: sqlite3.Connection) -> tuple[int, str]:
 
 
 def append_chained(
-    conn: sqlite3.Connection,
+    conn: SyncConnection,
     record: dict[str, Any],
     floor: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
@@ -204,7 +304,7 @@ def append_chained(
 
 
 def append_chained_batch(
-    conn: sqlite3.Connection,
+    conn: SyncConnection,
     records: Sequence[dict[str, Any]],
     floor: tuple[int, str] | None = None,
 ) -> list[dict[str, Any]]:
@@ -276,10 +376,10 @@ class _AuditWriter:
     its event: it is written all the same.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self, location: StoreLocation) -> None:
+        self._location = location
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="hoop-audit-writer")
-        self._conn: sqlite3.Connection | None = None
+        self._conn: SyncConnection | None = None
         self.floor: tuple[int, str] | None = None
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
         self._writing: asyncio.Task[None] | None = None
@@ -324,7 +424,7 @@ class _AuditWriter:
         return await loop.run_in_executor(self._executor, fn, *args)
 
     def open(self) -> None:
-        self._conn = connect_sync(self._path)
+        self._conn = connect_sync(self._location)
         migrate_audit_chain(self._conn)
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -346,16 +446,16 @@ class _AuditWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
-                "DELETE FROM rate_marks WHERE user = ? AND target = ? AND at <= ?",
+                'DELETE FROM rate_marks WHERE "user" = ? AND target = ? AND at <= ?',
                 (user, target, now - window),
             )
             (count,) = conn.execute(
-                "SELECT COUNT(*) FROM rate_marks WHERE user = ? AND target = ?", (user, target)
+                'SELECT COUNT(*) FROM rate_marks WHERE "user" = ? AND target = ?', (user, target)
             ).fetchone()
             allowed = count < per_minute
             if allowed:
                 conn.execute(
-                    "INSERT INTO rate_marks(user, target, at) VALUES (?,?,?)", (user, target, now)
+                    'INSERT INTO rate_marks("user", target, at) VALUES (?,?,?)', (user, target, now)
                 )
             conn.execute("COMMIT")
         except BaseException:
@@ -397,26 +497,40 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path | None = None) -> None:
         self._db = db
         self._path = path
+        self.location: StoreLocation | None = path
         self._writer: _AuditWriter | None = None
         self.owner = process_owner()
 
     @classmethod
-    async def open(cls, data_dir: Path) -> Store:
-        path = data_dir / STORE_FILE
-        writer = _AuditWriter(path)
+    async def open(cls, data_dir: Path, url: str | None = None) -> Store:
+        """The store in DATA_DIR (SQLite), or at URL (PostgreSQL, shared by every node)."""
+        location = store_location(data_dir, url)
+        writer = _AuditWriter(location)
+        db: Any = None
         try:
-            db = await aiosqlite.connect(path)
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await db.executescript(_SCHEMA)
-            await db.commit()
-            await writer.call(writer.open)
+            if isinstance(location, str):
+                # The writer first: it makes the tables (one writer at a time, however many
+                # nodes start together).
+                await writer.call(writer.open)
+                db = await PgConnection.connect(location)
+            else:
+                db = await aiosqlite.connect(location)
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=NORMAL")
+                await db.execute("PRAGMA busy_timeout=5000")
+                await db.executescript(_SCHEMA)
+                await db.commit()
+                await writer.call(writer.open)
         except (sqlite3.Error, ValueError) as exc:
             await writer.close()
-            raise StoreError(f"cannot open store {path}: {exc}") from None
-        path.chmod(0o600)
-        store = cls(db, path)
+            if db is not None:
+                await db.close()
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"cannot open store {describe_location(location)}: {detail}") from None
+        if isinstance(location, Path):
+            location.chmod(0o600)
+        store = cls(db, location if isinstance(location, Path) else None)
+        store.location = location
         store._writer = writer
         return store
 
@@ -476,16 +590,16 @@ class Store:
         kind: str = "person",
     ) -> None:
         await self._write(
-            "INSERT INTO identities(user, groups, subject, issuer, updated_at, kind) "
+            'INSERT INTO identities("user", groups, subject, issuer, updated_at, kind) '
             "VALUES (?,?,?,?,?,?) "
-            "ON CONFLICT(user) DO UPDATE SET groups=excluded.groups, subject=excluded.subject, "
+            'ON CONFLICT("user") DO UPDATE SET groups=excluded.groups, subject=excluded.subject, '
             "issuer=excluded.issuer, updated_at=excluded.updated_at, kind=excluded.kind",
             (user, json.dumps(list(groups)), subject, issuer, now, kind),
         )
 
     async def identity(self, user: str) -> StoredIdentity | None:
         async with self._db.execute(
-            "SELECT user, groups, updated_at, kind FROM identities WHERE user = ?", (user,)
+            'SELECT "user", groups, updated_at, kind FROM identities WHERE "user" = ?', (user,)
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
@@ -507,7 +621,7 @@ class Store:
         command: str | None,
     ) -> None:
         await self._write(
-            "INSERT INTO sessions(id, user, target, kind, state, started_at, recording, reason, "
+            'INSERT INTO sessions(id, "user", target, kind, state, started_at, recording, reason, '
             "command, owner) VALUES (?,?,?,?,'open',?,?,?,?,?)",
             (session_id, user, target, kind, started_at, recording, reason, command, self.owner),
         )
@@ -529,7 +643,7 @@ class Store:
         if owner is not None:
             where, params = "state = 'open' AND owner = ?", [owner]
         async with self._db.execute(
-            f"SELECT id, user, target, recording FROM sessions WHERE {where}",  # noqa: S608
+            f'SELECT id, "user", target, recording FROM sessions WHERE {where}',  # noqa: S608
             params,
         ) as cursor:
             rows = await cursor.fetchall()
@@ -541,7 +655,7 @@ class Store:
 
     async def session(self, session_id: str) -> dict[str, Any] | None:
         async with self._db.execute(
-            "SELECT id, user, target, kind, state, started_at, ended_at, exit_status, recording, "
+            'SELECT id, "user", target, kind, state, started_at, ended_at, exit_status, recording, '
             "reason, command FROM sessions WHERE id = ?",
             (session_id,),
         ) as cursor:

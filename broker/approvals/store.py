@@ -20,6 +20,7 @@ from typing import Any
 
 import aiosqlite
 
+from broker.database import dialect, json_strings
 from broker.errors import StoreError
 from broker.sessions.approvals import ApprovalRecord, Decided
 from broker.store import write_lock
@@ -106,6 +107,87 @@ BEGIN
     INSERT INTO approval_changes(request, at)
         VALUES (NEW.request, (julianday('now') - 2440587.5) * 86400.0);
 END;
+"""
+
+# The same in PostgreSQL ([store] url): the triggers are PL/pgSQL functions.
+_SCHEMA_PG = """
+CREATE TABLE IF NOT EXISTS approval_requests (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('command', 'access')),
+    state TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    requester_groups TEXT NOT NULL,
+    target TEXT NOT NULL,
+    session TEXT,
+    bound_session TEXT,
+    subject TEXT NOT NULL,
+    command TEXT,
+    command_sha256 TEXT,
+    rule TEXT,
+    policy TEXT NOT NULL,
+    reason TEXT,
+    approver_groups TEXT NOT NULL,
+    approvals_needed INTEGER NOT NULL,
+    screen TEXT NOT NULL,
+    timeout INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    decided_at DOUBLE PRECISION,
+    executed_at DOUBLE PRECISION,
+    duration INTEGER,
+    grant_until DOUBLE PRECISION,
+    requester_kind TEXT NOT NULL DEFAULT 'person'
+);
+CREATE INDEX IF NOT EXISTS approval_requests_open ON approval_requests(state, expires_at);
+CREATE INDEX IF NOT EXISTS approval_requests_requester
+    ON approval_requests(requester, target, kind, state);
+CREATE INDEX IF NOT EXISTS approval_requests_created ON approval_requests(created_at);
+CREATE TABLE IF NOT EXISTS approval_decisions (
+    request TEXT NOT NULL REFERENCES approval_requests(id),
+    approver TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+    comment TEXT,
+    at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (request, approver)
+);
+CREATE TABLE IF NOT EXISTS approval_changes (
+    seq BIGSERIAL PRIMARY KEY,
+    request TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+CREATE OR REPLACE FUNCTION approval_decided() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE approval_requests SET state = CASE
+            WHEN NEW.decision = 'deny' THEN 'denied'
+            WHEN (SELECT count(*) FROM approval_decisions
+                  WHERE request = NEW.request AND decision = 'approve') >= approvals_needed
+                THEN 'approved'
+            ELSE state END
+        WHERE id = NEW.request AND state = 'pending';
+    UPDATE approval_requests SET
+            decided_at = NEW.at,
+            grant_until = CASE WHEN state = 'approved' AND kind = 'access'
+                THEN NEW.at + duration ELSE NULL END,
+            expires_at = CASE WHEN state = 'approved' AND kind = 'access' THEN NEW.at + duration
+                WHEN state = 'approved' THEN NEW.at + timeout
+                ELSE expires_at END
+        WHERE id = NEW.request AND state IN ('approved', 'denied') AND decided_at IS NULL;
+    INSERT INTO approval_changes(request, at)
+        VALUES (NEW.request, extract(epoch FROM clock_timestamp()));
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION approval_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO approval_changes(request, at)
+        VALUES (NEW.id, extract(epoch FROM clock_timestamp()));
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS approval_decided ON approval_decisions;
+CREATE TRIGGER approval_decided AFTER INSERT ON approval_decisions
+    FOR EACH ROW EXECUTE FUNCTION approval_decided();
+DROP TRIGGER IF EXISTS approval_change ON approval_requests;
+CREATE TRIGGER approval_change AFTER INSERT OR UPDATE ON approval_requests
+    FOR EACH ROW EXECUTE FUNCTION approval_changed();
 """
 
 # How long the change feed keeps a change (a worker reads it within a fraction of a second).
@@ -201,6 +283,13 @@ class ApprovalStore:
 
     async def create_tables(self) -> None:
         try:
+            if dialect(self._db) == "postgres":
+                async with write_lock(self._db):
+                    # One node at a time (the store's write lock): DROP/CREATE TRIGGER races.
+                    await self._db.execute("BEGIN IMMEDIATE")
+                    await self._db.executescript(_SCHEMA_PG)
+                    await self._db.commit()
+                return
             await self._db.executescript(_SCHEMA)
             async with self._db.execute("PRAGMA table_info(approval_requests)") as cursor:
                 known = {row[1] for row in await cursor.fetchall()}
@@ -334,7 +423,7 @@ class ApprovalStore:
         requester); "mine": USER's own; "all": both, and those USER decided on.
         """
         marks = ", ".join("?" for _ in groups) or "NULL"
-        member = f"EXISTS (SELECT 1 FROM json_each(approver_groups) WHERE value IN ({marks}))"  # noqa: S608
+        member = f"EXISTS (SELECT 1 FROM {json_strings(self._db, 'approver_groups')} WHERE value IN ({marks}))"  # noqa: S608
         if scope == "review":
             where, params = f"requester != ? AND {member}", [user, *groups]
         elif scope == "mine":
@@ -441,7 +530,7 @@ class ApprovalStore:
 
     async def identities(self) -> list[tuple[str, tuple[str, ...]]]:
         """Every user who has logged in, with the groups of their latest login."""
-        rows = await self._rows("SELECT user, groups FROM identities")
+        rows = await self._rows('SELECT "user", groups FROM identities')
         return [(row[0], tuple(json.loads(row[1]))) for row in rows]
 
     async def session_open(self, session_id: str) -> bool:

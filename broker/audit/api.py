@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from broker.api_methods import ApiMethods, Push
 from broker.audit.events import AuditEvent
 from broker.audit.index import MarkClock, SearchError, index_for, read_marks
+from broker.database import json_field
 from broker.protocol import ApiError
 from broker.session_context import ConnectionContext
 
@@ -109,8 +110,9 @@ class AuditApi:
 
     async def _select_sessions(self, where: str, params: list[Any]) -> list[dict[str, Any]]:
         # WHERE is built from constant clauses with ? placeholders only.
-        kind = "(SELECT kind FROM identities WHERE identities.user = sessions.user)"
-        sql = f"SELECT {', '.join(_SESSION_COLUMNS)}, {kind} FROM sessions {where}"  # noqa: S608
+        kind = '(SELECT kind FROM identities WHERE identities."user" = sessions."user")'
+        columns = ", ".join(f'"{name}"' for name in _SESSION_COLUMNS)
+        sql = f"SELECT {columns}, {kind} FROM sessions {where}"  # noqa: S608
         async with self._broker.store.db.execute(sql, params) as cursor:
             rows = await cursor.fetchall()
         return [
@@ -124,13 +126,14 @@ class AuditApi:
         for start in range(0, len(session_ids), 500):
             part = session_ids[start : start + 500]
             marks = ",".join("?" * len(part))
+            approver = json_field(self._broker.store.db, "event", "details", "approver")
             sql = (
                 "SELECT session, "  # noqa: S608 (placeholders only)
-                "SUM(type IN ('command', 'query')), "
-                "SUM(type LIKE '%.blocked'), "
-                "SUM(type IN ('command', 'query') "
-                "    AND json_extract(event, '$.details.approver') IS NOT NULL), "
-                "SUM(type = 'approval.executed') "
+                "SUM(CASE WHEN type IN ('command', 'query') THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN type LIKE '%.blocked' THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN type IN ('command', 'query') "
+                f"    AND {approver} IS NOT NULL THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN type = 'approval.executed' THEN 1 ELSE 0 END) "
                 f"FROM audit_events WHERE session IN ({marks}) GROUP BY session"
             )
             async with self._broker.store.db.execute(sql, part) as cursor:
@@ -171,10 +174,10 @@ class AuditApi:
                 continue
             if not isinstance(value, str):
                 raise ApiError("bad_request", f"{key} must be a string")
-            clauses.append(f"{key} = ?")
+            clauses.append(f'"{key}" = ?')
             values.append(value)
         if scope is not None:
-            clauses.append("user = ?")
+            clauses.append('"user" = ?')
             values.append(scope)
         state = params.get("state")
         if state is not None:

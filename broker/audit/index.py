@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
+from broker.database import dialect
 from broker.store import write_lock
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS session_index (
     no INTEGER PRIMARY KEY,
     session TEXT NOT NULL UNIQUE,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     target TEXT NOT NULL,
     started_at REAL NOT NULL,
     indexed_at REAL NOT NULL,
@@ -383,12 +384,48 @@ class SessionIndex:
         self._ready = False
         self._purged = False
 
+    _schema = _SCHEMA
+    _returning = ""
+    _match_sql = (
+        'SELECT s.session, s."user", s.target, s.started_at, l.kind, l."offset", l.text '
+        "FROM session_text JOIN session_lines l ON l.id = session_text.rowid "
+        "JOIN session_index s ON s.no = l.session_no "
+        "JOIN sessions ON sessions.id = s.session "
+        "WHERE session_text MATCH ?"
+    )
+
+    @staticmethod
+    def query(text: str, *, prefix: bool = True) -> str:
+        return fts_query(text, prefix=prefix)
+
     async def ensure_schema(self) -> None:
         if not self._ready:
             async with write_lock(self._db):
-                await self._db.executescript(_SCHEMA)
+                if dialect(self._db) == "postgres":  # one node at a time makes the tables
+                    await self._db.execute("BEGIN IMMEDIATE")
+                await self._db.executescript(self._schema)
                 await self._db.commit()
             self._ready = True
+
+    async def _new_number(self, cursor: Any) -> int:
+        """The session_index row's number that the INSERT made."""
+        return int(cursor.lastrowid)
+
+    async def _add_text(self, number: int) -> None:
+        """Put session NUMBER's lines into the full-text index."""
+        await self._db.execute(
+            "INSERT INTO session_text(rowid, text) SELECT id, text FROM session_lines "
+            "WHERE session_no = ?",
+            (number,),
+        )
+
+    async def _drop_text(self, number: int) -> None:
+        """Take session NUMBER's lines out of the full-text index (before they are deleted)."""
+        await self._db.execute(
+            "INSERT INTO session_text(session_text, rowid, text) "
+            "SELECT 'delete', id, text FROM session_lines WHERE session_no = ?",
+            (number,),
+        )
 
     async def catch_up(self) -> int:
         """Index every session that has ended and is not indexed yet; return how many."""
@@ -399,7 +436,7 @@ class SessionIndex:
                 await self._purge_incomplete_and_removed()
                 self._purged = True
             async with self._db.execute(
-                "SELECT id, user, target, started_at, recording FROM sessions "
+                'SELECT id, "user", target, started_at, recording FROM sessions '
                 "WHERE state != 'open' AND id NOT IN (SELECT session FROM session_index) "
                 "ORDER BY started_at"
             ) as cursor:
@@ -422,11 +459,7 @@ class SessionIndex:
             return
         async with write_lock(self._db), self._rolled_back_on_error():
             for number in stale:
-                await self._db.execute(
-                    "INSERT INTO session_text(session_text, rowid, text) "
-                    "SELECT 'delete', id, text FROM session_lines WHERE session_no = ?",
-                    (number,),
-                )
+                await self._drop_text(number)
                 await self._db.execute("DELETE FROM session_lines WHERE session_no = ?", (number,))
                 await self._db.execute("DELETE FROM session_index WHERE no = ?", (number,))
             await self._db.commit()
@@ -464,25 +497,21 @@ class SessionIndex:
         rows += [("output", offset, line) for offset, line in text.lines]
         async with write_lock(self._db), self._rolled_back_on_error():
             cursor = await self._db.execute(
-                "INSERT OR IGNORE INTO session_index(session, user, target, started_at, indexed_at, "
-                "note) VALUES (?,?,?,?,?,?)",
+                'INSERT INTO session_index(session, "user", target, started_at, indexed_at, '  # noqa: S608
+                "note) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING" + self._returning,
                 (session_id, user, target, started_at, time.time(), text.note),
             )
             if cursor.rowcount == 0:
                 await self._db.commit()  # another process sharing the store (a worker) indexed it
                 return
-            number = cursor.lastrowid
+            number = await self._new_number(cursor)
             for start in range(0, len(rows), INSERT_BATCH):
                 batch = rows[start : start + INSERT_BATCH]
                 await self._db.executemany(
-                    "INSERT INTO session_lines(session_no, kind, offset, text) VALUES (?,?,?,?)",
+                    'INSERT INTO session_lines(session_no, kind, "offset", text) VALUES (?,?,?,?)',
                     [(number, kind, offset, line) for kind, offset, line in batch],
                 )
-            await self._db.execute(
-                "INSERT INTO session_text(rowid, text) SELECT id, text FROM session_lines "
-                "WHERE session_no = ?",
-                (number,),
-            )
+            await self._add_text(number)
             await self._db.execute(
                 "UPDATE session_index SET complete = 1, lines = ? WHERE no = ?", (len(rows), number)
             )
@@ -496,14 +525,14 @@ class SessionIndex:
         Whole words first; only when they give fewer than LIMIT matches, the last word also
         as a prefix (a prefix of a common word is the costly query, so it runs only then).
         """
-        exact = fts_query(text, prefix=False)
+        exact = self.query(text, prefix=False)
         limit = max(1, min(limit, MAX_RESULTS))
         await self.catch_up()
         prefix = False
         rows, exhausted = await self._matching(exact, user, limit)
         if len(rows) < limit and exhausted:
             prefix = True
-            rows, _ = await self._matching(fts_query(text), user, limit)
+            rows, _ = await self._matching(self.query(text), user, limit)
         started = {row[0]: row[3] for row in rows}
         matches = [
             SearchMatch(
@@ -525,18 +554,12 @@ class SessionIndex:
     ) -> tuple[list[tuple[Any, ...]], bool]:
         """Up to LIMIT matching lines, newest first, at most PER_SESSION of each session;
         and whether every match was looked at."""
-        sql = (
-            "SELECT s.session, s.user, s.target, s.started_at, l.kind, l.offset, l.text "
-            "FROM session_text JOIN session_lines l ON l.id = session_text.rowid "
-            "JOIN session_index s ON s.no = l.session_no "
-            "JOIN sessions ON sessions.id = s.session "
-            "WHERE session_text MATCH ?"
-        )
+        sql = self._match_sql
         params: list[Any] = [query]
         if user is not None:
-            sql += " AND s.user = ?"
+            sql += ' AND s."user" = ?'
             params.append(user)
-        sql += " ORDER BY session_text.rowid DESC"
+        sql += " ORDER BY l.id DESC"
         kept: list[tuple[Any, ...]] = []
         per_session: dict[str, int] = {}
         scanned = 0
@@ -570,6 +593,65 @@ class SessionIndex:
                     )
                 await self._db.commit()
             await self._purge_incomplete_and_removed()
+
+
+_SCHEMA_PG = """
+CREATE TABLE IF NOT EXISTS session_index (
+    no BIGSERIAL PRIMARY KEY,
+    session TEXT NOT NULL UNIQUE,
+    "user" TEXT NOT NULL,
+    target TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    indexed_at DOUBLE PRECISION NOT NULL,
+    lines INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS session_lines (
+    id BIGSERIAL PRIMARY KEY,
+    session_no BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    "offset" DOUBLE PRECISION NOT NULL,
+    text TEXT NOT NULL,
+    words tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED
+);
+CREATE INDEX IF NOT EXISTS session_lines_session ON session_lines(session_no);
+CREATE INDEX IF NOT EXISTS session_lines_words ON session_lines USING gin(words);
+CREATE INDEX IF NOT EXISTS audit_events_by_session ON audit_events(session);
+"""
+
+
+class PgSessionIndex(SessionIndex):
+    """The index in a PostgreSQL store: PostgreSQL's own full-text search (a tsvector of
+    each line, GIN-indexed, the 'simple' configuration: words, case-insensitive)."""
+
+    _schema = _SCHEMA_PG
+    _returning = " RETURNING no"
+    _match_sql = (
+        'SELECT s.session, s."user", s.target, s.started_at, l.kind, l."offset", l.text '
+        "FROM session_lines l JOIN session_index s ON s.no = l.session_no "
+        "JOIN sessions ON sessions.id = s.session "
+        "WHERE l.words @@ to_tsquery('simple', ?)"
+    )
+
+    @staticmethod
+    def query(text: str, *, prefix: bool = True) -> str:
+        """TEXT's words as one phrase (each word followed by the next); with PREFIX, the last
+        word also as the start of a longer one. Only letters and digits reach the query."""
+        words = [_fold(word) for word in _WORD.findall(text)]
+        if not words:
+            raise SearchError("search for at least one letter or digit")
+        return " <-> ".join(words) + (":*" if prefix else "")
+
+    async def _new_number(self, cursor: Any) -> int:
+        row = await cursor.fetchone()
+        return int(row[0])
+
+    async def _add_text(self, number: int) -> None:
+        return None  # each line's words are a generated column
+
+    async def _drop_text(self, number: int) -> None:
+        return None
 
 
 def drop_from_index(conn: sqlite3.Connection, session_ids: Iterable[str]) -> int:
@@ -609,7 +691,8 @@ def index_for(store: Store) -> SessionIndex:
     db = store.db
     index = _indexes.get(db)
     if index is None:
-        index = _indexes[db] = SessionIndex(db)
+        kind = PgSessionIndex if dialect(db) == "postgres" else SessionIndex
+        index = _indexes[db] = kind(db)
     return index
 
 

@@ -30,6 +30,7 @@ import aiosqlite
 import asyncssh
 
 from broker.audit.integrity import Signer, json_safe, write_head
+from broker.database import dialect
 from broker.errors import AuthError, BrokerError, StoreError
 from broker.identity.certificates import (
     IssuedCertificate,
@@ -39,7 +40,15 @@ from broker.identity.certificates import (
 )
 from broker.identity.tokens import Identity
 from broker.keys import UserCA, rotate_user_ca
-from broker.store import STORE_FILE, append_chained, connect_sync, migrate_audit_chain, write_lock
+from broker.store import (
+    SyncConnection,
+    append_chained,
+    connect_sync,
+    describe_location,
+    migrate_audit_chain,
+    store_location,
+    write_lock,
+)
 
 # Serials are unsigned 64-bit: more than SQLite's INTEGER holds, so they are stored as decimal
 # text (also how audit events carry them).
@@ -47,7 +56,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS issued_certificates (
     serial TEXT PRIMARY KEY,
     key_id TEXT NOT NULL,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     principals TEXT NOT NULL,
     key_fingerprint TEXT NOT NULL,
     ca_fingerprint TEXT NOT NULL,
@@ -57,12 +66,30 @@ CREATE TABLE IF NOT EXISTS issued_certificates (
     revoked_at REAL,
     revoked_reason TEXT
 );
-CREATE INDEX IF NOT EXISTS issued_certificates_user ON issued_certificates(user, revoked_at);
+CREATE INDEX IF NOT EXISTS issued_certificates_user ON issued_certificates("user", revoked_at);
+CREATE INDEX IF NOT EXISTS issued_certificates_ca ON issued_certificates(ca_fingerprint);
+"""
+
+_SCHEMA_PG = """
+CREATE TABLE IF NOT EXISTS issued_certificates (
+    serial TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    "user" TEXT NOT NULL,
+    principals TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    ca_fingerprint TEXT NOT NULL,
+    valid_after BIGINT NOT NULL,
+    valid_before BIGINT NOT NULL,
+    issued_at DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION,
+    revoked_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS issued_certificates_user ON issued_certificates("user", revoked_at);
 CREATE INDEX IF NOT EXISTS issued_certificates_ca ON issued_certificates(ca_fingerprint);
 """
 
 _COLUMNS = (
-    "serial, key_id, user, principals, key_fingerprint, ca_fingerprint, valid_after, "
+    'serial, key_id, "user", principals, key_fingerprint, ca_fingerprint, valid_after, '
     "valid_before, issued_at, revoked_at, revoked_reason"
 )
 
@@ -160,7 +187,7 @@ def _record_params(issued: IssuedCertificate, user: str, ca_fingerprint: str, no
 
 
 _INSERT = (
-    "INSERT INTO issued_certificates(serial, key_id, user, principals, key_fingerprint, "
+    'INSERT INTO issued_certificates(serial, key_id, "user", principals, key_fingerprint, '
     "ca_fingerprint, valid_after, valid_before, issued_at) VALUES (?,?,?,?,?,?,?,?,?)"
 )
 
@@ -203,6 +230,9 @@ class CertificateRegistry:
     @classmethod
     async def open(cls, db: aiosqlite.Connection, ca: UserCA) -> CertificateRegistry:
         try:
+            if dialect(db) == "postgres":
+                await db.executescript(_SCHEMA_PG)
+                return cls(db, ca)
             await db.executescript(_SCHEMA)
             await db.commit()
             await _adopt_legacy(db, ca.current().get_fingerprint("sha256"))
@@ -290,12 +320,12 @@ class CertificateRegistry:
 # -- the CLI's side: plain sqlite3 on the store file, safe while the broker runs -----------
 
 
-def prepare(conn: sqlite3.Connection) -> None:
+def prepare(conn: SyncConnection) -> None:
     """Create the registry's table when missing (a store written before the registry)."""
-    conn.executescript(_SCHEMA)
+    conn.executescript(_SCHEMA_PG if dialect(conn) == "postgres" else _SCHEMA)
 
 
-def _select(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[IssuedRecord]:
+def _select(conn: SyncConnection, where: str, params: Sequence[Any]) -> list[IssuedRecord]:
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM issued_certificates WHERE {where} ORDER BY issued_at",  # noqa: S608
         params,
@@ -304,7 +334,7 @@ def _select(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list
 
 
 def _revoke(
-    conn: sqlite3.Connection, where: str, params: Sequence[Any], reason: str, now: float
+    conn: SyncConnection, where: str, params: Sequence[Any], reason: str, now: float
 ) -> list[IssuedRecord]:
     """Revoke the unrevoked certificates matching WHERE in one write transaction."""
     conn.execute("BEGIN IMMEDIATE")
@@ -323,27 +353,27 @@ def _revoke(
     return doomed
 
 
-def certificate(conn: sqlite3.Connection, serial: int) -> IssuedRecord | None:
+def certificate(conn: SyncConnection, serial: int) -> IssuedRecord | None:
     found = _select(conn, "serial = ?", (str(serial),))
     return found[0] if found else None
 
 
-def user_known(conn: sqlite3.Connection, user: str) -> bool:
+def user_known(conn: SyncConnection, user: str) -> bool:
     """Whether the broker ever issued USER a certificate."""
-    row = conn.execute("SELECT 1 FROM issued_certificates WHERE user = ? LIMIT 1", (user,))
+    row = conn.execute('SELECT 1 FROM issued_certificates WHERE "user" = ? LIMIT 1', (user,))
     return row.fetchone() is not None
 
 
 def revoke_user(
-    conn: sqlite3.Connection, user: str, reason: str, now: float | None = None
+    conn: SyncConnection, user: str, reason: str, now: float | None = None
 ) -> list[IssuedRecord]:
     """Revoke USER's certificates that are still valid; the ones revoked now."""
     now = time.time() if now is None else now
-    return _revoke(conn, "user = ? AND valid_before > ?", (user, now), reason, now)
+    return _revoke(conn, '"user" = ? AND valid_before > ?', (user, now), reason, now)
 
 
 def revoke_serial(
-    conn: sqlite3.Connection, serial: int, reason: str, now: float | None = None
+    conn: SyncConnection, serial: int, reason: str, now: float | None = None
 ) -> list[IssuedRecord]:
     """Revoke one certificate (expired or not); [] when it was revoked already."""
     now = time.time() if now is None else now
@@ -351,7 +381,7 @@ def revoke_serial(
 
 
 def revoke_all_but_ca(
-    conn: sqlite3.Connection, ca_fingerprint: str, reason: str, now: float | None = None
+    conn: SyncConnection, ca_fingerprint: str, reason: str, now: float | None = None
 ) -> list[IssuedRecord]:
     """Revoke every certificate not signed by CA_FINGERPRINT (after a CA rotation)."""
     now = time.time() if now is None else now
@@ -391,23 +421,27 @@ def _operator() -> str | None:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or None
 
 
-def _open_store(data_dir: Path) -> sqlite3.Connection:
-    path = data_dir / STORE_FILE
-    if not path.exists():
-        raise StoreError(f"no store at {path}: is this the broker's data dir?")
-    conn = connect_sync(path)
+def _open_store(data_dir: Path, url: str | None) -> SyncConnection:
+    location = store_location(data_dir, url)
+    if isinstance(location, Path) and not location.exists():
+        raise StoreError(f"no store at {location}: is this the broker's data dir?")
     try:
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn = connect_sync(location)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store {describe_location(location)}: {exc}") from None
+    try:
+        if dialect(conn) == "sqlite":
+            conn.execute("PRAGMA busy_timeout=5000")
         migrate_audit_chain(conn)
         prepare(conn)
     except sqlite3.Error as exc:
         conn.close()
-        raise StoreError(f"cannot open store {path}: {exc}") from None
+        raise StoreError(f"cannot open store {describe_location(location)}: {exc}") from None
     return conn
 
 
 def _append_event(
-    conn: sqlite3.Connection, data_dir: Path, signer: Signer, record: dict[str, Any]
+    conn: SyncConnection, data_dir: Path, signer: Signer, record: dict[str, Any]
 ) -> dict[str, Any]:
     record = {k: v for k, v in json_safe(record).items() if v is not None}
     event = append_chained(conn, record)
@@ -423,11 +457,13 @@ def _summary(records: Sequence[IssuedRecord]) -> dict[str, Any]:
     }
 
 
-def revoke(data_dir: Path, who: str, now: float | None = None) -> Revocation:
+def revoke(
+    data_dir: Path, who: str, now: float | None = None, *, store_url: str | None = None
+) -> Revocation:
     """Revoke USER's active certificates, or the one with serial WHO; an audit event records it."""
     now = time.time() if now is None else now
     signer = Signer.load(data_dir)
-    conn = _open_store(data_dir)
+    conn = _open_store(data_dir, store_url)
     try:
         serial = int(who) if who.isascii() and who.isdigit() else None
         found = certificate(conn, serial) if serial is not None and serial < 1 << 64 else None
@@ -466,11 +502,13 @@ def revoke(data_dir: Path, who: str, now: float | None = None) -> Revocation:
         conn.close()
 
 
-def rotate_ca(data_dir: Path, now: float | None = None) -> Rotation:
+def rotate_ca(
+    data_dir: Path, now: float | None = None, *, store_url: str | None = None
+) -> Rotation:
     """A new user CA; the old one retired, and every certificate it signed revoked."""
     now = time.time() if now is None else now
     signer = Signer.load(data_dir)
-    conn = _open_store(data_dir)
+    conn = _open_store(data_dir, store_url)
     try:
         rotated = rotate_user_ca(data_dir, now)
         fingerprint = rotated.current.get_fingerprint("sha256")
