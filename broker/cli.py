@@ -196,7 +196,10 @@ def verify(
     try:
         loaded = _load(config, dev)
         report = verify_data_dir(
-            loaded.broker.data_dir, session, open_recording_objects(loaded.recordings)
+            loaded.broker.data_dir,
+            session,
+            open_recording_objects(loaded.recordings),
+            loaded.store.conninfo(),
         )
     except BrokerError as exc:
         _fail(exc)
@@ -239,6 +242,7 @@ def prune(
             seconds,
             dry_run=dry_run,
             objects=open_recording_objects(loaded.recordings),
+            store_url=loaded.store.conninfo(),
         )
     except BrokerError as exc:
         _fail(exc)

@@ -384,7 +384,10 @@ class AuditApi:
         except ImportError:
             raise ApiError("unavailable", "verification is not available on this broker") from None
         problems = await verify_session(
-            self._broker.data_dir, row["id"], self._broker.recording_objects
+            self._broker.data_dir,
+            row["id"],
+            self._broker.recording_objects,
+            self._broker.config.store.conninfo(),
         )
         notes = []
         if row["state"] == "open":

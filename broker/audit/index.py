@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from broker.database import dialect
+from broker.database import dialect, has_table
 from broker.store import write_lock
 
 if TYPE_CHECKING:
@@ -658,10 +658,9 @@ def drop_from_index(conn: sqlite3.Connection, session_ids: Iterable[str]) -> int
     """Remove these sessions' lines from the index with a plain sqlite3 connection, inside
     the caller's transaction (the caller commits): for retention (`hoop-broker prune`), so
     that the text of a pruned session goes with its recording. Returns sessions removed."""
-    if not conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session_index'"
-    ).fetchone():
+    if not has_table(conn, "session_index"):
         return 0
+    postgres = dialect(conn) == "postgres"
     removed = 0
     for session_id in session_ids:
         row = conn.execute(
@@ -669,11 +668,12 @@ def drop_from_index(conn: sqlite3.Connection, session_ids: Iterable[str]) -> int
         ).fetchone()
         if row is None:
             continue
-        conn.execute(
-            "INSERT INTO session_text(session_text, rowid, text) "
-            "SELECT 'delete', id, text FROM session_lines WHERE session_no = ?",
-            (row[0],),
-        )
+        if not postgres:  # PostgreSQL's words go with their lines
+            conn.execute(
+                "INSERT INTO session_text(session_text, rowid, text) "
+                "SELECT 'delete', id, text FROM session_lines WHERE session_no = ?",
+                (row[0],),
+            )
         conn.execute("DELETE FROM session_lines WHERE session_no = ?", (row[0],))
         conn.execute("DELETE FROM session_index WHERE no = ?", (row[0],))
         removed += 1

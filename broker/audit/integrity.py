@@ -45,11 +45,13 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 
 from broker.audit.chain import GENESIS, canonical_json, chain_hash
 from broker.audit.index import drop_from_index
+from broker.database import dialect, has_table, json_field
 from broker.errors import BrokerError
 from broker.recording_objects import STORED_SUFFIX, ObjectStoreError, RecordingObjects
 
 if TYPE_CHECKING:
     from broker.keys import BrokerKeys
+    from broker.store import SyncConnection
 
 BLOCK_SIZE = 64 * 1024
 SIGNATURE_SUFFIX = ".sig"
@@ -521,7 +523,9 @@ def _describe(record: dict[str, Any]) -> str:
     return f"{text}, {_iso(record.get('time'))}"
 
 
-def _chain_columns_present(conn: sqlite3.Connection) -> bool:
+def _chain_columns_present(conn: SyncConnection) -> bool:
+    if dialect(conn) == "postgres":
+        return True  # made with the chain
     columns = {row[1] for row in conn.execute("PRAGMA table_info(audit_events)")}
     return {"seq", "prev_hash", "hash"} <= columns
 
@@ -763,17 +767,25 @@ class VerifyReport:
         return f"{count} problem{'s' if count != 1 else ''} in {what}{key}"
 
 
-def open_store_readonly(data_dir: Path) -> sqlite3.Connection:
-    from broker.store import STORE_FILE
+def open_store_readonly(data_dir: Path, store_url: str | None = None) -> SyncConnection:
+    """The store, read only: the SQLite file in DATA_DIR, or the PostgreSQL database."""
+    from broker.store import connect_sync, describe_location, store_location
 
-    path = data_dir / STORE_FILE
-    if not path.exists():
-        raise IntegrityError(f"no store at {path}: is this the broker's data dir?")
+    location = store_location(data_dir, store_url)
+    where = describe_location(location)
+    if isinstance(location, Path) and not location.exists():
+        raise IntegrityError(f"no store at {location}: is this the broker's data dir?")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        if isinstance(location, Path):
+            conn: SyncConnection = sqlite3.connect(
+                f"file:{location}?mode=ro", uri=True, timeout=5.0
+            )
+        else:
+            conn = connect_sync(location)
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         conn.execute("SELECT 1 FROM audit_events LIMIT 1")
     except sqlite3.Error as exc:
-        raise IntegrityError(f"cannot read store {path}: {exc}") from None
+        raise IntegrityError(f"cannot read store {where}: {str(exc).splitlines()[0]}") from None
     return conn
 
 
@@ -785,7 +797,10 @@ def _recording_file(data_dir: Path, session_id: str, stored: str | None) -> Path
 
 
 def verify_data_dir(
-    data_dir: Path, session_id: str | None = None, objects: RecordingObjects | None = None
+    data_dir: Path,
+    session_id: str | None = None,
+    objects: RecordingObjects | None = None,
+    store_url: str | None = None,
 ) -> VerifyReport:
     """Verify the audit chain and the recordings (all, or SESSION_ID's) of a broker data dir.
 
@@ -801,7 +816,7 @@ def verify_data_dir(
                 "audit key", "missing", f"{data_dir}/audit_key.pub is gone: nothing can be checked"
             )
         )
-    conn = open_store_readonly(data_dir)
+    conn = open_store_readonly(data_dir, store_url)
     try:
         report.chain = verify_chain_db(conn, verifier, data_dir)
         report.problems.extend(report.chain.problems)
@@ -818,11 +833,12 @@ def verify_data_dir(
             params = (session_id,)
         sessions = conn.execute(sql + " ORDER BY started_at", params).fetchall()
         chained: dict[str, tuple[int, str]] = {}
+        sealed = json_field(conn, "event", "details", "recording_sha256")
         if report.chain.events:
             for seq, sid, digest in conn.execute(
-                "SELECT seq, session, json_extract(event, '$.details.recording_sha256') "
+                f"SELECT seq, session, {sealed} "  # noqa: S608 (a constant expression)
                 "FROM audit_events WHERE type = 'session.end' AND seq IS NOT NULL "
-                "AND json_extract(event, '$.details.recording_sha256') IS NOT NULL"
+                f"AND {sealed} IS NOT NULL"
             ):
                 chained[sid] = (seq, digest)
         if session_id is not None and not sessions:
@@ -914,17 +930,15 @@ def _shipped_copy(
     return None
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone()
-        is not None
-    )
+def _has_table(conn: SyncConnection, name: str) -> bool:
+    return has_table(conn, name)
 
 
 async def verify_session(
-    data_dir: Path, session_id: str, objects: RecordingObjects | None = None
+    data_dir: Path,
+    session_id: str,
+    objects: RecordingObjects | None = None,
+    store_url: str | None = None,
 ) -> list[str]:
     """What `hoopctl replay ID --verify` shows: one line per problem, [] when intact.
 
@@ -933,7 +947,7 @@ async def verify_session(
     event may well have been this session's. Changed events of other sessions are summed up
     in one line. Runs in a worker thread; the whole chain is read (about 1 s per 100k events).
     """
-    report = await asyncio.to_thread(verify_data_dir, data_dir, session_id, objects)
+    report = await asyncio.to_thread(verify_data_dir, data_dir, session_id, objects, store_url)
     lines = []
     others = 0
     for problem in report.problems:
@@ -977,6 +991,7 @@ def prune(
     now: float | None = None,
     dry_run: bool = False,
     objects: RecordingObjects | None = None,
+    store_url: str | None = None,
 ) -> PruneResult:
     """Delete recordings of sessions that ended, and audit events written, before now-OLDER_THAN.
 
@@ -984,19 +999,30 @@ def prune(
     checkpoint signed with the audit key, `hoop-broker verify` starts from it, and the prune
     itself is appended as an `audit.prune` event. Sessions still open are never touched.
     """
-    from broker.store import STORE_FILE, append_chained, connect_sync, migrate_audit_chain
+    from broker.store import (
+        append_chained,
+        connect_sync,
+        describe_location,
+        migrate_audit_chain,
+        store_location,
+    )
 
     if older_than <= 0:
         raise IntegrityError("--older-than must be a positive duration")
     now = time.time() if now is None else now
     cut = now - older_than
     result = PruneResult(cut=cut)
-    store_path = data_dir / STORE_FILE
-    if not store_path.exists():
-        raise IntegrityError(f"no store at {store_path}: is this the broker's data dir?")
+    location = store_location(data_dir, store_url)
+    if isinstance(location, Path) and not location.exists():
+        raise IntegrityError(f"no store at {location}: is this the broker's data dir?")
     signer = Signer.load(data_dir)
     recordings = data_dir / "recordings"
-    conn = connect_sync(store_path)
+    try:
+        conn = connect_sync(location)
+    except sqlite3.Error as exc:
+        raise IntegrityError(
+            f"cannot open store {describe_location(location)}: {str(exc).splitlines()[0]}"
+        ) from None
     try:
         migrate_audit_chain(conn)
         conn.execute("BEGIN IMMEDIATE")
