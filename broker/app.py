@@ -28,6 +28,7 @@ from broker.identity.dev_issuer import DevIssuer, DevUser
 from broker.identity.registry import CertificateRegistry
 from broker.identity.tokens import TokenValidator
 from broker.keys import BrokerKeys, UserCA, load_or_create_keys
+from broker.node_watch import NodeWatch
 from broker.recording_objects import ObjectStoreError, RecordingShipper, open_recording_objects
 from broker.server import BrokerConnection, handle_process, open_sftp
 from broker.sessions.approvals import ApprovalGate
@@ -112,6 +113,7 @@ class Broker:
         self.recording_objects = open_recording_objects(config.recordings)
         self._shipper: RecordingShipper | None = None
         self._shipping: asyncio.Task[None] | None = None
+        self._node_watch: asyncio.Task[None] | None = None
         self.oidc: OidcSection = config.oidc or OidcSection(
             issuer="http://127.0.0.1",
             client_id=DEV_CLIENT_ID,  # replaced at start
@@ -127,8 +129,12 @@ class Broker:
         make_non_dumpable()
         self.keys: BrokerKeys = load_or_create_keys(self.data_dir)
         check_data_dir(self.data_dir)
-        self.store = self._store = await Store.open(self.data_dir, url=self.config.store.conninfo())
-        if self.role == "worker":
+        self.store = self._store = await Store.open(
+            self.data_dir, url=self.config.store.conninfo(), node=self.config.broker.node
+        )
+        # Other processes change the same store: workers, and with PostgreSQL other nodes.
+        shared = self.role == "worker" or self.store.shared
+        if shared:
             self.rates = SharedRateBudget(self.store)
         self.certificates = await CertificateRegistry.open(
             self.store.db, UserCA(self.data_dir, self.keys.user_ca)
@@ -141,10 +147,13 @@ class Broker:
         elif self.dev_mode:
             await self._start_dev_issuer()
         self.validator = TokenValidator(self.oidc)
-        self.approvals: ApprovalGate = await start_approvals(self, shared=self.role == "worker")
+        self.approvals: ApprovalGate = await start_approvals(self, shared=shared)
         if self.role != "worker":
             await self.close_interrupted_sessions()
             await self._start_shipping()
+            if self.store.shared:
+                watch = NodeWatch(self, float(self.config.store.node_timeout))
+                self._node_watch = asyncio.create_task(watch.run(), name="node-watch")
         if self.role == "supervisor":
             return  # the workers listen
         host, port = split_host_port(listen or self.config.broker.listen)
@@ -277,6 +286,10 @@ class Broker:
             self._server.close()
             await self._server.wait_closed()
         await self._drain()
+        if self._node_watch is not None:
+            self._node_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._node_watch
         await self._stop_shipping()
         await stop_indexing()
         if self._dev_issuer is not None:

@@ -87,6 +87,9 @@ class _Strict(BaseModel):
 
 class BrokerSection(_Strict):
     listen: HostPort = "127.0.0.1:2222"
+    # This machine's name among the brokers sharing a PostgreSQL store (default: its host
+    # name): sessions are marked as served by it, and it closes only its own after a crash.
+    node: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
     data_dir: Path = Path("/var/lib/hoop-broker")
     certificate_ttl: Duration = Field(default=8 * 3600, gt=0)
     audit_stdout: bool = True
@@ -410,6 +413,8 @@ class StoreSection(_Strict):
 
     url: str | None = None  # postgresql://USER@HOST:PORT/DATABASE, no password in it
     password: CredentialRef = None  # env:, file:, keyring: (or libpq's PGPASSWORD, ~/.pgpass)
+    # A node not heard from for this long is taken for dead: another ends its sessions.
+    node_timeout: Duration = Field(default=30, gt=0)
 
     @field_validator("url")
     @classmethod

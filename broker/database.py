@@ -272,3 +272,40 @@ class SyncPgConnection:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class Listener:
+    """Wakes whoever waits on :attr:`changed` at each NOTIFY on CHANNEL: a connection of its
+    own, LISTENing, reconnecting when it drops. A waiter also looks for itself now and then,
+    so a notification lost while reconnecting delays a change, never loses it."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self._url = url
+        self._channel = channel
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen(), name="store-listen")
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=10
+                )
+                async with conn:
+                    await conn.execute(
+                        pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._channel))
+                    )
+                    self.changed.set()  # whatever happened while not listening
+                    async for _ in conn.notifies():
+                        self.changed.set()
+            except psycopg.Error:
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

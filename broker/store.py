@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from broker.audit.chain import GENESIS, chain_hash
-from broker.database import PgConnection, SyncPgConnection, dialect
+from broker.database import Listener, PgConnection, SyncPgConnection, dialect
 from broker.errors import StoreError
 
 log = logging.getLogger("hoop.audit")
@@ -148,6 +148,10 @@ CREATE TABLE IF NOT EXISTS rate_marks (
     at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rate_marks_key ON rate_marks("user", target, at);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    seen_at DOUBLE PRECISION NOT NULL
+);
 """
 
 StoreLocation = Path | str
@@ -196,10 +200,15 @@ def write_lock(db: aiosqlite.Connection) -> asyncio.Lock:
     return lock
 
 
-def process_owner(pid: int | None = None) -> str:
-    """Who serves a session: this host and process PID (this one by default): a worker, or
-    the one broker process."""
-    return f"{socket.gethostname()}/{os.getpid() if pid is None else pid}"
+def process_owner(pid: int | None = None, node: str | None = None) -> str:
+    """Who serves a session: this node (`[broker] node`, else the host name) and process PID
+    (this one by default): a worker, or the one broker process."""
+    return f"{node or socket.gethostname()}/{os.getpid() if pid is None else pid}"
+
+
+def like_prefix(text: str) -> str:
+    """TEXT for a LIKE pattern, its wildcards taken literally (with ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 @dataclass(frozen=True)
@@ -499,11 +508,13 @@ class Store:
         self._path = path
         self.location: StoreLocation | None = path
         self._writer: _AuditWriter | None = None
-        self.owner = process_owner()
+        self.node = socket.gethostname()
+        self.owner = process_owner(node=self.node)
 
     @classmethod
-    async def open(cls, data_dir: Path, url: str | None = None) -> Store:
-        """The store in DATA_DIR (SQLite), or at URL (PostgreSQL, shared by every node)."""
+    async def open(cls, data_dir: Path, url: str | None = None, node: str | None = None) -> Store:
+        """The store in DATA_DIR (SQLite), or at URL (PostgreSQL, shared by every node; NODE
+        names this one among them)."""
         location = store_location(data_dir, url)
         writer = _AuditWriter(location)
         db: Any = None
@@ -532,7 +543,22 @@ class Store:
         store = cls(db, location if isinstance(location, Path) else None)
         store.location = location
         store._writer = writer
+        if node:
+            store.node, store.owner = node, process_owner(node=node)
         return store
+
+    def listener(self, channel: str) -> Listener | None:
+        """A Listener for NOTIFY CHANNEL on a PostgreSQL store (started); None on SQLite."""
+        if not isinstance(self.location, str):
+            return None
+        listener = Listener(self.location, channel)
+        listener.start()
+        return listener
+
+    @property
+    def shared(self) -> bool:
+        """Whether other brokers (nodes) may use this store too: a PostgreSQL store."""
+        return dialect(self._db) == "postgres"
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -638,20 +664,74 @@ class Store:
         self, now: float, owner: str | None = None
     ) -> list[dict[str, Any]]:
         """Sessions still open when the broker (re)starts were cut off by a crash or kill:
-        all of them, or those OWNER served (a worker process that died)."""
+        those OWNER served (a worker process that died); else all of them, or, in a store
+        other nodes share, all of this node's."""
         where, params = "state = 'open'", []
         if owner is not None:
             where, params = "state = 'open' AND owner = ?", [owner]
-        async with self._db.execute(
+        elif self.shared:
+            where = "state = 'open' AND owner LIKE ? ESCAPE '\\'"
+            params = [like_prefix(self.node) + "/%"]
+        async with write_lock(self._db):
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                return await self._interrupt(where, params, now)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.rollback()
+                raise
+
+    async def _interrupt(self, where: str, params: list[Any], now: float) -> list[dict[str, Any]]:
+        """Mark the sessions WHERE interrupted and commit; the ones marked. In the caller's
+        write transaction, so that no other process (worker, node) marks them too."""
+        rows = await self._db.execute_fetchall(
             f'SELECT id, "user", target, recording FROM sessions WHERE {where}',  # noqa: S608
             params,
-        ) as cursor:
-            rows = await cursor.fetchall()
-        await self._write(
+        )
+        await self._db.execute(
             f"UPDATE sessions SET state = 'interrupted', ended_at = ? WHERE {where}",  # noqa: S608
             [now, *params],
         )
+        await self._db.commit()
         return [{"id": r[0], "user": r[1], "target": r[2], "recording": r[3]} for r in rows]
+
+    # -- nodes sharing a PostgreSQL store --------------------------------------------------
+
+    async def heartbeat(self, now: float) -> None:
+        """This node is alive at NOW (every few seconds, by its supervisor or only process)."""
+        await self._write(
+            "INSERT INTO nodes(node, seen_at) VALUES (?, ?) "
+            "ON CONFLICT(node) DO UPDATE SET seen_at = excluded.seen_at",
+            (self.node, now),
+        )
+
+    async def silent_nodes(self, before: float) -> list[str]:
+        """Other nodes not heard from since BEFORE."""
+        rows = await self._db.execute_fetchall(
+            "SELECT node FROM nodes WHERE seen_at < ? AND node != ?", (before, self.node)
+        )
+        return [str(row[0]) for row in rows]
+
+    async def take_over(self, node: str, before: float, now: float) -> list[dict[str, Any]] | None:
+        """Mark the open sessions of NODE, silent since BEFORE, interrupted; the sessions, or
+        None when another node took over first (or NODE spoke again). One transaction under
+        the store's write lock: exactly one node takes over."""
+        where = "state = 'open' AND owner LIKE ? ESCAPE '\\'"
+        params = [like_prefix(node) + "/%"]
+        async with write_lock(self._db):
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                cursor = await self._db.execute(
+                    "DELETE FROM nodes WHERE node = ? AND seen_at < ?", (node, before)
+                )
+                if cursor.rowcount != 1:
+                    await self._db.commit()
+                    return None
+                return await self._interrupt(where, params, now)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.rollback()
+                raise
 
     async def session(self, session_id: str) -> dict[str, Any] | None:
         async with self._db.execute(

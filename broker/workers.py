@@ -153,7 +153,9 @@ class WorkerPool:
     async def _closed_behind(self, pid: int) -> None:
         """The sessions a dead worker left open: interrupted, sealed, with their session.end."""
         try:
-            await self.broker.close_interrupted_sessions(process_owner(pid))
+            await self.broker.close_interrupted_sessions(
+                process_owner(pid, node=self.broker.store.node)
+            )
         except Exception:
             log.exception("closing the sessions of worker pid %d failed", pid)
 

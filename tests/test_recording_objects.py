@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 
 from broker.config import RecordingsSection
@@ -33,32 +32,6 @@ from tests.helpers import (
 BUCKET = "hoop-recordings"
 PREFIX = "node-a/"
 KEYS = {"HOOP_S3_KEY": "testing-key", "HOOP_S3_SECRET": "testing-secret"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(endpoint, timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-    yield endpoint
-    server.send_signal(signal.SIGTERM)
-    server.wait(10)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from broker.approvals.notifier import Change, Notifier, Subscription
 from broker.approvals.store import CHANGES_KEPT, AlreadyDecided, ApprovalStore
 from broker.audit.events import AuditEvent, AuditLog
+from broker.database import Listener
 from broker.sessions.approvals import (
     DEFAULT_TIMEOUT,
     SCREEN_LINES,
@@ -44,6 +45,8 @@ log = logging.getLogger("hoop.broker.approvals")
 SWEEP_EVERY = 30.0
 # With workers sharing the store, each reads the others' changes from the feed this often.
 FEED_POLL = 0.05
+FEED_FALLBACK = 1.0  # PostgreSQL: the feed is read at each NOTIFY, and at least this often
+CHANGES_CHANNEL = "hoop_approvals"
 FEED_TRIM_EVERY = 60.0
 PUBLISHED_KEPT = 10_000
 MAX_COMMENT = 2000
@@ -97,9 +100,23 @@ class ApprovalService:
                     await task
 
     async def _feed_loop(self, after: int) -> None:
-        """Push the changes other processes made to the store, as they appear in its feed."""
+        """Push the changes other processes made to the store, as they appear in its feed:
+        read every FEED_POLL, or, on PostgreSQL, when a change NOTIFYs (and every second)."""
+        listener = self._broker.store.listener(CHANGES_CHANNEL)
+        try:
+            await self._follow_feed(after, listener)
+        finally:
+            if listener is not None:
+                await listener.close()
+
+    async def _follow_feed(self, after: int, listener: Listener | None) -> None:
         while True:
-            await asyncio.sleep(FEED_POLL)
+            if listener is None:
+                await asyncio.sleep(FEED_POLL)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(listener.changed.wait(), FEED_FALLBACK)
+                listener.changed.clear()
             try:
                 changes = await self.store.changes_after(after)
                 for request_id in dict.fromkeys(request for _, request in changes):

@@ -109,7 +109,8 @@ BEGIN
 END;
 """
 
-# The same in PostgreSQL ([store] url): the triggers are PL/pgSQL functions.
+# The same in PostgreSQL ([store] url): the triggers are PL/pgSQL functions, and each change
+# is also a NOTIFY on hoop_approvals, which wakes every node's feed reader at once.
 _SCHEMA_PG = """
 CREATE TABLE IF NOT EXISTS approval_requests (
     id TEXT PRIMARY KEY,
@@ -174,12 +175,14 @@ BEGIN
         WHERE id = NEW.request AND state IN ('approved', 'denied') AND decided_at IS NULL;
     INSERT INTO approval_changes(request, at)
         VALUES (NEW.request, extract(epoch FROM clock_timestamp()));
+    PERFORM pg_notify('hoop_approvals', '');
     RETURN NULL;
 END $$;
 CREATE OR REPLACE FUNCTION approval_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO approval_changes(request, at)
         VALUES (NEW.id, extract(epoch FROM clock_timestamp()));
+    PERFORM pg_notify('hoop_approvals', '');
     RETURN NULL;
 END $$;
 DROP TRIGGER IF EXISTS approval_decided ON approval_decisions;

@@ -310,7 +310,10 @@ class AuditApi:
         if path is None and row["recording"] and self._broker.recording_objects is not None:
             # Recorded on another node (or this node's copy is gone): the bucket's copy.
             copy = await BucketCopy.fetch(
-                self._broker.recording_objects, row["id"], self._broker.data_dir
+                self._broker.recording_objects,
+                row["id"],
+                self._broker.data_dir,
+                live=row["state"] == "open",
             )
             path = copy.path if copy is not None else None
         if path is None:
@@ -457,8 +460,10 @@ class BucketCopy:
 
     @classmethod
     async def fetch(
-        cls, objects: RecordingObjects, session_id: str, data_dir: Path
+        cls, objects: RecordingObjects, session_id: str, data_dir: Path, *, live: bool
     ) -> BucketCopy | None:
+        """The copy; None when the bucket has nothing of it and the session has ended (a
+        LIVE session's first part may not have been shipped yet)."""
         cache = data_dir / "recordings-cache"
         cache.mkdir(mode=0o700, exist_ok=True)
         place = Path(tempfile.mkdtemp(dir=cache))
@@ -469,7 +474,7 @@ class BucketCopy:
         except BaseException:
             copy.discard()
             raise
-        if copy.path.stat().st_size == 0 and not copy._sealed:
+        if copy.path.stat().st_size == 0 and not copy._sealed and not live:
             copy.discard()
             return None
         return copy
