@@ -187,12 +187,13 @@ class RecordingObjects:
         self._put(self._parts_prefix(session_id) + f"{offset:016d}", data)
 
     def seal(self, session_id: str, recording: Path, signature: bytes) -> None:
-        """Store the ended session's whole recording and its signature; drop its parts."""
+        """Store the ended session's whole recording and its signature; drop its parts.
+        The signature goes first: a reader that finds the whole recording finds it too."""
+        self._put(self.key(session_id, ".sig"), signature)
         self._call(
             f"write {self.key(session_id)}",
             lambda: self._s3().upload_file(str(recording), self.bucket, self.key(session_id)),
         )
-        self._put(self.key(session_id, ".sig"), signature)
         self._delete([key for _offset, key, _size in self._parts(session_id)])
 
     def read(self, session_id: str, start: int = 0) -> StoredRecording | None:

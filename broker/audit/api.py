@@ -39,6 +39,7 @@ MAX_LIST_LIMIT = 10_000
 CHUNK = 192 * 1024  # recording bytes per pushed event (256 KiB once in base64)
 FOLLOW_POLL = 0.2  # seconds between looks at a live recording
 STATE_POLL = 1.0  # seconds between looks at a live session's state
+SEAL_WAIT = 10.0  # a session followed from the bucket: how long its sealed copy may take
 TIMELINE_EVENTS = (
     "command",
     "query",
@@ -350,6 +351,7 @@ class AuditApi:
             }
         )
         position = offset
+        seal_deadline = time.monotonic() + SEAL_WAIT
         with path.open("rb") as file:
             next_state_check = time.monotonic() + STATE_POLL
             while True:
@@ -369,7 +371,13 @@ class AuditApi:
                     position += len(data)
                     continue
                 if not live:
-                    break
+                    if copy is None or copy.sealed or time.monotonic() > seal_deadline:
+                        break
+                    # Ended on its node, which ships the rest with the sealed copy.
+                    await asyncio.sleep(FOLLOW_POLL)
+                    await copy.catch_up()
+                    continue
+                seal_deadline = time.monotonic() + SEAL_WAIT
                 await asyncio.sleep(FOLLOW_POLL)
                 if copy is not None:
                     await copy.catch_up()
@@ -478,6 +486,10 @@ class BucketCopy:
             copy.discard()
             return None
         return copy
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed
 
     async def catch_up(self) -> None:
         """Append what the bucket holds past the end of the local copy (unreadable: later)."""
