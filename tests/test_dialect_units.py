@@ -4,8 +4,9 @@ The core never names an SQL dialect: not in an identifier, an import, or a strin
 (docstrings and comments may explain). Only the dialect's own unit (broker/protocols/NAME.py
 or the package broker/protocols/NAME/),
 the registry (broker/protocols/__init__.py) and the config (broker/config.py and its embedded
-default, broker/defaults.py) do. A module that imports the sqlite3 driver is the broker's own
-embedded store, which may name SQLite's things (sqlite_master, SQLITE_BUSY)."""
+default, broker/defaults.py) do. A module that imports the sqlite3 driver is part of the
+broker's own store, which may name the two databases it runs on (SQLite's sqlite_master and
+SQLITE_BUSY; PostgreSQL for `[store] url`), never a target's dialect."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ REGISTRY_AND_CONFIG = {
     BROKER / "config.py",
     BROKER / "defaults.py",
 }
+
+# What the broker's own store runs on (broker/store.py, broker/database.py).
+STORE_DATABASES = {"sqlite", "postgres", "postgresql"}
 
 _CAMEL = re.compile(r"[A-Z]?[a-z]+\d*|[A-Z]+\d*(?![a-z])|\d+")
 
@@ -101,7 +105,7 @@ def misplaced(path: Path, source: str, names: dict[str, set[str]]) -> list[str]:
         for dialect, spellings in names.items():
             if dialect == own or not words & spellings:
                 continue
-            if store and words & spellings <= {"sqlite"}:
+            if store and words & spellings <= STORE_DATABASES:
                 continue
             found.append(f"{path.relative_to(REPO)}:{line}: {dialect} in {text[:60]!r}")
     return found
@@ -148,6 +152,8 @@ def test_the_check_lets_a_unit_name_itself_and_the_store_its_driver() -> None:
     assert misplaced(BROKER / "protocols" / "sqlite.py", own, names)
     store = "import sqlite3\n\ndef busy(e):\n    return e.sqlite_errorname == 'SQLITE_BUSY'\n"
     assert not misplaced(BROKER / "store.py", store, names)
-    assert misplaced(BROKER / "store.py", store + "MODE = 'postgres'\n", names)
+    # The store may name the databases it runs on, never a target's dialect.
+    assert not misplaced(BROKER / "store.py", store + "MODE = 'postgres'\n", names)
+    assert misplaced(BROKER / "store.py", store + "MODE = 'mariadb'\n", names)
     prose = '"""Reads PostgreSQL\'s catalog like MySQL does."""\n# sqlite too\nX = 1\n'
     assert not misplaced(BROKER / "masking_views.py", prose, names)
