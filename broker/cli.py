@@ -243,6 +243,7 @@ def prune(
             dry_run=dry_run,
             objects=open_recording_objects(loaded.recordings),
             store_url=loaded.store.conninfo(),
+            node=loaded.broker.node,
         )
     except BrokerError as exc:
         _fail(exc)
@@ -293,7 +294,12 @@ def revoke(
 
     try:
         loaded = _load(config, dev)
-        result = revoke_certificates(loaded.broker.data_dir, who, store_url=loaded.store.conninfo())
+        result = revoke_certificates(
+            loaded.broker.data_dir,
+            who,
+            store_url=loaded.store.conninfo(),
+            node=loaded.broker.node,
+        )
     except BrokerError as exc:
         _fail(exc)
         return
@@ -332,7 +338,9 @@ def rotate_ca(config: ConfigOption = None, dev: DevOption = False) -> None:
 
     try:
         loaded = _load(config, dev)
-        result = rotate(loaded.broker.data_dir, store_url=loaded.store.conninfo())
+        result = rotate(
+            loaded.broker.data_dir, store_url=loaded.store.conninfo(), node=loaded.broker.node
+        )
     except BrokerError as exc:
         _fail(exc)
         return

@@ -109,10 +109,12 @@ CREATE TABLE IF NOT EXISTS audit_events (
     event TEXT NOT NULL,
     seq BIGINT,
     prev_hash TEXT,
-    hash TEXT
+    hash TEXT,
+    node TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_events_type ON audit_events(type);
 CREATE UNIQUE INDEX IF NOT EXISTS audit_events_seq ON audit_events(seq);
+CREATE INDEX IF NOT EXISTS audit_events_node ON audit_events(node, seq);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     seq BIGINT PRIMARY KEY,
     hash TEXT NOT NULL,
@@ -244,6 +246,7 @@ def migrate_audit_chain(conn: SyncConnection, now: float | None = None) -> int:
     since = (repr(time.time() if now is None else now),)
     if dialect(conn) == "postgres":
         conn.executescript(_SCHEMA_PG)
+        conn.execute("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS node TEXT")
         conn.execute(
             "INSERT INTO audit_meta(key, value) VALUES ('chain_since', ?) ON CONFLICT DO NOTHING",
             since,
@@ -303,19 +306,29 @@ def chain_head(conn: SyncConnection) -> tuple[int, str]:
     return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
 
+def chain_node(conn: SyncConnection, node: str | None) -> str | None:
+    """The node an event appended by a command (revoke, prune) belongs to: in a store other
+    nodes share, NODE (`[broker] node`) or this host's name, so that its sinks send it."""
+    if dialect(conn) != "postgres":
+        return None
+    return node or socket.gethostname()
+
+
 def append_chained(
     conn: SyncConnection,
     record: dict[str, Any],
     floor: tuple[int, str] | None = None,
+    node: str | None = None,
 ) -> dict[str, Any]:
     """Append RECORD to the chain in one write transaction; return it with seq and hashes."""
-    return append_chained_batch(conn, [record], floor)[0]
+    return append_chained_batch(conn, [record], floor, node)[0]
 
 
 def append_chained_batch(
     conn: SyncConnection,
     records: Sequence[dict[str, Any]],
     floor: tuple[int, str] | None = None,
+    node: str | None = None,
 ) -> list[dict[str, Any]]:
     """Append RECORDS to the chain, in order, in one write transaction (one commit for all of
     them); return each with seq and hashes. All are stored or none.
@@ -326,6 +339,7 @@ def append_chained_batch(
     the chain goes on from FLOOR so that the gap stays visible to `hoop-broker verify`.
     """
     texts = [json.dumps(record, sort_keys=True) for record in records]  # before the lock
+    node_column, node_mark, node_value = (", node", ",?", (node,)) if node else ("", "", ())
     chained: list[dict[str, Any]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -344,8 +358,8 @@ def append_chained_batch(
             seq += 1
             digest = chain_hash(record, seq, prev)
             conn.execute(
-                "INSERT INTO audit_events(time, type, actor, session, target, event, seq, "
-                "prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO audit_events(time, type, actor, session, target, event, seq, "  # noqa: S608
+                f"prev_hash, hash{node_column}) VALUES (?,?,?,?,?,?,?,?,?{node_mark})",
                 (
                     record["time"],
                     record["type"],
@@ -356,6 +370,7 @@ def append_chained_batch(
                     seq,
                     prev,
                     digest,
+                    *node_value,
                 ),
             )
             chained.append({**record, "seq": seq, "prev_hash": prev, "hash": digest})
@@ -390,6 +405,9 @@ class _AuditWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="hoop-audit-writer")
         self._conn: SyncConnection | None = None
         self.floor: tuple[int, str] | None = None
+        # In a store several nodes share: the node whose events these are (its sinks send
+        # them, and only them).
+        self.node: str | None = None
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
         self._writing: asyncio.Task[None] | None = None
 
@@ -442,7 +460,7 @@ class _AuditWriter:
     def append_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self._conn is None:
             raise sqlite3.ProgrammingError("the audit writer is closed")
-        chained = append_chained_batch(self._conn, records, self.floor)
+        chained = append_chained_batch(self._conn, records, self.floor, self.node)
         self.floor = (chained[-1]["seq"], chained[-1]["hash"])
         return chained
 
@@ -545,6 +563,8 @@ class Store:
         store._writer = writer
         if node:
             store.node, store.owner = node, process_owner(node=node)
+        if store.shared:
+            writer.node = store.node
         return store
 
     def listener(self, channel: str) -> Listener | None:
@@ -817,9 +837,13 @@ class Store:
     async def audit_events_between(
         self, after: int, before: int | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        """Chained events with AFTER < seq < BEFORE, oldest first, at most LIMIT of them."""
+        """Chained events with AFTER < seq < BEFORE, oldest first, at most LIMIT of them; in
+        a store other nodes share, this node's only (each node's sinks send its own)."""
         sql = f"SELECT {_EVENT_COLUMNS} FROM audit_events WHERE seq > ?"  # noqa: S608
         params: list[Any] = [after]
+        if self.shared:
+            sql += " AND node = ?"
+            params.append(self.node)
         if before is not None:
             sql += " AND seq < ?"
             params.append(before)

@@ -992,6 +992,7 @@ def prune(
     dry_run: bool = False,
     objects: RecordingObjects | None = None,
     store_url: str | None = None,
+    node: str | None = None,
 ) -> PruneResult:
     """Delete recordings of sessions that ended, and audit events written, before now-OLDER_THAN.
 
@@ -1001,6 +1002,7 @@ def prune(
     """
     from broker.store import (
         append_chained,
+        chain_node,
         connect_sync,
         describe_location,
         migrate_audit_chain,
@@ -1139,7 +1141,7 @@ def prune(
             }
         )
         record = {k: v for k, v in record.items() if v is not None}
-        result.event = append_chained(conn, record)
+        result.event = append_chained(conn, record, node=chain_node(conn, node))
         write_head(data_dir, signer, result.event["seq"], result.event["hash"])
     finally:
         conn.close()

@@ -43,6 +43,7 @@ from broker.keys import UserCA, rotate_user_ca
 from broker.store import (
     SyncConnection,
     append_chained,
+    chain_node,
     connect_sync,
     describe_location,
     migrate_audit_chain,
@@ -441,10 +442,14 @@ def _open_store(data_dir: Path, url: str | None) -> SyncConnection:
 
 
 def _append_event(
-    conn: SyncConnection, data_dir: Path, signer: Signer, record: dict[str, Any]
+    conn: SyncConnection,
+    data_dir: Path,
+    signer: Signer,
+    record: dict[str, Any],
+    node: str | None = None,
 ) -> dict[str, Any]:
     record = {k: v for k, v in json_safe(record).items() if v is not None}
-    event = append_chained(conn, record)
+    event = append_chained(conn, record, node=chain_node(conn, node))
     write_head(data_dir, signer, event["seq"], event["hash"])
     return event
 
@@ -458,7 +463,12 @@ def _summary(records: Sequence[IssuedRecord]) -> dict[str, Any]:
 
 
 def revoke(
-    data_dir: Path, who: str, now: float | None = None, *, store_url: str | None = None
+    data_dir: Path,
+    who: str,
+    now: float | None = None,
+    *,
+    store_url: str | None = None,
+    node: str | None = None,
 ) -> Revocation:
     """Revoke USER's active certificates, or the one with serial WHO; an audit event records it."""
     now = time.time() if now is None else now
@@ -494,6 +504,7 @@ def revoke(
                     "details": {"by": result.by, "subject": result.subject}
                     | _summary(result.revoked),
                 },
+                node,
             )
         return result
     except sqlite3.Error as exc:
@@ -503,7 +514,11 @@ def revoke(
 
 
 def rotate_ca(
-    data_dir: Path, now: float | None = None, *, store_url: str | None = None
+    data_dir: Path,
+    now: float | None = None,
+    *,
+    store_url: str | None = None,
+    node: str | None = None,
 ) -> Rotation:
     """A new user CA; the old one retired, and every certificate it signed revoked."""
     now = time.time() if now is None else now
@@ -539,6 +554,7 @@ def rotate_ca(
                     "users": summary["users"],
                 },
             },
+            node,
         )
         return result
     except sqlite3.Error as exc:
