@@ -1,7 +1,8 @@
 """Scale benchmark: N concurrent terminal sessions, keystroke echo of a probe session among them.
 
     cd /work/main && .venv/bin/python -m bench.scale [--sessions 50,100,250,500]
-        [--workers N] [--gap 1.0] [--probe-rounds 100] [--max-seconds 600] [--no-direct]
+        [--workers N] [--nodes N] [--gap 1.0] [--probe-rounds 100] [--max-seconds 600]
+        [--no-direct]
 
 Starts a private OpenSSH sshd (tests.sshd_harness) and `hoop-broker serve --dev --workers N`
 (default: the number of cores) with an `ssh` target "web" on it, logs a user in with the real
@@ -16,6 +17,10 @@ sshd; broker: through the broker, as `hoopctl connect web`):
 4. reads the CPU time of the broker's processes (supervisor and workers, /proc/PID/stat)
    over the probing, and the keystrokes the typists made: broker CPU per keystroke round trip.
 
+With --nodes N (more than 1) there are N brokers, each with --workers, sharing a PostgreSQL
+store (a fresh database on the machine's PostgreSQL, dropped at the end) and the keys, and the
+sessions (the probe's too) are dealt out over them in turn; broker CPU is all nodes' together.
+
 Then the sessions close and the next N starts. Every wait has a time limit; all phases share
 --max-seconds (set-up not counted), and an N that runs out of time reports what it got. The
 machine running the typists is the broker's own: on a 2-core machine they compete for it.
@@ -28,6 +33,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -178,22 +184,76 @@ def report(points: list[Point], workers: int) -> str:
     return "\n".join(lines)
 
 
+SHARED_KEYS = ("host_key", "host_key.pub", "user_ca", "user_ca.pub", "audit_key", "audit_key.pub")
+ADMIN_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def start_nodes(workdir: Path, targets: str, args: argparse.Namespace) -> list[BrokerProcess]:
+    """One broker, or --nodes brokers sharing a PostgreSQL store (see the module docstring)."""
+    if args.nodes == 1:
+        return [start_terminal_broker(workdir, targets, workers=args.workers)]
+    import psycopg
+
+    with psycopg.connect(ADMIN_DB, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {args.database}")
+    store = f'\n[store]\nurl = "postgresql://postgres@127.0.0.1:5432/{args.database}"\n'
+    nodes: list[BrokerProcess] = []
+    for number in range(args.nodes):
+        name = f"node{number}"
+        if nodes:
+            data_dir = workdir / f"{name}-data"
+            data_dir.mkdir()
+            for key in SHARED_KEYS:
+                shutil.copy2(nodes[0].data_dir / key, data_dir / key)
+        nodes.append(
+            start_terminal_broker(
+                workdir, targets, name=name, workers=args.workers, extra=store, node=name
+            )
+        )
+    return nodes
+
+
+def drop_database(args: argparse.Namespace) -> None:
+    if args.nodes > 1:
+        import psycopg
+
+        with psycopg.connect(ADMIN_DB, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {args.database} WITH (FORCE)")
+
+
+def dealt(openers: list[Callable[[], Awaitable[Shell]]]) -> Callable[[], Awaitable[Shell]]:
+    """An opener that opens on each of OPENERS in turn."""
+    turn = 0
+
+    def open_next() -> Awaitable[Shell]:
+        nonlocal turn
+        turn += 1
+        return openers[turn % len(openers)]()
+
+    return open_next
+
+
 async def bench(args: argparse.Namespace, workdir: Path) -> list[Point]:
     home = workdir / "user"
     isolate(home)  # this process and the `hoopctl login` subprocess share one user
     sshd = start_sshd(workdir / "sshd")
-    broker: BrokerProcess | None = None
+    nodes: list[BrokerProcess] = []
     try:
-        broker = start_terminal_broker(workdir, web_target(sshd), workers=args.workers)
-        login = User(home).login(broker)
-        if login.returncode != 0:
-            raise SystemExit(f"bench: hoopctl login failed:\n{login.stderr}")
-        open_direct, open_broker = await shell_openers(sshd, broker)
+        nodes = start_nodes(workdir, web_target(sshd), args)
+        openers = []
+        for node in nodes:
+            login = User(home).login(node)
+            if login.returncode != 0:
+                raise SystemExit(f"bench: hoopctl login failed:\n{login.stderr}")
+            open_direct, open_node = await shell_openers(sshd, node)
+            openers.append(open_node)
+        open_broker = dealt(openers)
+        pids = [pid for node in nodes for pid in broker_pids(node)]
 
         deadline = time.monotonic() + args.max_seconds
         points = []
         for sessions in args.sessions:
-            paths = (("direct", open_direct, []), ("broker", open_broker, broker_pids(broker)))
+            paths = (("direct", open_direct, []), ("broker", open_broker, pids))
             for path, opener, pids in paths:
                 if path == "direct" and not args.direct:
                     continue
@@ -202,9 +262,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> list[Point]:
                 print(report([point], args.workers).splitlines()[-1], flush=True)
         return points
     finally:
-        if broker is not None:
-            broker.stop()
+        for node in nodes:
+            node.stop()
         sshd.stop()
+        drop_database(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="broker workers (default cores)"
     )
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="brokers sharing a PostgreSQL store (default 1)"
+    )
     parser.add_argument("--gap", type=float, default=1.0, help="typists' rest between keys (s)")
     parser.add_argument("--probe-rounds", type=int, default=100, help="probe echoes per point")
     parser.add_argument("--max-seconds", type=float, default=600, help="time budget in all")
@@ -227,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-direct", dest="direct", action="store_false", help="skip the direct-to-sshd path"
     )
     args = parser.parse_args(argv)
+    if args.nodes < 1 or args.workers < 1:
+        parser.error("--nodes and --workers must be at least 1")
+    args.database = f"hoop_bench_scale_{os.getpid()}"
     if not sshd_available():
         parser.error("no OpenSSH sshd on this machine (make system-deps installs it)")
     try:
@@ -236,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"hoopctl scale benchmark: {platform.python_implementation()} "
         f"{platform.python_version()}, {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; broker workers: {args.workers}; typists rest {args.gap} s",
+        f"{os.cpu_count()} CPUs; {args.nodes} node(s) x {args.workers} workers; "
+        f"typists rest {args.gap} s",
         flush=True,
     )
     # A broker still ending hundreds of sessions may write as the directory goes.

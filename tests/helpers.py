@@ -275,6 +275,40 @@ class BrokerProcess:
         assert response.status_code == 200, response.text
 
 
+STORE_ENV = "HOOP_TEST_STORE"
+"""`postgres`: every broker a test starts keeps its state in a fresh PostgreSQL database of
+the machine's (`make test-postgres` runs the store-neutral modules that way)."""
+_ADMIN_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
+_made_databases: list[str] = []
+
+
+def _drop_made_databases() -> None:
+    import psycopg
+
+    with psycopg.connect(_ADMIN_DB, autocommit=True) as conn:
+        for name in _made_databases:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def with_test_store(config_text: str) -> str:
+    """CONFIG_TEXT, on a fresh PostgreSQL database when HOOP_TEST_STORE=postgres (and the
+    config names no store of its own)."""
+    if os.environ.get(STORE_ENV) != "postgres" or "[store]" in config_text:
+        return config_text
+    import atexit
+    import secrets
+
+    import psycopg
+
+    name = f"hoop_test_{secrets.token_hex(5)}"
+    with psycopg.connect(_ADMIN_DB, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    if not _made_databases:
+        atexit.register(_drop_made_databases)
+    _made_databases.append(name)
+    return config_text + f'\n[store]\nurl = "postgresql://postgres@127.0.0.1:5432/{name}"\n'
+
+
 def start_broker(
     tmp_path: Path,
     config_text: str,
@@ -286,6 +320,7 @@ def start_broker(
     workers: int = 1,
 ) -> BrokerProcess:
     config_path = tmp_path / f"{name}.toml"
+    config_text = with_test_store(config_text)
     config_path.write_text(config_text)
     data_dir = Path(re.search(r'data_dir = "([^"]+)"', config_text).group(1))  # type: ignore[union-attr]
     return BrokerProcess(

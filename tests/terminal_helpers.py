@@ -52,14 +52,23 @@ policy = "shell"
 
 
 def start_terminal_broker(
-    tmp_path: Path, targets: str, *, name: str = "broker", workers: int = 1
+    tmp_path: Path,
+    targets: str,
+    *,
+    name: str = "broker",
+    workers: int = 1,
+    extra: str = "",
+    node: str | None = None,
 ) -> BrokerProcess:
+    """EXTRA: more config (a [store] section, say), after the targets; NODE: [broker] node."""
     config = dev_config(
         tmp_path / f"{name}-data",
         port=free_port(),
         dev_port=free_port(),
-        targets=targets + SHELL_POLICY,
+        targets=targets + SHELL_POLICY + extra,
     )
+    if node is not None:
+        config = config.replace("[broker]\n", f'[broker]\nnode = "{node}"\n', 1)
     return start_broker(tmp_path, config, name=name, workers=workers)
 
 
