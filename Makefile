@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 # brokers and databases are set up once; the slowest tests are listed at the end.
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
-.PHONY: install system-deps idp clients test lint format demo bench completions clean
+.PHONY: install system-deps idp clients test test-postgres lint format demo bench completions clean
 
 install: $(VENV)/.installed
 
@@ -34,9 +34,21 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# These modules run a second time with every broker on a fresh PostgreSQL database of the
+# machine's ([store] url): the store-neutral flows (approvals, sessions, replay, incident
+# response, logins, budgets, faults) on the multi-node store too.
+POSTGRES_STORE_TESTS ?= tests/test_approvals_sql.py tests/test_approve_queue.py \
+	tests/test_sessions_cli.py tests/test_replay_cli.py tests/test_incident_response.py \
+	tests/test_sql_shell_approvals.py tests/test_login_dev.py tests/test_budgets.py \
+	tests/test_agent_login.py tests/test_session_faults.py
+
 test: install system-deps idp clients
-	@start=$$(date +%s); $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
-	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
+	@start=$$(date +%s); $(PY) -m pytest $(PYTEST_ARGS) \
+	&& HOOP_TEST_STORE=postgres $(PY) -m pytest -n 2 --dist loadfile $(POSTGRES_STORE_TESTS); \
+	status=$$?; echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
+
+test-postgres: install system-deps idp clients
+	HOOP_TEST_STORE=postgres $(PY) -m pytest -n 2 --dist loadfile $(POSTGRES_STORE_TESTS)
 
 lint: install
 	$(VENV)/bin/ruff check .
