@@ -138,6 +138,9 @@ class Recorder:
         self._out_decoder = _new_decoder()
         self._in_decoder = _new_decoder()
         self._in_pending_redacted = False
+        # Told each event as it is recorded (time, code, data): the session's search index
+        # is built from them while the session runs (broker.audit.index.RecordingTap).
+        self.tap: Callable[[float, str, str], None] | None = None
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -318,6 +321,8 @@ class Recorder:
         self._append(
             f"[{elapsed:.6f}, {json.dumps(code)}, {json.dumps(data, ensure_ascii=False)}]\n"
         )
+        if self.tap is not None:
+            self.tap(round(elapsed, 6), code, data)
         if flush and (
             now - self._last_flush >= self.flush_interval or self._pending_size >= MAX_PENDING
         ):

@@ -322,3 +322,56 @@ def test_bulk_output_is_indexed_up_to_the_cap_and_its_command_still_found(world:
     assert not [m for m in search(alice, "bulk-tail-last") if m["kind"] == "output"]
     commands = [m for m in search(alice, "bulk-tail") if m["kind"] == "command"]
     assert len(commands) == 1 and "seq -f" in commands[0]["line"]
+
+
+def test_the_text_gathered_while_recording_is_what_reading_the_recording_gives(
+    tmp_path: Path,
+) -> None:
+    """The index gathers a session's lines as they are recorded (RecordingTap); reading the
+    recording afterwards, as after a crash, gives the same lines, times and marks."""
+    from broker.audit.index import RecordingTap, read_recording_text
+    from broker.recording import Recorder, RecordingHeader
+
+    ticks = iter(float(n) / 10 for n in range(1000))
+    recorder = Recorder(
+        tmp_path / "s.cast",
+        RecordingHeader("20261206-0123456789ab", "alice", "box", 80, 24, time.time()),
+        clock=lambda: next(ticks),
+    )
+    tap = recorder.tap = RecordingTap()
+    recorder.output(b"\x1b]133;A\x07$ ec")
+    recorder.output(b"ho caf\xc3")  # a character split across two chunks
+    recorder.output(b"\xa9\x1b[")  # and an escape sequence
+    recorder.output(b"1mdone\x1b[0m\r\n10%\r100%\x1b[K\r\n")
+    recorder.mark("command: echo café")
+    recorder.output(b"second line\r\n")
+    recorder.close()
+    gathered = tap.text()
+    assert [line for _, line in gathered.lines] == ["$ echo cafédone", "100%", "second line"]
+    assert gathered == read_recording_text(tmp_path / "s.cast")
+
+
+async def test_the_index_takes_the_gathered_text_and_reads_no_recording(tmp_path: Path) -> None:
+    from broker.audit.index import RecordingText, index_for
+    from broker.store import Store
+
+    store = await Store.open(tmp_path)
+    try:
+        session = "20261206-00000000beef"
+        await store.create_session(
+            session_id=session,
+            user="alice",
+            target="box",
+            kind="exec",
+            started_at=time.time(),
+            recording=str(tmp_path / "gone.cast"),  # never written: it must not be read
+            reason=None,
+            command="echo gathered-word",
+        )
+        await store.end_session(session, state="closed", ended_at=time.time(), exit_status=0)
+        index = index_for(store)
+        index.gathered(session, RecordingText(lines=[(0.5, "gathered-word here")], marks=[]))
+        found = await index.search("gathered-word")
+        assert [(m.session, m.line) for m in found] == [(session, "gathered-word here")]
+    finally:
+        await store.close()

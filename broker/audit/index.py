@@ -236,47 +236,72 @@ class RecordingText:
     note: str | None = None
 
 
+class RecordingTap:
+    """A session's output lines and marks, gathered as its recording is written (set as the
+    Recorder's tap), so that the index never reads the recording again after the session.
+    The same caps as reading a recording: MAX_INDEXED_OUTPUT characters of output are turned
+    into lines, marks are all kept."""
+
+    def __init__(self) -> None:
+        self._builder = LineBuilder()
+        self._marks: list[tuple[float, str]] = []
+        self._output_left = MAX_INDEXED_OUTPUT
+        self.note: str | None = None
+
+    def __call__(self, at: float, code: str, data: str) -> None:
+        if code == "o" and self._output_left > 0:
+            self._builder.feed(at, data[: self._output_left])
+            self._output_left -= len(data)
+            if self._output_left <= 0:
+                self.note = f"only the first {MAX_INDEXED_OUTPUT >> 20} MiB of output are indexed"
+        elif code == "m":
+            self._marks.append((at, data))
+
+    @property
+    def wants_output(self) -> bool:
+        return self._output_left > 0
+
+    def text(self) -> RecordingText:
+        lines = self._builder.close()
+        note = self.note
+        if self._builder.truncated:
+            note = f"only the first {MAX_OUTPUT_LINES} distinct output lines are indexed"
+        return RecordingText(lines=lines, marks=self._marks, note=note)
+
+
 def read_recording_text(path: Path) -> RecordingText:
-    """Output lines and marks of a recording; a damaged recording gives what precedes the damage."""
-    builder = LineBuilder()
-    marks: list[tuple[float, str]] = []
-    note: str | None = None
-    output_left = MAX_INDEXED_OUTPUT
+    """Output lines and marks of a recording; a damaged recording gives what precedes the damage.
+    For a session whose lines were not gathered while it ran (RecordingTap): one a broker
+    crash cut off, or one another process ended."""
+    tap = RecordingTap()
+    damage: str | None = None
     try:
         with path.open("rb") as file:
             for lineno, raw in enumerate(file, 1):
-                if output_left <= 0 and b'"m"' not in raw:
+                if not tap.wants_output and b'"m"' not in raw:
                     continue  # past the output cap only marks are read (cheaply, as read_marks)
                 try:
                     value = json.loads(raw)
                 except ValueError:
                     if raw.endswith(b"\n") or lineno == 1:
-                        note = f"recording damaged at line {lineno}; indexed up to it"
+                        damage = f"recording damaged at line {lineno}; indexed up to it"
                     break
                 if lineno == 1:
                     continue
                 if not (isinstance(value, list) and len(value) == 3):
-                    note = f"recording damaged at line {lineno}; indexed up to it"
+                    damage = f"recording damaged at line {lineno}; indexed up to it"
                     break
                 at, code, data = value
                 if not isinstance(at, int | float) or not isinstance(data, str):
-                    note = f"recording damaged at line {lineno}; indexed up to it"
+                    damage = f"recording damaged at line {lineno}; indexed up to it"
                     break
-                if code == "o" and output_left > 0:
-                    builder.feed(float(at), data[:output_left])
-                    output_left -= len(data)
-                    if output_left <= 0:
-                        note = (
-                            f"only the first {MAX_INDEXED_OUTPUT >> 20} MiB of output are indexed"
-                        )
-                elif code == "m":
-                    marks.append((float(at), data))
+                tap(float(at), code, data)
     except OSError as exc:
-        note = f"recording unreadable: {exc.strerror or exc}"
-    lines = builder.close()
-    if builder.truncated:
-        note = f"only the first {MAX_OUTPUT_LINES} distinct output lines are indexed"
-    return RecordingText(lines=lines, marks=marks, note=note)
+        damage = f"recording unreadable: {exc.strerror or exc}"
+    text = tap.text()
+    if damage is not None and text.note is None:
+        text.note = damage
+    return text
 
 
 def read_marks(path: Path) -> list[tuple[float, str]]:
@@ -381,6 +406,8 @@ class SessionIndex:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()
+        # Sessions' text gathered while they ran (RecordingTap), until they are indexed.
+        self._gathered: dict[str, RecordingText] = {}
         self._ready = False
         self._purged = False
 
@@ -477,7 +504,10 @@ class SessionIndex:
     async def _index_one(
         self, session_id: str, user: str, target: str, started_at: float, recording: str | None
     ) -> None:
-        if recording:
+        gathered = self._gathered.pop(session_id, None)
+        if gathered is not None:
+            text = gathered
+        elif recording:
             text = await asyncio.to_thread(read_recording_text, Path(recording))
         else:
             text = RecordingText(lines=[], marks=[], note="no recording")
@@ -516,6 +546,11 @@ class SessionIndex:
                 "UPDATE session_index SET complete = 1, lines = ? WHERE no = ?", (len(rows), number)
             )
             await self._db.commit()
+
+    def gathered(self, session_id: str, text: RecordingText) -> None:
+        """TEXT was gathered while session SESSION_ID ran: the index takes it from here
+        instead of reading the recording again."""
+        self._gathered[session_id] = text
 
     async def search(
         self, text: str, *, user: str | None = None, limit: int = 50

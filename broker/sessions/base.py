@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncssh
 
 from broker.audit.events import AuditEvent
-from broker.audit.index import schedule_indexing
+from broker.audit.index import RecordingTap, index_for, schedule_indexing
 from broker.audit.integrity import seal_recording
 from broker.config import Policy, Target
 from broker.policy.decision import Decision
@@ -120,6 +120,7 @@ class SessionBase:
         self._reason = request.reason
         self.session_id = new_session_id()
         self._recorder: Recorder | None = None
+        self._search_text: RecordingTap | None = None
         # The access grant this session runs under (targets with access = "request").
         self.grant: ApprovalRecord | None = None
         self._grant_task: asyncio.Future[None] | None = None
@@ -651,6 +652,8 @@ class SessionBase:
             ),
             strict=self._target.recording == "strict",
         )
+        # The session's search text is gathered as it is recorded, not read back after it.
+        self._recorder.tap = self._search_text = RecordingTap()
         return self._recorder
 
     async def _begin(
@@ -756,4 +759,6 @@ class SessionBase:
             reason=reason,
             details=details,
         )
+        if self._search_text is not None:
+            index_for(self._broker.store).gathered(self.session_id, self._search_text.text())
         schedule_indexing(self._broker.store)
