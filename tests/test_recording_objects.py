@@ -267,3 +267,29 @@ def test_reading_a_live_recording_from_its_parts(
     later = store.read(sid, 6)
     assert later is not None and later.data == b"o\nthree\n"
     assert store.read("20261206-ffffffffffff") is None
+
+
+def test_prune_deletes_the_bucket_copies_of_the_sessions_it_prunes(
+    tmp_path: Path, s3_endpoint: str, bucket: object, alice: User
+) -> None:
+    broker = start(tmp_path, s3_endpoint)
+    try:
+        assert alice.login(broker).returncode == 0
+        assert alice.run("exec", "dev-shell", "--", "echo", "old").returncode == 0
+        sid = only_session(broker)
+        local = broker.data_dir / "recordings" / f"{sid}.cast"
+        wait_for(lambda: local.with_name(local.name + ".stored").exists(), "the sealed copy")
+        assert f"{PREFIX}{sid}.cast" in objects(bucket)
+        time.sleep(1.5)
+        pruned = subprocess.run(
+            [HOOP_BROKER, "prune", "--older-than", "1s", "--config", str(broker.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **KEYS},
+        )
+        assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+        assert not [key for key in objects(bucket) if sid in key]
+        assert not local.exists()
+    finally:
+        broker.stop()

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import boto3
 import psycopg
 import pytest
@@ -458,3 +459,27 @@ def test_a_store_that_cannot_be_reached_stops_the_broker_with_one_line(tmp_path:
     assert result.returncode != 0
     assert f"cannot open store postgresql://hoop@127.0.0.1:{dead}/hoop" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_revocation_on_one_node_holds_on_every_node(
+    nodes: dict[str, BrokerProcess], root: Path
+) -> None:
+    """`hoop-broker revoke` run on node B's machine: the certificate node A issued is refused
+    by node A from the next connection on (the registry is the shared store's)."""
+    carol = Person.login(nodes["a"], root / "homes-revoke", "carol")
+    on_b = Person(carol.name, carol.user, nodes["b"], carol.key, carol.cert)
+    assert (await carol.call("whoami"))["user"] == "carol"
+    assert (await on_b.call("whoami"))["user"] == "carol"  # node A's certificate, on node B
+    revoked = subprocess.run(
+        [HOOP_BROKER, "revoke", "carol", "--config", str(nodes["b"].config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **KEYS},
+    )
+    assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+    assert "revoked 1 certificate of carol" in revoked.stdout
+    for node in ("a", "b"):
+        refused = Person(carol.name, carol.user, nodes[node], carol.key, carol.cert)
+        with pytest.raises(asyncssh.PermissionDenied):
+            await refused.call("whoami")
