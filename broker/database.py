@@ -211,8 +211,18 @@ class PgConnection:
         return await cursor.fetchall()
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        for row in rows:
-            await self._execute(sql, row)
+        """SQL once per row, in one round of pipelined statements (psycopg's executemany)."""
+        with _as_sqlite_errors():
+            async with self._lock:
+                if not self._in_transaction and _WRITES.match(sql):
+                    await self._conn.execute("BEGIN")
+                    self._in_transaction = True
+                try:
+                    async with self._conn.cursor() as cursor:
+                        await cursor.executemany(to_format(sql), [tuple(row) for row in rows])
+                except psycopg.Error:
+                    await self._abort()
+                    raise
 
     async def executescript(self, script: str) -> None:
         with _as_sqlite_errors():

@@ -483,3 +483,43 @@ async def test_a_revocation_on_one_node_holds_on_every_node(
         refused = Person(carol.name, carol.user, nodes[node], carol.key, carol.cert)
         with pytest.raises(asyncssh.PermissionDenied):
             await refused.call("whoami")
+
+
+async def test_the_index_on_postgres_takes_a_large_session_and_finds_its_last_line(
+    tmp_path: Path, store_url: str
+) -> None:
+    from broker.audit.index import RecordingText, index_for
+    from broker.store import Store
+
+    store = await Store.open(tmp_path, url=store_url, node="indexer")
+    try:
+        session = "20261206-00000000cafe"
+        await store.create_session(
+            session_id=session,
+            user="erin",
+            target="box",
+            kind="exec",
+            started_at=time.time(),
+            recording=None,
+            reason=None,
+            command="seq",
+        )
+        await store.end_session(session, state="closed", ended_at=time.time(), exit_status=0)
+        lines = [(n / 100, f"row {n} of the export") for n in range(20_000)]
+        lines.append((200.0, "the very-last line"))
+        index = index_for(store)
+        index.gathered(session, RecordingText(lines=lines, marks=[]))
+        found = await index.search("very-last", user="erin")
+        assert [(m.line, m.offset) for m in found] == [("the very-last line", 200.0)]
+        found = await index.search("row 19999 of", user="erin")
+        assert [m.line for m in found] == ["row 19999 of the export"]
+        assert await index.search("very-last", user="someone-else") == []
+        (count,) = store_rows(
+            store_url,
+            "SELECT count(*) FROM session_lines l JOIN session_index s ON s.no = l.session_no "
+            "WHERE s.session = %s",
+            session,
+        )[0]
+        assert count == len(lines)
+    finally:
+        await store.close()
