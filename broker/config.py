@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import os
 import pwd
@@ -28,6 +29,7 @@ from broker.audit.config import AuditSection
 from broker.durations import parse_duration
 from broker.errors import ConfigError
 from broker.masking.config import MaskingConfig
+from broker.windows import Window
 
 
 def _duration(value: Any) -> int:
@@ -176,6 +178,27 @@ Action = Literal["allow", "deny", "review"]
 SqlEffect = Literal["destroys", "writes", "reads", "session", "code"]
 
 
+class ChangeWindow(_Strict):
+    """`when` on a rule: it applies only inside these hours (or, with outside, only outside)."""
+
+    hours: str
+    tz: str = "UTC"
+    outside: bool = False
+
+    @model_validator(mode="after")
+    def _parses(self) -> ChangeWindow:
+        window_of(self.hours, self.tz)  # ValueError names what is wrong
+        return self
+
+    def applies(self, now: float) -> bool:
+        return window_of(self.hours, self.tz).contains(now) != self.outside
+
+
+@functools.lru_cache(maxsize=256)
+def window_of(hours: str, tz: str) -> Window:
+    return Window.parse(hours, tz)
+
+
 class Rule(_Strict):
     name: str | None = None
     action: Action
@@ -191,6 +214,8 @@ class Rule(_Strict):
     regex: Regex = None
     # Whom the rule is for: people or agents (see [oidc] agent settings); both when unset.
     actor_kind: Literal["person", "agent"] | None = None
+    # When the rule is in force: inside (or outside) a change window; always when unset.
+    when: ChangeWindow | None = None
     approvers: list[str] = Field(default_factory=list)
     approvals: int = Field(default=1, ge=1)
     timeout: Duration = Field(default=900, gt=0)
@@ -209,6 +234,15 @@ class Policy(_Strict):
     def for_actor(self, kind: str) -> Policy:
         """The policy as it applies to an actor of KIND: rules for the other kind left out."""
         kept = [rule for rule in self.rules if rule.actor_kind in (None, kind)]
+        if len(kept) == len(self.rules):
+            return self
+        return self.model_copy(update={"rules": kept})
+
+    def at(self, now: float) -> Policy:
+        """The policy in force at NOW: rules whose change window excludes NOW left out."""
+        if not any(rule.when is not None for rule in self.rules):
+            return self
+        kept = [rule for rule in self.rules if rule.when is None or rule.when.applies(now)]
         if len(kept) == len(self.rules):
             return self
         return self.model_copy(update={"rules": kept})

@@ -114,7 +114,7 @@ class SessionBase:
         # out, and the actor's budget's statement timeout where it is the shorter.
         for_actor = getattr(target, "for_actor", None)
         self._target = for_actor(ctx.kind) if for_actor is not None else target
-        self._policy = policy.for_actor(ctx.kind)
+        self._actor_policy = policy.for_actor(ctx.kind)
         self._gate = gate
         self._request = request
         self._reason = request.reason
@@ -168,6 +168,12 @@ class SessionBase:
             reason=note or decision.reason,
             details=details,
         )
+
+    @property
+    def _policy(self) -> Policy:
+        """The policy in force now: for this kind of actor, and inside or outside the change
+        windows its rules name (judged at each decision, so a long session crosses them)."""
+        return self._actor_policy.at(time.time())
 
     async def _hold(
         self,
