@@ -268,6 +268,8 @@ class _TargetBase(_Strict):
     access_approvers: list[str] = Field(default_factory=list)
     access_approvals: int = Field(default=1, ge=1)
     access_max: Duration = Field(default=8 * 3600, gt=0)
+    # An interactive session on the target is closed after this long (warned a minute before).
+    session_max: Duration | None = Field(default=None, gt=0)
 
     def credential_ref(self) -> str | None:
         return getattr(self, "credential", None)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from broker.config import ChangeWindow, Policy, Rule
@@ -184,3 +186,36 @@ def test_a_bad_window_is_a_config_error_with_its_key_path(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert "unknown time zone 'Mars/Olympus'" in result.stdout + result.stderr
+
+
+# -- session_max -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("guard", ["screen", "strict"])
+def test_a_session_is_warned_then_closed_at_the_targets_session_max(
+    tmp_path: Path, alice: User, guard: str
+) -> None:
+    from tests.terminal_helpers import local_target, start_terminal_broker
+
+    broker = start_terminal_broker(
+        tmp_path, local_target("short", extra='session_max = "4s"', guard=guard)
+    )
+    try:
+        assert alice.login(broker).returncode == 0
+        started = time.monotonic()
+        child = alice.spawn("connect", "short", timeout=20)
+        # Warned at once (the limit is under a minute), around the first prompt; then closed.
+        child.expect("reaches the 4s limit")
+        child.expect("it is closed")
+        child.expect(pexpect.EOF)
+        assert time.monotonic() - started < 15
+        child.close()
+        assert child.exitstatus != 0
+        events = broker.audit_events("session.limit")
+        assert len(events) == 1 and events[0]["details"]["session_max"] == 4
+        (end,) = [
+            e for e in broker.audit_events("session.end") if e["session"] == events[0]["session"]
+        ]
+        assert end["outcome"] == "failure"
+    finally:
+        broker.stop()

@@ -17,6 +17,7 @@ from broker.audit.events import AuditEvent
 from broker.audit.index import RecordingTap, index_for, schedule_indexing
 from broker.audit.integrity import seal_recording
 from broker.config import Policy, Target
+from broker.durations import format_duration
 from broker.policy.decision import Decision
 from broker.recording import Recorder, RecordingError, RecordingHeader
 from broker.session_context import ConnectionContext
@@ -124,6 +125,7 @@ class SessionBase:
         # The access grant this session runs under (targets with access = "request").
         self.grant: ApprovalRecord | None = None
         self._grant_task: asyncio.Future[None] | None = None
+        self._limit_task: asyncio.Future[None] | None = None
 
     async def run(self) -> int:
         raise NotImplementedError
@@ -687,9 +689,37 @@ class SessionBase:
         if self.grant is not None:
             details = {**details, "grant": self.grant.id}
         await self._audit("session.start", details={"reason": self._reason, **details})
+        if on_grant_end is None:
+            return
+        warn = on_grant_warning or (lambda _text: None)
         if self.grant is not None:
-            if on_grant_end is not None:
-                self._watch_grant(warn=on_grant_warning or (lambda _text: None), end=on_grant_end)
+            self._watch_grant(warn=warn, end=on_grant_end)
+        session_max = getattr(self._target, "session_max", None)
+        if session_max:
+            self._limit_task = asyncio.ensure_future(
+                self._session_limit(started + session_max, session_max, warn, on_grant_end)
+            )
+
+    async def _session_limit(
+        self, deadline: float, limit: int, warn: Callable[[str], None], end: Callable[[str], None]
+    ) -> None:
+        """The target's session_max: warn a minute before the session reaches it, end it then."""
+        name = self._target.name
+        await asyncio.sleep(max(0.0, deadline - GRANT_WARNING - time.time()))
+        left = deadline - time.time()
+        if left > 0:
+            warn(
+                f"this session reaches the {format_duration(limit)} limit of sessions on {name} in "
+                f"{_clock(left)}; it will be closed then"
+            )
+            await asyncio.sleep(left)
+        await self._audit(
+            "session.limit",
+            outcome="failure",
+            reason=f"the session reached the {format_duration(limit)} limit of sessions on {name}",
+            details={"session_max": limit},
+        )
+        end(f"this session reached the {format_duration(limit)} limit of sessions on {name}; it is closed")
 
     async def _start(
         self,
@@ -742,6 +772,10 @@ class SessionBase:
         if getattr(self._broker, "stopping", False) and state == "closed":
             # Ended by the broker's shutdown (its channel closed under it), not by the user.
             state, reason = "interrupted", reason or "the broker stopped during the session"
+        if self._limit_task is not None:
+            self._limit_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._limit_task
         if self._grant_task is not None:
             self._grant_task.cancel()
             with contextlib.suppress(BaseException):
