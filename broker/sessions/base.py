@@ -719,7 +719,8 @@ class SessionBase:
             reason=f"the session reached the {format_duration(limit)} limit of sessions on {name}",
             details={"session_max": limit},
         )
-        end(f"this session reached the {format_duration(limit)} limit of sessions on {name}; it is closed")
+        limit_text = format_duration(limit)
+        end(f"this session reached the {limit_text} limit of sessions on {name}; it is closed")
 
     async def _start(
         self,
