@@ -132,11 +132,13 @@ def test_strict_recording_that_cannot_be_created_refuses_the_session(
 
 @pytest.fixture
 def small_disk_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """A broker that may write files of at most 400 kB (RLIMIT_FSIZE): real EFBIG write errors."""
+    """A broker that may write files of at most 1 MB (RLIMIT_FSIZE): real EFBIG write errors.
+    The limit holds for the store too (its write-ahead log grows with every commit until a
+    checkpoint), so it leaves the store room for a login and a few sessions under load."""
     targets = local_target() + local_target("best-effort", extra='recording = "best-effort"')
     process = start_terminal_broker(tmp_path, targets, name="small")
     process.stop()
-    process.start(file_size_limit=400_000)
+    process.start(file_size_limit=1_000_000)
     yield process
     process.stop()
 
@@ -147,7 +149,7 @@ def test_strict_recording_failure_mid_session_ends_the_session(
     assert alice.login(small_disk_broker).returncode == 0
     child = open_shell(alice)
     child.maxread = 65536  # read the burst in big chunks
-    child.send("seq 1 200000\r")  # about 1.3 MB: more than the recording may hold
+    child.send("seq 1 400000\r")  # about 2.7 MB: more than the recording may hold
     # The whole stream is searched: the notice comes on stderr, so output already on its way
     # may still follow it (pexpect's search window only sees the tail of each big read).
     child.expect("the session recording cannot be written; this session is ended", timeout=60)
@@ -170,8 +172,8 @@ def test_best_effort_recording_failure_warns_and_goes_on(
     assert alice.login(small_disk_broker).returncode == 0
     child = open_shell(alice, "best-effort")
     child.maxread = 65536
-    child.send("seq 1 200000\r")
-    child.expect("\r\n200000\r\n", timeout=60, searchwindowsize=4096)
+    child.send("seq 1 400000\r")
+    child.expect("\r\n400000\r\n", timeout=60, searchwindowsize=4096)
     child.expect(PROMPT, timeout=60)
     child.expect("recording stopped", timeout=10)  # the warning comes with the next flush
     child.send("echo still-alive\r")
