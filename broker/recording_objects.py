@@ -174,6 +174,22 @@ class RecordingObjects:
                 parts.append((int(name), key, size))
         return sorted(parts)
 
+    def sealed(self, session_id: str) -> bool:
+        """Whether the bucket holds the session's sealed recording (another node sealed it
+        after this one stopped answering, say)."""
+        from botocore.exceptions import ClientError
+
+        def call() -> bool:
+            try:
+                self._s3().head_object(Bucket=self.bucket, Key=self.key(session_id))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                    return False
+                raise
+            return True
+
+        return self._call(f"look for {self.key(session_id)}", call)
+
     def shipped_size(self, session_id: str) -> int:
         """How many bytes of the session's recording its parts hold, from the start, unbroken."""
         end = 0
@@ -308,8 +324,14 @@ class RecordingShipper:
             self._shipped.pop(session_id, None)
             return
         offset = self._shipped.get(session_id)
-        if offset is None:  # first seen since this process started: resume after its parts
-            offset = self.objects.shipped_size(session_id)
+        if offset is None:  # first seen since this process started
+            if self.objects.sealed(session_id):
+                # Sealed by another node, which took the session over while this one was
+                # down: the bucket's copy is the session's; this one is not shipped again.
+                path.with_name(path.name + STORED_SUFFIX).touch(mode=0o600)
+                self._done.add(session_id)
+                return
+            offset = self.objects.shipped_size(session_id)  # resume after its parts
         with path.open("rb") as file:
             while True:
                 file.seek(offset)

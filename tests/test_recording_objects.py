@@ -293,3 +293,38 @@ def test_prune_deletes_the_bucket_copies_of_the_sessions_it_prunes(
         assert not local.exists()
     finally:
         broker.stop()
+
+
+def test_a_recording_another_node_sealed_is_not_shipped_again(
+    tmp_path: Path, s3_endpoint: str, bucket: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that comes back after another took its session over finds its own unsealed
+    copy of the recording: the bucket's sealed copy stands, and nothing more is shipped."""
+    from broker.audit.integrity import signature_path
+    from broker.recording_objects import RecordingShipper
+
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    store = RecordingObjects(
+        RecordingsSection(
+            url=f"s3://{BUCKET}/{PREFIX}",
+            endpoint_url=s3_endpoint,
+            access_key_id="env:HOOP_S3_KEY",
+            secret_access_key="env:HOOP_S3_SECRET",
+        )
+    )
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    sid = "20261206-0000000000aa"
+    sealed_elsewhere = tmp_path / "sealed.cast"
+    sealed_elsewhere.write_bytes(b'{"version": 2}\n[0.1, "o", "up to the takeover"]\n')
+    store.seal(sid, sealed_elsewhere, b'{"signed": "by the other node"}')
+    (recordings / f"{sid}.cast").write_bytes(
+        b'{"version": 2}\n[0.1, "o", "up to the takeover"]\n[0.2, "o", "unseen"]\n'
+    )
+    shipper = RecordingShipper(store, recordings, signature_of=signature_path)
+    shipper.ship_once()
+    shipper.ship_once()
+    assert (recordings / f"{sid}.cast.stored").exists()
+    assert sorted(objects(bucket)) == [f"{PREFIX}{sid}.cast", f"{PREFIX}{sid}.cast.sig"]
+    assert b"unseen" not in objects(bucket)[f"{PREFIX}{sid}.cast"]
