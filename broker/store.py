@@ -235,6 +235,19 @@ def connect_sync(location: StoreLocation) -> SyncConnection:
     return conn
 
 
+def connect_existing(data_dir: Path, url: str | None = None) -> SyncConnection:
+    """connect_sync to the store of a broker that has run (for the CLI's commands): its
+    SQLite file in DATA_DIR must exist; StoreError saying which store when it cannot."""
+    location = store_location(data_dir, url)
+    if isinstance(location, Path) and not location.exists():
+        raise StoreError(f"no store at {location}: is this the broker's data dir?")
+    try:
+        return connect_sync(location)
+    except sqlite3.Error as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"cannot open store {describe_location(location)}: {detail}") from None
+
+
 def migrate_audit_chain(conn: SyncConnection, now: float | None = None) -> int:
     """Bring a store made by an older broker up to the hash chain; return events newly chained.
 

@@ -1000,31 +1000,20 @@ def prune(
     checkpoint signed with the audit key, `hoop-broker verify` starts from it, and the prune
     itself is appended as an `audit.prune` event. Sessions still open are never touched.
     """
-    from broker.store import (
-        append_chained,
-        chain_node,
-        connect_sync,
-        describe_location,
-        migrate_audit_chain,
-        store_location,
-    )
+    from broker.store import append_chained, chain_node, connect_existing, migrate_audit_chain
 
     if older_than <= 0:
         raise IntegrityError("--older-than must be a positive duration")
     now = time.time() if now is None else now
     cut = now - older_than
     result = PruneResult(cut=cut)
-    location = store_location(data_dir, store_url)
-    if isinstance(location, Path) and not location.exists():
-        raise IntegrityError(f"no store at {location}: is this the broker's data dir?")
-    signer = Signer.load(data_dir)
-    recordings = data_dir / "recordings"
+    conn = connect_existing(data_dir, store_url)
     try:
-        conn = connect_sync(location)
-    except sqlite3.Error as exc:
-        raise IntegrityError(
-            f"cannot open store {describe_location(location)}: {str(exc).splitlines()[0]}"
-        ) from None
+        signer = Signer.load(data_dir)
+    except BaseException:
+        conn.close()
+        raise
+    recordings = data_dir / "recordings"
     try:
         migrate_audit_chain(conn)
         conn.execute("BEGIN IMMEDIATE")

@@ -44,7 +44,7 @@ from broker.store import (
     SyncConnection,
     append_chained,
     chain_node,
-    connect_sync,
+    connect_existing,
     describe_location,
     migrate_audit_chain,
     store_location,
@@ -423,13 +423,8 @@ def _operator() -> str | None:
 
 
 def _open_store(data_dir: Path, url: str | None) -> SyncConnection:
+    conn = connect_existing(data_dir, url)
     location = store_location(data_dir, url)
-    if isinstance(location, Path) and not location.exists():
-        raise StoreError(f"no store at {location}: is this the broker's data dir?")
-    try:
-        conn = connect_sync(location)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open store {describe_location(location)}: {exc}") from None
     try:
         if dialect(conn) == "sqlite":
             conn.execute("PRAGMA busy_timeout=5000")
