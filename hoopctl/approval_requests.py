@@ -16,6 +16,7 @@ from hoopctl.errors import (
     EXIT_USAGE,
     ApiCallError,
     HoopError,
+    UsageError,
 )
 from hoopctl.escape import escape
 
@@ -223,7 +224,15 @@ class RequestClosed(HoopError):
 
 
 def decision_error(request_id: str, verb: str, exc: ApiCallError) -> HoopError:
-    message = f"cannot {verb} {escape(request_id)}: {escape(str(exc))}"
+    return refusal_error(f"cannot {verb} {escape(request_id)}", exc)
+
+
+def refusal_error(what: str, exc: ApiCallError, *, usage: bool = False) -> HoopError:
+    """The broker's refusal of an approval call as the error (and exit code) the CLI shows;
+    USAGE: a bad_request is the caller's usage error (exit 2)."""
+    message = f"{what}: {escape(str(exc))}"
+    if usage and exc.code == "bad_request":
+        return UsageError(message)
     if exc.code == "not_found":
         return UnknownRequest(message)
     if exc.code == "forbidden":

@@ -169,8 +169,10 @@ def test_review_without_approvals_does_not_run(user: User, broker: BrokerProcess
 
 def test_ctrl_c_reaches_a_running_program(user: User) -> None:
     child = open_shell(user)
-    child.send("printf 'running\\n'; sleep 30\r")
-    child.expect("running\r\n")  # the command's own output: the line runs, sleep is next
+    # The program prints once it runs, so it already holds the terminal's foreground when
+    # ^C comes (bash's own printf would race the hand-over of the terminal to `sleep`).
+    child.send("sh -c 'echo running; exec sleep 30'\r")
+    child.expect("running\r\n")
     started = time.monotonic()
     child.sendcontrol("c")
     child.expect(PROMPT)

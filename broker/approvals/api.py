@@ -1,7 +1,7 @@
 """hoop-api methods for approvals and access requests (docs/approvals-contract.md).
 
 Calls: approvals.list, approvals.get, approvals.decide, approvals.cancel, access.request,
-access.list. Streams: approvals.watch (an approver's live queue) and approvals.wait (one
+access.list, approvals.standing.grant/revoke/list. Streams: approvals.watch (an approver's live queue) and approvals.wait (one
 request until it is decided). Every request comes back as the record of
 ApprovalRecord.to_dict(); refusals are ApiError(code, one line).
 """
@@ -9,6 +9,7 @@ ApprovalRecord.to_dict(); refusals are ApiError(code, one line).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -109,6 +110,34 @@ def approval_methods(broker: HasApprovals) -> ApiMethods:
         return [record.to_dict() for record in await service().access_requests(ctx.user)]
 
     @_api_errors
+    async def standing_grant(ctx: ConnectionContext, params: dict[str, Any]) -> dict[str, Any]:
+        standing = await service().standing.grant(
+            actor=ctx.user,
+            groups=ctx.groups,
+            pattern=params.get("pattern"),
+            target_name=params.get("target"),
+            group=params.get("group"),
+            duration=params.get("duration"),
+            comment=params.get("comment"),
+        )
+        return standing.to_dict(time.time())
+
+    @_api_errors
+    async def standing_revoke(ctx: ConnectionContext, params: dict[str, Any]) -> dict[str, Any]:
+        standing = await service().standing.revoke(
+            params.get("id"), actor=ctx.user, groups=ctx.groups
+        )
+        return standing.to_dict(time.time())
+
+    @_api_errors
+    async def standing_list(ctx: ConnectionContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+        found = await service().standing.listing(
+            actor=ctx.user, groups=ctx.groups, include_ended=bool(params.get("all"))
+        )
+        now = time.time()
+        return [standing.to_dict(now) for standing in found]
+
+    @_api_errors
     async def watch(ctx: ConnectionContext, params: dict[str, Any], push: Push) -> None:
         """An approver's queue: a snapshot of what they may decide, then every change to it."""
         gate = service()
@@ -152,6 +181,9 @@ def approval_methods(broker: HasApprovals) -> ApiMethods:
             "approvals.cancel": cancel,
             "access.request": access_request,
             "access.list": access_list,
+            "approvals.standing.grant": standing_grant,
+            "approvals.standing.revoke": standing_revoke,
+            "approvals.standing.list": standing_list,
         },
         streams={"approvals.watch": watch, "approvals.wait": wait},
     )

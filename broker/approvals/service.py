@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.approvals.notifier import Change, Notifier, Subscription
+from broker.approvals.standing import StandingApprovals
 from broker.approvals.store import CHANGES_KEPT, AlreadyDecided, ApprovalStore
 from broker.audit.events import AuditEvent, AuditLog
 from broker.database import Listener
@@ -31,6 +32,7 @@ from broker.sessions.approvals import (
     ApprovalError,
     ApprovalRecord,
     ReviewRequest,
+    StandingApproval,
     command_hash,
     decided_by,
 )
@@ -81,6 +83,11 @@ class ApprovalService:
         self._feed: asyncio.Task[None] | None = None
         # What was last pushed of each request, so a change is pushed once however it came.
         self._published: dict[str, tuple[object, ...]] = {}
+        self.standing = StandingApprovals(self)
+
+    @property
+    def broker(self) -> ApprovalHost:
+        return self._broker
 
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -258,7 +265,7 @@ class ApprovalService:
         )
 
     # -- requests -------------------------------------------------------------------------
-    def _kind_of(self, user: str) -> str:
+    def kind_of(self, user: str) -> str:
         """ "person" or "agent", as USER authenticated (they are connected: they just asked)."""
         return self._broker.audit.actor_kinds.get(user, "person")
 
@@ -273,7 +280,7 @@ class ApprovalService:
                 "kind": "command",
                 "state": "pending",
                 "requester": request.user,
-                "requester_kind": self._kind_of(request.user),
+                "requester_kind": self.kind_of(request.user),
                 "requester_groups": json.dumps(list(request.groups)),
                 "target": request.target,
                 "session": request.session_id,
@@ -335,7 +342,7 @@ class ApprovalService:
                 "kind": "access",
                 "state": "pending",
                 "requester": user,
-                "requester_kind": self._kind_of(user),
+                "requester_kind": self.kind_of(user),
                 "requester_groups": json.dumps(list(groups)),
                 "target": target.name,
                 "session": None,
@@ -582,6 +589,9 @@ class ApprovalService:
     async def access_requests(self, user: str) -> list[ApprovalRecord]:
         await self.expire_due()
         return await self.store.access_requests(user)
+
+    async def use_standing(self, **kwargs: Any) -> StandingApproval | None:
+        return await self.standing.use(**kwargs)
 
     # -- audit and push -------------------------------------------------------------------
     def _publish(self, kind: str, record: ApprovalRecord) -> None:

@@ -22,7 +22,7 @@ import aiosqlite
 
 from broker.database import dialect, json_strings
 from broker.errors import StoreError
-from broker.sessions.approvals import ApprovalRecord, Decided
+from broker.sessions.approvals import ApprovalRecord, Decided, StandingApproval
 from broker.store import write_lock
 
 _SCHEMA = """
@@ -85,6 +85,23 @@ BEGIN
                 ELSE expires_at END
         WHERE id = NEW.request AND state IN ('approved', 'denied') AND decided_at IS NULL;
 END;
+CREATE TABLE IF NOT EXISTS standing_approvals (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    pattern TEXT NOT NULL,
+    granted_by TEXT NOT NULL,
+    granted_groups TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked_at REAL,
+    revoked_by TEXT,
+    uses INTEGER NOT NULL DEFAULT 0,
+    last_used_at REAL
+);
+CREATE INDEX IF NOT EXISTS standing_approvals_target ON standing_approvals(target, expires_at);
 -- Every change to a request, by any process sharing the store (the workers of `serve
 -- --workers N`): each worker follows this feed and wakes its own waiters and watchers.
 CREATE TABLE IF NOT EXISTS approval_changes (
@@ -151,6 +168,23 @@ CREATE TABLE IF NOT EXISTS approval_decisions (
     at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (request, approver)
 );
+CREATE TABLE IF NOT EXISTS standing_approvals (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    pattern TEXT NOT NULL,
+    granted_by TEXT NOT NULL,
+    granted_groups TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION,
+    revoked_by TEXT,
+    uses INTEGER NOT NULL DEFAULT 0,
+    last_used_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS standing_approvals_target ON standing_approvals(target, expires_at);
 CREATE TABLE IF NOT EXISTS approval_changes (
     seq BIGSERIAL PRIMARY KEY,
     request TEXT NOT NULL,
@@ -202,6 +236,18 @@ _COLUMNS = (
     "timeout, created_at, expires_at, decided_at, executed_at, duration, grant_until, "
     "requester_kind"
 )
+
+
+_STANDING_COLUMNS = (
+    "id, target, grp, subject, pattern, granted_by, granted_groups, comment, created_at, "
+    "expires_at, revoked_at, revoked_by, uses, last_used_at"
+)
+
+
+def _standing(row: Sequence[Any]) -> StandingApproval:
+    values = list(row)
+    values[6] = tuple(json.loads(values[6]))
+    return StandingApproval(*values)
 
 
 def _record(row: Sequence[Any], decisions: Iterable[Decided]) -> ApprovalRecord:
@@ -536,6 +582,75 @@ class ApprovalStore:
         rows = await self._rows('SELECT "user", groups FROM identities')
         return [(row[0], tuple(json.loads(row[1]))) for row in rows]
 
+    async def groups_of(self, user: str) -> tuple[str, ...]:
+        """The groups of USER's latest login (none if they never logged in)."""
+        rows = await self._rows('SELECT groups FROM identities WHERE "user" = ?', (user,))
+        return tuple(json.loads(rows[0][0])) if rows else ()
+
     async def session_open(self, session_id: str) -> bool:
         rows = await self._rows("SELECT state FROM sessions WHERE id = ?", (session_id,))
         return bool(rows) and rows[0][0] == "open"
+
+    # -- standing approvals ---------------------------------------------------------------
+    async def insert_standing(self, fields: dict[str, Any]) -> str:
+        """Store a new standing approval; returns its id ("sa-" and eight hex digits)."""
+        for _ in range(5):
+            standing_id = "sa-" + secrets.token_hex(4)
+            values = {**fields, "id": standing_id}
+            names = ", ".join(values)
+            marks = ", ".join("?" for _ in values)
+            try:
+                await self._change(
+                    f"INSERT INTO standing_approvals({names}) VALUES ({marks})",  # noqa: S608
+                    list(values.values()),
+                )
+            except sqlite3.IntegrityError:
+                continue
+            return standing_id
+        raise StoreError("could not allocate a standing approval id")
+
+    async def standing(self, standing_id: str) -> StandingApproval | None:
+        rows = await self._rows(
+            f"SELECT {_STANDING_COLUMNS} FROM standing_approvals WHERE id = ?",  # noqa: S608
+            (standing_id,),
+        )
+        return _standing(rows[0]) if rows else None
+
+    async def standing_list(
+        self, *, target: str | None = None, active_at: float | None = None
+    ) -> list[StandingApproval]:
+        """Standing approvals, newest first: of TARGET only, and in force at ACTIVE_AT only."""
+        where, params = ["1 = 1"], []
+        if target is not None:
+            where.append("target = ?")
+            params.append(target)
+        if active_at is not None:
+            where.append("revoked_at IS NULL AND expires_at > ?")
+            params.append(active_at)
+        rows = await self._rows(
+            f"SELECT {_STANDING_COLUMNS} FROM standing_approvals "  # noqa: S608
+            f"WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT 1000",
+            params,
+        )
+        return [_standing(row) for row in rows]
+
+    async def use_standing(self, standing_id: str, now: float) -> bool:
+        """Count one use, if it is still in force at NOW (a revocation wins a race)."""
+        return (
+            await self._change(
+                "UPDATE standing_approvals SET uses = uses + 1, last_used_at = ? "
+                "WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+                (now, standing_id, now),
+            )
+            == 1
+        )
+
+    async def revoke_standing(self, standing_id: str, actor: str, now: float) -> bool:
+        return (
+            await self._change(
+                "UPDATE standing_approvals SET revoked_at = ?, revoked_by = ? "
+                "WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+                (now, actor, standing_id, now),
+            )
+            == 1
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -156,6 +156,55 @@ class ApprovalRecord:
         }
 
 
+@dataclass(frozen=True)
+class StandingApproval:
+    """A command pattern an approver pre-approved for a group on a target, for a period.
+
+    A review that the pattern matches runs without waiting when the requester is in GROUP,
+    is not the grantor, and the rule's approver groups include one the grantor was in when
+    granting (broker.policy.standing decides what matches).
+    """
+
+    id: str
+    target: str
+    group: str
+    subject: str  # "command" (shell targets) or "query" (SQL targets)
+    pattern: str
+    granted_by: str
+    granted_groups: tuple[str, ...]
+    comment: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+    revoked_by: str | None = None
+    uses: int = 0
+    last_used_at: float | None = None
+
+    def state(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "active" if self.expires_at > now else "expired"
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state(now),
+            "target": self.target,
+            "group": self.group,
+            "subject": self.subject,
+            "pattern": self.pattern,
+            "granted_by": self.granted_by,
+            "granted_groups": list(self.granted_groups),
+            "comment": self.comment,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "revoked_by": self.revoked_by,
+            "uses": self.uses,
+            "last_used_at": self.last_used_at,
+        }
+
+
 def decided_by(record: ApprovalRecord, decision: str) -> str:
     """ "bob" or "bob: comment" for each approver who decided DECISION, joined by "; "."""
     parts = [
@@ -197,6 +246,8 @@ class ReviewOutcome:
     request_id: str | None = None
     state: OutcomeState = "refused"
     comment: str | None = None
+    # The standing approval that let it run without waiting (its id), if one did.
+    standing: str | None = None
 
     @property
     def exit_status(self) -> int:
@@ -268,3 +319,20 @@ class ApprovalGate(Protocol):
         ...
 
     async def pending_access(self, user: str, target: str) -> ApprovalRecord | None: ...
+
+    async def use_standing(
+        self,
+        *,
+        user: str,
+        groups: Sequence[str],
+        target: str,
+        session: str,
+        text: str,
+        subject: str,
+        approver_groups: Sequence[str],
+        approvals_needed: int,
+        matches: Callable[[str], bool],
+    ) -> StandingApproval | None:
+        """The standing approval that covers TEXT for USER, counted and audited as used; None
+        when none does. MATCHES tells whether a pattern names TEXT."""
+        ...

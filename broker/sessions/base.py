@@ -19,6 +19,7 @@ from broker.audit.integrity import seal_recording
 from broker.config import Policy, Target
 from broker.durations import format_duration
 from broker.policy.decision import Decision
+from broker.policy.standing import matches as standing_matches
 from broker.recording import Recorder, RecordingError, RecordingHeader
 from broker.session_context import ConnectionContext
 from broker.sessions.approvals import (
@@ -28,6 +29,7 @@ from broker.sessions.approvals import (
     OutcomeState,
     ReviewOutcome,
     ReviewRequest,
+    StandingApproval,
     decided_by,
 )
 from broker.sessions.budgets import StatementRate
@@ -148,6 +150,7 @@ class SessionBase:
         decision: Decision,
         *,
         approver: str | None = None,
+        standing: str | None = None,
         note: str | None = None,
         failed: bool | None = None,
         extra: dict[str, object] | None = None,
@@ -162,6 +165,8 @@ class SessionBase:
         }
         if approver:
             details["approver"] = approver
+        if standing:
+            details["standing_approval"] = standing
         if failed is None:
             failed = event_type.endswith(".blocked") or event_type == "approval.requested"
         await self._audit(
@@ -314,6 +319,22 @@ class SessionBase:
             message = f"not run: approval required ({why}), but {self._nobody_approves(decision)}"
             say(message)
             return ReviewOutcome(approved=False, message=message, state="refused")
+        standing = await self._standing_approval(text, decision, subject, groups)
+        if standing is not None:
+            message = (
+                f"approved by standing approval {standing.id} "
+                f"(granted by {standing.granted_by} to {standing.group})"
+            )
+            inform(message)
+            self._mark(f"approval: {message}")
+            return ReviewOutcome(
+                approved=True,
+                message=message,
+                approver=standing.granted_by,
+                state="approved",
+                comment=standing.comment,
+                standing=standing.id,
+            )
         reason = self._reason
         if decision.reason_required:
             if ask_reason is not None:
@@ -362,6 +383,23 @@ class SessionBase:
         inform(f"approval required from {names} ({why}): request {record.id}")
         record = await self._await_decision(record, say, status, watch_cancel, wait)
         return await self._settle_hold(record, say, inform, text, in_session, later)
+
+    async def _standing_approval(
+        self, text: str, decision: Decision, subject: str, groups: tuple[str, ...]
+    ) -> StandingApproval | None:
+        """The standing approval that pre-approves TEXT here, used up once; None if none does."""
+        dialect = self._target.type if subject == "query" else None
+        return await self._gate.use_standing(
+            user=self._ctx.user,
+            groups=self._ctx.groups,
+            target=self._target.name,
+            session=self.session_id,
+            text=text,
+            subject=subject,
+            approver_groups=groups,
+            approvals_needed=max(1, decision.approvals),
+            matches=lambda pattern: standing_matches(pattern, text, dialect),
+        )
 
     def _nobody_approves(self, decision: Decision) -> str:
         """Why a review cannot be asked for, naming the config key that would change it."""

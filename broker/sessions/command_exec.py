@@ -30,6 +30,7 @@ class CommandExec(SessionBase):
         self._unit: TerminalUnit[Any] = terminal_unit(self._target.type)
         self._argv = self._request.argv
         self._approver: str | None = None
+        self._standing: str | None = None
 
     def _error(self, text: str) -> None:
         with contextlib.suppress(OSError, asyncssh.Error):
@@ -62,6 +63,7 @@ class CommandExec(SessionBase):
             if not outcome.approved:
                 return outcome.exit_status
             self._approver = outcome.approver
+            self._standing = outcome.standing
         return await self._run(command, decision)
 
     async def _judge(self, command: str) -> Decision:
@@ -106,7 +108,14 @@ class CommandExec(SessionBase):
             command=command,
             details={"command": command, "kind": "exec"},
         )
-        await self._audit_decision("command", "command", command, decision, approver=self._approver)
+        await self._audit_decision(
+            "command",
+            "command",
+            command,
+            decision,
+            approver=self._approver,
+            standing=self._standing,
+        )
         recorder.mark(f"command: {command}")
         status = 1
         try:

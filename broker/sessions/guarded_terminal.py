@@ -331,12 +331,15 @@ class GuardedTerminalSession(SessionBase):
         else:
             decision = await self._judge(text)
         approver: str | None = None
+        standing: str | None = None
         if decision.action != "allow":
             outcome = await self._held(text, decision)
             if not outcome.approved:
                 return self._last_rc
-            approver = outcome.approver
-        await self._audit_decision("command", "command", text, decision, approver=approver)
+            approver, standing = outcome.approver, outcome.standing
+        await self._audit_decision(
+            "command", "command", text, decision, approver=approver, standing=standing
+        )
         assert self._term is not None
         self._term.mark(f"command: {text}")
         return await self._run(text)

@@ -90,4 +90,5 @@ class OpenSshExec(CommandExec):
             if not outcome.approved:
                 return outcome.exit_status
             self._approver = outcome.approver
+            self._standing = outcome.standing
         return await self._run(command, decision)

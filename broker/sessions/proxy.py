@@ -34,6 +34,7 @@ class _Judgement:
     statements: tuple[Statement, ...] = ()
     decision: Decision | None = None
     approver: str | None = None
+    standing: str | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -105,7 +106,15 @@ class NativeProxy(SqlSessionBase):
             in_session=True,
         )
         if outcome.approved:
-            return _Judgement(True, "", texts, parsed.statements, decision, outcome.approver)
+            return _Judgement(
+                True,
+                "",
+                texts,
+                parsed.statements,
+                decision,
+                outcome.approver,
+                outcome.standing,
+            )
         return _Judgement(False, f"hoop: {outcome.message}", texts, parsed.statements, decision)
 
     async def prepare(self, conn: DatabaseConnection, sql: str) -> None:
@@ -183,6 +192,7 @@ class NativeProxy(SqlSessionBase):
             error=error,
             started=judgement.started,
             approver=judgement.approver,
+            standing=judgement.standing,
             unmaskable=list(notes),
             truncated=truncated,
         )

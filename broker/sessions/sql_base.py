@@ -244,6 +244,7 @@ class SqlSessionBase(SessionBase):
         error: str | None,
         started: float,
         approver: str | None = None,
+        standing: str | None = None,
         unmaskable: list[str] | None = None,
         truncated: dict[str, object] | None = None,
     ) -> None:
@@ -264,6 +265,7 @@ class SqlSessionBase(SessionBase):
             text,
             decision,
             approver=approver,
+            standing=standing,
             note=error,
             failed=error is not None,
             extra={

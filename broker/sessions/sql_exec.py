@@ -32,6 +32,7 @@ class SqlExec(SqlSessionBase):
         super().__init__(*args, **kwargs)
         self._output = self._request.output
         self._approver: str | None = None
+        self._standing: str | None = None
         self._document = False
 
     def _error(self, text: str) -> None:
@@ -118,6 +119,7 @@ class SqlExec(SqlSessionBase):
         )
         if outcome.approved:
             self._approver = outcome.approver
+            self._standing = outcome.standing
             return -1
         return outcome.exit_status
 
@@ -264,6 +266,7 @@ class SqlExec(SqlSessionBase):
             error=error,
             started=started,
             approver=self._approver,
+            standing=self._standing,
             truncated=cut.as_dict() if cut is not None else None,
         )
         return 1 if error else 0

@@ -331,14 +331,20 @@ class SqlShell(SqlSessionBase):
     async def _run_input(self, text: str) -> None:
         decision, parsed = await self._decide_sql(text, self._sql_state)
         approver: str | None = None
+        standing: str | None = None
         if decision.action != "allow":
             outcome = await self._held(text, decision, len(parsed.statements))
             if not outcome.approved:
                 return
-            approver = outcome.approver
+            approver, standing = outcome.approver, outcome.standing
         for statement in parsed.statements:
             ok = await self._run_statement(
-                statement.text, statement.kind, list(statement.tables), decision, approver
+                statement.text,
+                statement.kind,
+                list(statement.tables),
+                decision,
+                approver,
+                standing,
             )
             if not ok or self._term is None or self._term.finished:
                 break
@@ -423,6 +429,7 @@ class SqlShell(SqlSessionBase):
         tables: list[str],
         decision: Decision,
         approver: str | None,
+        standing: str | None = None,
     ) -> bool:
         term = self._term
         assert term is not None
@@ -469,6 +476,7 @@ class SqlShell(SqlSessionBase):
             error=error,
             started=started + waited,
             approver=approver,
+            standing=standing,
             truncated=meter.cut.as_dict() if meter.cut is not None else None,
         )
         if _verb(kind) in CATALOG_CHANGES and not self._transaction():

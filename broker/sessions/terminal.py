@@ -405,7 +405,12 @@ class TerminalSession(SessionBase):
         outcome = await self._held(command, decision)
         if outcome.approved:
             await self._audit_decision(
-                "command", "command", command, decision, approver=outcome.approver
+                "command",
+                "command",
+                command,
+                decision,
+                approver=outcome.approver,
+                standing=outcome.standing,
             )
         return outcome.approved
 

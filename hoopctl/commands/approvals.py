@@ -18,7 +18,12 @@ from hoopctl.cli_common import (
     app,
     remember_listed,
 )
+from hoopctl.errors import UsageError
 from hoopctl.output import OutputFormat
+
+
+def _usage(message: str) -> None:
+    raise UsageError(message)
 
 
 @app.command()
@@ -36,10 +41,31 @@ def approvals(
             case_sensitive=False,
         ),
     ] = None,
+    standing: Annotated[
+        bool,
+        typer.Option("--standing", help="List standing approvals instead of requests."),
+    ] = False,
+    all_: Annotated[
+        bool,
+        typer.Option("--all", help="With --standing: also those revoked or expired."),
+    ] = False,
     output: OutputOption = OutputFormat.table,
     broker: BrokerOption = None,
 ) -> None:
-    """List approval requests: those you may decide, your own and those you decided on."""
+    """List approval requests: those you may decide, your own and those you decided on.
+
+    With --standing: the standing approvals in force that you granted, that cover a group
+    of yours, or that you could revoke (--all: also those ended).
+    """
+    if standing:
+        from hoopctl.standing_approvals import list_standing
+
+        if state is not None or scope is not None:
+            _run(lambda: _usage("--state and --scope list requests, not standing approvals"))
+        _run(lambda: list_standing(_address(broker), all_, output))
+        return
+    if all_:
+        _run(lambda: _usage("--all goes with --standing"))
 
     from hoopctl.session import connect_api
 
