@@ -6,6 +6,7 @@ import contextlib
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from broker.durations import parse_duration
@@ -55,6 +56,45 @@ async def call_broker(broker: str | None, method: str, params: dict[str, Any]) -
     api, _ = await connect_api(_address(broker))
     async with api:
         return await api.call(method, params)
+
+
+async def download_bundle(broker: str | None, session_id: str, path: Path) -> int:
+    """Stream the session's evidence bundle into PATH (written whole or not at all); its size."""
+    import base64
+    import hashlib
+    import os
+    import tempfile
+
+    from hoopctl.session import connect_api
+
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".part")
+    digest, size, ended = hashlib.sha256(), 0, None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            api, _ = await connect_api(_address(broker))
+            async with api:
+                try:
+                    async for event in api.stream("sessions.bundle", {"id": session_id}):
+                        if event.get("type") == "chunk":
+                            data = base64.b64decode(event["data"])
+                            digest.update(data)
+                            size += len(data)
+                            out.write(data)
+                        elif event.get("type") == "end":
+                            ended = event
+                except ApiCallError as exc:
+                    raise not_found(exc, session_id) from None
+            out.flush()
+            os.fsync(out.fileno())
+        if ended is None or ended.get("size") != size or ended.get("sha256") != digest.hexdigest():
+            raise HoopError("the bundle did not arrive whole; nothing was written")
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return size
 
 
 def as_json(value: Any) -> str:

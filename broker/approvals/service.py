@@ -590,6 +590,9 @@ class ApprovalService:
         await self.expire_due()
         return await self.store.access_requests(user)
 
+    async def standing_record(self, standing_id: str) -> StandingApproval | None:
+        return await self.store.standing(standing_id)
+
     async def use_standing(self, **kwargs: Any) -> StandingApproval | None:
         return await self.standing.use(**kwargs)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.api_methods import ApiMethods, Push
+from broker.audit.chain import canonical_json
 from broker.audit.events import AuditEvent
 from broker.audit.index import MarkClock, SearchError, index_for, read_marks
 from broker.database import json_field
@@ -29,6 +31,7 @@ from broker.session_context import ConnectionContext
 if TYPE_CHECKING:
     from broker.audit.events import AuditLog
     from broker.config import BrokerConfig
+    from broker.keys import BrokerKeys
     from broker.recording_objects import RecordingObjects
     from broker.store import Store
 
@@ -68,6 +71,14 @@ def _not_found(session_id: object) -> ApiError:
     return ApiError("not_found", f"no session {session_id} on this broker (or not yours to see)")
 
 
+class ApprovalRecords(Protocol):
+    """The approval records an evidence bundle holds (the broker's approval gate)."""
+
+    async def get(self, request_id: str) -> Any: ...
+
+    async def standing_record(self, standing_id: str) -> Any: ...
+
+
 class AuditHost(Protocol):
     """What the audit methods need of the broker."""
 
@@ -75,6 +86,8 @@ class AuditHost(Protocol):
     store: Store
     audit: AuditLog
     recording_objects: RecordingObjects | None
+    keys: BrokerKeys
+    approvals: ApprovalRecords
 
     @property
     def data_dir(self) -> Path: ...
@@ -418,6 +431,143 @@ class AuditApi:
         )
         return {"ok": not problems, "problems": problems, "notes": notes}
 
+    async def bundle(self, ctx: ConnectionContext, params: dict[str, Any], push: Push) -> None:
+        """An ended session's evidence bundle (broker.audit.evidence), as a tar file streamed
+        in chunks: {"type": "chunk", "data"}…, then {"type": "end", "size", "sha256"}. The
+        whole chain is verified first; a session that does not verify gets no bundle."""
+        row = await self._visible_session(ctx, params.get("id"))
+        if row["state"] == "open":
+            raise ApiError("conflict", f"session {row['id']} is still open: export it once it ends")
+        from broker.audit.integrity import verify_session
+
+        problems = await verify_session(
+            self._broker.data_dir,
+            row["id"],
+            self._broker.recording_objects,
+            self._broker.config.store.conninfo(),
+        )
+        if problems:
+            raise ApiError(
+                "conflict",
+                f"session {row['id']} does not verify ({problems[0]}); no bundle is signed for "
+                "it: run hoopctl replay --verify",
+            )
+        place = Path(tempfile.mkdtemp(dir=self._broker.data_dir, prefix=".bundle-"))
+        try:
+            path = place / "bundle.tar"
+            manifest = await self._write_bundle(row, path)
+            await self._broker.audit.emit(
+                AuditEvent(
+                    type="session.exported",
+                    actor=ctx.user,
+                    groups=ctx.groups,
+                    target=row["target"],
+                    session=row["id"],
+                    remote=ctx.remote,
+                    details={
+                        "events": len(manifest["events"]),
+                        "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
+                        "auditor": self._is_auditor(ctx),
+                    },
+                )
+            )
+            digest = hashlib.sha256()
+            with path.open("rb") as file:
+                while data := file.read(CHUNK):
+                    digest.update(data)
+                    await push({"type": "chunk", "data": base64.b64encode(data).decode()})
+            await push({"type": "end", "size": path.stat().st_size, "sha256": digest.hexdigest()})
+        finally:
+            shutil.rmtree(place, ignore_errors=True)
+
+    async def _write_bundle(self, row: dict[str, Any], path: Path) -> dict[str, Any]:
+        from broker.audit.evidence import bundle_files, signed_files, write_tar
+        from broker.audit.integrity import Signer, read_head
+
+        db = self._broker.store.db
+        async with db.execute(
+            "SELECT seq, prev_hash, hash, event FROM audit_events "
+            "WHERE session = ? AND seq IS NOT NULL ORDER BY seq",
+            (row["id"],),
+        ) as cursor:
+            events = [
+                {**json.loads(text), "seq": seq, "prev_hash": prev, "hash": digest}
+                for seq, prev, digest, text in await cursor.fetchall()
+            ]
+        async with db.execute(
+            "SELECT seq, hash FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)"
+        ) as cursor:
+            end = await cursor.fetchone()
+        approvals = self._broker.approvals
+        requests = {
+            str(details["request"])
+            for event in events
+            if isinstance(details := event.get("details"), dict) and details.get("request")
+        }
+        standing = {
+            str(event["details"]["standing_approval"])
+            for event in events
+            if isinstance(event.get("details"), dict) and event["details"].get("standing_approval")
+        }
+        records = [r for r in [await approvals.get(i) for i in sorted(requests)] if r]
+        kept = [s for s in [await approvals.standing_record(i) for i in sorted(standing)] if s]
+        now = time.time()
+        approvals_json = json.dumps(
+            {
+                "requests": [record.to_dict() for record in records],
+                "standing": [item.to_dict(now) for item in kept],
+            },
+            indent=1,
+            sort_keys=True,
+        ).encode()
+        recording, signature = await self._sealed_recording(row, path.parent)
+        signer = Signer.from_ssh_key(self._broker.keys.audit_key)
+        head, _ = read_head(self._broker.data_dir, signer.verifier)
+        if head is not None:
+            head = json.loads((self._broker.data_dir / "audit_head").read_bytes())
+        recorded = await asyncio.to_thread(recording.read_bytes) if recording else None
+        manifest, files = bundle_files(
+            session=row,
+            events=events,
+            recording=recorded,
+            recording_signature=signature,
+            approvals=approvals_json,
+            head=head,
+            public_key=self._broker.keys.audit_key.export_public_key(),
+            chain_end=(int(end[0]), str(end[1])) if end else None,
+            key=signer.fingerprint,
+        )
+        manifest["signature"] = signer.sign(manifest)
+
+        def write() -> None:
+            with path.open("wb") as out:
+                write_tar(out, signed_files(manifest, files), manifest["made_at"])
+
+        await asyncio.to_thread(write)
+        return manifest
+
+    async def _sealed_recording(
+        self, row: dict[str, Any], scratch: Path
+    ) -> tuple[Path | None, dict[str, Any] | None]:
+        """The session's recording and its signature document, from here or the bucket."""
+        from broker.audit.integrity import signature_path
+
+        if not row["recording"]:
+            return None, None
+        path = self._recording_path(row)
+        if path is None and self._broker.recording_objects is not None:
+            objects = self._broker.recording_objects
+            path = await asyncio.to_thread(objects.fetch, row["id"], scratch, sealed_only=True)
+        if path is None:
+            raise ApiError("not_found", f"session {row['id']} has no recording here")
+        try:
+            signature = json.loads(signature_path(path).read_bytes())
+        except (OSError, ValueError):
+            raise ApiError(
+                "conflict", f"the recording of session {row['id']} is not signed"
+            ) from None
+        return path, signature
+
     def _recording_path(self, row: dict[str, Any]) -> Path | None:
         """The session's recording, which must be a regular file in the broker's recordings dir."""
         if not row["recording"]:
@@ -530,5 +680,5 @@ def audit_methods(broker: AuditHost) -> ApiMethods:
             "sessions.search": api.search,
             "sessions.verify": api.verify,
         },
-        streams={"sessions.recording": api.recording},
+        streams={"sessions.recording": api.recording, "sessions.bundle": api.bundle},
     )

@@ -127,12 +127,20 @@ class Verifier:
         except OSError as exc:
             raise IntegrityError(f"cannot read {path}: {exc.strerror}") from None
         try:
+            return cls.from_public_key(data)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{path} {exc}") from None
+
+    @classmethod
+    def from_public_key(cls, data: bytes) -> Verifier:
+        """From an OpenSSH public key line (audit_key.pub)."""
+        try:
             public = load_ssh_public_key(data)
             fingerprint = asyncssh.import_public_key(data).get_fingerprint("sha256")
         except (ValueError, asyncssh.KeyImportError) as exc:
-            raise IntegrityError(f"{path} is not an Ed25519 public key: {exc}") from None
+            raise IntegrityError(f"is not an Ed25519 public key: {exc}") from None
         if not isinstance(public, Ed25519PublicKey):
-            raise IntegrityError(f"{path} is not an Ed25519 public key")
+            raise IntegrityError("is not an Ed25519 public key")
         return cls(public, fingerprint)
 
     def check(self, payload: dict[str, Any], signature: str) -> bool:

@@ -320,6 +320,8 @@ class ApprovalGate(Protocol):
 
     async def pending_access(self, user: str, target: str) -> ApprovalRecord | None: ...
 
+    async def standing_record(self, standing_id: str) -> StandingApproval | None: ...
+
     async def use_standing(
         self,
         *,

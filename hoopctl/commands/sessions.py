@@ -1,10 +1,12 @@
-"""`hoopctl sessions`, `sessions show`, `sessions search`: recorded sessions, listed and inspected."""
+"""`hoopctl sessions`, `sessions show`, `sessions search`, `sessions export`: recorded sessions,
+listed, inspected and exported as evidence."""
 
 from __future__ import annotations
 
 import re
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,6 +30,7 @@ from hoopctl.session_records import (
     as_json,
     call_broker,
     check_session_id,
+    download_bundle,
     iso_time,
     local_time,
     parse_when,
@@ -214,6 +217,44 @@ def sessions_show(
         stdout.print()
         stdout.print(table)
         stderr.print(f"replay from a command: hoopctl replay {session_id} --at OFFSET")
+
+    _run(work)
+
+
+@sessions_app.command("export")
+def sessions_export(
+    session_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="Session id (YYYYMMDD-12 hex).", autocompletion=complete_session
+        ),
+    ],
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            metavar="FILE",
+            help="Write the session's evidence bundle (a tar file) to FILE.",
+            dir_okay=False,
+        ),
+    ] = None,
+    broker: BrokerOption = None,
+) -> None:
+    """Export an ended session's evidence: its recording and signature, its audit events,
+    its approvals and the broker's public key, signed for offline checking (hoopctl
+    verify-bundle FILE). The broker checks the session first and refuses one that does not
+    verify. Exit codes: 0 written, 1 refused or failed (nothing is left behind), 2 usage."""
+
+    async def work() -> None:
+        check_session_id(session_id)
+        if bundle is None:
+            raise UsageError("give --bundle FILE: the file to write the evidence bundle to")
+        if bundle.exists():
+            raise UsageError(f"{escape(str(bundle))} exists: remove it or choose another name")
+        size = await download_bundle(broker, session_id, bundle)
+        print(
+            f"wrote {escape(str(bundle))} ({size} bytes): hoopctl verify-bundle {escape(str(bundle))}"
+        )
 
     _run(work)
 
