@@ -33,6 +33,7 @@ from broker.recording_objects import ObjectStoreError, RecordingShipper, open_re
 from broker.server import BrokerConnection, handle_process, open_sftp
 from broker.sessions.approvals import ApprovalGate
 from broker.sessions.budgets import RateBudget, SharedRateBudget, StatementRate
+from broker.signals import SignalWatch
 from broker.store import Store
 
 log = logging.getLogger("hoop.broker")
@@ -147,6 +148,8 @@ class Broker:
         elif self.dev_mode:
             await self._start_dev_issuer()
         self.validator = TokenValidator(self.oidc)
+        self.signals = SignalWatch(self, self.config.signals)
+        await self.signals.create_tables()
         self.approvals: ApprovalGate = await start_approvals(self, shared=shared)
         if self.role != "worker":
             await self.close_interrupted_sessions()

@@ -222,6 +222,43 @@ class Rule(_Strict):
     reason_required: bool = False
 
 
+# What the broker notices (docs/policy.md, "Signals"): each is a `signal.NAME` audit event.
+SIGNAL_NAMES = (
+    "first-time",
+    "off-hours",
+    "volume-spike",
+    "repeated-denials",
+    "self-approval",
+    "approval-overridden",
+    "long-session",
+)
+SIGNAL_ACTIONS = ("log", "review", "deny", "end")
+
+
+def _signal_actions(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    for name, action in value.items():
+        if name not in SIGNAL_NAMES:
+            raise ValueError(
+                f"unknown signal {name!r}{_did_you_mean(str(name), SIGNAL_NAMES)} "
+                f"(signals: {', '.join(SIGNAL_NAMES)})"
+            )
+        if not isinstance(action, str):
+            raise ValueError(f"on_signal.{name}: an action is text")
+        if action.startswith("lock:"):
+            try:
+                _duration(action[5:])
+            except ValueError as exc:
+                raise ValueError(f"{name} = {action!r}: {exc}") from None
+        elif action not in SIGNAL_ACTIONS:
+            raise ValueError(
+                f"on_signal.{name}: unknown action {action!r} "
+                f"(log, review, deny, end or lock:DURATION)"
+            )
+    return value
+
+
 class Policy(_Strict):
     default: Action = "allow"
     on_unknown: Action = "review"
@@ -230,6 +267,38 @@ class Policy(_Strict):
     # can, which check-config reports (review_problems).
     unknown_approvers: list[str] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
+    # What a session does once a signal fires in it: log (the default), review or deny what
+    # it would have allowed, end it, or end it and lock the user out of the target for a while.
+    on_signal: Annotated[dict[str, str], BeforeValidator(_signal_actions)] = Field(
+        default_factory=dict
+    )
+
+    def escalated(self, action: str, approvers: list[str], because: str = "a signal") -> Policy:
+        """This policy made stricter after a signal (BECAUSE names it): what it would allow
+        needs review (by APPROVERS, unless its rule names others) or is denied; what it
+        denies stays denied."""
+        stricter = {"allow": action} if action == "review" else {"allow": "deny", "review": "deny"}
+        rules = [
+            rule.model_copy(
+                update={
+                    "action": stricter[rule.action],
+                    "approvers": rule.approvers or approvers,
+                    "name": f"{rule.name or 'a rule'} (after {because})",
+                }
+            )
+            if rule.action in stricter
+            else rule
+            for rule in self.rules
+        ]
+        if self.default in stricter:
+            # What no rule matched: a last rule that matches everything, named for the signal.
+            rules.append(Rule(name=because, action=stricter[self.default], approvers=approvers))
+        return self.model_copy(
+            update={
+                "rules": rules,
+                "on_unknown": stricter.get(self.on_unknown, self.on_unknown),
+            }
+        )
 
     def for_actor(self, kind: str) -> Policy:
         """The policy as it applies to an actor of KIND: rules for the other kind left out."""
@@ -524,6 +593,33 @@ class RecordingsSection(_Strict):
         return self
 
 
+class SignalsSection(_Strict):
+    """[signals]: the baselines the broker keeps per user and target, and when it speaks."""
+
+    enabled: bool = True
+    history: Duration = Field(default=30 * 86400, gt=0)  # how far back baselines look
+    # A user's baseline on a target counts once it holds this many earlier sessions
+    # (first-time, off-hours, long-session) or this many statements (volume-spike).
+    min_sessions: int = Field(default=5, ge=1)
+    min_samples: int = Field(default=20, ge=1)
+    volume_factor: float = Field(default=10.0, gt=1)  # rows over N x the 30-day p95
+    denials: int = Field(default=3, ge=2)
+    denial_window: Duration = Field(default=600, gt=0)
+    long_factor: float = Field(default=2.0, gt=1)  # a session past N x its usual p95 length
+    tz: str = "UTC"  # the time zone of usual hours
+
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class BrokerConfig(_Strict):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     oidc: OidcSection | None = None
@@ -533,6 +629,7 @@ class BrokerConfig(_Strict):
     audit: AuditSection = Field(default_factory=AuditSection)
     recordings: RecordingsSection = Field(default_factory=RecordingsSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    signals: SignalsSection = Field(default_factory=SignalsSection)
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

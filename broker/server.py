@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -382,6 +383,10 @@ async def _clear_to_start(
         if grant is None:
             await _refuse_without_grant(broker, refuse, ctx, target)
             return False, None
+    locked = await _signal_lock(broker, ctx, target)
+    if locked is not None:
+        refuse(locked, 3)
+        return False, None
     refusal = broker.audit.refusal_reason()
     if refusal is not None:
         # Strict audit: no session may start while its events could be lost.
@@ -400,6 +405,41 @@ async def _clear_to_start(
         refuse(f"session refused: {refusal}", 1)
         return False, None
     return True, grant
+
+
+async def _signal_lock(broker: ServerHost, ctx: ConnectionContext, target: Target) -> str | None:
+    """Why USER may not open a session on TARGET now (a `lock:` signal action), audited; None
+    when nothing holds them off. A lock that cannot be read refuses (fail closed)."""
+    signals = getattr(broker, "signals", None)
+    if signals is None or not signals.settings.enabled:
+        return None
+    try:
+        locked = await signals.locked_until(ctx.user, target.name)
+    except Exception:
+        log.exception("signal locks cannot be read")
+        locked = (float("inf"), "unknown")
+    if locked is None:
+        return None
+    until, name = locked
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until))
+        if until != float("inf")
+        else "the broker can read its locks again"
+    )
+    reason = f"locked out of {target.name} until {when} (signal {name})"
+    await broker.audit.emit(
+        AuditEvent(
+            type="session.rejected",
+            actor=ctx.user,
+            groups=ctx.groups,
+            target=target.name,
+            outcome="failure",
+            reason=reason,
+            remote=ctx.remote,
+            details={"locked_until": until if until != float("inf") else None, "signal": name},
+        )
+    )
+    return f"session refused: {reason}"
 
 
 async def _refuse_without_grant(

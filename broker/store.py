@@ -611,12 +611,18 @@ class Store:
             self._writer = None
         await self._db.close()
 
+    async def write(self, sql: str, params: Sequence[Any]) -> int:
+        """One statement and its commit on the shared connection (busy retried); the number
+        of rows it changed."""
+        return await asyncio.shield(self._write_now(sql, params, changed=True))
+
     async def _write(self, sql: str, params: Sequence[Any]) -> int:
         # Shielded: a caller cancelled between the statement and its commit must not leave
         # its write open on the shared connection (the next commit, anyone's, would take it).
         return await asyncio.shield(self._write_now(sql, params))
 
-    async def _write_now(self, sql: str, params: Sequence[Any]) -> int:
+    async def _write_now(self, sql: str, params: Sequence[Any], *, changed: bool = False) -> int:
+        """The row id of what SQL inserted; with CHANGED, the number of rows it changed."""
         # Another connection (the audit writer, `hoop-broker prune`) may have written since
         # this connection's read snapshot: SQLite then refuses at once ("database is locked")
         # instead of waiting. Roll back, so no half-open transaction blocks later writes, and
@@ -627,7 +633,7 @@ class Store:
                     try:
                         cursor = await self._db.execute(sql, params)
                         await self._db.commit()
-                        return cursor.lastrowid or 0
+                        return cursor.rowcount if changed else cursor.lastrowid or 0
                     except sqlite3.Error:
                         with contextlib.suppress(sqlite3.Error):
                             await self._db.rollback()

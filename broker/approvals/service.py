@@ -54,6 +54,7 @@ PUBLISHED_KEPT = 10_000
 MAX_COMMENT = 2000
 MAX_REASON = 2000
 MAX_SCREEN_LINE = 512
+OVERRIDE_WINDOW = 86400.0  # a denial this recent, then an approval, is an override
 
 
 def when(timestamp: float) -> str:
@@ -404,6 +405,14 @@ class ApprovalService:
         # Someone who may not see the request learns nothing of it, not even its approvers.
         record = await self.get_visible(request_id, actor, groups)
         if record.requester == actor:
+            await self.signal(
+                "self-approval",
+                user=actor,
+                groups=groups,
+                target=record.target,
+                session=record.session,
+                details={"what": "request", "request": record.id, "decision": decision},
+            )
             raise ApprovalError("forbidden", "you cannot approve your own request")
         if not set(groups) & set(record.approver_groups):
             raise ApprovalError("forbidden", f"only members of {record.groups_text()} may decide")
@@ -422,6 +431,8 @@ class ApprovalService:
             raise ApprovalError("conflict", f"request is {current.state}")
         current = await self.store.get(record.id)
         assert current is not None
+        if current.state == "approved" and current.kind == "command":
+            await self._overridden(current, actor, groups)
         approvals = len(current.approvers())
         await self._audit(
             "approval.approved" if decision == "approve" else "approval.denied",
@@ -589,6 +600,40 @@ class ApprovalService:
     async def access_requests(self, user: str) -> list[ApprovalRecord]:
         await self.expire_due()
         return await self.store.access_requests(user)
+
+    # -- signals ----------------------------------------------------------------------------
+    async def signal(self, name: str, **fields: Any) -> None:
+        """Fire an insider-threat signal (broker.signals), if the broker watches for them."""
+        signals = getattr(self._broker, "signals", None)
+        if signals is None or not signals.settings.enabled:
+            return
+        try:
+            await signals.fire(name, **fields)
+        except Exception:
+            log.exception("signal %s could not be recorded", name)
+
+    async def _overridden(self, record: ApprovalRecord, actor: str, groups: Sequence[str]) -> None:
+        """RECORD was just approved: was the same command, asked by the same person, denied
+        by another approver lately (asking again until someone says yes)?"""
+        earlier = await self.store.denied_like(record, since=time.time() - OVERRIDE_WINDOW)
+        for denied in earlier:
+            deniers = [d.approver for d in denied.decisions if d.decision == "deny"]
+            if deniers and actor not in deniers:
+                await self.signal(
+                    "approval-overridden",
+                    user=record.requester,
+                    groups=record.requester_groups,
+                    target=record.target,
+                    session=record.session,
+                    details={
+                        "request": record.id,
+                        "denied_request": denied.id,
+                        "denied_by": ", ".join(deniers),
+                        "approved_by": actor,
+                        "command": record.command,
+                    },
+                )
+                return
 
     async def standing_record(self, standing_id: str) -> StandingApproval | None:
         return await self.store.standing(standing_id)

@@ -91,6 +91,15 @@ class StandingApprovals:
         refusal = self._refusal(actor, groups, target, group)
         if refusal is not None:
             await self._audit_refusal(actor, groups, target.name, group, pattern, refusal)
+            if group in groups:
+                await self._service.signal(
+                    "self-approval",
+                    user=actor,
+                    groups=groups,
+                    target=target.name,
+                    session=None,
+                    details={"what": "standing approval", "group": group, "pattern": pattern},
+                )
             raise ApprovalError("forbidden", refusal, exit_status=3)
         now = time.time()
         standing_id = await self._store.insert_standing(

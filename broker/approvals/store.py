@@ -582,6 +582,15 @@ class ApprovalStore:
         rows = await self._rows('SELECT "user", groups FROM identities')
         return [(row[0], tuple(json.loads(row[1]))) for row in rows]
 
+    async def denied_like(self, record: ApprovalRecord, *, since: float) -> list[ApprovalRecord]:
+        """Denied requests for the same command, target and requester as RECORD, since SINCE."""
+        return await self._records(
+            "kind = 'command' AND state = 'denied' AND requester = ? AND target = ? "
+            "AND command = ? AND id != ? AND decided_at >= ?",
+            (record.requester, record.target, record.command, record.id, since),
+            "ORDER BY decided_at DESC LIMIT 10",
+        )
+
     async def groups_of(self, user: str) -> tuple[str, ...]:
         """The groups of USER's latest login (none if they never logged in)."""
         rows = await self._rows('SELECT groups FROM identities WHERE "user" = ?', (user,))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from broker.config import BrokerConfig
     from broker.keys import BrokerKeys
     from broker.recording_objects import RecordingObjects
+    from broker.signals import SignalWatch
     from broker.store import Store
 
 SESSION_ID = re.compile(r"\d{8}-[0-9a-f]{12}")
@@ -88,6 +89,7 @@ class AuditHost(Protocol):
     recording_objects: RecordingObjects | None
     keys: BrokerKeys
     approvals: ApprovalRecords
+    signals: SignalWatch
 
     @property
     def data_dir(self) -> Path: ...
@@ -210,12 +212,50 @@ class AuditApi:
         limit = params.get("limit", DEFAULT_LIST_LIMIT)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ApiError("bad_request", "limit must be a positive integer")
+        flagged = bool(params.get("flagged"))
+        if flagged:
+            # Which sessions stand out is for auditors: the insider must not learn it.
+            if not self._is_auditor(ctx):
+                raise ApiError("forbidden", "only auditors ([audit] auditors) see flagged sessions")
+            ids = await self._broker.signals.flagged_sessions()
+            if not ids:
+                return []
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            values.extend(ids)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         rows = await self._select_sessions(
             f"{where} ORDER BY started_at DESC LIMIT ?", [*values, min(limit, MAX_LIST_LIMIT)]
         )
         counts = await self._counts([row["id"] for row in rows])
-        return [self._summary(row, counts.get(row["id"])) for row in rows]
+        listed = [self._summary(row, counts.get(row["id"])) for row in rows]
+        if flagged:
+            names = await self._broker.signals.flagged([row["id"] for row in rows])
+            for summary in listed:
+                summary["signals"] = names.get(summary["id"], [])
+        return listed
+
+    async def list_signals(
+        self, ctx: ConnectionContext, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Signals, newest first (auditors only): {id, time, signal, user, target, session,
+        details, text}."""
+        from broker.signals import describe
+
+        if not self._is_auditor(ctx):
+            raise ApiError("forbidden", "only auditors ([audit] auditors) see signals")
+        filters: dict[str, Any] = {}
+        for key in ("user", "target", "session"):
+            value = params.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ApiError("bad_request", f"{key} must be a string")
+            filters[key] = value
+        limit = params.get("limit", 1000)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ApiError("bad_request", "limit must be a positive integer")
+        found = await self._broker.signals.listing(
+            since=_time(params, "since"), limit=min(limit, MAX_LIST_LIMIT), **filters
+        )
+        return [{**signal.to_dict(), "text": describe(signal)} for signal in found]
 
     async def show_session(self, ctx: ConnectionContext, params: dict[str, Any]) -> dict[str, Any]:
         row = await self._visible_session(ctx, params.get("id"))
@@ -679,6 +719,7 @@ def audit_methods(broker: AuditHost) -> ApiMethods:
             "sessions.show": api.show_session,
             "sessions.search": api.search,
             "sessions.verify": api.verify,
+            "signals.list": api.list_signals,
         },
         streams={"sessions.recording": api.recording, "sessions.bundle": api.bundle},
     )

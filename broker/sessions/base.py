@@ -34,6 +34,7 @@ from broker.sessions.approvals import (
 )
 from broker.sessions.budgets import StatementRate
 from broker.sessions.request import SessionCommand
+from broker.sessions.signaling import SessionSignals
 
 if TYPE_CHECKING:
     from broker.audit.events import AuditLog
@@ -128,6 +129,14 @@ class SessionBase:
         self.grant: ApprovalRecord | None = None
         self._grant_task: asyncio.Future[None] | None = None
         self._limit_task: asyncio.Future[None] | None = None
+        self._started_at: float | None = None
+        self._signals = SessionSignals(
+            getattr(broker, "signals", None),
+            ctx,
+            self._target,
+            self.session_id,
+            policy.on_signal,
+        )
 
     async def run(self) -> int:
         raise NotImplementedError
@@ -175,12 +184,13 @@ class SessionBase:
             reason=note or decision.reason,
             details=details,
         )
+        await self._signals.decided(event_type, subject, text, decision, details, approver)
 
     @property
     def _policy(self) -> Policy:
         """The policy in force now: for this kind of actor, and inside or outside the change
         windows its rules name (judged at each decision, so a long session crosses them)."""
-        return self._actor_policy.at(time.time())
+        return self._signals.policy(self._actor_policy.at(time.time()))
 
     async def _hold(
         self,
@@ -727,6 +737,8 @@ class SessionBase:
         if self.grant is not None:
             details = {**details, "grant": self.grant.id}
         await self._audit("session.start", details={"reason": self._reason, **details})
+        self._started_at = started
+        await self._signals.started(on_grant_warning, on_grant_end)
         if on_grant_end is None:
             return
         warn = on_grant_warning or (lambda _text: None)
@@ -819,6 +831,8 @@ class SessionBase:
             self._grant_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._grant_task
+        if self._started_at is not None:
+            await self._signals.ended(time.time() - self._started_at)
         details: dict[str, object] = {"exit_status": status, "state": state}
         if self._recorder is not None:
             with contextlib.suppress(RecordingError):

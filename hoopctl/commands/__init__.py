@@ -24,4 +24,5 @@ from hoopctl.commands import mcp  # noqa: F401
 from hoopctl.commands import ssh_config  # noqa: F401
 from hoopctl.commands import replay  # noqa: F401
 from hoopctl.commands import sessions  # noqa: F401
+from hoopctl.commands import signals  # noqa: F401
 from hoopctl.commands import verify_bundle  # noqa: F401

@@ -99,13 +99,19 @@ def sessions(
     limit: Annotated[
         int, typer.Option("--limit", min=1, help="At most this many, newest first.")
     ] = 100,
+    flagged: Annotated[
+        bool,
+        typer.Option(
+            "--flagged", help="Only sessions with signals (auditors; see hoopctl signals)."
+        ),
+    ] = False,
     output: OutputOption = OutputFormat.table,
     broker: BrokerOption = None,
 ) -> None:
     """List recorded sessions: user, target, start, duration, commands, blocked and approved.
 
-    Auditors see every session; anyone else only their own. Then: hoopctl sessions show ID,
-    hoopctl replay ID.
+    Auditors see every session; anyone else only their own. --flagged: only those with
+    signals, and which. Then: hoopctl sessions show ID, hoopctl replay ID.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -122,10 +128,12 @@ def sessions(
             params["since"] = parse_when(since)
         if until:
             params["until"] = parse_when(until)
+        if flagged:
+            params["flagged"] = True
         rows = await call_broker(broker, "sessions.list", params)
         remember_listed(broker, "sessions", [row.get("id") for row in rows])
         if output is OutputFormat.json:
-            render([_for_json(row) for row in rows], _LIST_COLUMNS, output)
+            render([_for_json(row) for row in rows], _LIST_COLUMNS, output)  # every key
             return
         shown = [
             {
@@ -144,7 +152,10 @@ def sessions(
             }
             for row in rows
         ]
-        render(shown, _LIST_COLUMNS, output, empty="no sessions to show")
+        columns = _LIST_COLUMNS + ([("signals_text", "Signals")] if flagged else [])
+        for row in shown:
+            row["signals_text"] = ", ".join(row.get("signals") or [])
+        render(shown, columns, output, empty="no sessions to show")
 
     _run(work)
 

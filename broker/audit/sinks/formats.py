@@ -37,10 +37,27 @@ _ECS_KIND: dict[str, tuple[list[str], list[str]]] = {
     "approval.expired": (["iam"], ["change"]),
     "approval.cancelled": (["iam"], ["deletion"]),
     "approval.executed": (["iam"], ["access"]),
+    "approval.standing.granted": (["iam"], ["creation"]),
+    "approval.standing.revoked": (["iam"], ["deletion"]),
+    "approval.standing.used": (["iam"], ["access", "allowed"]),
+    "approval.standing.refused": (["iam"], ["denied"]),
+    "session.exported": (["session"], ["info"]),
+    "signal.action": (["intrusion_detection"], ["info"]),
     "audit.prune": (["file"], ["deletion"]),
     "audit.sink": (["configuration"], ["change"]),
 }
 _DEFAULT_KIND = (["session"], ["info"])
+_SIGNAL_KIND = (["intrusion_detection"], ["info"])
+# How much a signal weighs, as ECS event.severity (0-100) and event.risk_score.
+_SIGNAL_SEVERITY = {
+    "first-time": 21,
+    "off-hours": 21,
+    "long-session": 21,
+    "volume-spike": 73,
+    "repeated-denials": 47,
+    "self-approval": 73,
+    "approval-overridden": 73,
+}
 
 # details keys that have an ECS home of their own (they stay in hoop.details as well).
 _DETAIL_FIELDS = {
@@ -79,7 +96,8 @@ def _split_remote(remote: str) -> tuple[str, int | None]:
 def to_ecs(record: dict[str, Any]) -> dict[str, Any]:
     """The ECS document for one stored audit event."""
     kind = str(record.get("type", "unknown"))
-    category, types = _ECS_KIND.get(kind, _DEFAULT_KIND)
+    signal = kind.startswith("signal.") and kind != "signal.action"
+    category, types = _ECS_KIND.get(kind, _SIGNAL_KIND if signal else _DEFAULT_KIND)
     doc: dict[str, Any] = {
         "@timestamp": iso_time(float(record.get("time", 0.0))),
         "ecs": {"version": ECS_VERSION},
@@ -138,6 +156,17 @@ def to_ecs(record: dict[str, Any]) -> dict[str, Any]:
         if details.get("decision"):
             _put(doc, "hoop.decision", details["decision"])
         _put(doc, "hoop.details", details)
+    if signal:
+        # An alert: SIEMs index it beside their own detections.
+        name = kind.removeprefix("signal.")
+        doc["event"]["kind"] = "alert"
+        doc["event"]["severity"] = _SIGNAL_SEVERITY.get(name, 21)
+        doc["event"]["risk_score"] = float(_SIGNAL_SEVERITY.get(name, 21))
+        _put(doc, "rule.name", name)
+        _put(doc, "rule.ruleset", "hoop.signals")
+        _put(doc, "rule.category", "insider-threat")
+        if isinstance(details, dict) and details.get("id"):
+            _put(doc, "rule.uuid", details["id"])
     doc["message"] = _message(record)
     return doc
 
