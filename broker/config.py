@@ -220,6 +220,22 @@ class Rule(_Strict):
     approvals: int = Field(default=1, ge=1)
     timeout: Duration = Field(default=900, gt=0)
     reason_required: bool = False
+    # Bulk reads: the rule acts on a result that holds more than this many rows of masked
+    # columns (review: held for approval before any row is sent; deny: stopped at the limit),
+    # never on the statement itself.
+    rows_over: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _rows_over_action(self) -> Rule:
+        if self.rows_over is not None:
+            if self.action == "allow":
+                raise ValueError(
+                    'rows_over needs action "review" (hold the result for approval) or '
+                    '"deny" (stop at the limit)'
+                )
+            if self.program is not None or self.args is not None:
+                raise ValueError("rows_over is for SQL results: a rule with it names no program")
+        return self
 
 
 # What the broker notices (docs/policy.md, "Signals"): each is a `signal.NAME` audit event.

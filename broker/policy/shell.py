@@ -151,6 +151,7 @@ def _applies_to_shell(rule: Rule) -> bool:
         or rule.effect is not None
         or rule.tables is not None
         or rule.without_where is not None
+        or rule.rows_over is not None
     )
     return shell or not sql
 

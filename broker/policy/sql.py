@@ -213,7 +213,7 @@ def _judge(policy: Policy, statement: Statement, names: _Names, inner: bool) -> 
         # Allow rules cannot apply to what is not understood; a deny or review rule that
         # matches what is known of it may make it stricter than on_unknown.
         for index, rule in enumerate(policy.rules):
-            if rule.action == "allow" or not _applies_to_sql(rule):
+            if rule.action == "allow" or not _applies_to_sql(rule) or rule.rows_over:
                 continue
             if _match(rule, statement, names):
                 if stronger(rule.action, policy.on_unknown):
@@ -226,13 +226,24 @@ def _judge(policy: Policy, statement: Statement, names: _Names, inner: bool) -> 
             unknown=True,
         )
     for index, rule in enumerate(policy.rules):
-        if _applies_to_sql(rule) and _match(rule, statement, names):
+        # A rows_over rule judges the result, not the statement (rows_rule).
+        if _applies_to_sql(rule) and not rule.rows_over and _match(rule, statement, names):
             return _rule_decision(rule, index, statement, inner)
     return Decision(
         policy.default,
         None,
         f"no rule matched {_what(statement, inner)}; default {policy.default}",
     )
+
+
+def rows_rule(policy: Policy, statement: Statement, dialect: Dialect) -> Rule | None:
+    """The first `rows_over` rule that matches STATEMENT: it judges the statement's result
+    (broker.sessions.rows_over). Names are matched as for a deny rule: loosely."""
+    names = _Names(sql_unit(dialect))
+    for rule in policy.rules:
+        if rule.rows_over and _applies_to_sql(rule) and _match(rule, statement, names):
+            return rule
+    return None
 
 
 def _match(rule: Rule, statement: Statement, names: _Names) -> bool:

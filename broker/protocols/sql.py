@@ -225,6 +225,12 @@ class ProxyHost(Protocol):
         limit)."""
         ...
 
+    def bulk_limit(self, sql: str) -> tuple[str, int] | None:
+        """A `rows_over` rule over the statement SQL (the last judged): its name and limit.
+        Its result stops at the limit when it holds masked columns (a native client cannot
+        be held for an approver mid-result: fail closed)."""
+        ...
+
     async def answered(self, sql: str, kind: str, *, refused: str | None = None) -> None:
         """SQL (of KIND) was answered by the unit itself, not run as written (a KILL QUERY
         of one of the user's connections): audit and record it; REFUSED: why it was not

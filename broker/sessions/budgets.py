@@ -78,17 +78,26 @@ class Cut:
     budget: str  # "max_rows" or "max_bytes"
     limit: int
     rows: int
+    rule: str | None = None  # budget "rows_over": the rule that stopped it
 
     @property
     def text(self) -> str:
+        sent = f"{self.rows} row{'s' if self.rows != 1 else ''} sent"
+        if self.budget == "rows_over":
+            return (
+                f"result stopped at rule {self.rule}: more than {self.limit} rows of masked "
+                f"columns: {sent}"
+            )
         unit = "rows" if self.budget == "max_rows" else "bytes"
         return (
-            f"result truncated at the target's {self.budget} budget ({self.limit} {unit}): "
-            f"{self.rows} row{'s' if self.rows != 1 else ''} sent"
+            f"result truncated at the target's {self.budget} budget ({self.limit} {unit}): {sent}"
         )
 
     def as_dict(self) -> dict[str, object]:
-        return {"budget": self.budget, "limit": self.limit, "rows": self.rows}
+        found: dict[str, object] = {"budget": self.budget, "limit": self.limit, "rows": self.rows}
+        if self.rule is not None:
+            found["rule"] = self.rule
+        return found
 
     def marker(self, fmt: str) -> str:
         """The marker after the rows, in output format FMT (a script sees the cut too)."""

@@ -17,7 +17,7 @@ import asyncssh
 from broker.masking.lineage import ColumnSource
 from broker.masking_views import column_sources, prepare_column_sources
 from broker.policy.decision import Decision, combine
-from broker.policy.sql import Statement
+from broker.policy.sql import Statement, rows_rule
 from broker.policy.sql_session import SessionState
 from broker.protocols.sql import DatabaseConnection, RowMask, StatementError
 from broker.recording import RecordingError
@@ -50,6 +50,8 @@ class NativeProxy(SqlSessionBase):
         self._sql_state = SessionState()
         self._check_reading = False  # a statement ran that may change how text is read
         self._input: ClientInput | None = None  # while the client is served
+        # The rows_over rules over the statements last judged: text -> (rule, limit).
+        self._bulk: dict[str, tuple[str, int]] = {}
 
     # -- ProxyHost ---------------------------------------------------------------------
 
@@ -94,6 +96,11 @@ class NativeProxy(SqlSessionBase):
             )
             decision = combine([decision, doubt])
         texts = tuple(s.text for s in parsed.statements) or (sql,)
+        self._bulk = {}
+        for statement in parsed.statements:
+            rule = rows_rule(self._policy, statement, self.dialect)
+            if rule is not None and rule.rows_over:
+                self._bulk[statement.text] = (rule.name or "rows_over", rule.rows_over)
         if decision.action == "allow":
             return _Judgement(True, "", texts, parsed.statements, decision)
         outcome = await self._hold(
@@ -116,6 +123,9 @@ class NativeProxy(SqlSessionBase):
                 outcome.standing,
             )
         return _Judgement(False, f"hoop: {outcome.message}", texts, parsed.statements, decision)
+
+    def bulk_limit(self, sql: str) -> tuple[str, int] | None:
+        return self._bulk.get(sql)
 
     async def prepare(self, conn: DatabaseConnection, sql: str) -> None:
         # Where nothing is masked, nothing is looked up: no lineage, no taint to keep (a

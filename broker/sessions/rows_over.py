@@ -17,6 +17,7 @@ from typing import Any
 
 from broker.config import Rule
 from broker.policy.decision import Decision
+from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.budgets import Cut
 
 
@@ -44,26 +45,30 @@ class RowsOver:
         self.rule = rule if rule is not None and rule.rows_over and masked_columns else None
         self.masked_columns = tuple(masked_columns)
         self.cut: Cut | None = None  # action deny: the result was stopped at the limit
-        self.withheld: str | None = None  # action review, not approved: why nothing was sent
-        self.approver: str | None = None  # action review, approved: who approved
+        # Action review: how the hold ended (approved or not); None when nothing was held.
+        self.outcome: ReviewOutcome | None = None
 
-    def rows(
+    @property
+    def withheld(self) -> str | None:
+        """Why none of the result was sent (a review not approved), or None."""
+        if self.outcome is None or self.outcome.approved:
+            return None
+        return self.outcome.message
+
+    @property
+    def approver(self) -> str | None:
+        return self.outcome.approver if self.outcome is not None and self.outcome.approved else None
+
+    async def admit(
         self,
         rows: AsyncIterator[Any],
-        approve: Callable[[Decision], Awaitable[tuple[bool, str | None, str]]],
+        hold: Callable[[Decision], Awaitable[ReviewOutcome]],
     ) -> AsyncIterator[Any]:
-        """ROWS as they may go out. APPROVE asks for the review and returns (approved,
-        approver, message)."""
+        """The rows that may go out, decided before any is sent: ROWS as they are, the first
+        rows_over of them (deny), all of them once HOLD got an approval, or none."""
         if self.rule is None:
             return rows
-        return self._gated(rows, self.rule, approve)
-
-    async def _gated(
-        self,
-        rows: AsyncIterator[Any],
-        rule: Rule,
-        approve: Callable[[Decision], Awaitable[tuple[bool, str | None, str]]],
-    ) -> AsyncIterator[Any]:
+        rule = self.rule
         limit = int(rule.rows_over or 0)
         ahead: list[Any] = []
         async for row in rows:
@@ -71,20 +76,19 @@ class RowsOver:
             if len(ahead) > limit:
                 break
         if len(ahead) <= limit:
-            for row in ahead:
-                yield row
-            return
+            return _chain(ahead, None)
         if rule.action == "deny":
-            for row in ahead[:limit]:
-                yield row
-            self.cut = Cut("rows_over", limit, limit)
-            return
-        approved, approver, message = await approve(rows_decision(rule, self.masked_columns))
-        if not approved:
-            self.withheld = message
-            return
-        self.approver = approver
-        for row in ahead:
-            yield row
-        async for row in rows:
+            self.cut = Cut("rows_over", limit, limit, rule.name or "rows_over")
+            return _chain(ahead[:limit], None)
+        self.outcome = await hold(rows_decision(rule, self.masked_columns))
+        if not self.outcome.approved:
+            return _chain([], None)
+        return _chain(ahead, rows)
+
+
+async def _chain(first: list[Any], rest: AsyncIterator[Any] | None) -> AsyncIterator[Any]:
+    for row in first:
+        yield row
+    if rest is not None:
+        async for row in rest:
             yield row

@@ -247,7 +247,9 @@ class SqlSessionBase(SessionBase):
         standing: str | None = None,
         unmaskable: list[str] | None = None,
         truncated: dict[str, object] | None = None,
+        withheld: str | None = None,
     ) -> None:
+        """WITHHELD: why none of the result was sent (a bulk read not approved)."""
         self.statements_run.append(
             {
                 "statement": text,
@@ -256,6 +258,7 @@ class SqlSessionBase(SessionBase):
                 "masked": masked,
                 **({"error": error} if error else {}),
                 **({"truncated": truncated} if truncated else {}),
+                **({"withheld": withheld} if withheld else {}),
             }
         )
         del self.statements_run[:-SUMMARY_STATEMENTS]
@@ -266,8 +269,8 @@ class SqlSessionBase(SessionBase):
             decision,
             approver=approver,
             standing=standing,
-            note=error,
-            failed=error is not None,
+            note=error or withheld,
+            failed=error is not None or withheld is not None,
             extra={
                 "kind": kind,
                 "tables": tables,
@@ -276,5 +279,6 @@ class SqlSessionBase(SessionBase):
                 "duration_ms": round((time.monotonic() - started) * 1000, 3),
                 **({"unmaskable": unmaskable} if unmaskable else {}),
                 **({"truncated": truncated} if truncated else {}),
+                **({"withheld": withheld} if withheld else {}),
             },
         )

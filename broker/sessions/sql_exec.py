@@ -7,19 +7,23 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
 
+from broker.config import Rule
 from broker.credentials import CredentialError
 from broker.policy.decision import Decision
-from broker.policy.sql import ParsedSql
+from broker.policy.sql import ParsedSql, rows_rule
 from broker.protocols import open_database
 from broker.protocols.base import TargetError
 from broker.protocols.sql import DatabaseConnection, StatementError
 from broker.recording import RecordingError
+from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.budgets import BudgetMeter, Cut
 from broker.sessions.formats import ResultWriter
+from broker.sessions.rows_over import RowsOver
 from broker.sessions.sql_base import QUERY_KINDS, SqlSessionBase
 from broker.sessions.sql_state import needs_check, reading_drift
 
@@ -33,6 +37,10 @@ class SqlExec(SqlSessionBase):
         self._output = self._request.output
         self._approver: str | None = None
         self._standing: str | None = None
+        # `exec --request ID`: the rule whose review that request passed (a rows_over rule's
+        # hold of the same statement is then already approved).
+        self._approved_rule: str | None = None
+        self._input_sql: str | None = None
         self._document = False
 
     def _error(self, text: str) -> None:
@@ -138,12 +146,14 @@ class SqlExec(SqlSessionBase):
         if isinstance(claimed, int):
             return claimed
         self._approver = claimed
+        self._approved_rule = record.rule
         if not parsed.statements:
             return 0
         return await self._execute(text, parsed, decision)
 
     async def _execute(self, sql: str, parsed: ParsedSql, decision: Decision) -> int:
         started = time.time()
+        self._input_sql = sql
         try:
             self._open_recording(
                 width=120,
@@ -173,7 +183,12 @@ class SqlExec(SqlSessionBase):
                     if self._document:
                         await self._write(",\n" if index else "\n")
                     status = await self._run_statement(
-                        conn, statement.text, statement.kind, list(statement.tables), decision
+                        conn,
+                        statement.text,
+                        statement.kind,
+                        list(statement.tables),
+                        decision,
+                        rows_rule(self._policy, statement, self.dialect),
                     )
                     if status:
                         break
@@ -195,8 +210,22 @@ class SqlExec(SqlSessionBase):
             await self._end(state="closed", status=status)
 
     async def _run_statement(
-        self, conn: DatabaseConnection, text: str, kind: str, tables: list[str], decision: Decision
+        self,
+        conn: DatabaseConnection,
+        text: str,
+        kind: str,
+        tables: list[str],
+        decision: Decision,
+        bulk: Rule | None = None,
     ) -> int:
+        """Run one statement and write its result; BULK is the rows_over rule over it (an
+        approved request it is run under, `--request`, has approved it already)."""
+        if (
+            bulk is not None
+            and self._approved_rule is not None
+            and bulk.name == self._approved_rule
+        ):
+            bulk = None
         started = time.monotonic()
         self._recorder.mark(f"query: {text}")  # type: ignore[union-attr]
         writer = ResultWriter(self._output)
@@ -206,8 +235,17 @@ class SqlExec(SqlSessionBase):
         cut: Cut | None = None
         head = json.dumps({"statement": text, "kind": kind}, ensure_ascii=False)[:-1]
         opened = in_rows = False
+        gate = RowsOver(None, ())
         try:
             result = await self._query(conn, text, kind)
+            if result.columns:
+                gate = RowsOver(bulk, result.plan.masked_columns if result.plan else ())
+                # Held as the whole input, which `exec --request ID` runs again once approved.
+                source = await gate.admit(result.rows, self._hold_rows(self._input_sql or text))
+                if gate.withheld is not None or gate.cut is not None:
+                    await self._stop_reading(conn, result)
+                result.rows = source
+                cut = gate.cut
             if self._document:
                 await self._write(head)
                 opened = True
@@ -221,7 +259,8 @@ class SqlExec(SqlSessionBase):
                 async for row in result.rows:
                     if not meter.admit(row):
                         cut = meter.cut
-                        await self._stop_reading(conn, result)
+                        if gate.cut is None:
+                            await self._stop_reading(conn, result)
                         break
                     batch.append(row)
                     if len(batch) >= ROW_BATCH:
@@ -265,11 +304,31 @@ class SqlExec(SqlSessionBase):
             masked=masked,
             error=error,
             started=started,
-            approver=self._approver,
+            approver=gate.approver or self._approver,
             standing=self._standing,
             truncated=cut.as_dict() if cut is not None else None,
+            withheld=gate.withheld,
         )
+        if gate.withheld is not None and gate.outcome is not None:
+            return gate.outcome.exit_status
         return 1 if error else 0
+
+    def _hold_rows(self, text: str) -> Callable[[Decision], Awaitable[ReviewOutcome]]:
+        """How a bulk read (rows_over, review) waits for approval: as the statement itself
+        would (--wait, --no-wait, Ctrl-C); once approved later, `--request ID` runs it."""
+
+        async def hold(held: Decision) -> ReviewOutcome:
+            return await self._hold(
+                text,
+                held,
+                say=self._error,
+                subject="query",
+                wait=self._request.wait,
+                watch_cancel=self._client_cancelled,
+                in_session=False,
+            )
+
+        return hold
 
     async def _stop_reading(self, conn: DatabaseConnection, result: Any) -> None:
         """A result cut at its budget: the database stops producing it (the rest is never

@@ -38,9 +38,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from broker.config import Rule
 from broker.credentials import CredentialError
 from broker.masking.lineage import ColumnSource
 from broker.policy.decision import Decision
+from broker.policy.sql import rows_rule
 from broker.policy.sql_session import SessionState
 from broker.protocols import open_database
 from broker.protocols.base import TargetError
@@ -50,6 +52,7 @@ from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.budgets import BudgetMeter
 from broker.sessions.formats import to_text
 from broker.sessions.prompt_channel import ChannelTerminal, fixed_layout, open_history
+from broker.sessions.rows_over import RowsOver
 from broker.sessions.sql_base import QUERY_KINDS, MaskedResult, SqlSessionBase
 from broker.sessions.sql_catalog import (
     COMPLETION_LIMIT,
@@ -345,6 +348,7 @@ class SqlShell(SqlSessionBase):
                 decision,
                 approver,
                 standing,
+                rows_rule(self._policy, statement, self.dialect),
             )
             if not ok or self._term is None or self._term.finished:
                 break
@@ -430,7 +434,9 @@ class SqlShell(SqlSessionBase):
         decision: Decision,
         approver: str | None,
         standing: str | None = None,
+        bulk: Rule | None = None,
     ) -> bool:
+        """Run one statement and show its result; BULK is the rows_over rule over it."""
         term = self._term
         assert term is not None
         term.mark(f"query: {text}")
@@ -440,17 +446,35 @@ class SqlShell(SqlSessionBase):
         error: str | None = None
         masked: dict[str, int] = {}
         meter = BudgetMeter(self._limits)
+        gate = RowsOver(None, ())
         term.on_interrupt = self._interrupt
+
+        async def hold(held: Decision) -> ReviewOutcome:
+            outcome = await self._held(text, held, 1)
+            term.on_interrupt = self._interrupt
+            return outcome
+
         try:
             result = await self._query(self._conn, text, kind)
             if result.columns:
-                shown = meter.limit(result.rows)
-                rows, stopped, waited = await self._show(result.columns, shown)
-                if meter.cut is not None:
+                gate = RowsOver(bulk, result.plan.masked_columns if result.plan else ())
+                source = await gate.admit(result.rows, hold)
+                stopped = False
+                if gate.withheld is None:
+                    shown = meter.limit(source)
+                    rows, stopped, waited = await self._show(result.columns, shown)
+                cut = gate.cut or meter.cut
+                if cut is not None or gate.withheld is not None:
                     await self._stop(result.rows)
-                    term.write(meter.cut.marker("table"))
+                if cut is not None:
+                    term.write(cut.marker("table"))
                 masked = result.masked_counts()
-                term.write(f"({rows} rows shown; stopped)\n" if stopped else _plural(rows) + "\n")
+                if gate.withheld is not None:
+                    term.write("(no rows sent)\n")
+                else:
+                    term.write(
+                        f"({rows} rows shown; stopped)\n" if stopped else _plural(rows) + "\n"
+                    )
                 if _verb(kind) not in QUERY_KINDS and result.status:
                     term.write(self._status(kind, result.status) + "\n")
             elif _verb(kind) in QUERY_KINDS:
@@ -475,9 +499,10 @@ class SqlShell(SqlSessionBase):
             masked=masked,
             error=error,
             started=started + waited,
-            approver=approver,
+            approver=gate.approver or approver,
             standing=standing,
-            truncated=meter.cut.as_dict() if meter.cut is not None else None,
+            truncated=(gate.cut or meter.cut).as_dict() if (gate.cut or meter.cut) else None,
+            withheld=gate.withheld,
         )
         if _verb(kind) in CATALOG_CHANGES and not self._transaction():
             await self._refresh_catalog()

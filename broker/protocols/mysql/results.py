@@ -41,12 +41,16 @@ class Run:
     kept: int = 0
     kept_bytes: int = 0
     cut: tuple[str, int] | None = None
+    rule: str | None = None  # the rows_over rule that cut it
 
     @property
     def truncated(self) -> dict[str, object] | None:
         if self.cut is None:
             return None
-        return {"budget": self.cut[0], "limit": self.cut[1], "rows": self.kept}
+        found: dict[str, object] = {"budget": self.cut[0], "limit": self.cut[1], "rows": self.kept}
+        if self.rule is not None:
+            found["rule"] = self.rule
+        return found
 
 
 @dataclass
@@ -163,7 +167,8 @@ class Relay:
                 # A cut result says so the only way MySQL's protocol has: one warning more.
                 self.send(_one_more_warning(payload) if run.cut else payload)
                 return p.eof_status(payload)
-            if not self.within_budget(run, len(payload)):
+            masked = result.mask is not None and bool(result.mask.rule_columns)
+            if not self.within_budget(run, len(payload), masked):
                 continue  # read and dropped: memory stays bounded
             if plain:
                 run.rows += 1
@@ -176,11 +181,16 @@ class Relay:
                 self.rows(run, result, pending)
                 await self.flush()
 
-    def within_budget(self, run: Run, size: int) -> bool:
-        """Whether one more row (SIZE bytes) may go to the client under the actor's budget."""
+    def within_budget(self, run: Run, size: int, masked: bool = False) -> bool:
+        """Whether one more row (SIZE bytes) may go to the client under the actor's budget
+        and, for a result with MASKED columns, under a rows_over rule."""
         if run.cut is None:
             limits = self.host.limits
-            if limits.max_rows is not None and run.kept >= limits.max_rows:
+            bulk = self.host.bulk_limit(run.sql) if masked else None
+            if bulk is not None and run.kept >= bulk[1]:
+                run.cut = ("rows_over", bulk[1])
+                run.rule = bulk[0]
+            elif limits.max_rows is not None and run.kept >= limits.max_rows:
                 run.cut = ("max_rows", limits.max_rows)
             elif limits.max_bytes is not None and run.kept_bytes + size > limits.max_bytes:
                 run.cut = ("max_bytes", limits.max_bytes)

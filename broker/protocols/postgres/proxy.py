@@ -92,12 +92,16 @@ class _Run:
     kept_bytes: int = 0
     dropped: int = 0
     cut: tuple[str, int] | None = None
+    rule: str | None = None  # the rows_over rule that cut it
 
     @property
     def truncated(self) -> dict[str, object] | None:
         if self.cut is None:
             return None
-        return {"budget": self.cut[0], "limit": self.cut[1], "rows": self.kept}
+        found: dict[str, object] = {"budget": self.cut[0], "limit": self.cut[1], "rows": self.kept}
+        if self.rule is not None:
+            found["rule"] = self.rule
+        return found
 
 
 def bind_parameters(sql: str, oids: tuple[int, ...], bind: m.Bind) -> tuple[str, str | None]:
@@ -717,7 +721,11 @@ class _Connection:
         would abort an open transaction), and the statement's end says so."""
         if run.cut is None:
             limits = self.host.limits
-            if limits.max_rows is not None and run.kept >= limits.max_rows:
+            bulk = self.host.bulk_limit(run.sql) if run.mask and run.mask.rule_columns else None
+            if bulk is not None and run.kept >= bulk[1]:
+                run.cut = ("rows_over", bulk[1])
+                run.rule = bulk[0]
+            elif limits.max_rows is not None and run.kept >= limits.max_rows:
                 run.cut = ("max_rows", limits.max_rows)
             elif limits.max_bytes is not None and run.kept_bytes + size > limits.max_bytes:
                 run.cut = ("max_bytes", limits.max_bytes)
@@ -737,7 +745,10 @@ class _Connection:
         budget, limit = run.cut
         unit = "rows" if budget == "max_rows" else "bytes"
         text = (
-            f"hoop: result truncated at the target's {budget} budget ({limit} {unit}): "
+            f"hoop: result stopped at rule {run.rule}: more than {limit} rows of masked "
+            f"columns: {run.kept} rows sent"
+            if budget == "rows_over"
+            else f"hoop: result truncated at the target's {budget} budget ({limit} {unit}): "
             f"{run.kept} rows sent"
         )
         self.send(m.fields(b"N", {"S": "WARNING", "V": "WARNING", "C": "01000", "M": text}))
