@@ -622,6 +622,7 @@ class SignalsSection(_Strict):
     denials: int = Field(default=3, ge=2)
     denial_window: Duration = Field(default=600, gt=0)
     long_factor: float = Field(default=2.0, gt=1)  # a session past N x its usual p95 length
+    long_min: Duration = Field(default=60, gt=0)  # ...and at least this long
     tz: str = "UTC"  # the time zone of usual hours
 
     @field_validator("tz")

@@ -337,7 +337,7 @@ class SignalWatch:
         durations = await self._samples(user, target, "duration")
         if len(durations) < self.settings.min_sessions:
             return None
-        return max(p95(durations), 60.0) * self.settings.long_factor
+        return max(p95(durations) * self.settings.long_factor, float(self.settings.long_min))
 
     # -- signals --------------------------------------------------------------------------
     async def fire(

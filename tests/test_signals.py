@@ -340,3 +340,56 @@ def test_first_time_programs_and_self_approval_are_signals(
     assert "tried to approve their own request" in signal["text"]
     text = dave.user.run("signals", "--since", "1h")
     assert text.returncode == 0 and "self-approval" in text.stdout
+
+
+def test_a_denied_command_approved_by_another_approver_is_an_override(
+    alice: approvals.Person, bob: approvals.Person, dave: approvals.Person, target_dir: Path
+) -> None:
+    proof = target_dir / "asked-twice"
+    first = alice.user.run("exec", "shell", "--no-wait", "--", "touch", str(proof))
+    denied = re.search(r"request ([0-9a-f]{10})", first.stderr)
+    assert denied, first.stderr
+    assert bob.user.run("approve", denied.group(1), "--deny", "-m", "no").returncode == 0
+    second = alice.user.run("exec", "shell", "--no-wait", "--", "touch", str(proof))
+    asked = re.search(r"request ([0-9a-f]{10})", second.stderr)
+    assert asked, second.stderr
+    assert dave.user.run("approve", asked.group(1)).returncode == 0
+    (signal,) = [
+        s
+        for s in signals_of(dave, "--user", "alice")
+        if s["signal"] == "approval-overridden" and s["details"]["request"] == asked.group(1)
+    ]
+    assert signal["details"]["denied_request"] == denied.group(1)
+    assert signal["details"]["denied_by"] == "bob" and signal["details"]["approved_by"] == "dave"
+
+
+TIMED = """
+[signals]
+min_sessions = 1
+long_factor = 1.5
+long_min = "2s"
+
+[policies.timed]
+default = "allow"
+on_unknown = "deny"
+on_signal = { "long-session" = "end" }
+"""
+
+
+def test_a_session_far_past_its_usual_length_is_closed(tmp_path: Path) -> None:
+    targets = shell_target("timed", policy="timed") + TIMED
+    with approvals_world(tmp_path, targets=targets, people=("alice",)) as made:
+        alice = made.alice.user
+        assert alice.run("exec", "timed", "--", "true").returncode == 0  # a short session
+        child = alice.spawn("connect", "timed", timeout=30)
+        try:
+            child.expect(r"session (\S+) started")
+            session = child.match.group(1)
+            child.expect("signal long-session; this session is closed", timeout=20)
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+        (event,) = made.broker.audit_events("signal.long-session")
+        assert event["session"] == session and event["details"]["seconds"] >= 2
+        (end,) = [e for e in made.broker.audit_events("session.end") if e["session"] == session]
+        assert end["outcome"] == "failure"
