@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pexpect
 import psycopg
@@ -162,30 +163,63 @@ def test_the_sql_shell_holds_the_result_and_ctrl_c_sends_none(alice: approvals.P
     assert "email" not in shown_meanwhile and "REDACTED" not in shown_meanwhile.upper()
 
 
-def test_through_the_native_proxy_a_bulk_read_stops_at_the_limit(world: World) -> None:
-    assert PSQL, "psql is not installed"
-    child = world.alice.user.spawn("proxy", "bulk", "--output", "json", timeout=60)
+@contextmanager
+def native_proxy(person: approvals.Person, target: str) -> Iterator[tuple[pexpect.spawn, str]]:
+    """`hoopctl proxy TARGET` of PERSON's: its terminal and a psql connection string."""
+    child = person.user.spawn("proxy", target, "--output", "json", timeout=60)
     try:
-        child.expect(r'\{"target": "bulk".*\}')
+        child.expect(r'\{"target": "' + target + r'".*\}')
         info = json.loads(child.match.group(0))
-        dsn = (
-            f"host=127.0.0.1 port={info['port']} dbname=bulk user={info['user']} "
-            f"password={info['password']} sslmode=disable"
+        yield (
+            child,
+            (
+                f"host=127.0.0.1 port={info['port']} dbname={target} user={info['user']} "
+                f"password={info['password']} sslmode=disable"
+            ),
         )
-        ran = subprocess.run(
-            [PSQL, dsn, "-X", "-A", "-t", "-c", "SELECT email FROM accounts"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert ran.returncode == 0, ran.stderr
-        assert len(ran.stdout.splitlines()) == 5
-        assert "result stopped at rule bulk-email-reads" in ran.stderr
-        assert "@example.com" not in ran.stdout
     finally:
         child.sendintr()
         child.expect(pexpect.EOF)
         child.close()
+
+
+def psql(dsn: str, sql: str) -> subprocess.Popen[str]:
+    assert PSQL, "psql is not installed"
+    return subprocess.Popen(
+        [PSQL, dsn, "-X", "-A", "-t", "-c", sql],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+def test_through_the_native_proxy_a_bulk_read_waits_in_the_protocol(
+    world: World, decision: str
+) -> None:
+    with native_proxy(world.alice, "bulk") as (terminal, dsn):
+        client = psql(dsn, "SELECT email FROM accounts ORDER BY id")
+        terminal.expect(r"waiting for approval ([0-9a-f]{10})", timeout=30)
+        request = terminal.match.group(1)
+        assert client.poll() is None  # psql waits: nothing of the result has come
+        verb = ["approve", request] + (["--deny"] if decision == "deny" else [])
+        assert world.bob.user.run(*verb).returncode == 0
+        out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert "@example.com" not in out
+    if decision == "approve":
+        assert len(out.splitlines()) == 12
+    else:
+        assert out.strip() == "" and "no rows sent" in err
+
+
+def test_through_the_native_proxy_a_capped_read_stops_at_the_limit(world: World) -> None:
+    with native_proxy(world.alice, "capped") as (_, dsn):
+        client = psql(dsn, "SELECT email FROM accounts")
+        out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert len(out.splitlines()) == 5
+    assert "result stopped at rule email-cap" in err
 
 
 def test_rows_over_on_an_allow_rule_is_a_config_error(tmp_path) -> None:

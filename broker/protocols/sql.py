@@ -225,10 +225,15 @@ class ProxyHost(Protocol):
         limit)."""
         ...
 
-    def bulk_limit(self, sql: str) -> tuple[str, int] | None:
-        """A `rows_over` rule over the statement SQL (the last judged): its name and limit.
-        Its result stops at the limit when it holds masked columns (a native client cannot
-        be held for an approver mid-result: fail closed)."""
+    def bulk_limit(self, sql: str) -> tuple[str, int, str] | None:
+        """A `rows_over` rule over the statement SQL (the last judged): its name, limit and
+        action ("review": hold the result for approval before any row goes out; "deny":
+        stop at the limit). It applies to results that hold masked columns."""
+        ...
+
+    async def hold_bulk(self, sql: str, columns: list[str]) -> str | None:
+        """Wait for approval of SQL's result (past its rows_over limit; COLUMNS are the masked
+        ones): None once approved, else why it is withheld (one line)."""
         ...
 
     async def answered(self, sql: str, kind: str, *, refused: str | None = None) -> None:

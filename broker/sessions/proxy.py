@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncssh
 
+from broker.config import Rule
 from broker.masking.lineage import ColumnSource
 from broker.masking_views import column_sources, prepare_column_sources
 from broker.policy.decision import Decision, combine
@@ -22,6 +23,7 @@ from broker.policy.sql_session import SessionState
 from broker.protocols.sql import DatabaseConnection, RowMask, StatementError
 from broker.recording import RecordingError
 from broker.sessions.client_input import ClientInput
+from broker.sessions.rows_over import rows_decision
 from broker.sessions.sql_base import SqlSessionBase
 from broker.sessions.sql_state import needs_check, reading_drift
 
@@ -51,7 +53,7 @@ class NativeProxy(SqlSessionBase):
         self._check_reading = False  # a statement ran that may change how text is read
         self._input: ClientInput | None = None  # while the client is served
         # The rows_over rules over the statements last judged: text -> (rule, limit).
-        self._bulk: dict[str, tuple[str, int]] = {}
+        self._bulk: dict[str, Rule] = {}
 
     # -- ProxyHost ---------------------------------------------------------------------
 
@@ -100,7 +102,7 @@ class NativeProxy(SqlSessionBase):
         for statement in parsed.statements:
             rule = rows_rule(self._policy, statement, self.dialect)
             if rule is not None and rule.rows_over:
-                self._bulk[statement.text] = (rule.name or "rows_over", rule.rows_over)
+                self._bulk[statement.text] = rule
         if decision.action == "allow":
             return _Judgement(True, "", texts, parsed.statements, decision)
         outcome = await self._hold(
@@ -124,8 +126,26 @@ class NativeProxy(SqlSessionBase):
             )
         return _Judgement(False, f"hoop: {outcome.message}", texts, parsed.statements, decision)
 
-    def bulk_limit(self, sql: str) -> tuple[str, int] | None:
-        return self._bulk.get(sql)
+    def bulk_limit(self, sql: str) -> tuple[str, int, str] | None:
+        rule = self._bulk.get(sql)
+        if rule is None or not rule.rows_over:
+            return None
+        return (rule.name or "rows_over", rule.rows_over, rule.action)
+
+    async def hold_bulk(self, sql: str, columns: list[str]) -> str | None:
+        rule = self._bulk.get(sql)
+        if rule is None:
+            return "hoop: the result's rows_over rule is gone"  # fail closed
+        outcome = await self._hold(
+            sql,
+            rows_decision(rule, columns),
+            say=self._notify,
+            subject="query",
+            watch_cancel=self._closed,
+            wait=None,
+            in_session=True,
+        )
+        return None if outcome.approved else f"hoop: {outcome.message}"
 
     async def prepare(self, conn: DatabaseConnection, sql: str) -> None:
         # Where nothing is masked, nothing is looked up: no lineage, no taint to keep (a

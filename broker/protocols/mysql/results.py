@@ -186,6 +186,8 @@ class Relay:
         and, for a result with MASKED columns, under a rows_over rule."""
         if run.cut is None:
             limits = self.host.limits
+            # A rows_over rule stops the result at its limit; a review one too: the MySQL
+            # relay cannot hold a result for an approver (fail closed).
             bulk = self.host.bulk_limit(run.sql) if masked else None
             if bulk is not None and run.kept >= bulk[1]:
                 run.cut = ("rows_over", bulk[1])

@@ -93,6 +93,11 @@ class _Run:
     dropped: int = 0
     cut: tuple[str, int] | None = None
     rule: str | None = None  # the rows_over rule that cut it
+    # A rows_over rule with action review: rows read ahead, not yet sent; then whether the
+    # hold was decided, and why the result was withheld when it was not approved.
+    held: list[m.Message] = field(default_factory=list)
+    bulk_decided: bool = False
+    withheld: str | None = None
 
     @property
     def truncated(self) -> dict[str, object] | None:
@@ -402,8 +407,9 @@ class _Connection:
                 run.columns = columns
                 self.send(m.row_description(shown))
             elif kind == b"D":
-                self.row(run, message, pending)
+                await self.take_row(run, message, pending)
             elif kind in (b"C", b"I"):
+                self.release_held(run, pending)
                 self.send_rows(run, pending)
                 self.end_statement(run, message)
                 await self.finish(run)
@@ -581,8 +587,9 @@ class _Connection:
                     width = len(m.parse_data_row(message.body))
                     run.mask = await self.plan("", [f"?column{i}?" for i in range(width)])
                     undescribed = False
-                self.row(run, message, pending)
+                await self.take_row(run, message, pending)
             elif kind in (b"C", b"I", b"s"):
+                self.release_held(run, pending)
                 self.send_rows(run, pending)
                 self.end_statement(run, message)
                 portal.spent = (run.kept, run.kept_bytes)
@@ -722,7 +729,7 @@ class _Connection:
         if run.cut is None:
             limits = self.host.limits
             bulk = self.host.bulk_limit(run.sql) if run.mask and run.mask.rule_columns else None
-            if bulk is not None and run.kept >= bulk[1]:
+            if bulk is not None and bulk[2] == "deny" and run.kept >= bulk[1]:
                 run.cut = ("rows_over", bulk[1])
                 run.rule = bulk[0]
             elif limits.max_rows is not None and run.kept >= limits.max_rows:
@@ -739,6 +746,16 @@ class _Connection:
     def end_statement(self, run: _Run, message: m.Message) -> None:
         """The statement's CommandComplete (or PortalSuspended), after a warning when rows
         were held back, and then with the count of rows the client got."""
+        if run.withheld is not None:
+            notice = f"{run.withheld}; no rows sent"
+            self.send(m.fields(b"N", {"S": "WARNING", "V": "WARNING", "C": "01000", "M": notice}))
+            tag = m.parse_command_complete(message.body) if message.type == b"C" else ""
+            verb = tag.split(" ", 1)[0]
+            if verb in ("SELECT", "FETCH"):
+                self.send(m.command_complete(f"{verb} 0"))
+            else:
+                self.pass_on(message)
+            return
         if run.cut is None or run.dropped == 0:
             self.pass_on(message)
             return
@@ -758,6 +775,38 @@ class _Connection:
             self.send(m.command_complete(f"{verb} {run.kept}"))
         else:
             self.pass_on(message)
+
+    async def take_row(
+        self, run: _Run, message: m.Message, pending: list[list[bytes | None]]
+    ) -> None:
+        """One DataRow: sent (masked), or, under a rows_over rule with action review, read
+        ahead until it is clear whether the result goes past the limit; past it, nothing is
+        sent until an approver approves (the client waits in the protocol)."""
+        if run.withheld is not None:
+            run.dropped += 1
+            return
+        bulk = None
+        if not run.bulk_decided and run.mask is not None and run.mask.rule_columns:
+            bulk = self.host.bulk_limit(run.sql)
+        if bulk is None or bulk[2] != "review":
+            self.row(run, message, pending)
+            return
+        run.held.append(message)
+        if len(run.held) <= bulk[1]:
+            return
+        run.bulk_decided = True
+        columns = [run.columns[i].name for i in run.mask.rule_columns] if run.columns else []
+        run.withheld = await self.host.hold_bulk(run.sql, columns)
+        held, run.held = run.held, []
+        if run.withheld is None:
+            for one in held:
+                self.row(run, one, pending)
+
+    def release_held(self, run: _Run, pending: list[list[bytes | None]]) -> None:
+        """At the statement's end: rows read ahead that never reached the limit go out."""
+        held, run.held = run.held, []
+        for one in held:
+            self.row(run, one, pending)
 
     def row(self, run: _Run, message: m.Message, pending: list[list[bytes | None]]) -> None:
         if not self.within_budget(run, len(message.body)):
