@@ -295,6 +295,9 @@ class Broker:
                 await self._node_watch
         await self._stop_shipping()
         await stop_indexing()
+        if getattr(self, "signals", None) is not None:
+            with contextlib.suppress(Exception):
+                await self.signals.flush()
         if self._dev_issuer is not None:
             await self._dev_issuer.stop()
         if getattr(self, "audit", None) is not None:

@@ -22,7 +22,9 @@ and a `lock:` action keeps a user off a target until the lock ends.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import secrets
 import time
@@ -79,10 +81,14 @@ CREATE TABLE IF NOT EXISTS signal_locks (
 );
 """
 
+log = logging.getLogger("hoop.broker.signals")
+
 MAX_SEEN_VALUE = 200  # a program name or statement kind longer than this is cut
 MAX_SAMPLES = 10_000  # a baseline is computed from at most this many of the latest samples
 BASELINE_TTL = 60.0  # a p95 is computed again after this many seconds
 PRUNE_EVERY = 3600.0  # samples older than the history are deleted this often
+FLUSH_EVERY = 1.0  # row counts are written at most this late...
+FLUSH_AT = 500  # ...or once this many wait
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,9 @@ class SignalWatch:
         self._seen: set[tuple[str, str, str, str]] = set()
         self._baselines: dict[tuple[str, str, str], tuple[float, list[float]]] = {}
         self._pruned = 0.0
+        # Row counts not written yet (written in batches, off the statement's path).
+        self._unwritten: list[tuple[str, str, str, float, float, str | None]] = []
+        self._flusher: asyncio.Future[None] | None = None
 
     @property
     def _db(self) -> Any:
@@ -164,6 +173,36 @@ class SignalWatch:
             (user, target, metric, value, self.clock(), session),
         )
 
+    async def _sample_soon(
+        self, user: str, target: str, metric: str, value: float, session: str | None
+    ) -> None:
+        """A sample written within a second, in a batch: a statement does not wait for it."""
+        self._unwritten.append((user, target, metric, value, self.clock(), session))
+        cached = self._baselines.get((user, target, metric))
+        if cached is not None:
+            cached[1].append(value)
+        if len(self._unwritten) >= FLUSH_AT:
+            await self.flush()
+        elif self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_EVERY)
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("signal samples could not be written")
+
+    async def flush(self) -> None:
+        """Write the samples not written yet."""
+        rows, self._unwritten = self._unwritten, []
+        if rows:
+            await self._broker.store.write_many(
+                'INSERT INTO signal_samples("user", target, metric, value, at, session) '
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
     async def _samples(
         self, user: str, target: str, metric: str, *, exclude: str | None = None
     ) -> list[float]:
@@ -173,7 +212,12 @@ class SignalWatch:
             "AND at >= ? AND (session IS NULL OR session != ?) ORDER BY at DESC LIMIT ?",
             (user, target, metric, since, exclude or "", MAX_SAMPLES),
         )
-        return [float(row[0]) for row in rows]
+        unwritten = [
+            value
+            for u, t, m, value, at, s in self._unwritten
+            if (u, t, m) == (user, target, metric) and at >= since and (s is None or s != exclude)
+        ]
+        return unwritten + [float(row[0]) for row in rows]
 
     async def _baseline(self, user: str, target: str, metric: str) -> list[float]:
         """The samples of METRIC, as read at most BASELINE_TTL seconds ago (a baseline too thin
@@ -294,7 +338,7 @@ class SignalWatch:
                         },
                     )
                 )
-        await self._sample(user, target, "rows", rows, session)
+        await self._sample_soon(user, target, "rows", rows, session)
         return fired
 
     async def denied(

@@ -616,13 +616,20 @@ class Store:
         of rows it changed."""
         return await asyncio.shield(self._write_now(sql, params, changed=True))
 
+    async def write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """SQL once for each of ROWS, in one transaction (busy retried)."""
+        await asyncio.shield(self._write_now(sql, rows, many=True))
+
     async def _write(self, sql: str, params: Sequence[Any]) -> int:
         # Shielded: a caller cancelled between the statement and its commit must not leave
         # its write open on the shared connection (the next commit, anyone's, would take it).
         return await asyncio.shield(self._write_now(sql, params))
 
-    async def _write_now(self, sql: str, params: Sequence[Any], *, changed: bool = False) -> int:
-        """The row id of what SQL inserted; with CHANGED, the number of rows it changed."""
+    async def _write_now(
+        self, sql: str, params: Sequence[Any], *, changed: bool = False, many: bool = False
+    ) -> int:
+        """The row id of what SQL inserted; with CHANGED, the number of rows it changed; with
+        MANY, PARAMS is a list of parameter rows (returns 0)."""
         # Another connection (the audit writer, `hoop-broker prune`) may have written since
         # this connection's read snapshot: SQLite then refuses at once ("database is locked")
         # instead of waiting. Roll back, so no half-open transaction blocks later writes, and
@@ -631,6 +638,10 @@ class Store:
             try:
                 async with write_lock(self._db):
                     try:
+                        if many:
+                            await self._db.executemany(sql, params)
+                            await self._db.commit()
+                            return 0
                         cursor = await self._db.execute(sql, params)
                         await self._db.commit()
                         return cursor.rowcount if changed else cursor.lastrowid or 0
