@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 ActionName = Literal["allow", "deny", "review"]
@@ -28,6 +28,9 @@ class Decision:
     reason_required: bool = False
     # The part of the command line that matched the rule, e.g. "rm -rf x".
     matched: str | None = None
+    # Shell: the names of the programs the line runs, as the judge read them (for the
+    # signals' baselines, so that the line is not parsed twice); None when not known.
+    programs: tuple[str, ...] | None = field(default=None, compare=False)
 
 
 def stronger(a: str, b: str) -> bool:

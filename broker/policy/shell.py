@@ -78,7 +78,8 @@ class ParsedLine:
 
 
 def decide_shell(policy: Policy, line: str) -> Decision:
-    """Judge one command line; never raises (an internal error is a deny)."""
+    """Judge one command line; never raises (an internal error is a deny). The decision also
+    names the programs the line runs (``programs``)."""
     try:
         return _decide(policy, line)
     except Exception as exc:
@@ -94,6 +95,11 @@ def _decide(policy: Policy, line: str) -> Decision:
         parsed = parse_command_line(line)
     finally:
         _RULE_PROGRAMS.reset(token)
+    programs = tuple(command.name for command in parsed.commands)
+    return replace(_decide_parsed(policy, line, parsed), programs=programs)
+
+
+def _decide_parsed(policy: Policy, line: str, parsed: ParsedLine) -> Decision:
     parts = [_judge(policy, command, line) for command in parsed.commands]
     if parsed.unknown is not None:
         unknown = Decision(

@@ -118,7 +118,9 @@ class SessionSignals:
             return
         assert self._watch is not None
         if event_type == "command":
-            programs = [c.name for c in parse_command_line(text).commands]
+            programs = decision.programs
+            if programs is None:  # judged elsewhere: read the line here
+                programs = tuple(c.name for c in parse_command_line(text).commands)
             await self._guarded(self._watch.ran(**self._who(), kind="program", values=programs))
         elif event_type == "query":
             kind = extra.get("kind")
