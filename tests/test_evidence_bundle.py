@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import sqlite3
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,10 @@ from tests.helpers import HOOPCTL, User
 from tests.test_approvals_helpers import Person
 
 SUMMARY = re.compile(r"summary (\{.*\})")
+AUDITORS = """
+[audit]
+auditors = ["dba-leads"]
+"""
 
 
 def session_of(stderr: str) -> str:
@@ -59,7 +64,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, target_dir_module: Path) 
     """A session that ran an approved `touch`, exported; then the broker is gone."""
     root = tmp_path_factory.mktemp("bundle")
     proof = target_dir_module / "approved-and-ran"
-    with approvals_world(root, people=("alice", "bob")) as world:
+    with approvals_world(root, targets=AUDITORS, people=("alice", "bob")) as world:
         alice, bob = world.alice.user, world.bob.user
         held = alice.run("exec", "shell", "--no-wait", "--", "touch", str(proof))
         assert held.returncode == 4, held.stderr
@@ -73,11 +78,16 @@ def exported(tmp_path_factory: pytest.TempPathFactory, target_dir_module: Path) 
         assert proof.exists()
         session = session_of(ran.stderr)
         bundle = root / "evidence.tar"
-        made = alice.run("sessions", "export", session, "--bundle", str(bundle))
+        # Evidence is for auditors: not even the session's own user exports it (it would
+        # show them the signals raised about them).
+        own = alice.run("sessions", "export", session, "--bundle", str(root / "own.tar"))
+        assert own.returncode == 1 and "only auditors" in own.stderr
+        assert not (root / "own.tar").exists()
+        made = bob.run("sessions", "export", session, "--bundle", str(bundle))
         assert made.returncode == 0, made.stderr
         assert "verify-bundle" in made.stdout
         # Exporting again does not overwrite the evidence.
-        again = alice.run("sessions", "export", session, "--bundle", str(bundle))
+        again = bob.run("sessions", "export", session, "--bundle", str(bundle))
         assert again.returncode == 2 and "exists" in again.stderr
         # carol is no auditor and it is not her session.
         other = carol_of(world, root)
@@ -144,7 +154,7 @@ def test_the_bundle_holds_the_session_and_verifies_without_the_broker(exported: 
     status, out, err = verify(exported["user"], bundle, "--key", "SHA256:" + "A" * 43)
     assert status == 1 and "not SHA256:AAAA" in out
     (event,) = [e for e in exported["exported"] if e["session"] == session]
-    assert event["actor"] == "alice" and event["details"]["events"] == len(events)
+    assert event["actor"] == "bob" and event["details"]["events"] == len(events)
 
 
 @pytest.mark.parametrize(
@@ -230,8 +240,8 @@ def test_bad_input_is_one_line(exported: dict, tmp_path: Path) -> None:
 
 
 def test_a_session_that_does_not_verify_gets_no_bundle(tmp_path: Path) -> None:
-    with approvals_world(tmp_path, people=("alice",)) as world:
-        alice = world.alice.user
+    with approvals_world(tmp_path, targets=AUDITORS, people=("alice", "bob")) as world:
+        alice, bob = world.alice.user, world.bob.user
         ran = alice.run("exec", "shell", "--summary", "--", "echo", "evidence")
         assert ran.returncode == 0, ran.stderr
         session = session_of(ran.stderr)
@@ -242,8 +252,25 @@ def test_a_session_that_does_not_verify_gets_no_bundle(tmp_path: Path) -> None:
                 (session,),
             )
         out = tmp_path / "tampered.tar"
-        result = alice.run("sessions", "export", session, "--bundle", str(out))
+        result = bob.run("sessions", "export", session, "--bundle", str(out))
         assert result.returncode == 1, result.stderr
         assert "does not verify" in result.stderr and result.stderr.count("\n") == 1
         assert not out.exists()
         assert not list(tmp_path.glob(".tampered.tar.*"))
+
+
+def test_a_sparse_member_is_refused_before_it_is_read(exported: dict, tmp_path: Path) -> None:
+    """A 10 KB tar can declare gigabytes (GNU sparse): refused, never read into memory."""
+    hole = tmp_path / "recording.cast"
+    with hole.open("wb") as file:
+        file.truncate(3 * 1024**3)
+    sparse = tmp_path / "sparse.tar"
+    made = subprocess.run(
+        ["tar", "--sparse", "-cf", str(sparse), "-C", str(tmp_path), "recording.cast"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    assert sparse.stat().st_size < 1024**2
+    status, _, err = verify(exported["user"], sparse)
+    assert status == 2 and "not a plain file" in err

@@ -751,3 +751,19 @@ def test_documented_policies_load_and_behave_as_described() -> None:
     assert decide("tail -f /var/log/syslog", allow_list).action == "allow"
     assert decide("vi /etc/hosts", allow_list).action == "deny"
     assert decide("$CMD", allow_list).action == "deny"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "shopt -u interactive_comments",
+        "shopt -uo interactive-comments",
+        "set +o interactive-comments",
+        "shopt -u $OPTION",
+    ],
+)
+def test_turning_comments_off_is_unknown(line: str) -> None:
+    """After it, `ls #; rm -rf /` would run the rm that the broker reads as a comment."""
+    policy = Policy(default="allow", on_unknown="deny")
+    decision = decide_shell(policy, line)
+    assert decision.action == "deny" and decision.unknown

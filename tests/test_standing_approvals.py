@@ -76,6 +76,8 @@ def test_the_approved_command_matches_however_it_is_quoted(line: str) -> None:
         "{ systemctl restart nginx; }",
         "eval systemctl restart nginx",
         "systemctl restart nginx$'\\n'rm",
+        "systemctl restart nginx #; rm -rf /srv",  # a comment: text once `#` is not one
+        "systemctl restart nginx # note",
     ],
 )
 def test_a_line_that_runs_more_or_other_than_the_pattern_does_not_match(line: str) -> None:
@@ -84,6 +86,12 @@ def test_a_line_that_runs_more_or_other_than_the_pattern_does_not_match(line: st
 
 def test_a_pattern_word_with_a_star_matches_inside_that_argument_only() -> None:
     assert matches("systemctl restart app-*", "systemctl restart app-web", None)
+    # Within one path segment, never climbing, never an option the pattern has not.
+    assert matches("touch /tmp/*", "touch /tmp/flag", None)
+    assert not matches("touch /tmp/*", "touch /tmp/../etc/passwd", None)
+    assert not matches("touch /tmp/*", "touch /tmp/a/b", None)
+    assert not matches("systemctl restart *", "systemctl restart --host=evil", None)
+    assert matches("systemctl restart *", "systemctl restart nginx", None)
     assert not matches("systemctl restart app-*", "systemctl restart app-web extra", None)
     assert not matches("systemctl restart app-*", "systemctl restart app-web; id", None)
     assert not matches("systemctl restart app-*", "systemctl restart other", None)
@@ -401,3 +409,15 @@ def test_a_standing_sql_statement_runs_on_postgres_and_a_longer_one_waits(
         e for e in broker.audit_events("query") if e["details"].get("standing_approval") == sid
     ]
     assert query["actor"] == "alice"
+
+
+def test_a_rule_that_wants_a_reason_is_not_pre_approved(
+    alice: approvals.Person, dave: approvals.Person
+) -> None:
+    status, out, err = grant(dave, "wall hello")
+    assert status == 0, err
+    sid = standing_id(out)
+    held = alice.user.run("exec", "shell", "--no-wait", "--", "wall", "hello")
+    assert held.returncode == 2 and "requires a reason" in held.stderr
+    (mine,) = [s for s in listed(alice) if s["id"] == sid]
+    assert mine["uses"] == 0

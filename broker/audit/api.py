@@ -475,6 +475,10 @@ class AuditApi:
         """An ended session's evidence bundle (broker.audit.evidence), as a tar file streamed
         in chunks: {"type": "chunk", "data"}…, then {"type": "end", "size", "sha256"}. The
         whole chain is verified first; a session that does not verify gets no bundle."""
+        # Evidence is for auditors: a bundle holds every event of the session, the signals
+        # raised about its user included, which the user must not learn of.
+        if not self._is_auditor(ctx):
+            raise ApiError("forbidden", "only auditors ([audit] auditors) export evidence bundles")
         row = await self._visible_session(ctx, params.get("id"))
         if row["state"] == "open":
             raise ApiError("conflict", f"session {row['id']} is still open: export it once it ends")

@@ -44,7 +44,10 @@ HEAD = "head.json"
 PUBLIC_KEY = "audit_key.pub"
 README = "README.txt"
 MEMBERS = (MANIFEST, EVENTS, RECORDING, RECORDING_SIG, APPROVALS, HEAD, PUBLIC_KEY, README)
-MAX_MEMBER = 4 * 1024**3  # a bundle member larger than this is refused before it is read
+# A member larger than its limit is refused before it is read.
+MAX_MEMBER = 4 * 1024**3
+MAX_SMALL_MEMBER = 64 * 1024**2
+_MEMBER_LIMITS = {RECORDING: MAX_MEMBER, EVENTS: 1024**3}
 MAX_BUNDLE = 8 * 1024**3
 KIND = "hoop.evidence.manifest"
 
@@ -158,11 +161,11 @@ def read_members(raw: bytes) -> dict[str, bytes]:
             for info in tar:
                 if info.name not in MEMBERS:
                     raise BundleError(f"unexpected file in the bundle: {info.name!r}")
-                if not info.isreg():
-                    raise BundleError(f"{info.name} in the bundle is not a regular file")
+                if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or info.issparse():
+                    raise BundleError(f"{info.name} in the bundle is not a plain file")
                 if info.name in members:
                     raise BundleError(f"{info.name} is in the bundle twice")
-                if info.size > MAX_MEMBER:
+                if info.size > _MEMBER_LIMITS.get(info.name, MAX_SMALL_MEMBER):
                     raise BundleError(f"{info.name} in the bundle is too large")
                 extracted = tar.extractfile(info)
                 assert extracted is not None

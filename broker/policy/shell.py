@@ -2270,6 +2270,8 @@ def _set(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bo
 def _line_editing(name: str, sign: str, option: _Arg) -> None:
     if option.pattern is not None:
         raise _Unknown(f"the option `{name} {sign}o` sets is only known at run time")
+    if sign == "+" and option.value == "interactive-comments":
+        raise _Unknown(_COMMENTS_OFF.format(what=f"{name} +o interactive-comments"))
     if sign == "-" and option.value in ("emacs", "vi"):
         raise _Unknown(
             f"`{name} -o {option.value}` turns on the shell's own line editing, whose key "
@@ -2277,8 +2279,20 @@ def _line_editing(name: str, sign: str, option: _Arg) -> None:
         )
 
 
+_COMMENTS_OFF = (
+    "`{what}` makes `#` an ordinary character, so that later lines run what the broker "
+    "reads as a comment"
+)
+
+
 def _shopt(p: _Parser, name: str, args: list[_Arg], end: int, ctx: _Ctx, stdin: bool) -> None:
     flags = "".join(a.value[1:] for a in args if a.pattern is None and a.value.startswith("-"))
+    names = [a for a in args if a.pattern is not None or not a.value.startswith("-")]
+    if any(a.pattern is not None for a in names):
+        raise _Unknown(f"the option `{name}` sets is only known at run time")
+    off = {"interactive_comments", "interactive-comments"}  # the second with -o
+    if "u" in flags and any(a.value in off for a in names):
+        raise _Unknown(_COMMENTS_OFF.format(what=f"{name} -u interactive_comments"))
     if "o" not in flags or "u" in flags:
         return
     for arg in args:

@@ -7,7 +7,8 @@ on what will run, never on text alone:
   expansion, substitution, glob or list operator, that the shell judge reads in full (no
   unknown part, nothing only known at run time, no inline code). Its program and arguments,
   after quote removal, must equal the pattern's words one by one; a pattern word may hold
-  `*` and `?` (fnmatch), which match inside that one argument only.
+  `*` and `?`, which match within one path segment of that one argument (never `/`, never
+  `..`, never an option the pattern word does not start as). No comment may follow.
 - SQL targets: the input must be one statement the policy parser reads in full. On
   PostgreSQL (pglast, the server's own parser) it matches when its parse tree, printed back,
   equals the pattern's; other dialects match the pattern's text exactly (outer whitespace
@@ -17,8 +18,8 @@ on what will run, never on text alone:
 
 from __future__ import annotations
 
+import re
 import shlex
-from fnmatch import fnmatchcase
 
 import bashlex
 import bashlex.errors
@@ -83,7 +84,21 @@ def _shell_matches(pattern: str, line: str) -> bool:
     wanted = shlex.split(pattern)
     if len(words) != len(wanted) or words[0] != wanted[0]:
         return False
-    return all(fnmatchcase(word, want) for word, want in zip(words[1:], wanted[1:], strict=True))
+    return all(_word_matches(word, want) for word, want in zip(words[1:], wanted[1:], strict=True))
+
+
+def _word_matches(word: str, want: str) -> bool:
+    """WORD is what the pattern word WANT names. `*` and `?` stand for characters within one
+    path segment (never `/`); a word they fill may not climb (`..`) or be an option where
+    the pattern word is none (`systemctl restart *` never covers `--host=evil`)."""
+    if "*" not in want and "?" not in want:
+        return word == want
+    if word.startswith("-") and not want.startswith("-"):
+        return False
+    if ".." in word.split("/"):
+        return False
+    regex = "".join("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch) for ch in want)
+    return re.fullmatch(regex, word, flags=re.DOTALL) is not None
 
 
 def _plain_command_words(line: str) -> list[str] | None:
@@ -102,6 +117,8 @@ def _plain_command_words(line: str) -> list[str] | None:
         return None
     if len(nodes) != 1 or nodes[0].kind != "command":
         return None
+    if nodes[0].pos[1] != len(line):
+        return None  # a comment after it: text the broker reads as nothing (or `#` later)
     parts = nodes[0].parts
     if not parts or any(part.kind != "word" or getattr(part, "parts", None) for part in parts):
         return None  # a redirection, an assignment, an expansion or a substitution

@@ -397,7 +397,19 @@ class SessionBase:
     async def _standing_approval(
         self, text: str, decision: Decision, subject: str, groups: tuple[str, ...]
     ) -> StandingApproval | None:
-        """The standing approval that pre-approves TEXT here, used up once; None if none does."""
+        """The standing approval that pre-approves TEXT here, used up once; None if none does.
+
+        Never for input the broker could not judge (unknown), a rule that wants a reason,
+        a session a signal made stricter, or SQL whose table names are no longer certain
+        (a changed search path): each of those is for a person to look at."""
+        state = getattr(self, "_sql_state", None)
+        if (
+            decision.unknown
+            or decision.reason_required
+            or self._signals.escalation is not None
+            or (state is not None and state.names_unsure)
+        ):
+            return None
         dialect = self._target.type if subject == "query" else None
         return await self._gate.use_standing(
             user=self._ctx.user,

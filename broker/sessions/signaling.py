@@ -72,11 +72,10 @@ class SessionSignals:
             return
         try:
             fired = await report
+            for signal in fired or ():
+                await self._act(signal)
         except Exception:
             log.exception("session %s: signals could not be judged", self._session)
-            return
-        for signal in fired or ():
-            await self._act(signal)
 
     # -- what happens in the session ------------------------------------------------------
     async def started(
@@ -99,10 +98,12 @@ class SessionSignals:
     async def _watch_length(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         assert self._watch is not None
-        signal = await self._watch.fire(
-            "long-session", **self._who(), details={"seconds": round(seconds)}
-        )
-        await self._act(signal)
+        fired = self._watch.fire("long-session", **self._who(), details={"seconds": round(seconds)})
+
+        async def one() -> list[Signal]:
+            return [await fired]
+
+        await self._guarded(one())
 
     async def decided(
         self,

@@ -71,6 +71,8 @@ def _verify(path: Path, key: str | None, output: OutputFormat) -> None:
                     "intact": report.intact,
                     "session": report.session,
                     "key": report.key,
+                    # Without --key the bundle vouches for its own key: compare it yourself.
+                    "key_pinned": key is not None,
                     "events": report.events,
                     "recording_bytes": report.recording_bytes,
                     "problems": report.problems,
@@ -94,7 +96,10 @@ def _verify(path: Path, key: str | None, output: OutputFormat) -> None:
             else ""
         )
         trust = (
-            "" if key else " (compare this key with the one you know for the broker, or pass --key)"
+            ""
+            if key
+            else " -- a key the bundle brought itself: compare it with the broker's audit key, "
+            "or pass --key"
         )
         print(
             f"intact: session {escape(report.session)}, {report.events} audit events{recording}; "
