@@ -237,3 +237,65 @@ rows_over = 10
     with pytest.raises(ConfigError) as raised:
         parse_config(text, base_dir=tmp_path)
     assert any("rows_over needs action" in p for p in raised.value.problems)
+
+
+def test_reading_page_by_page_counts_as_one_read(alice: approvals.Person, world: World) -> None:
+    """A cursor's pages, LIMIT/OFFSET pages or a client's fetch size: the rule's limit holds
+    for the rows of masked columns the session was sent, not for one result."""
+    pages = (
+        "BEGIN; DECLARE c CURSOR FOR SELECT email FROM accounts ORDER BY id; "
+        "FETCH 4 FROM c; FETCH 4 FROM c; COMMIT"
+    )
+    held = exec_json(alice, "bulk", pages, "--no-wait")
+    assert held.returncode == 4, held.stderr
+    assert "bulk-email-reads" in held.stderr
+    child = alice.user.spawn("connect", "bulk", timeout=30)
+    try:
+        child.expect("bulk=>")
+        child.sendline("SELECT id, email FROM accounts ORDER BY id LIMIT 4;")
+        child.expect(r"\(4 rows\)")
+        child.sendline("SELECT id, email FROM accounts ORDER BY id LIMIT 4 OFFSET 4;")
+        child.expect(r"waiting for approval ([0-9a-f]{10})")
+        child.sendcontrol("c")
+        child.expect(r"\(no rows sent\)")
+        child.sendline("\\q")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+
+    import asyncpg
+
+    async def prefetch(dsn_words: dict[str, str]) -> list[str]:
+        conn = await asyncpg.connect(**dsn_words)  # type: ignore[arg-type]
+        try:
+            async with conn.transaction():
+                return [
+                    row["email"]
+                    async for row in conn.cursor("SELECT email FROM accounts", prefetch=3)
+                ]
+        finally:
+            await conn.close()
+
+    with native_proxy(world.alice, "bulk") as (terminal, dsn):
+        words = dict(part.split("=", 1) for part in dsn.split())
+        params = {
+            "host": words["host"],
+            "port": words["port"],
+            "database": words["dbname"],
+            "user": words["user"],
+            "password": words["password"],
+            "ssl": False,
+        }
+        import asyncio
+        import threading
+
+        got: list[list[str]] = []
+        client = threading.Thread(target=lambda: got.append(asyncio.run(prefetch(params))))
+        client.start()
+        terminal.expect(r"waiting for approval ([0-9a-f]{10})", timeout=30)
+        request = terminal.match.group(1)
+        assert world.bob.user.run("approve", request, "--deny").returncode == 0
+        client.join(60)
+    # The first page of 3 went out; the second would pass the limit of 5 and waited; denied,
+    # nothing more of the result came.
+    assert got and len(got[0]) == 3, got

@@ -226,9 +226,15 @@ class ProxyHost(Protocol):
         ...
 
     def bulk_limit(self, sql: str) -> tuple[str, int, str] | None:
-        """A `rows_over` rule over the statement SQL (the last judged): its name, limit and
-        action ("review": hold the result for approval before any row goes out; "deny":
-        stop at the limit). It applies to results that hold masked columns."""
+        """A `rows_over` rule over the statement SQL (the last judged): its name, the rows of
+        masked columns the session may still be sent under it, and its action ("review":
+        hold the result for approval before any row goes out; "deny": stop at the limit).
+        It applies to results that hold masked columns."""
+        ...
+
+    def bulk_sent(self, sql: str, rows: int) -> None:
+        """ROWS of a masked result of SQL went to the client (they count against its
+        rows_over rule for the rest of the session)."""
         ...
 
     async def hold_bulk(self, sql: str, columns: list[str]) -> str | None:

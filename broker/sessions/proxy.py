@@ -130,7 +130,11 @@ class NativeProxy(SqlSessionBase):
         rule = self._bulk.get(sql)
         if rule is None or not rule.rows_over:
             return None
-        return (rule.name or "rows_over", rule.rows_over, rule.action)
+        left = max(0, rule.rows_over - self.bulk.before(rule))
+        return (rule.name or "rows_over", left, rule.action)
+
+    def bulk_sent(self, sql: str, rows: int) -> None:
+        self.bulk.sent(self._bulk.get(sql), rows)
 
     async def hold_bulk(self, sql: str, columns: list[str]) -> str | None:
         rule = self._bulk.get(sql)
@@ -138,14 +142,17 @@ class NativeProxy(SqlSessionBase):
             return "hoop: the result's rows_over rule is gone"  # fail closed
         outcome = await self._hold(
             sql,
-            rows_decision(rule, columns),
+            rows_decision(rule, columns, self.bulk.before(rule)),
             say=self._notify,
             subject="query",
             watch_cancel=self._closed,
             wait=None,
             in_session=True,
         )
-        return None if outcome.approved else f"hoop: {outcome.message}"
+        if outcome.approved:
+            self.bulk.sent(rule, 0, approved=True)  # the approval starts the count again
+            return None
+        return f"hoop: {outcome.message}"
 
     async def prepare(self, conn: DatabaseConnection, sql: str) -> None:
         # Where nothing is masked, nothing is looked up: no lineage, no taint to keep (a

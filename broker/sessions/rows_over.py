@@ -21,15 +21,16 @@ from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.budgets import Cut
 
 
-def rows_decision(rule: Rule, columns: Sequence[str]) -> Decision:
+def rows_decision(rule: Rule, columns: Sequence[str], sent_before: int = 0) -> Decision:
     """The review a bulk read goes to: the rule's name, approvers, approvals and timeout."""
     name = rule.name or "rows_over"
     shown = ", ".join(columns[:5]) + (", …" if len(columns) > 5 else "")
+    before = f", {sent_before} of them sent earlier in this session" if sent_before else ""
     return Decision(
         "review",
         name,
         f"rule {name}: the result holds more than {rule.rows_over} rows of masked columns "
-        f"({shown})",
+        f"({shown}{before})",
         approvers=tuple(rule.approvers),
         approvals=rule.approvals,
         timeout=rule.timeout,
@@ -41,9 +42,14 @@ def rows_decision(rule: Rule, columns: Sequence[str]) -> Decision:
 class RowsOver:
     """One result under a rows_over rule (or under none: then it passes as it is)."""
 
-    def __init__(self, rule: Rule | None, masked_columns: Sequence[str]) -> None:
+    def __init__(
+        self, rule: Rule | None, masked_columns: Sequence[str], sent_before: int = 0
+    ) -> None:
+        """SENT_BEFORE: rows of masked columns this session was already sent under the rule
+        (a cursor read page by page counts as one read)."""
         self.rule = rule if rule is not None and rule.rows_over and masked_columns else None
         self.masked_columns = tuple(masked_columns)
+        self.sent_before = sent_before
         self.cut: Cut | None = None  # action deny: the result was stopped at the limit
         # Action review: how the hold ended (approved or not); None when nothing was held.
         self.outcome: ReviewOutcome | None = None
@@ -69,7 +75,7 @@ class RowsOver:
         if self.rule is None:
             return rows
         rule = self.rule
-        limit = int(rule.rows_over or 0)
+        limit = max(0, int(rule.rows_over or 0) - self.sent_before)
         ahead: list[Any] = []
         async for row in rows:
             ahead.append(row)
@@ -78,9 +84,9 @@ class RowsOver:
         if len(ahead) <= limit:
             return _chain(ahead, None)
         if rule.action == "deny":
-            self.cut = Cut("rows_over", limit, limit, rule.name or "rows_over")
+            self.cut = Cut("rows_over", int(rule.rows_over or 0), limit, rule.name or "rows_over")
             return _chain(ahead[:limit], None)
-        self.outcome = await hold(rows_decision(rule, self.masked_columns))
+        self.outcome = await hold(rows_decision(rule, self.masked_columns, self.sent_before))
         if not self.outcome.approved:
             return _chain([], None)
         return _chain(ahead, rows)
@@ -92,3 +98,25 @@ async def _chain(first: list[Any], rest: AsyncIterator[Any] | None) -> AsyncIter
     if rest is not None:
         async for row in rest:
             yield row
+
+
+class BulkCounter:
+    """Rows of masked columns a session was sent under each rows_over rule: the rule's limit
+    holds for the session, not only for one result (paging with a cursor, a fetch size or
+    LIMIT/OFFSET reads as much as one big result). An approved hold starts the count again."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, int] = {}
+
+    def before(self, rule: Rule | None) -> int:
+        return self._sent.get(_key(rule), 0) if rule is not None else 0
+
+    def sent(self, rule: Rule | None, rows: int, *, approved: bool = False) -> None:
+        if rule is None or not rule.rows_over:
+            return
+        key = _key(rule)
+        self._sent[key] = 0 if approved else self._sent.get(key, 0) + rows
+
+
+def _key(rule: Rule) -> str:
+    return f"{rule.name}|{rule.rows_over}|{rule.action}"

@@ -28,6 +28,7 @@ from broker.policy.sql_session import SessionState
 from broker.protocols import sql_unit
 from broker.protocols.sql import DatabaseConnection, SqlUnit, StatementError
 from broker.sessions.base import SessionBase
+from broker.sessions.rows_over import BulkCounter
 
 MASK_BATCH = 500
 # Errors whose message is fixed text, never data: shown even when a statement reads masked
@@ -94,6 +95,7 @@ class SqlSessionBase(SessionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.statements_run = []
+        self.bulk = BulkCounter()  # rows of masked columns sent under rows_over rules
 
     _masker: Masker | None = None
 

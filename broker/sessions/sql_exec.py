@@ -239,7 +239,9 @@ class SqlExec(SqlSessionBase):
         try:
             result = await self._query(conn, text, kind)
             if result.columns:
-                gate = RowsOver(bulk, result.plan.masked_columns if result.plan else ())
+                gate = RowsOver(
+                    bulk, result.plan.masked_columns if result.plan else (), self.bulk.before(bulk)
+                )
                 # Held as the whole input, which `exec --request ID` runs again once approved.
                 source = await gate.admit(result.rows, self._hold_rows(self._input_sql or text))
                 if gate.withheld is not None or gate.cut is not None:
@@ -295,6 +297,9 @@ class SqlExec(SqlSessionBase):
                 await self._write(
                     close + ', "error": ' + json.dumps(error, ensure_ascii=False) + "}"
                 )
+        if gate.rule is not None:
+            approved = gate.outcome is not None and gate.outcome.approved
+            self.bulk.sent(gate.rule, rows, approved=approved)
         await self._audit_query(
             text,
             kind,

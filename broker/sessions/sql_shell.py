@@ -457,12 +457,17 @@ class SqlShell(SqlSessionBase):
         try:
             result = await self._query(self._conn, text, kind)
             if result.columns:
-                gate = RowsOver(bulk, result.plan.masked_columns if result.plan else ())
+                gate = RowsOver(
+                    bulk, result.plan.masked_columns if result.plan else (), self.bulk.before(bulk)
+                )
                 source = await gate.admit(result.rows, hold)
                 stopped = False
                 if gate.withheld is None:
                     shown = meter.limit(source)
                     rows, stopped, waited = await self._show(result.columns, shown)
+                if gate.rule is not None:
+                    approved = gate.outcome is not None and gate.outcome.approved
+                    self.bulk.sent(gate.rule, rows, approved=approved)
                 cut = gate.cut or meter.cut
                 if cut is not None or gate.withheld is not None:
                     await self._stop(result.rows)

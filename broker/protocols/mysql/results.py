@@ -42,6 +42,7 @@ class Run:
     kept_bytes: int = 0
     cut: tuple[str, int] | None = None
     rule: str | None = None  # the rows_over rule that cut it
+    bulk_reported: int = 0  # rows already counted against a rows_over rule
 
     @property
     def truncated(self) -> dict[str, object] | None:
@@ -164,6 +165,9 @@ class Relay:
                 if p.is_err(payload):
                     await self.error(run, payload)
                     return None
+                if result.mask is not None and result.mask.rule_columns:
+                    self.host.bulk_sent(run.sql, run.kept - run.bulk_reported)
+                    run.bulk_reported = run.kept
                 # A cut result says so the only way MySQL's protocol has: one warning more.
                 self.send(_one_more_warning(payload) if run.cut else payload)
                 return p.eof_status(payload)
@@ -189,7 +193,7 @@ class Relay:
             # A rows_over rule stops the result at its limit; a review one too: the MySQL
             # relay cannot hold a result for an approver (fail closed).
             bulk = self.host.bulk_limit(run.sql) if masked else None
-            if bulk is not None and run.kept >= bulk[1]:
+            if bulk is not None and run.kept - run.bulk_reported >= bulk[1]:
                 run.cut = ("rows_over", bulk[1])
                 run.rule = bulk[0]
             elif limits.max_rows is not None and run.kept >= limits.max_rows:

@@ -98,6 +98,7 @@ class _Run:
     held: list[m.Message] = field(default_factory=list)
     bulk_decided: bool = False
     withheld: str | None = None
+    bulk_from: int = 0  # `kept` when this run began (a portal's earlier Executes counted)
 
     @property
     def truncated(self) -> dict[str, object] | None:
@@ -570,6 +571,7 @@ class _Connection:
             return
         run = _Run(portal.sql, portal.judgement)
         run.kept, run.kept_bytes = portal.spent
+        run.bulk_from = run.kept
         run.columns, run.text_columns = portal.description()
         run.formats = portal.bind.result_formats
         if run.columns is not None:
@@ -729,7 +731,7 @@ class _Connection:
         if run.cut is None:
             limits = self.host.limits
             bulk = self.host.bulk_limit(run.sql) if run.mask and run.mask.rule_columns else None
-            if bulk is not None and bulk[2] == "deny" and run.kept >= bulk[1]:
+            if bulk is not None and bulk[2] == "deny" and run.kept - run.bulk_from >= bulk[1]:
                 run.cut = ("rows_over", bulk[1])
                 run.rule = bulk[0]
             elif limits.max_rows is not None and run.kept >= limits.max_rows:
@@ -803,10 +805,15 @@ class _Connection:
                 self.row(run, one, pending)
 
     def release_held(self, run: _Run, pending: list[list[bytes | None]]) -> None:
-        """At the statement's end: rows read ahead that never reached the limit go out."""
+        """At the statement's end: rows read ahead that never reached the limit go out, and
+        the rows of masked columns sent count against the session's rows_over rule (those
+        of a result an approver approved do not)."""
         held, run.held = run.held, []
         for one in held:
             self.row(run, one, pending)
+        approved = run.bulk_decided and run.withheld is None
+        if run.mask is not None and run.mask.rule_columns and not approved:
+            self.host.bulk_sent(run.sql, run.kept - run.bulk_from)
 
     def row(self, run: _Run, message: m.Message, pending: list[list[bytes | None]]) -> None:
         if not self.within_budget(run, len(message.body)):
