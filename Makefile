@@ -40,8 +40,7 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 POSTGRES_STORE_TESTS ?= tests/test_approvals_sql.py tests/test_approve_queue.py \
 	tests/test_sessions_cli.py tests/test_replay_cli.py tests/test_incident_response.py \
 	tests/test_sql_shell_approvals.py tests/test_login_dev.py tests/test_budgets.py \
-	tests/test_agent_login.py tests/test_session_faults.py tests/test_signals.py \
-	tests/test_rows_over.py
+	tests/test_agent_login.py tests/test_session_faults.py
 
 test: install system-deps idp clients
 	@start=$$(date +%s); $(PY) -m pytest $(PYTEST_ARGS) \

@@ -40,6 +40,17 @@ def dialect(db: object) -> Dialect:
     return "postgres" if isinstance(db, (PgConnection, SyncPgConnection)) else "sqlite"
 
 
+def float_type(db: object) -> str:
+    """The column type of a float in DB's dialect."""
+    return "DOUBLE PRECISION" if dialect(db) == "postgres" else "REAL"
+
+
+def shared_schema(db: object) -> bool:
+    """Whether DB is shared by several nodes, so that creating a schema needs the store's
+    write lock (CREATE and DROP of triggers and functions race between nodes)."""
+    return dialect(db) == "postgres"
+
+
 def json_strings(db: object, column: str) -> str:
     """A FROM item giving the strings of the JSON array in COLUMN (text) as column ``value``."""
     if dialect(db) == "postgres":

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from broker.audit.events import AuditEvent
-from broker.database import dialect
+from broker.database import float_type, shared_schema
 from broker.store import write_lock
 
 if TYPE_CHECKING:
@@ -148,13 +148,14 @@ class SignalWatch:
         return self._broker.store.db
 
     async def create_tables(self) -> None:
-        if dialect(self._db) == "postgres":
+        schema = _SCHEMA.format(real=float_type(self._db))
+        if shared_schema(self._db):
             async with write_lock(self._db):
                 await self._db.execute("BEGIN IMMEDIATE")  # one node at a time
-                await self._db.executescript(_SCHEMA.format(real="DOUBLE PRECISION"))
+                await self._db.executescript(schema)
                 await self._db.commit()
             return
-        await self._db.executescript(_SCHEMA.format(real="REAL"))
+        await self._db.executescript(schema)
         await self._db.commit()
 
     async def _write(self, sql: str, params: Sequence[Any]) -> int:
@@ -272,7 +273,7 @@ class SignalWatch:
                         details={"hour": hour, "tz": self.settings.tz, "usual": sorted(usual)},
                     )
                 )
-        await self._sample(user, target, "start", hour, session)
+        await self._sample_soon(user, target, "start", hour, session)
         return fired
 
     async def ran(
@@ -372,7 +373,7 @@ class SignalWatch:
         ]
 
     async def session_ended(self, *, user: str, target: str, session: str, seconds: float) -> None:
-        await self._sample(user, target, "duration", seconds, session)
+        await self._sample_soon(user, target, "duration", seconds, session)
         await self._prune()
 
     async def usual_length(self, user: str, target: str) -> float | None:

@@ -130,6 +130,7 @@ class SessionBase:
         self._grant_task: asyncio.Future[None] | None = None
         self._limit_task: asyncio.Future[None] | None = None
         self._started_at: float | None = None
+        self._signals_start: asyncio.Future[None] | None = None
         self._signals = SessionSignals(
             getattr(broker, "signals", None),
             ctx,
@@ -750,7 +751,11 @@ class SessionBase:
             details = {**details, "grant": self.grant.id}
         await self._audit("session.start", details={"reason": self._reason, **details})
         self._started_at = started
-        await self._signals.started(on_grant_warning, on_grant_end)
+        # Beside the session, not before it: a stop that cancels the session right after its
+        # start must still find it in the code that writes its session.end.
+        self._signals_start = asyncio.ensure_future(
+            self._signals.started(on_grant_warning, on_grant_end)
+        )
         if on_grant_end is None:
             return
         warn = on_grant_warning or (lambda _text: None)
@@ -843,6 +848,9 @@ class SessionBase:
             self._grant_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._grant_task
+        if self._signals_start is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._signals_start), 5)
         if self._started_at is not None:
             await self._signals.ended(time.time() - self._started_at)
         details: dict[str, object] = {"exit_status": status, "state": state}

@@ -108,17 +108,17 @@ class CommandExec(SessionBase):
             command=command,
             details={"command": command, "kind": "exec"},
         )
-        await self._audit_decision(
-            "command",
-            "command",
-            command,
-            decision,
-            approver=self._approver,
-            standing=self._standing,
-        )
-        recorder.mark(f"command: {command}")
         status = 1
-        try:
+        try:  # from the session's start on, it ends with a session.end whatever happens
+            await self._audit_decision(
+                "command",
+                "command",
+                command,
+                decision,
+                approver=self._approver,
+                standing=self._standing,
+            )
+            recorder.mark(f"command: {command}")
             status = await self._run_command(command)
             return status
         except (TargetError, CredentialError) as exc:
