@@ -749,14 +749,7 @@ class _Connection:
         """The statement's CommandComplete (or PortalSuspended), after a warning when rows
         were held back, and then with the count of rows the client got."""
         if run.withheld is not None:
-            notice = f"{run.withheld}; no rows sent"
-            self.send(m.fields(b"N", {"S": "WARNING", "V": "WARNING", "C": "01000", "M": notice}))
-            tag = m.parse_command_complete(message.body) if message.type == b"C" else ""
-            verb = tag.split(" ", 1)[0]
-            if verb in ("SELECT", "FETCH"):
-                self.send(m.command_complete(f"{verb} 0"))
-            else:
-                self.pass_on(message)
+            self.warn_and_complete(message, f"{run.withheld}; no rows sent", 0)
             return
         if run.cut is None or run.dropped == 0:
             self.pass_on(message)
@@ -770,11 +763,15 @@ class _Connection:
             else f"hoop: result truncated at the target's {budget} budget ({limit} {unit}): "
             f"{run.kept} rows sent"
         )
-        self.send(m.fields(b"N", {"S": "WARNING", "V": "WARNING", "C": "01000", "M": text}))
+        self.warn_and_complete(message, text, run.kept)
+
+    def warn_and_complete(self, message: m.Message, notice: str, sent: int) -> None:
+        """A WARNING notice, then MESSAGE, its row count made SENT for a SELECT or FETCH."""
+        self.send(m.fields(b"N", {"S": "WARNING", "V": "WARNING", "C": "01000", "M": notice}))
         tag = m.parse_command_complete(message.body) if message.type == b"C" else ""
         verb = tag.split(" ", 1)[0]
         if verb in ("SELECT", "FETCH"):
-            self.send(m.command_complete(f"{verb} {run.kept}"))
+            self.send(m.command_complete(f"{verb} {sent}"))
         else:
             self.pass_on(message)
 
