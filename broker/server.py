@@ -349,6 +349,28 @@ def _say_on(chan: asyncssh.SSHServerChannel[bytes], text: str) -> None:
         chan.write_stderr(f"hoop-broker: {text}\r\n".encode())
 
 
+async def _audit_rejection(
+    broker: ServerHost,
+    ctx: ConnectionContext,
+    target: str,
+    reason: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """The `session.rejected` event of a session refused before it started."""
+    await broker.audit.emit(
+        AuditEvent(
+            type="session.rejected",
+            actor=ctx.user,
+            groups=ctx.groups,
+            target=target,
+            outcome="failure",
+            reason=reason,
+            remote=ctx.remote,
+            details=details or {},
+        )
+    )
+
+
 async def _find_target(
     broker: ServerHost, ctx: ConnectionContext, name: str, refuse: Refuse
 ) -> Target | None:
@@ -356,16 +378,8 @@ async def _find_target(
     target = broker.config.target(name)
     if target is None or not ctx.may_use(target.allowed_groups):
         # Unknown and forbidden look the same, so target names do not leak to outsiders.
-        await broker.audit.emit(
-            AuditEvent(
-                type="session.rejected",
-                actor=ctx.user,
-                groups=ctx.groups,
-                target=name,
-                outcome="failure",
-                reason="no such target, or not allowed for the user's groups",
-                remote=ctx.remote,
-            )
+        await _audit_rejection(
+            broker, ctx, name, "no such target, or not allowed for the user's groups"
         )
         refuse(f"no target {name!r} is open to you (see hoopctl targets)", 1)
         return None
@@ -391,17 +405,7 @@ async def _clear_to_start(
     if refusal is not None:
         # Strict audit: no session may start while its events could be lost.
         with contextlib.suppress(BrokerError):
-            await broker.audit.emit(
-                AuditEvent(
-                    type="session.rejected",
-                    actor=ctx.user,
-                    groups=ctx.groups,
-                    target=target.name,
-                    outcome="failure",
-                    reason=refusal,
-                    remote=ctx.remote,
-                )
-            )
+            await _audit_rejection(broker, ctx, target.name, refusal)
         refuse(f"session refused: {refusal}", 1)
         return False, None
     return True, grant
@@ -427,17 +431,9 @@ async def _signal_lock(broker: ServerHost, ctx: ConnectionContext, target: Targe
         else "the broker can read its locks again"
     )
     reason = f"locked out of {target.name} until {when} (signal {name})"
-    await broker.audit.emit(
-        AuditEvent(
-            type="session.rejected",
-            actor=ctx.user,
-            groups=ctx.groups,
-            target=target.name,
-            outcome="failure",
-            reason=reason,
-            remote=ctx.remote,
-            details={"locked_until": until if until != float("inf") else None, "signal": name},
-        )
+    locked_until = until if until != float("inf") else None
+    await _audit_rejection(
+        broker, ctx, target.name, reason, {"locked_until": locked_until, "signal": name}
     )
     return f"session refused: {reason}"
 
@@ -457,17 +453,12 @@ async def _refuse_without_grant(
             f"target {target.name} needs an access grant: "
             f'hoopctl request {target.name} --for 1h --reason "why"'
         )
-    await broker.audit.emit(
-        AuditEvent(
-            type="session.rejected",
-            actor=ctx.user,
-            groups=ctx.groups,
-            target=target.name,
-            outcome="failure",
-            reason="no active access grant",
-            remote=ctx.remote,
-            details={"pending_request": pending.id if pending else None},
-        )
+    await _audit_rejection(
+        broker,
+        ctx,
+        target.name,
+        "no active access grant",
+        {"pending_request": pending.id if pending else None},
     )
     refuse(message, 4)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -24,6 +25,41 @@ FETCH_BATCH = 500
 USER_CANCEL = "canceling statement due to user request"
 
 Key = tuple[str | None, str]  # (schema, name) as a statement writes them
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A result stopped at its budget: which one, its limit, and the rows sent before."""
+
+    budget: str  # "max_rows" or "max_bytes"
+    limit: int
+    rows: int
+    rule: str | None = None  # budget "rows_over": the rule that stopped it
+
+    @property
+    def text(self) -> str:
+        sent = f"{self.rows} row{'s' if self.rows != 1 else ''} sent"
+        if self.budget == "rows_over":
+            return (
+                f"result stopped at rule {self.rule}: more than {self.limit} rows of masked "
+                f"columns: {sent}"
+            )
+        unit = "rows" if self.budget == "max_rows" else "bytes"
+        return (
+            f"result truncated at the target's {self.budget} budget ({self.limit} {unit}): {sent}"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        found: dict[str, object] = {"budget": self.budget, "limit": self.limit, "rows": self.rows}
+        if self.rule is not None:
+            found["rule"] = self.rule
+        return found
+
+    def marker(self, fmt: str) -> str:
+        """The marker after the rows, in output format FMT (a script sees the cut too)."""
+        if fmt == "json":
+            return json.dumps({"hoop_truncated": self.as_dict()})
+        return f"# hoop: {self.text}\n" if fmt == "csv" else f"({self.text})\n"
 
 
 class StatementError(Exception):

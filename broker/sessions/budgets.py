@@ -4,13 +4,12 @@ cut at its row or byte budget carries in each output format."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from broker.protocols.sql import Cut
 from broker.sessions.formats import to_text
 
 WINDOW = 60.0  # seconds: max_statements_per_minute counts the statements of the last minute
@@ -69,41 +68,6 @@ class SharedRateBudget:
         if per_minute is None:
             return True
         return await self._store.take_rate(user, target, per_minute, self._clock(), WINDOW)
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A result stopped at its budget: which one, its limit, and the rows sent before."""
-
-    budget: str  # "max_rows" or "max_bytes"
-    limit: int
-    rows: int
-    rule: str | None = None  # budget "rows_over": the rule that stopped it
-
-    @property
-    def text(self) -> str:
-        sent = f"{self.rows} row{'s' if self.rows != 1 else ''} sent"
-        if self.budget == "rows_over":
-            return (
-                f"result stopped at rule {self.rule}: more than {self.limit} rows of masked "
-                f"columns: {sent}"
-            )
-        unit = "rows" if self.budget == "max_rows" else "bytes"
-        return (
-            f"result truncated at the target's {self.budget} budget ({self.limit} {unit}): {sent}"
-        )
-
-    def as_dict(self) -> dict[str, object]:
-        found: dict[str, object] = {"budget": self.budget, "limit": self.limit, "rows": self.rows}
-        if self.rule is not None:
-            found["rule"] = self.rule
-        return found
-
-    def marker(self, fmt: str) -> str:
-        """The marker after the rows, in output format FMT (a script sees the cut too)."""
-        if fmt == "json":
-            return json.dumps({"hoop_truncated": self.as_dict()})
-        return f"# hoop: {self.text}\n" if fmt == "csv" else f"({self.text})\n"
 
 
 class BudgetMeter:

@@ -28,6 +28,7 @@ from broker.protocols.postgres import values as v
 from broker.protocols.postgres.copy_out import CopyNotMasked, CopyOut, copy_out
 from broker.protocols.postgres.upstream import Upstream
 from broker.protocols.sql import (
+    Cut,
     Judgement,
     ProxyHost,
     RowMask,
@@ -755,15 +756,8 @@ class _Connection:
             self.pass_on(message)
             return
         budget, limit = run.cut
-        unit = "rows" if budget == "max_rows" else "bytes"
-        text = (
-            f"hoop: result stopped at rule {run.rule}: more than {limit} rows of masked "
-            f"columns: {run.kept} rows sent"
-            if budget == "rows_over"
-            else f"hoop: result truncated at the target's {budget} budget ({limit} {unit}): "
-            f"{run.kept} rows sent"
-        )
-        self.warn_and_complete(message, text, run.kept)
+        cut = Cut(budget, limit, run.kept, run.rule)
+        self.warn_and_complete(message, f"hoop: {cut.text}", run.kept)
 
     def warn_and_complete(self, message: m.Message, notice: str, sent: int) -> None:
         """A WARNING notice, then MESSAGE, its row count made SENT for a SELECT or FETCH."""
