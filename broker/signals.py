@@ -138,6 +138,7 @@ class SignalWatch:
         # baselines computed lately, so a statement costs no full read of its history.
         self._seen: set[tuple[str, str, str, str]] = set()
         self._baselines: dict[tuple[str, str, str], tuple[float, list[float]]] = {}
+        self._p95s: dict[tuple[str, str, str], tuple[float | None, float]] = {}
         self._pruned = 0.0
         # Row counts not written yet (written in batches, off the statement's path).
         self._unwritten: list[tuple[str, str, str, float, float, str | None]] = []
@@ -180,7 +181,7 @@ class SignalWatch:
         """A sample written within a second, in a batch: a statement does not wait for it."""
         self._unwritten.append((user, target, metric, value, self.clock(), session))
         cached = self._baselines.get((user, target, metric))
-        if cached is not None:
+        if cached is not None and len(cached[1]) < MAX_SAMPLES:
             cached[1].append(value)
         if len(self._unwritten) >= FLUSH_AT:
             await self.flush()
@@ -235,6 +236,19 @@ class SignalWatch:
             self._baselines[key] = cached
             if len(self._baselines) > 10_000:
                 self._baselines.pop(next(iter(self._baselines)))
+        return cached[1]
+
+    def _p95_of(self, user: str, target: str, metric: str, history: list[float]) -> float:
+        """p95(HISTORY), the baseline of METRIC, sorted once per reading of it (not at every
+        statement: the samples a session adds meanwhile move it little)."""
+        key = (user, target, metric)
+        read_at = self._baselines[key][0] if key in self._baselines else None
+        cached = self._p95s.get(key)
+        if cached is None or cached[0] != read_at or read_at is None:
+            cached = (read_at, p95(history))
+            self._p95s[key] = cached
+            if len(self._p95s) > 10_000:
+                self._p95s.pop(next(iter(self._p95s)))
         return cached[1]
 
     async def _prune(self) -> None:
@@ -321,7 +335,7 @@ class SignalWatch:
         history = await self._baseline(user, target, "rows")
         fired = []
         if len(history) >= self.settings.min_samples:
-            usual = p95(history)
+            usual = self._p95_of(user, target, "rows", history)
             limit = max(usual, 1.0) * self.settings.volume_factor
             if rows > limit:
                 fired.append(
