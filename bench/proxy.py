@@ -110,6 +110,50 @@ class Forwarder:
         self.thread.join(10)
 
 
+@contextmanager
+def ssh_tunnel(target_port: int, workdir: Path) -> Iterator[int]:
+    """The SSH floor (bench/ssh_tunnel.py): a client and a server process, the local port
+    carried over SSH, no parsing. Yields the local port."""
+    ssh_port, listen = free_port(), free_port()
+    server_ready, client_ready = workdir / "tunnel-server", workdir / "tunnel-client"
+    tool = [sys.executable, "-m", "bench.ssh_tunnel"]
+    processes = [
+        subprocess.Popen([*tool, "server", "--port", str(ssh_port), "--ready", str(server_ready)])
+    ]
+    try:
+        wait_for(server_ready, processes[0])
+        processes.append(
+            subprocess.Popen(
+                [
+                    *tool,
+                    "client",
+                    "--ssh-port",
+                    str(ssh_port),
+                    "--listen",
+                    str(listen),
+                    "--target-port",
+                    str(target_port),
+                    "--ready",
+                    str(client_ready),
+                ]
+            )
+        )
+        wait_for(client_ready, processes[1])
+        yield listen
+    finally:
+        for process in reversed(processes):
+            process.kill()
+            process.wait(10)
+
+
+def wait_for(ready: Path, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("bench: the SSH tunnel did not start")
+        time.sleep(0.05)
+
+
 def pgbench(
     port: int, user: str, password: str, db: str, seconds: int, clients: int, logdir: Path
 ) -> tuple[float, float, list[float]]:
@@ -188,11 +232,13 @@ on_unknown = "deny"
                 ways: dict[str, tuple[int, str, str]] = {
                     "direct": (5432, f"{db}_app", password),
                     "forwarder": (0, f"{db}_app", password),
+                    "ssh tunnel": (0, f"{db}_app", password),
                     "proxy": (int(info["port"]), str(info["user"]), str(info["password"])),
                 }
                 results: dict[str, list[tuple[float, float, list[float]]]] = {w: [] for w in ways}
-                with Forwarder(5432) as forwarder:
+                with Forwarder(5432) as forwarder, ssh_tunnel(5432, workdir) as tunnel:
                     ways["forwarder"] = (forwarder.port, f"{db}_app", password)
+                    ways["ssh tunnel"] = (tunnel, f"{db}_app", password)
                     for _ in range(args.rounds):
                         for way, (port, login_user, secret_word) in ways.items():
                             results[way].append(
@@ -207,7 +253,7 @@ on_unknown = "deny"
         f"pgbench -S, {args.clients} clients, {args.seconds} s x {args.rounds} rounds, "
         f"scale {args.scale}"
     )
-    print(f"{'way':<10} {'tps':>10} {'avg ms':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'way':<11} {'tps':>10} {'avg ms':>8} {'p50 ms':>8} {'p99 ms':>8}")
     summary: dict[str, tuple[float, float, float]] = {}
     for way, runs in results.items():
         tps = sum(r[0] for r in runs) / len(runs)
@@ -215,11 +261,15 @@ on_unknown = "deny"
         p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
         avg = sum(r[1] for r in runs) / len(runs)
         summary[way] = (tps, p50, p99)
-        print(f"{way:<10} {tps:>10.0f} {avg:>8.2f} {p50:>8.2f} {p99:>8.2f}")
+        print(f"{way:<11} {tps:>10.0f} {avg:>8.2f} {p50:>8.2f} {p99:>8.2f}")
     direct, plain, proxied = summary["direct"], summary["forwarder"], summary["proxy"]
-    print(f"proxy / direct TPS:     {proxied[0] / direct[0]:.2f}  (goal >= 0.25)")
-    print(f"proxy / forwarder TPS:  {proxied[0] / plain[0]:.2f}  (goal >= 0.6)")
-    print(f"forwarder / direct TPS: {plain[0] / direct[0]:.2f}")
+    tunnel = summary["ssh tunnel"]
+    print(f"proxy / direct TPS:      {proxied[0] / direct[0]:.2f}  (goal >= 0.25)")
+    print(f"proxy / forwarder TPS:   {proxied[0] / plain[0]:.2f}  (goal >= 0.6)")
+    print(f"forwarder / direct TPS:  {plain[0] / direct[0]:.2f}")
+    print(f"ssh tunnel / direct TPS: {tunnel[0] / direct[0]:.2f}  (the SSH hop alone, no parsing)")
+    print(f"ssh tunnel / forwarder:  {tunnel[0] / plain[0]:.2f}")
+    print(f"proxy / ssh tunnel TPS:  {proxied[0] / tunnel[0]:.2f}")
     print(
         f"latency the proxy adds: p50 {proxied[1] - direct[1]:+.2f} ms, "
         f"p99 {proxied[2] - direct[2]:+.2f} ms"

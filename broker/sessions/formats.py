@@ -10,19 +10,21 @@ import io
 import json
 import uuid
 from collections.abc import Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from broker.sessions.budgets import Cut
+    from broker.protocols.sql import Cut
 
 TABLE_ROW_LIMIT = 10_000
 FORMATS = ("table", "json", "csv")
 
 
 _BINARY = (bytes, bytearray, memoryview)
+_BINARY_TYPES = frozenset(_BINARY)
 
 
 def to_text(value: Any) -> str:
@@ -78,7 +80,10 @@ class ResultWriter:
         if self.fmt == "csv":
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
-            if any(isinstance(value, _BINARY) for row in rows for value in row):
+            # The value types, gathered in C (map, chain, set): no Python call per cell. A
+            # subclass of a binary type counts too (isinstance), so the set is checked by it.
+            kinds = set(map(type, chain.from_iterable(rows)))
+            if not kinds.isdisjoint(_BINARY_TYPES) or any(issubclass(k, _BINARY) for k in kinds):
                 writer.writerows([to_text(v) for v in row] for row in rows)
             else:
                 # The csv module writes None as "" and anything else as str() would, which

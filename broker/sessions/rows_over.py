@@ -17,8 +17,8 @@ from typing import Any
 
 from broker.config import Rule
 from broker.policy.decision import Decision
+from broker.protocols.sql import Cut
 from broker.sessions.approvals import ReviewOutcome
-from broker.sessions.budgets import Cut
 
 
 def rows_decision(rule: Rule, columns: Sequence[str], sent_before: int = 0) -> Decision:

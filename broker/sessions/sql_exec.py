@@ -18,10 +18,10 @@ from broker.policy.decision import Decision
 from broker.policy.sql import ParsedSql, rows_rule
 from broker.protocols import open_database
 from broker.protocols.base import TargetError
-from broker.protocols.sql import DatabaseConnection, StatementError
+from broker.protocols.sql import Cut, DatabaseConnection, StatementError
 from broker.recording import RecordingError
 from broker.sessions.approvals import ReviewOutcome
-from broker.sessions.budgets import BudgetMeter, Cut
+from broker.sessions.budgets import BudgetMeter
 from broker.sessions.formats import ResultWriter
 from broker.sessions.rows_over import RowsOver
 from broker.sessions.sql_base import QUERY_KINDS, SqlSessionBase
