@@ -12,7 +12,7 @@ itself in this process, on a pipe instead of a channel, with output to memory:
    the line; the CPU time of this process per key (what every typed key costs the broker).
 
 Each in three set-ups: a bare PromptSession, then with the SQL shell's multiline condition,
-then with its SQL lexer too (the broker's `fixed_layout` in all). Prints p50/p90 and CPU per
+then with its SQL lexer too (the broker's `lean_session` in all). Prints p50/p90 and CPU per
 key; asserts nothing. Nothing touches the network.
 """
 
@@ -34,7 +34,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.shortcuts import PromptSession
 from pygments.lexers.sql import PostgresLexer
 
-from broker.sessions.prompt_channel import fixed_layout
+from broker.sessions.prompt_channel import lean_session
 
 
 class _Screen(io.StringIO):
@@ -61,7 +61,7 @@ def _session(setup: str, inp: Any) -> PromptSession[str]:
         output=output,
         **options,
     )
-    return fixed_layout(session)
+    return lean_session(session)
 
 
 async def prompt_cycles(setup: str, rounds: int) -> list[float]:

@@ -42,7 +42,7 @@ from broker.protocols.base import TargetError
 from broker.protocols.terminal import TerminalUnit
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.base import SessionBase
-from broker.sessions.prompt_channel import ChannelTerminal, fixed_layout, open_history
+from broker.sessions.prompt_channel import ChannelTerminal, lean_session, open_history
 
 log = logging.getLogger("hoop.broker.session")
 
@@ -403,7 +403,7 @@ class GuardedTerminalSession(SessionBase):
         # 10 ms while the event loop is busy, which is most of a keystroke's echo time here.
         session.app.max_render_postpone_time = 0
         term.fast_echo = lambda data: _echo_ahead(session, term.cols)
-        return fixed_layout(session)
+        return lean_session(session)
 
     async def _interact(self) -> int:
         term = self._term

@@ -83,13 +83,22 @@ def crlf(text: str) -> str:
     return _BARE_LF.sub("\r\n", text)
 
 
-def fixed_layout(session: PromptSession[str]) -> PromptSession[str]:
-    """SESSION, its layout's windows listed once instead of at every key and every redraw.
+def lean_session(session: PromptSession[str]) -> PromptSession[str]:
+    """SESSION, drawing once per key: what every prompt the broker runs is set up with.
 
-    prompt_toolkit walks the whole layout to find its windows for each key (to gather the
-    key bindings) and each redraw; a PromptSession's layout never changes shape (its parts
-    come and go by filters, which the walk ignores), so the list is kept while the layout's
-    root stays the same. About a tenth of the CPU of each keystroke."""
+    - Its layout's windows are listed once instead of at every key and every redraw.
+      prompt_toolkit walks the whole layout to find its windows for each key (to gather the
+      key bindings) and each redraw; a PromptSession's layout never changes shape (its parts
+      come and go by filters, which the walk ignores), so the list is kept while the layout's
+      root stays the same. About a tenth of the CPU of each keystroke.
+    - No validator or auto-suggestion task runs after each change. A PromptSession wraps
+      both in dynamic objects that are always there, so each key started a task that found
+      nothing to do and then asked for a second, identical redraw: half the CPU of a key.
+      The broker's prompts have neither (a session that sets one keeps it)."""
+    if session.validator is None:
+        session.validate_while_typing = False
+    if session.auto_suggest is None:
+        session.default_buffer.auto_suggest = None
     layout = session.layout
     walk = layout.find_all_windows
     found: list[tuple[object, list[Any]]] = []
@@ -518,7 +527,7 @@ class ChannelTerminal:
         """One line typed after PROMPT (a reason for a held command), stripped; None when
         the user cancels (Ctrl-C, end of input) or types nothing."""
         try:
-            answer = await self.prompt(PromptSession(), message=f"{prompt} ")
+            answer = await self.prompt(lean_session(PromptSession()), message=f"{prompt} ")
         except (KeyboardInterrupt, EOFError):
             return None
         return answer.strip() or None

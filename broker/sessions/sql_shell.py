@@ -51,7 +51,7 @@ from broker.recording import RecordingError
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.budgets import BudgetMeter
 from broker.sessions.formats import to_text
-from broker.sessions.prompt_channel import ChannelTerminal, fixed_layout, open_history
+from broker.sessions.prompt_channel import ChannelTerminal, lean_session, open_history
 from broker.sessions.rows_over import RowsOver
 from broker.sessions.sql_base import QUERY_KINDS, MaskedResult, SqlSessionBase
 from broker.sessions.sql_catalog import (
@@ -241,7 +241,7 @@ class SqlShell(SqlSessionBase):
             input=self._term.input,
             output=self._term.output,
         )
-        return fixed_layout(session)
+        return lean_session(session)
 
     # -- prompt ---------------------------------------------------------------------------
     def _transaction(self) -> str:
