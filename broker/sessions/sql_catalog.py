@@ -14,6 +14,7 @@ which the shell uses to decide between running the input and a continuation line
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -138,9 +139,12 @@ def ends_in_meta(text: str, dialect: str) -> bool:
 QUIT_WORDS = ("quit", "exit", "\\q")
 
 
+@functools.lru_cache(maxsize=256)
 def input_complete(text: str, dialect: str) -> bool:
     """True when Enter should run TEXT: a `;` ends it outside quotes and comments, or its last
-    line is a backslash command, or it is empty, `quit` or `exit`."""
+    line is a backslash command, or it is empty, `quit` or `exit`.
+
+    Cached: the prompt's multiline filter asks it many times for each redraw."""
     stripped = text.strip()
     if not stripped or stripped.rstrip(";").strip().lower() in QUIT_WORDS:
         return True
