@@ -63,7 +63,7 @@ demo: install
 	bash scripts/demo.sh
 
 # Every benchmark in turn; each prints its figures (bench/README.md has a recent run).
-BENCHES ?= cli login terminal sql masking approvals replay session_search audit_sinks
+BENCHES ?= cli login terminal sql masking approvals replay session_search audit_sinks line_editor
 bench: install system-deps idp
 	for b in $(BENCHES); do $(PY) -m bench.$$b || exit 1; done
 
