@@ -57,7 +57,11 @@ async def _type(keys: list[str], **options: Any) -> tuple[list[int], str, str | 
         for key in keys:
             before = count[0]
             pipe.send_text(key)
-            await asyncio.sleep(0.1)  # time for any later redraw a key would ask for
+            for _ in range(500):  # the key's own redraw (a loaded machine may be slow)
+                if count[0] > before:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # then time for any later redraw the key asked for
             per_key.append(count[0] - before)
         pipe.send_text("\r")
         done, _ = await asyncio.wait({task}, timeout=2)
