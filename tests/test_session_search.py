@@ -265,6 +265,44 @@ def test_line_builder_expands_tabs() -> None:
     assert builder.close() == [(0.0, "bin     boot")]
 
 
+def test_line_builder_reads_plain_lines_as_it_reads_terminal_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bulk output without cursor moves (an export's CSV) is split into lines at once; the
+    lines, their times, the repeats and the caps are those of the piece-by-piece reading."""
+    import random
+    import re
+
+    import broker.audit.index as index
+
+    rng = random.Random(7)
+    alphabet = ["a", "b", "é", " ", ",", "\n", "\n", "\r\n", "\t", "\b", "\r", "\x07"]
+    alphabet += ["\x1b[1m", "\x1b[K", "\x1b[1K", "\x1b[2D", "\x1b[3C", "\x1b[H"]
+    runs = []
+    for _ in range(600):
+        events = [
+            (float(i), "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))))
+            for i in range(rng.randint(1, 6))
+        ]
+        long_line = " " * rng.randint(0, 3) + "x" * rng.choice([0, 999, 1001])
+        events.append((9.0, "\n" + long_line + "\nsame\nsame\n"))
+        runs.append(events)
+
+    def lines(max_lines: int) -> list[list[tuple[float, str]]]:
+        found = []
+        for events in runs:
+            builder = index.LineBuilder(max_lines=max_lines)
+            for at, data in events:
+                builder.feed(at, data)
+            found.append(builder.close())
+        return found
+
+    fast = [lines(3), lines(1000)]
+    monkeypatch.setattr(index, "_CURSOR_MOVES", re.compile(""))  # every text piece by piece
+    assert fast == [lines(3), lines(1000)]
+    assert any(len(run) == 3 for run in fast[0]) and any(len(run) > 3 for run in fast[1])
+
+
 def test_query_text_cannot_inject_fts_syntax() -> None:
     assert fts_query('a" OR b') == '"a"" OR b"*'
     assert fts_query("DROP", prefix=False) == '"DROP"'

@@ -127,6 +127,7 @@ _ESCAPE = re.compile(
 _PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|[\]PX^_][^\x07\x1b]*\x1b?|[()*+#%]|[ -/]*)?$")
 _CONTROL = re.compile(r"[\x00-\x07\x0b\x0c\x0e-\x1f\x7f]")
 _TEXT_OR_CONTROL = re.compile(r"[^\r\n\b\t]+|[\r\n\b\t]")
+_CURSOR_MOVES = re.compile(r"[\r\b\t]")
 
 
 class LineBuilder:
@@ -143,6 +144,8 @@ class LineBuilder:
         self._carry = ""
 
     def feed(self, offset: float, data: str) -> None:
+        if self.truncated:
+            return  # no line can be added any more
         data = self._carry + data
         self._carry = ""
         partial = _PARTIAL_ESCAPE.search(data)
@@ -189,6 +192,20 @@ class LineBuilder:
 
     def _text(self, offset: float, text: str) -> None:
         text = _CONTROL.sub("", text)
+        if _CURSOR_MOVES.search(text) is None:
+            # Plain lines (bulk output: a CSV export, a file): split at once, not piece by
+            # piece; the same lines as below.
+            *complete, rest = text.split("\n")
+            for piece in complete:
+                if self._chars or self._cursor:  # a line an earlier event began
+                    if piece:
+                        self._write(offset, piece)
+                    self._end_line()
+                elif piece:  # a whole line: what _write and _end_line would make of it
+                    self._add_line(piece[:MAX_LINE_CHARS].strip(), offset)
+            if rest:
+                self._write(offset, rest)
+            return
         for piece in _TEXT_OR_CONTROL.findall(text):
             if piece == "\n":
                 self._end_line()
@@ -220,6 +237,9 @@ class LineBuilder:
         self._chars = []
         self._cursor = 0
         self._written = None
+        self._add_line(line, written)
+
+    def _add_line(self, line: str, written: float | None) -> None:
         if not line or written is None or line in self._seen:
             return
         if len(self.lines) >= self._max_lines:
