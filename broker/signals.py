@@ -113,6 +113,21 @@ class Signal:
         }
 
 
+@dataclass
+class _Baseline:
+    """The samples of one metric as read from the store, and their p95, sorted once per
+    reading (not at every statement: the samples a session adds meanwhile move it little)."""
+
+    read_at: float
+    samples: list[float]
+    _p95: float | None = None
+
+    def p95(self) -> float:
+        if self._p95 is None:
+            self._p95 = p95(self.samples)
+        return self._p95
+
+
 class SignalHost(Protocol):
     store: Store
     audit: AuditLog
@@ -137,8 +152,7 @@ class SignalWatch:
         # What this process knows already: values seen (they never become unseen), and
         # baselines computed lately, so a statement costs no full read of its history.
         self._seen: set[tuple[str, str, str, str]] = set()
-        self._baselines: dict[tuple[str, str, str], tuple[float, list[float]]] = {}
-        self._p95s: dict[tuple[str, str, str], tuple[float | None, float]] = {}
+        self._baselines: dict[tuple[str, str, str], _Baseline] = {}
         self._pruned = 0.0
         # Row counts not written yet (written in batches, off the statement's path).
         self._unwritten: list[tuple[str, str, str, float, float, str | None]] = []
@@ -181,8 +195,8 @@ class SignalWatch:
         """A sample written within a second, in a batch: a statement does not wait for it."""
         self._unwritten.append((user, target, metric, value, self.clock(), session))
         cached = self._baselines.get((user, target, metric))
-        if cached is not None and len(cached[1]) < MAX_SAMPLES:
-            cached[1].append(value)
+        if cached is not None and len(cached.samples) < MAX_SAMPLES:
+            cached.samples.append(value)
         if len(self._unwritten) >= FLUSH_AT:
             await self.flush()
         elif self._flusher is None or self._flusher.done():
@@ -221,7 +235,7 @@ class SignalWatch:
         ]
         return unwritten + [float(row[0]) for row in rows]
 
-    async def _baseline(self, user: str, target: str, metric: str) -> list[float]:
+    async def _baseline(self, user: str, target: str, metric: str) -> _Baseline:
         """The samples of METRIC, as read at most BASELINE_TTL seconds ago (a baseline too thin
         to speak yet is read every time: it is short)."""
         key = (user, target, metric)
@@ -229,27 +243,14 @@ class SignalWatch:
         cached = self._baselines.get(key)
         if (
             cached is None
-            or not 0 <= now - cached[0] < BASELINE_TTL
-            or len(cached[1]) < self.settings.min_samples
+            or not 0 <= now - cached.read_at < BASELINE_TTL
+            or len(cached.samples) < self.settings.min_samples
         ):
-            cached = (now, await self._samples(user, target, metric))
+            cached = _Baseline(now, await self._samples(user, target, metric))
             self._baselines[key] = cached
             if len(self._baselines) > 10_000:
                 self._baselines.pop(next(iter(self._baselines)))
-        return cached[1]
-
-    def _p95_of(self, user: str, target: str, metric: str, history: list[float]) -> float:
-        """p95(HISTORY), the baseline of METRIC, sorted once per reading of it (not at every
-        statement: the samples a session adds meanwhile move it little)."""
-        key = (user, target, metric)
-        read_at = self._baselines[key][0] if key in self._baselines else None
-        cached = self._p95s.get(key)
-        if cached is None or cached[0] != read_at or read_at is None:
-            cached = (read_at, p95(history))
-            self._p95s[key] = cached
-            if len(self._p95s) > 10_000:
-                self._p95s.pop(next(iter(self._p95s)))
-        return cached[1]
+        return cached
 
     async def _prune(self) -> None:
         now = self.clock()
@@ -332,10 +333,11 @@ class SignalWatch:
     async def rows_read(
         self, *, user: str, groups: Sequence[str], target: str, session: str, rows: int
     ) -> list[Signal]:
-        history = await self._baseline(user, target, "rows")
+        baseline = await self._baseline(user, target, "rows")
+        history = baseline.samples
         fired = []
         if len(history) >= self.settings.min_samples:
-            usual = self._p95_of(user, target, "rows", history)
+            usual = baseline.p95()
             limit = max(usual, 1.0) * self.settings.volume_factor
             if rows > limit:
                 fired.append(

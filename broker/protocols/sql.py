@@ -31,7 +31,7 @@ Key = tuple[str | None, str]  # (schema, name) as a statement writes them
 class Cut:
     """A result stopped at its budget: which one, its limit, and the rows sent before."""
 
-    budget: str  # "max_rows" or "max_bytes"
+    budget: str  # "max_rows", "max_bytes" or "rows_over"
     limit: int
     rows: int
     rule: str | None = None  # budget "rows_over": the rule that stopped it
