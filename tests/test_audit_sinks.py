@@ -270,9 +270,12 @@ def check_webhook_outage(
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # in order, no gap
     commands = [e["details"]["command"] for e in events if e["type"] == "command"]
     assert commands == ["echo before", *(f"echo during-{n}" for n in range(sessions))]
+    # The broker logs the recovery after the receiver has the batch: wait for the line.
+    wait_until(
+        lambda: "accepts events again after" in broker_log(broker), 10, "the recovery log line"
+    )
     text = broker_log(broker)
     assert text.count("does not accept events") == 1, text  # once per outage, not per retry
-    assert "accepts events again after" in text
     for request in receiver.requests:
         batch = request["events"]
         assert request["headers"]["X-Hoop-Seq-First"] == str(batch[0]["seq"])
