@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
-import csv
 import datetime
 import decimal
 import io
 import json
 import uuid
 from collections.abc import Sequence
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -21,9 +19,6 @@ if TYPE_CHECKING:
 
 TABLE_ROW_LIMIT = 10_000
 FORMATS = ("table", "json", "csv")
-
-
-_BINARY = (bytes, bytearray, memoryview)
 
 
 def to_text(value: Any) -> str:
@@ -50,6 +45,40 @@ def to_json_value(value: Any) -> Any:
     return str(value)
 
 
+# Characters that make a CSV field quoted. "\r" is among them: the csv module of Python 3.11
+# leaves it bare when the line terminator is "\n", and a reader then splits the field.
+_QUOTED = (",", '"', "\n", "\r")
+
+
+def csv_rows(rows: Sequence[Sequence[Any]]) -> str:
+    """ROWS as CSV (excel dialect, "\n" line ends, fields quoted only where needed), built a
+    column at a time: the per-value work is C's (str, join, substring tests) unless a column
+    holds values other than int and str, or a field that needs quoting."""
+    if not rows:
+        return ""
+    texts: list[Sequence[str]] = []
+    for column in zip(*rows, strict=True):
+        kinds = set(map(type, column))
+        if kinds == {int}:
+            texts.append(list(map(str, column)))
+            continue
+        cells: Sequence[str] = column if kinds == {str} else list(map(to_text, column))
+        joined = "".join(cells)
+        if any(special in joined for special in _QUOTED):
+            cells = [_quoted(cell) for cell in cells]
+        texts.append(cells)
+    if len(texts) == 1:
+        # A row of one empty field would be an empty line, which readers skip.
+        texts[0] = [cell or '""' for cell in texts[0]]
+    return "\n".join(map(",".join, zip(*texts, strict=True))) + "\n"
+
+
+def _quoted(cell: str) -> str:
+    if any(special in cell for special in _QUOTED):
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
 class ResultWriter:
     """Turns one result set into chunks of text; call begin, rows (any number of times), end."""
 
@@ -69,7 +98,7 @@ class ResultWriter:
         self.count = 0
         self.truncated = 0
         if self.fmt == "csv":
-            return self._csv_line(columns)
+            return csv_rows([columns])
         if self.fmt == "json":
             return "["
         return ""
@@ -77,18 +106,7 @@ class ResultWriter:
     def rows(self, rows: Sequence[Sequence[Any]]) -> str:
         self.count += len(rows)
         if self.fmt == "csv":
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            # The value types are gathered in C (map, chain, set): no Python call per cell;
-            # issubclass on the few types found, as isinstance would on each value.
-            kinds = set(map(type, chain.from_iterable(rows)))
-            if any(issubclass(kind, _BINARY) for kind in kinds):
-                writer.writerows([to_text(v) for v in row] for row in rows)
-            else:
-                # The csv module writes None as "" and anything else as str() would, which
-                # is to_text for all but binary values: no per-cell Python call.
-                writer.writerows(rows)
-            return buffer.getvalue()
+            return csv_rows(rows)
         if self.fmt == "json":
             parts = []
             for row in rows:
@@ -117,11 +135,6 @@ class ResultWriter:
                 return ("\n" if self._first else ",\n") + marker + "\n]\n"
             return "\n]\n" if not self._first else "]\n"
         return self._table() + marker
-
-    def _csv_line(self, values: Sequence[str]) -> str:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(values)
-        return buffer.getvalue()
 
     def _table(self) -> str:
         table = Table(show_edge=False, header_style="bold", pad_edge=False)

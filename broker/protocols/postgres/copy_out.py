@@ -6,8 +6,6 @@ The server sends one row per CopyData message. A COPY whose options the broker d
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 
@@ -35,18 +33,56 @@ class CopyOut:
         if text.endswith("\n"):
             text = text[:-1]
         if self.csv:
-            (fields,) = csv.reader([text], delimiter=self.delimiter) or [[]]
-            return [None if f == self.null else f for f in fields]
+            return _csv_fields(text, self.delimiter)
         return [None if f == self.null else _unescape(f) for f in text.split(self.delimiter)]
 
     def write_row(self, values: list[object]) -> bytes:
         if self.csv:
-            out = io.StringIO()
-            writer = csv.writer(out, delimiter=self.delimiter, lineterminator="\n")
-            writer.writerow([self.null if v is None else _text(v) for v in values])
-            return out.getvalue().encode()
+            cells = [
+                self.null if v is None else _csv_field(_text(v), self.delimiter) for v in values
+            ]
+            return (self.delimiter.join(cells) + "\n").encode()
         cells = [self.null if v is None else _escape(_text(v), self.delimiter) for v in values]
         return (self.delimiter.join(cells) + "\n").encode()
+
+
+def _csv_fields(line: str, delimiter: str) -> list[str | None]:
+    """The fields of one CSV row as PostgreSQL writes them: a bare empty field is NULL, a quoted
+    one ("") the empty string (the csv module reads both as "")."""
+    if '"' not in line:
+        return [field or None for field in line.split(delimiter)]
+    fields: list[str | None] = []
+    field: list[str] = []
+    quoted = in_quotes = False
+    index, end = 0, len(line)
+    while index < end:
+        char = line[index]
+        if in_quotes:
+            if char == '"' and line.startswith('"', index + 1):
+                field.append('"')
+                index += 1
+            elif char == '"':
+                in_quotes = False
+            else:
+                field.append(char)
+        elif char == '"':
+            in_quotes = quoted = True
+        elif char == delimiter:
+            fields.append("".join(field) if field or quoted else None)
+            field, quoted = [], False
+        else:
+            field.append(char)
+        index += 1
+    fields.append("".join(field) if field or quoted else None)
+    return fields
+
+
+def _csv_field(text: str, delimiter: str) -> str:
+    """TEXT as PostgreSQL's COPY writes a CSV field: quoted when empty (a bare empty field is
+    NULL), when it holds the delimiter, a quote or a line break, or when it is the end marker."""
+    if text and text != "\\." and not any(c in text for c in (delimiter, '"', "\n", "\r")):
+        return text
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _text(value: object) -> str:
