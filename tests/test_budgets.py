@@ -472,3 +472,29 @@ def test_mariadb_results_stop_at_the_budget_and_the_next_statement_runs(alice: U
     assert first["rows"][:5] == [{"seq": n} for n in range(1, 6)]
     assert first["rows"][5] == {"hoop_truncated": {"budget": "max_rows", "limit": 5, "rows": 5}}
     assert second["rows"] == [{"answer": 42}]
+
+
+@pytest.mark.parametrize("max_rows", [None, 1, 499, 500, 501, 1000, 1234])
+@pytest.mark.parametrize("max_bytes", [None, 7, 5000, 10**6])
+def test_a_batch_is_admitted_as_its_rows_would_be_one_at_a_time(
+    max_rows: int | None, max_bytes: int | None
+) -> None:
+    # exec takes whole batches (admit_batch): the rows sent and the cut must be those of the
+    # row-at-a-time meter, at every boundary.
+    limits = Budget(max_rows=max_rows, max_bytes=max_bytes)
+    rows = [(i, f"value-{i}", None) for i in range(1200)]
+    one, whole = BudgetMeter(limits), BudgetMeter(limits)
+    sent_one = []
+    for row in rows:
+        if not one.admit(row):
+            break
+        sent_one.append(row)
+    sent_whole: list[tuple[object, ...]] = []
+    for start in range(0, len(rows), 500):
+        admitted = whole.admit_batch(rows[start : start + 500])
+        sent_whole.extend(admitted)
+        if whole.cut is not None:
+            break
+    assert sent_whole == sent_one
+    assert whole.cut == one.cut
+    assert whole.rows == one.rows

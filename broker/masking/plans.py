@@ -123,9 +123,9 @@ class MaskPlan:
         if self._noop:
             return [row if type(row) is tuple else tuple(row) for row in rows]
         width = self._width
-        for row in rows:
-            if len(row) != width:
-                raise ValueError(f"row has {len(row)} values, the result set has {width}")
+        lengths = set(map(len, rows))
+        if lengths - {width}:
+            raise ValueError(f"row has {max(lengths - {width})} values, the result set has {width}")
         if len(rows) < 4 or not width:
             return [self.apply(row) for row in rows]
         columns: list[Sequence[object]] = list(zip(*rows, strict=False))  # widths checked
@@ -134,7 +134,7 @@ class MaskPlan:
         for i, fn in self._ops:
             column = columns[i]
             columns[i] = [None if value is None else fn(value) for value in column]
-            counts[i] += len(column) - sum(value is None for value in column)
+            counts[i] += len(column) - column.count(None)
             changed = True
         for i in self._det_cols:
             new = self._detect_column(columns[i], i)

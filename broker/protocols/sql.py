@@ -91,6 +91,59 @@ class StatementError(Exception):
         )
 
 
+Row = tuple[Any, ...]
+
+
+class Batched:
+    """Rows that arrive in batches (the driver's fetch size, masking's batch): iterate it for
+    rows, or take the rest a batch at a time with ``batches_of``, which costs no Python step
+    per row where a whole batch goes the same way (an export)."""
+
+    def __init__(self, batches: AsyncIterator[list[Row]]) -> None:
+        self._batches = batches
+        self._batch: list[Row] = []
+        self._index = 0
+
+    def __aiter__(self) -> Batched:
+        return self
+
+    async def __anext__(self) -> Row:
+        while self._index >= len(self._batch):
+            self._batch = await anext(self._batches)  # StopAsyncIteration ends the rows
+            self._index = 0
+        row = self._batch[self._index]
+        self._index += 1
+        return row
+
+    async def batches(self) -> AsyncIterator[list[Row]]:
+        if self._index < len(self._batch):
+            rest, self._batch = self._batch[self._index :], []
+            yield rest
+        async for batch in self._batches:
+            if batch:
+                yield batch
+
+    async def aclose(self) -> None:
+        await self._batches.aclose()  # type: ignore[attr-defined]
+
+
+async def batches_of(rows: AsyncIterator[Row], size: int = FETCH_BATCH) -> AsyncIterator[list[Row]]:
+    """ROWS a batch at a time: as they came where they came in batches (``Batched``), else
+    gathered SIZE at a time."""
+    if isinstance(rows, Batched):
+        async for batch in rows.batches():
+            yield batch
+        return
+    batch: list[Row] = []
+    async for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 @dataclass
 class Result:
     columns: list[str]

@@ -19,6 +19,7 @@ from broker.protocols.base import TargetError
 from broker.protocols.sql import (
     FETCH_BATCH,
     USER_CANCEL,
+    Batched,
     CatalogRow,
     Client,
     Key,
@@ -96,21 +97,20 @@ class SqliteConnection:
         if not columns:
             self._finish()
 
-        async def rows() -> AsyncIterator[tuple[Any, ...]]:
+        async def batches() -> AsyncIterator[list[tuple[Any, ...]]]:
             try:
                 while columns:
                     batch = await cursor.fetchmany(FETCH_BATCH)
                     if not batch:
                         return
-                    for row in batch:
-                        yield tuple(row)
+                    yield [tuple(row) for row in batch]
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
             finally:
                 self._finish()
                 await cursor.close()
 
-        return Result(columns=columns, rows=rows(), status=status)
+        return Result(columns=columns, rows=Batched(batches()), status=status)
 
     async def cancel(self) -> None:
         if not self._running:

@@ -94,6 +94,22 @@ class BudgetMeter:
         self.rows += 1
         return True
 
+    def admit_batch(self, rows: list[Any]) -> list[Any]:
+        """The rows of ROWS that may be sent, in order: all of them, or those before the
+        budget ran out (then ``cut`` says which budget)."""
+        if self._max_bytes is None:
+            room = len(rows) if self._max_rows is None else max(0, self._max_rows - self.rows)
+            if room >= len(rows):
+                self.rows += len(rows)
+                return rows
+            self.rows += room
+            self.cut = Cut("max_rows", self._max_rows or 0, self.rows)
+            return rows[:room]
+        for index, row in enumerate(rows):
+            if not self.admit(row):
+                return rows[:index]
+        return rows
+
     async def limit(self, rows: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """ROWS up to the budget (then ``cut`` is set and the rest is not read)."""
         async for row in rows:

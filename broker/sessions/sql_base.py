@@ -26,7 +26,13 @@ from broker.policy.decision import Decision
 from broker.policy.sql import ParsedSql, decide_sql
 from broker.policy.sql_session import SessionState
 from broker.protocols import sql_unit
-from broker.protocols.sql import DatabaseConnection, SqlUnit, StatementError
+from broker.protocols.sql import (
+    Batched,
+    DatabaseConnection,
+    SqlUnit,
+    StatementError,
+    batches_of,
+)
 from broker.sessions.base import SessionBase
 from broker.sessions.rows_over import BulkCounter
 
@@ -209,30 +215,19 @@ class SqlSessionBase(SessionBase):
         sources = await column_sources(conn, self.dialect, text, result.columns)
         plan = self._masking().plan(sources)
 
-        async def masked_rows() -> AsyncIterator[tuple[Any, ...]]:
-            # Rows are masked a batch at a time (one detector pass per column over the batch);
-            # a batch goes out when it is full or the result ends.
-            batch: list[tuple[Any, ...]] = []
+        async def masked_batches() -> AsyncIterator[list[tuple[Any, ...]]]:
+            # Rows are masked a batch at a time (one detector pass per column over the batch).
             try:
-                async for row in result.rows:
-                    if not plan.active:
-                        yield row
-                        continue
-                    batch.append(row)
-                    if len(batch) >= MASK_BATCH:
-                        for masked in plan.apply_batch(batch):
-                            yield masked
-                        batch = []
+                async for batch in batches_of(result.rows, MASK_BATCH):
+                    yield plan.apply_batch(batch) if plan.active else batch
             except StatementError as exc:
                 raise self._statement_error(conn, text, exc) from None
             finally:
                 # Closed early (a budget, a pager's q): the driver's stream is closed here and
                 # now, not later by the garbage collector while the next statement reads.
                 await result.rows.aclose()  # type: ignore[attr-defined]
-            for masked in plan.apply_batch(batch) if batch else ():
-                yield masked
 
-        return MaskedResult(result.columns, masked_rows(), result.status, plan, started)
+        return MaskedResult(result.columns, Batched(masked_batches()), result.status, plan, started)
 
     async def _audit_query(
         self,

@@ -18,7 +18,7 @@ from broker.policy.decision import Decision
 from broker.policy.sql import ParsedSql, rows_rule
 from broker.protocols import open_database
 from broker.protocols.base import TargetError
-from broker.protocols.sql import Cut, DatabaseConnection, StatementError
+from broker.protocols.sql import Cut, DatabaseConnection, StatementError, batches_of
 from broker.recording import RecordingError
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.budgets import BudgetMeter
@@ -256,22 +256,18 @@ class SqlExec(SqlSessionBase):
             if result.columns:
                 await self._write(writer.begin(result.columns))
                 in_rows = True
-                batch: list[tuple[object, ...]] = []
                 meter = BudgetMeter(self._limits)
-                async for row in result.rows:
-                    if not meter.admit(row):
-                        cut = meter.cut
-                        if gate.cut is None:
-                            await self._stop_reading(conn, result)
-                        break
-                    batch.append(row)
-                    if len(batch) >= ROW_BATCH:
-                        await self._write(writer.rows(batch))
-                        rows += len(batch)
-                        batch = []
-                if batch:
-                    await self._write(writer.rows(batch))
-                    rows += len(batch)
+                async with contextlib.aclosing(batches_of(result.rows, ROW_BATCH)) as batches:
+                    async for batch in batches:
+                        admitted = meter.admit_batch(batch)
+                        if admitted:
+                            await self._write(writer.rows(admitted))
+                            rows += len(admitted)
+                        if meter.cut is not None:
+                            cut = meter.cut
+                            if gate.cut is None:
+                                await self._stop_reading(conn, result)
+                            break
                 end = writer.end(cut)
                 in_rows = False
                 await self._write(end.rstrip("\n") + "}" if self._document else end)

@@ -25,6 +25,7 @@ from broker.protocols.base import TargetError
 from broker.protocols.sql import (
     CONNECT_TIMEOUT,
     FETCH_BATCH,
+    Batched,
     CatalogRow,
     Client,
     Key,
@@ -241,14 +242,13 @@ class MysqlConnection:
         status = f"{cursor.rowcount} row(s) affected" if not columns else ""
         self._running = bool(columns)
 
-        async def rows() -> AsyncIterator[tuple[Any, ...]]:
+        async def batches() -> AsyncIterator[list[tuple[Any, ...]]]:
             try:
                 while columns:
                     batch = await cursor.fetchmany(FETCH_BATCH)
                     if not batch:
                         return
-                    for row in batch:
-                        yield tuple(row)
+                    yield [tuple(row) for row in batch]
             except pymysql.err.MySQLError as exc:
                 # With a streaming cursor, errors such as a statement timeout arrive mid-fetch.
                 raise _statement_error(exc) from None
@@ -257,7 +257,7 @@ class MysqlConnection:
                 with contextlib.suppress(pymysql.err.MySQLError):
                     await cursor.close()
 
-        return Result(columns=columns, rows=rows(), status=status)
+        return Result(columns=columns, rows=Batched(batches()), status=status)
 
     async def cancel(self) -> None:
         if not self._running:

@@ -14,9 +14,11 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from broker.protocols.base import TargetError
+from broker.protocols.postgres.chunks import stream_chunks
 from broker.protocols.sql import (
     CONNECT_TIMEOUT,
     FETCH_BATCH,
+    Batched,
     CatalogRow,
     Client,
     Key,
@@ -80,31 +82,32 @@ class PostgresConnection:
     async def execute(self, sql: str, *, query: bool = True) -> Result:
         if not query:
             return await self._execute_buffered(sql)
-        # stream() fetches in chunks (libpq chunked rows mode): memory stays bounded however
-        # many rows the statement returns.
+        # Rows come in chunks (libpq chunked rows mode): memory stays bounded however many
+        # rows the statement returns.
         cursor = self._conn.cursor()
-        stream = cursor.stream(sql, size=FETCH_BATCH)  # type: ignore[arg-type]
+        chunks = stream_chunks(cursor, sql, FETCH_BATCH)
         try:
-            first = await anext(stream, None)
+            first = await anext(chunks, None)
         except psycopg.Error as exc:
             await cursor.close()
             raise _statement_error(exc) from None
         columns = [column.name for column in cursor.description or []]
         status = cursor.statusmessage or ""
 
-        async def rows() -> AsyncIterator[tuple[Any, ...]]:
+        async def batches() -> AsyncIterator[list[tuple[Any, ...]]]:
             try:
                 if first is None:
                     return
-                yield tuple(first)
-                async for row in stream:
-                    yield tuple(row)
+                yield first
+                async for chunk in chunks:
+                    yield chunk
             except psycopg.Error as exc:
                 raise _statement_error(exc) from None
             finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
                 await cursor.close()
 
-        return Result(columns=columns, rows=rows(), status=status)
+        return Result(columns=columns, rows=Batched(batches()), status=status)
 
     async def _execute_buffered(self, sql: str) -> Result:
         async with self._conn.cursor() as cursor:
