@@ -278,10 +278,13 @@ def test_line_builder_reads_plain_lines_as_it_reads_terminal_output(
     rng = random.Random(7)
     alphabet = ["a", "b", "é", " ", ",", "\n", "\n", "\r\n", "\t", "\b", "\r", "\x07"]
     alphabet += ["\x1b[1m", "\x1b[K", "\x1b[1K", "\x1b[2D", "\x1b[3C", "\x1b[H"]
+    # Output recorded without a terminal: "\r\n" line ends, no other cursor move.
+    recorded = ["a", "b", "é", " ", ",", "\r\n", "\r\n", "\x1b[1m"]
     runs = []
-    for _ in range(600):
+    for run in range(600):
+        chars = recorded if run % 3 == 0 else alphabet
         events = [
-            (float(i), "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))))
+            (float(i), "".join(rng.choice(chars) for _ in range(rng.randint(0, 40))))
             for i in range(rng.randint(1, 6))
         ]
         long_line = " " * rng.randint(0, 3) + "x" * rng.choice([0, 999, 1001])

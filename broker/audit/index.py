@@ -192,10 +192,13 @@ class LineBuilder:
 
     def _text(self, offset: float, text: str) -> None:
         text = _CONTROL.sub("", text)
-        if _CURSOR_MOVES.search(text) is None:
+        # Output sent without a terminal is recorded with "\r\n" line ends, where "\r" only
+        # moves the cursor to where the line ends anyway.
+        lines = text.replace("\r\n", "\n") if "\r\n" in text else text
+        if _CURSOR_MOVES.search(lines) is None:
             # Plain lines (bulk output: a CSV export, a file): split at once, not piece by
             # piece; the same lines as below.
-            *complete, rest = text.split("\n")
+            *complete, rest = lines.split("\n")
             for piece in complete:
                 if self._chars or self._cursor:  # a line an earlier event began
                     if piece:
