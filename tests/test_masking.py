@@ -696,6 +696,8 @@ def test_apply_batch_with_column_rules_and_edge_cases() -> None:
     assert plan.apply_batch([]) == []
     with pytest.raises(ValueError, match="values"):
         plan.apply_batch([("a", "b")] * 5 + [("a",)])
+    with pytest.raises(ValueError, match="row has 3 values"):
+        plan.apply_batch([("a", "b", "c")] * 5)  # all alike, and all too wide
     quiet = plan_for({"detectors": ALL}, cols("n", "t"))
     rows = [(i, "nothing to see") for i in range(10)]
     assert quiet.apply_batch(rows) == rows

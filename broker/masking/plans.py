@@ -120,15 +120,18 @@ class MaskPlan:
         and values that only the email, SSN or private-key detector can match are masked by the
         pattern's own substitution, in C. Rows come back as tuples (equal to the rows given,
         not necessarily the same objects, when nothing was masked)."""
-        if self._noop:
-            return [row if type(row) is tuple else tuple(row) for row in rows]
         width = self._width
-        lengths = set(map(len, rows))
-        if lengths - {width}:
-            raise ValueError(f"row has {max(lengths - {width})} values, the result set has {width}")
+        if self._noop:
+            return _tuples(rows)
         if len(rows) < 4 or not width:
             return [self.apply(row) for row in rows]
-        columns: list[Sequence[object]] = list(zip(*rows, strict=False))  # widths checked
+        try:
+            columns: list[Sequence[object]] = list(zip(*rows, strict=True))
+        except ValueError:  # rows of different widths
+            columns = []
+        if len(columns) != width:
+            wrong = next(len(row) for row in rows if len(row) != width)
+            raise ValueError(f"row has {wrong} values, the result set has {width}")
         changed = False
         counts = self._counts
         for i, fn in self._ops:
@@ -142,7 +145,7 @@ class MaskPlan:
                 columns[i] = new
                 changed = True
         if not changed:
-            return [row if type(row) is tuple else tuple(row) for row in rows]
+            return _tuples(rows)
         return list(zip(*columns, strict=False))  # all of one length
 
     # -- detectors
@@ -316,3 +319,10 @@ class MaskPlan:
                 if value is None:
                     out[k] = None
         return out
+
+
+def _tuples(rows: Sequence[Sequence[object]]) -> list[tuple[object, ...]]:
+    """ROWS as a list of tuples: the rows themselves where they are tuples (checked in C)."""
+    if set(map(type, rows)) <= {tuple}:
+        return list(rows)  # type: ignore[arg-type]
+    return [row if type(row) is tuple else tuple(row) for row in rows]
