@@ -234,6 +234,19 @@ def test_csv_writes_each_kind_of_value_as_text_and_binary_as_hex(dba: User) -> N
     ]
 
 
+def test_json_and_arrays_are_written_as_json_text_in_csv_and_table(dba: User) -> None:
+    """A jsonb value or an array reads back as JSON, not as Python's repr of it."""
+    sql = """SELECT '{"a": [1, null, "é"]}'::jsonb AS j, ARRAY[1, NULL, 3] AS a"""
+    result = dba.run("exec", "pg", "-c", sql, "-o", "csv")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["j", "a"]
+    assert json.loads(rows[1][0]) == {"a": [1, None, "é"]}
+    assert json.loads(rows[1][1]) == [1, None, 3]
+    table = dba.run("exec", "pg", "-c", sql)
+    assert '{"a": [1, null, "é"]}' in table.stdout and "[1, null, 3]" in table.stdout
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize(
     "sql",

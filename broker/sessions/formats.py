@@ -26,6 +26,9 @@ def to_text(value: Any) -> str:
         return ""
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
+    if isinstance(value, dict | list):
+        # JSON and arrays as JSON text, not Python's repr ({'a': 1}, [None]).
+        return json.dumps(value, ensure_ascii=False, default=to_json_value)
     return str(value)
 
 
