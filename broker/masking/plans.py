@@ -8,7 +8,7 @@ from operator import ne
 
 from broker.masking.detectors import _accept
 from broker.masking.scanner import _scanner
-from broker.masking.strategies import REDACTED, _as_text
+from broker.masking.strategies import REDACTED, Constant, _as_text
 
 _UNSEEN = object()
 _NO_TEXT = (int, float, bool, type(None))
@@ -28,6 +28,15 @@ class _Memo:
         self.values: dict[str, str | None] = {}
         self.lookups = 0
         self.hits = 0
+
+
+class RowBatch(list[tuple[object, ...]]):
+    """Rows that keep the columns they were made from: a writer that works a column at a time
+    (CSV) takes those instead of taking the rows apart again. Its columns hold for the batch
+    as it is made; a slice or a copy is a plain list again."""
+
+    __slots__ = ("columns",)
+    columns: Sequence[Sequence[object]]
 
 
 class MaskPlan:
@@ -119,7 +128,8 @@ class MaskPlan:
         and faster with detectors: each column's text values are joined and scanned together,
         and values that only the email, SSN or private-key detector can match are masked by the
         pattern's own substitution, in C. Rows come back as tuples (equal to the rows given,
-        not necessarily the same objects, when nothing was masked)."""
+        not necessarily the same objects, when nothing was masked); where the batch was taken
+        apart into columns, as a RowBatch that keeps them."""
         width = self._width
         if self._noop:
             return _tuples(rows)
@@ -136,17 +146,21 @@ class MaskPlan:
         counts = self._counts
         for i, fn in self._ops:
             column = columns[i]
-            columns[i] = [None if value is None else fn(value) for value in column]
-            counts[i] += len(column) - column.count(None)
+            nulls = column.count(None)
+            if isinstance(fn, Constant) and not nulls:
+                columns[i] = [fn.value] * len(column)
+            else:
+                columns[i] = [None if value is None else fn(value) for value in column]
+            counts[i] += len(column) - nulls
             changed = True
         for i in self._det_cols:
             new = self._detect_column(columns[i], i)
             if new is not None:
                 columns[i] = new
                 changed = True
-        if not changed:
-            return _tuples(rows)
-        return list(zip(*columns, strict=False))  # all of one length
+        batch = RowBatch(zip(*columns, strict=False) if changed else _tuples(rows))
+        batch.columns = columns
+        return batch
 
     # -- detectors
 

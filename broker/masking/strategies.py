@@ -104,10 +104,22 @@ class _Hasher:
         return cached
 
 
+class Constant:
+    """A masking function that turns every non-None value into the same text (redact)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __call__(self, _value: object) -> object:
+        return self.value
+
+
 def _value_masker(strategy: str, key: bytes) -> Callable[[object], object]:
     """A function masking one non-None value with ``strategy``."""
     if strategy == "redact":
-        return lambda _value: REDACTED
+        return Constant(REDACTED)
     if strategy == "partial":
         return lambda value: _partial(_as_text(value))
     if strategy == "hash":

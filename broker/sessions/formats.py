@@ -8,7 +8,7 @@ import decimal
 import io
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -56,11 +56,15 @@ _QUOTED = (",", '"', "\n", "\r")
 def csv_rows(rows: Sequence[Sequence[Any]]) -> str:
     """ROWS as CSV (excel dialect, "\n" line ends, fields quoted only where needed), built a
     column at a time: the per-value work is C's (str, join, substring tests) unless a column
-    holds values other than int and str, or a field that needs quoting."""
+    holds values other than int and str, or a field that needs quoting. Rows that keep their
+    columns (masking's RowBatch) are not taken apart again."""
     if not rows:
         return ""
+    columns: Iterable[Sequence[Any]] | None = getattr(rows, "columns", None)
+    if columns is None:
+        columns = zip(*rows, strict=True)
     texts: list[Sequence[str]] = []
-    for column in zip(*rows, strict=True):
+    for column in columns:
         kinds = set(map(type, column))
         if kinds == {int}:
             texts.append(list(map(str, column)))
