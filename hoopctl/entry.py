@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 
 def main() -> None:
@@ -40,20 +39,22 @@ def main() -> None:
     _leave(SystemExit(0))
 
 
-def _leave(exit: SystemExit) -> None:
-    """Exit with EXIT's status without tearing the interpreter down: freeing every module's
-    objects (typer, rich, pydantic, asyncssh, cryptography) took a one-off `exec` about
-    0.15 s after its output was complete. Where anything could still be owed at exit (a
+def _leave(request: SystemExit) -> None:
+    """Exit with REQUEST's status without tearing the interpreter down: freeing every module's
+    objects (typer, rich, pydantic, asyncssh, cryptography) took a one-off `exec` about a
+    quarter of a second after its output was complete. Where anything could still be owed at exit (a
     status that is not a number, a thread still running, output that cannot be flushed),
     the interpreter's own exit runs as usual."""
-    code = 0 if exit.code is None else exit.code
+    import threading  # here: `--version` and a TAB never need it
+
+    code = 0 if request.code is None else request.code
     if not isinstance(code, int) or threading.active_count() > 1:
-        raise exit
+        raise request
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except (OSError, ValueError):
-        raise exit from None
+        raise request from None
     os._exit(code)
 
 
