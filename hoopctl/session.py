@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from hoopctl.address import BrokerAddress
 from hoopctl.credentials import CredentialStore, Profile
 from hoopctl.errors import ApiCallError, LoginError, NotLoggedIn
-from hoopctl.oidc import IdpUnreachable, LoginExpired, TokenSet, refresh
 from hoopctl.ssh_config import refresh_exported_certificate
 from hoopctl.transport import ApiClient, FirstUseDecision, open_connection
+
+if TYPE_CHECKING:
+    from hoopctl.oidc import TokenSet
 
 # Renew a little before expiry so a command never starts with a certificate about to lapse.
 RENEW_MARGIN = 120
@@ -64,6 +66,10 @@ async def renew(store: CredentialStore, profile: Profile) -> Profile:
             f"your certificate for {store.address} has expired: "
             f"run hoopctl login --broker {store.address}"
         )
+    # Only a renewal talks to the identity provider: the OIDC client (authlib, httpx) is
+    # loaded here, not by every command that connects with a valid certificate.
+    from hoopctl.oidc import IdpUnreachable, LoginExpired, refresh
+
     login = f"hoopctl login --broker {store.address}"
     try:
         tokens: TokenSet = refresh(profile.token_endpoint, profile.client_id, refresh_token)

@@ -65,3 +65,27 @@ def test_hoopctl_version_loads_nothing_that_talks_to_the_broker() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["hoopctl 0.1.0", "[]"]
+
+
+def test_commands_that_connect_load_no_oidc_client_until_a_renewal() -> None:
+    # Only renewing an expired certificate talks to the identity provider; authlib and httpx
+    # cost every command that connects a tenth of a second or more of start-up.
+    probe = (
+        "import sys\n"
+        "import hoopctl.cli, hoopctl.session, hoopctl.exec_relay, hoopctl.transport\n"
+        "print(sorted(name for name in ('authlib', 'httpx2') if name in sys.modules))\n"
+        "import asyncio\nfrom hoopctl.session import renew\n"
+        "class Store:\n"
+        "    address = 'broker.example:2222'\n"
+        "    def refresh_token(self):\n        return 'r'\n"
+        "class Profile:\n"
+        "    token_endpoint = 'http://127.0.0.1:9/token'\n    client_id = 'hoopctl'\n"
+        "try:\n    asyncio.run(renew(Store(), Profile()))\nexcept Exception as exc:\n"
+        "    print(type(exc).__name__)\n"
+        "print(sorted(name for name in ('authlib', 'httpx2') if name in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "LoginError", "['authlib', 'httpx2']"]
