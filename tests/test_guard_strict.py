@@ -126,6 +126,12 @@ def _settle(broker: BrokerProcess, child: pexpect.spawn, sentinel: Path, **kw: o
     assert close(child) == 0
 
 
+# In a list of chunks: wait here until the input typed so far has been taken and a new prompt
+# has begun (prompt_toolkit turns bracketed paste on at the start of each prompt, not at its
+# redraws), so that what follows is typed at that prompt, not ahead while a command runs.
+NEXT_PROMPT = "\x00next-prompt"
+
+
 def _type(
     child: pexpect.spawn, chunks: list[str | float], sentinel: Path, pause: float = 0.05
 ) -> None:
@@ -133,6 +139,9 @@ def _type(
     for chunk in chunks:
         if isinstance(chunk, float):
             time.sleep(chunk)
+            continue
+        if chunk == NEXT_PROMPT:
+            child.expect_exact("\x1b[?2004h", timeout=20)
             continue
         child.send(chunk.format(S=sentinel))
         time.sleep(pause)
@@ -148,11 +157,18 @@ def _attack(
 ) -> Path:
     """Type one attack against a fresh sentinel; with REFUSED, the broker must say so."""
     sentinel = sandbox.sentinel(label)
+    _typed_attack(child, sentinel, chunks, refused=refused)
+    return sentinel
+
+
+def _typed_attack(
+    child: pexpect.spawn, sentinel: Path, chunks: list[str | float], *, refused: bool = True
+) -> None:
+    """Type one attack against SENTINEL; with REFUSED, the broker must say so."""
     _type(child, chunks, sentinel)
     if refused:
         child.expect(REFUSED, timeout=20)
         child.expect(STRICT_PROMPT, timeout=20)
-    return sentinel
 
 
 def _variations(
@@ -171,14 +187,14 @@ def _variations(
     problems = []
     for name, chunks in variations.items():
         must_refuse = refused is None or name in refused
+        sentinel = sandbox.sentinel(f"{label}-{name}")
         try:
-            sentinel = _attack(sandbox, child, f"{label}-{name}", chunks, refused=must_refuse)
+            _typed_attack(child, sentinel, chunks, refused=must_refuse)
         except pexpect.TIMEOUT:
-            problems.append(f"{name}: no refusal shown")
-            sentinel = None
+            problems.append(
+                f"{name}: no refusal shown; the screen ended with {child.before[-600:]!r}"
+            )
         resync(child, pause=0.05)
-        if sentinel is None:
-            continue
         if not sentinel.is_dir():
             problems.append(f"{name}: THE SENTINEL WAS DELETED")
         harmless = {a.format(S=sentinel) for a in (allowed or {}).get(name, [])}
@@ -461,11 +477,11 @@ def test_more_continuations_are_judged_with_the_whole_construct(
 # On the lax targets an incomplete first line can be forced through (Esc-Enter accepts what
 # is there) and runs on its own: the next input is a construct of its own, never its rest.
 FORCED = {
-    "heredoc": ["cat <<EOF\x1b\r", "$(rm -rf {S})\r", "EOF\r"],
-    "single-quote": ["echo 'abc\x1b\r", "'; rm -rf {S}; echo '\r"],
-    "backslash": ["echo hi \\\x1b\r", "; rm -rf {S}\r"],
-    "if": ["if true; then\x1b\r", "rm -rf {S}\r", "fi\r"],
-    "function": ["f() {{\x1b\r", "rm -rf {S}\r", "}}\r"],
+    "heredoc": ["cat <<EOF\x1b\r", NEXT_PROMPT, "$(rm -rf {S})\r", "EOF\r"],
+    "single-quote": ["echo 'abc\x1b\r", NEXT_PROMPT, "'; rm -rf {S}; echo '\r"],
+    "backslash": ["echo hi \\\x1b\r", NEXT_PROMPT, "; rm -rf {S}\r"],
+    "if": ["if true; then\x1b\r", NEXT_PROMPT, "rm -rf {S}\r", "fi\r"],
+    "function": ["f() {{\x1b\r", NEXT_PROMPT, "rm -rf {S}\r", "}}\r"],
 }
 
 
