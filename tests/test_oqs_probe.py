@@ -1,0 +1,109 @@
+"""asyncssh looks for liboqs when it loads; hoopctl and the broker make that look run no C
+compiler (broker.oqs_probe), and a liboqs the dynamic linker can load is still found.
+
+A `gcc`, `cc` and `ld` of the test's own, first on PATH, write down that they were run: that is
+what ctypes.util.find_library's fallback would start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import User, dev_config, free_port, start_broker
+
+TOOLS = ("gcc", "cc", "ld")
+
+
+@pytest.fixture
+def compiler_trap(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose PATH starts with stand-ins for the compiler and linker; each
+    appends its name to the returned log file when run."""
+    bin_dir = tmp_path / "trap-bin"
+    bin_dir.mkdir()
+    log = tmp_path / "compiler-runs.log"
+    for tool in TOOLS:
+        script = bin_dir / tool
+        script.write_text(f'#!/bin/sh\necho {tool} "$@" >> {log}\nexit 1\n')
+        script.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, log
+
+
+def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_plain_asyncssh_runs_the_compiler_so_the_trap_can_see_it(
+    compiler_trap: tuple[dict[str, str], Path],
+) -> None:
+    # The control: without hoopctl's or the broker's package loaded first, the stand-ins run.
+    env, log = compiler_trap
+    result = _python("import asyncssh", env)
+    assert result.returncode == 0, result.stderr
+    assert log.exists() and "gcc" in log.read_text()
+
+
+def test_a_session_and_its_broker_run_no_compiler(
+    tmp_path: Path, compiler_trap: tuple[dict[str, str], Path]
+) -> None:
+    env, log = compiler_trap
+    broker = start_broker(
+        tmp_path, dev_config(tmp_path / "data", port=free_port(), dev_port=free_port()), env=env
+    )
+    try:
+        alice = User(tmp_path / "alice")
+        assert alice.login(broker).returncode == 0
+        result = alice.run("exec", "dev-shell", "--", "echo", "through-the-broker", env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "through-the-broker"
+    finally:
+        broker.stop()
+    assert not log.exists(), log.read_text()
+
+
+STUB_OQS = textwrap.dedent(
+    """
+    /* Just the names asyncssh looks up; it calls them only in a sntrup761 key exchange. */
+    int OQS_KEM_ntruprime_sntrup761_keypair(unsigned char *pk, unsigned char *sk) { return 0; }
+    int OQS_KEM_ntruprime_sntrup761_encaps(unsigned char *c, unsigned char *k,
+                                           const unsigned char *pk) { return 0; }
+    int OQS_KEM_ntruprime_sntrup761_decaps(unsigned char *k, const unsigned char *c,
+                                           const unsigned char *sk) { return 0; }
+    """
+)
+
+
+def test_a_liboqs_on_the_library_path_is_still_found(tmp_path: Path) -> None:
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler here to build a stand-in liboqs")
+    source = tmp_path / "oqs.c"
+    source.write_text(STUB_OQS)
+    lib_dir = tmp_path / "lib"
+    lib_dir.mkdir()
+    # Laid out as a package installs it: the versioned file and the development link.
+    library = lib_dir / "liboqs.so.9"
+    build = [compiler, "-shared", "-fPIC", "-Wl,-soname,liboqs.so.9", "-o", str(library)]
+    subprocess.run(
+        [*build, str(source)],
+        check=True,
+        timeout=60,
+    )
+    (lib_dir / "liboqs.so").symlink_to("liboqs.so.9")
+    probe = "import hoopctl, asyncssh.crypto.pq as pq; print(pq.sntrup_available)"
+    found = _python(probe, {"LD_LIBRARY_PATH": str(lib_dir)})
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "True"
+    missing = _python(probe, {"LD_LIBRARY_PATH": str(tmp_path / "empty")})
+    assert missing.stdout.strip() == "False"
