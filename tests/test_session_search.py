@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.audit.index import LineBuilder, fts_query, highlight_spans
 from tests.helpers import BrokerProcess, User, assert_one_line_error
@@ -271,12 +273,12 @@ def test_line_builder_reads_plain_lines_as_it_reads_terminal_output(
     """Bulk output without cursor moves (an export's CSV) is split into lines at once; the
     lines, their times, the repeats and the caps are those of the piece-by-piece reading."""
     import random
-    import re
 
     import broker.audit.index as index
 
     rng = random.Random(7)
     alphabet = ["a", "b", "é", " ", ",", "\n", "\n", "\r\n", "\t", "\b", "\r", "\x07"]
+    alphabet += ["\x00", "\x0b", "\x1f", "\x7f", "\x85", "\u2028", "\U0001f600"]
     alphabet += ["\x1b[1m", "\x1b[K", "\x1b[1K", "\x1b[2D", "\x1b[3C", "\x1b[H"]
     # Output recorded without a terminal: "\r\n" line ends, no other cursor move.
     recorded = ["a", "b", "é", " ", ",", "\r\n", "\r\n", "\x1b[1m"]
@@ -301,9 +303,26 @@ def test_line_builder_reads_plain_lines_as_it_reads_terminal_output(
         return found
 
     fast = [lines(3), lines(1000)]
-    monkeypatch.setattr(index, "_CURSOR_MOVES", re.compile(""))  # every text piece by piece
+    monkeypatch.setattr(index, "_moves_cursor", lambda _text: True)  # every text piece by piece
     assert fast == [lines(3), lines(1000)]
     assert any(len(run) == 3 for run in fast[0]) and any(len(run) > 3 for run in fast[1])
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", max_codepoint=0x2FFF)))
+def test_line_builder_drops_exactly_the_control_characters_of_its_pattern(text: str) -> None:
+    # The lines are rebuilt from UTF-8 bytes with the controls deleted there: the same text as
+    # the pattern's substitution, whatever characters surround them.
+    import broker.audit.index as index
+
+    cleaned = text.encode().translate(None, index._CONTROL_BYTES).decode()
+    assert cleaned == index._CONTROL.sub("", text)
+    builder = LineBuilder()
+    builder.feed(1.0, text + "\n")
+    expected = [line.strip() for line in index._CONTROL.sub("", text).split("\n")]
+    if not any(ch in text for ch in "\r\b\t\x1b"):
+        assert [line for _at, line in builder.close()] == list(
+            dict.fromkeys(filter(None, expected))
+        )
 
 
 def test_query_text_cannot_inject_fts_syntax() -> None:

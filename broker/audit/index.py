@@ -43,6 +43,7 @@ import unicodedata
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,8 +127,13 @@ _ESCAPE = re.compile(
 # An escape sequence cut off at the end of an event: kept for the next one.
 _PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|[\]PX^_][^\x07\x1b]*\x1b?|[()*+#%]|[ -/]*)?$")
 _CONTROL = re.compile(r"[\x00-\x07\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES = bytes([*range(0x00, 0x08), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # the same
 _TEXT_OR_CONTROL = re.compile(r"[^\r\n\b\t]+|[\r\n\b\t]")
-_CURSOR_MOVES = re.compile(r"[\r\b\t]")
+
+
+def _moves_cursor(text: bytes) -> bool:
+    """Whether TEXT holds a carriage return, backspace or tab (no "\r\n" left in it)."""
+    return b"\r" in text or b"\b" in text or b"\t" in text
 
 
 class LineBuilder:
@@ -191,25 +197,29 @@ class LineBuilder:
             self._end_line()
 
     def _text(self, offset: float, text: str) -> None:
-        text = _CONTROL.sub("", text)
+        # In UTF-8 bytes: the controls are ASCII and never inside a longer character, and
+        # bytes' translate, replace and `in` are C loops where a regex over a bulk of output
+        # (an export's CSV) took most of this method's time.
+        raw = text.encode("utf-8", "surrogatepass").translate(None, _CONTROL_BYTES)
         # Output sent without a terminal is recorded with "\r\n" line ends, where "\r" only
         # moves the cursor to where the line ends anyway.
-        lines = text.replace("\r\n", "\n") if "\r\n" in text else text
-        if _CURSOR_MOVES.search(lines) is None:
+        plain = raw.replace(b"\r\n", b"\n") if b"\r\n" in raw else raw
+        if not _moves_cursor(plain):
+            lines = plain.decode("utf-8", "surrogatepass")
             # Plain lines (bulk output: a CSV export, a file): split at once, not piece by
             # piece; the same lines as below.
             *complete, rest = lines.split("\n")
-            for piece in complete:
-                if self._chars or self._cursor:  # a line an earlier event began
-                    if piece:
-                        self._write(offset, piece)
-                    self._end_line()
-                elif piece:  # a whole line: what _write and _end_line would make of it
-                    self._add_line(piece[:MAX_LINE_CHARS].strip(), offset)
+            whole = 0
+            if complete and (self._chars or self._cursor):  # ends a line an earlier event began
+                if complete[0]:
+                    self._write(offset, complete[0])
+                self._end_line()
+                whole = 1
+            self._add_whole_lines(complete[whole:] if whole else complete, offset)
             if rest:
                 self._write(offset, rest)
             return
-        for piece in _TEXT_OR_CONTROL.findall(text):
+        for piece in _TEXT_OR_CONTROL.findall(raw.decode("utf-8", "surrogatepass")):
             if piece == "\n":
                 self._end_line()
             elif piece == "\r":
@@ -241,6 +251,25 @@ class LineBuilder:
         self._cursor = 0
         self._written = None
         self._add_line(line, written)
+
+    def _add_whole_lines(self, pieces: list[str], offset: float) -> None:
+        """What _write and _end_line would make of each piece, a whole line written at OFFSET,
+        in C-level steps over the lot rather than a call per line (an export's CSV)."""
+        if not pieces or self.truncated:
+            return
+        if max(map(len, pieces)) > MAX_LINE_CHARS:
+            pieces = [piece[:MAX_LINE_CHARS] for piece in pieces]
+        found = dict.fromkeys(map(str.strip, pieces))  # the first of each, in order
+        found.pop("", None)
+        fresh = list(found)
+        if not self._seen.isdisjoint(fresh):
+            fresh = [line for line in fresh if line not in self._seen]
+        room = self._max_lines - len(self.lines)
+        if len(fresh) > room:
+            del fresh[max(room, 0) :]
+            self.truncated = True
+        self._seen.update(fresh)
+        self.lines.extend(zip(repeat(offset), fresh))
 
     def _add_line(self, line: str, written: float | None) -> None:
         if not line or written is None or line in self._seen:

@@ -77,7 +77,16 @@ def csv_rows(rows: Sequence[Sequence[Any]]) -> str:
     if len(texts) == 1:
         # A row of one empty field would be an empty line, which readers skip.
         texts[0] = [cell or '""' for cell in texts[0]]
-    return "\n".join(map(",".join, zip(*texts, strict=True))) + "\n"
+    # One join over field, separator, field, …, line end: every column goes into its places
+    # with a slice assignment, with no tuple or string made per row.
+    width, count = len(texts), len(rows)
+    if any(len(cells) != count for cells in texts):
+        raise ValueError("csv_rows: columns of different lengths")
+    pieces = [","] * (2 * width * count)
+    for index, cells in enumerate(texts):
+        pieces[2 * index :: 2 * width] = cells
+    pieces[2 * width - 1 :: 2 * width] = ["\n"] * count
+    return "".join(pieces)
 
 
 def _quoted(cell: str) -> str:
