@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,59 @@ def remove_target_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def free_port() -> int:
+_PORT_SLICE = 4000
+# Ports handed out lately: not handed out again while a test may still be about to bind one.
+_RECENT: deque[int] = deque(maxlen=1000)
+_next_port: list[int] = []  # where the next search in this process's slice starts
+
+
+def _listen_port_range() -> tuple[int, int]:
+    """This process's slice of the ports below the kernel's ephemeral range: no outgoing
+    connection is ever given one of those, and each xdist worker has a slice of its own."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 0
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    low = ephemeral - workers * _PORT_SLICE
+    if low < 10_000:
+        return (0, 0)  # no room below it: the kernel's choice, as bind(0) gives
+    return (low + index * _PORT_SLICE, low + (index + 1) * _PORT_SLICE)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on now and that this process has not handed
+    out lately. bind(0) once gave one test's two servers the same port, and it can give another
+    xdist worker's test a port this one is about to bind."""
+    low, high = _listen_port_range()
+    if high:
+        if not _next_port:
+            _next_port.append(low + os.getpid() % (high - low))
+        for _step in range(high - low):
+            port = _next_port[0]
+            _next_port[0] = low + (port + 1 - low) % (high - low)
+            if port not in _RECENT and _bindable(port):
+                _RECENT.append(port)
+                return port
+    for _attempt in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _RECENT:
+            _RECENT.append(port)
+            return port
+    raise RuntimeError("no free loopback port found")
 
 
 def dev_config(
