@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import grp
 import json
 import os
@@ -89,6 +90,7 @@ _RECENT: deque[int] = deque(maxlen=1000)
 _next_port: list[int] = []  # where the next search in this process's slice starts
 
 
+@functools.cache
 def _listen_port_range() -> tuple[int, int]:
     """This process's slice of the ports below the kernel's ephemeral range: no outgoing
     connection is ever given one of those, and each xdist worker has a slice of its own."""

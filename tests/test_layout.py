@@ -51,6 +51,15 @@ def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
     assert "broker.store is not allowed to import broker.app" in result.stdout
 
 
+def _run_probe(probe: str) -> list[str]:
+    """PROBE's output lines, run in a fresh interpreter from the repository root."""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
 def test_hoopctl_version_loads_nothing_that_talks_to_the_broker() -> None:
     probe = (
         "import sys\n"
@@ -60,11 +69,7 @@ def test_hoopctl_version_loads_nothing_that_talks_to_the_broker() -> None:
         "heavy = ('asyncssh', 'authlib', 'joserfc', 'httpx2', 'pyte', 'keyring', 'asyncio')\n"
         "print(sorted(name for name in heavy if name in sys.modules))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["hoopctl 0.1.0", "[]"]
+    assert _run_probe(probe) == ["hoopctl 0.1.0", "[]"]
 
 
 def test_commands_that_connect_load_no_oidc_client_until_a_renewal() -> None:
@@ -84,8 +89,4 @@ def test_commands_that_connect_load_no_oidc_client_until_a_renewal() -> None:
         "    print(type(exc).__name__)\n"
         "print(sorted(name for name in ('authlib', 'httpx2') if name in sys.modules))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["[]", "LoginError", "['authlib', 'httpx2']"]
+    assert _run_probe(probe) == ["[]", "LoginError", "['authlib', 'httpx2']"]
