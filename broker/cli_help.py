@@ -1,44 +1,60 @@
 """Help that shows what each option takes, shared by hoopctl and hoop-broker.
 
-Typer labels every option with its Python type (`--no-wait <bool>`, `--reason <str>`). A flag
-takes no value, so it shows none; the others show the usual words (TEXT, INTEGER, PATH).
+Typer labels every option and argument with its Python type (`--reason <str>`, `<path>`). Here
+they show the usual words (TEXT, INTEGER, PATH); a flag shows none (Typer leaves out any label
+naming bool), and a choice keeps its choices (`<table|json|csv>`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from typer.core import TyperArgument, TyperOption
+from typer.core import TyperArgument
 
+# By the name of Typer's parameter type.
 _WORDS = {
-    "<str>": "TEXT",
-    "<int>": "INTEGER",
-    "<float>": "NUMBER",
-    "<path>": "PATH",
-    "<list[str]>": "TEXT",
-    "<list[path]>": "PATH",
+    "str": "TEXT",
+    "int": "INTEGER",
+    "int range": "INTEGER",
+    "float": "NUMBER",
+    "float range": "NUMBER",
+    "path": "PATH",
 }
 
 
 def plain_help_types() -> None:
-    """Install the labels (once; harmless if Typer's internals change: then nothing changes)."""
-    original = getattr(TyperOption, "display_type_rich", None)
-    if original is None or getattr(original, "_hoop", False):
+    """Install the labels (once; harmless if Typer's internals change: then nothing changes).
+
+    A type without a label of its own is shown as `<name>`; the base type's `get_metavar` is the
+    one place that label comes from, for options and arguments alike. An argument adds its
+    type's label to its name (`target:TEXT`), which the usage line keeps without."""
+    param_type = _base_param_type()
+    original_argument = getattr(TyperArgument, "make_metavar", None)
+    if param_type is None or original_argument is None or getattr(param_type, "_hoop", False):
         return
 
-    def option_label(self: Any, ctx: Any) -> str | None:
-        if getattr(self, "is_flag", False):
-            return None
-        label = original(self, ctx)
-        return _WORDS.get(label, label) if isinstance(label, str) else label
+    def word(self: Any, param: Any, ctx: Any) -> str | None:
+        return _WORDS.get(getattr(self, "name", ""))
 
-    option_label._hoop = True  # type: ignore[attr-defined]
-    TyperOption.display_type_rich = option_label  # type: ignore[method-assign]
-    argument_label = getattr(TyperArgument, "display_type_rich", None)
-    if argument_label is not None:
+    def argument_metavar(self: Any, ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        label = original_argument(self, ctx, *args, **kwargs)
+        if not isinstance(label, str):
+            return label
+        ending = "..." if label.endswith("...") else ""
+        stem = label.removesuffix(ending)
+        for plain in _WORDS.values():
+            if stem.endswith(":" + plain):
+                return stem.removesuffix(":" + plain) + ending
+        return label
 
-        def plain_argument(self: Any, ctx: Any) -> str | None:
-            label = argument_label(self, ctx)
-            return _WORDS.get(label, label) if isinstance(label, str) else label
+    param_type.get_metavar = word  # type: ignore[attr-defined]
+    param_type._hoop = True  # type: ignore[attr-defined]
+    TyperArgument.make_metavar = argument_metavar  # type: ignore[method-assign]
 
-        TyperArgument.display_type_rich = plain_argument  # type: ignore[method-assign]
+
+def _base_param_type() -> Any:
+    try:
+        from typer._click.types import ParamType
+    except ImportError:
+        return None
+    return ParamType

@@ -6,10 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
-
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from broker.durations import format_duration, parse_duration
 from hoopctl.approval_requests import (
@@ -21,6 +18,9 @@ from hoopctl.errors import (
     UsageError,
 )
 from hoopctl.output import OutputFormat, cell, render, stderr, stdout
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 def exec_words(wait: str | None, no_wait: bool, request: str | None) -> list[str]:
@@ -115,6 +115,8 @@ def render_requests(
     if not listed:
         stderr.print(empty)
         return
+    from rich.table import Table
+
     now = time.time()
     table = Table(show_edge=False, header_style="bold", pad_edge=False)
     for _, heading in columns:

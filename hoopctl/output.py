@@ -8,24 +8,18 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from hoopctl.escape import escape, shown
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
-
-
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        # rich would exit 1; every command ends the same quiet way (hoopctl.cli_common).
-        raise BrokenPipeError
 
 
 # Into a pipe or a file a table is as wide as its content: a script (`| grep ID`, `| awk`)
@@ -40,16 +34,49 @@ def _width(stream: Any) -> int | None:
         return _PIPE_WIDTH
 
 
-stdout = _Console(soft_wrap=True, width=_width(sys.stdout))
-stderr = _Console(stderr=True, soft_wrap=True, highlight=False, width=_width(sys.stderr))
+class _FirstUseConsole:
+    """A rich Console made on first use: rich costs every command about 25 ms of start-up, and
+    a command that only relays bytes (`exec`, `connect`, `proxy`) never prints through it."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def made(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            class _Console(Console):
+                def on_broken_pipe(self) -> None:
+                    # rich would exit 1; every command ends the same quiet way
+                    # (hoopctl.cli_common).
+                    raise BrokenPipeError
+
+            if self._stderr:
+                self._console = _Console(
+                    stderr=True, soft_wrap=True, highlight=False, width=_width(sys.stderr)
+                )
+            else:
+                self._console = _Console(soft_wrap=True, width=_width(sys.stdout))
+        return self._console
+
+    def forget(self) -> None:
+        self._console = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
+
+
+stdout: Console = _FirstUseConsole(stderr=False)  # type: ignore[assignment]
+stderr: Console = _FirstUseConsole(stderr=True)  # type: ignore[assignment]
 
 
 def reopen_consoles() -> None:
-    """Size up stdout and stderr again (a terminal or a pipe, colours, width), in place, so
-    that every module holding them sees it: for a warm child (hoopctl.warm), whose streams and
-    environment became the caller's after these were made."""
-    Console.__init__(stdout, soft_wrap=True, width=_width(sys.stdout))
-    Console.__init__(stderr, stderr=True, soft_wrap=True, highlight=False, width=_width(sys.stderr))
+    """Size up stdout and stderr again (a terminal or a pipe, colours, width) for a warm child
+    (hoopctl.warm), whose streams and environment became the caller's after the consoles were
+    made: every module holding them sees the new ones on their next use."""
+    for console in (stdout, stderr):
+        console.forget()  # type: ignore[attr-defined]
 
 
 def certificate_expiry(valid_before: int) -> str:
@@ -108,6 +135,8 @@ def render(
     if not rows:
         stderr.print(empty)
         return
+    from rich.table import Table
+
     table = Table(show_edge=False, header_style="bold", pad_edge=False)
     for _, heading in columns:
         table.add_column(heading)

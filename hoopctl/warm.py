@@ -250,7 +250,8 @@ def _preload() -> Callable[[], object]:
 
     import keyring.backend  # noqa: F401
     import keyrings.alt.file  # noqa: F401
-    import typer._adapters  # what typer imports when a command runs
+    import rich.console  # listings and messages: cold commands import rich on first use
+    import rich.table  # noqa: F401
     import typer.main
 
     import hoopctl.commands.exec

@@ -106,3 +106,18 @@ def test_a_command_line_is_parsed_without_pydantic(tmp_path: Path) -> None:
     )
     # The command ran (no broker is configured, so it stops there) and pydantic stayed out.
     assert _run_probe(probe) == ["exit 2", "True False"]
+
+
+def test_commands_that_only_relay_bytes_load_no_rich() -> None:
+    # `exec`, `connect` and `proxy` print nothing through rich (the broker renders tables);
+    # rich costs every such command about 25 ms of start-up. Its consoles are made on first use.
+    probe = (
+        "import sys\n"
+        "import hoopctl.cli, hoopctl.credentials, hoopctl.exec_relay, hoopctl.session\n"
+        "import hoopctl.transport\n"
+        "print('rich' in sys.modules)\n"
+        "from hoopctl.output import stderr\n"
+        "stderr.print('shown', style='bold')\n"
+        "print('rich' in sys.modules)\n"
+    )
+    assert _run_probe(probe) == ["False", "True"]

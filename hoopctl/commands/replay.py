@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from hoopctl.address import BrokerAddress
 from hoopctl.cli_common import (
@@ -226,6 +224,9 @@ def _print_commands(entries: list[Any]) -> None:
     if not entries:
         stderr.print("no commands in this recording")
         return
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_edge=False, header_style="bold", pad_edge=False)
     for heading in ("Offset", "Kind", "Command"):
         table.add_column(heading, overflow="fold")

@@ -7,11 +7,9 @@ import re
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from broker.durations import format_duration
 from hoopctl.cli_common import (
@@ -35,6 +33,9 @@ from hoopctl.session_records import (
     local_time,
     parse_when,
 )
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 class SessionState(StrEnum):
@@ -211,6 +212,9 @@ def sessions_show(
         if not timeline:
             stderr.print("no commands in this session")
             return
+        from rich.table import Table
+        from rich.text import Text
+
         table = Table(show_edge=False, header_style="bold", pad_edge=False)
         for heading in ("Offset", "Command", "Outcome", "Decision", "Rule", "Decided by"):
             table.add_column(heading, overflow="fold")
@@ -294,6 +298,8 @@ def sessions_search(
         if not matches:
             stderr.print(f"no session matches {escape(text)!r}", markup=False)
             return
+        from rich.table import Table
+
         table = Table(show_edge=False, header_style="bold", pad_edge=False)
         for heading in ("Session", "Offset", "User", "Target", "Kind", "Line"):
             table.add_column(heading, overflow="fold")
@@ -314,6 +320,8 @@ def sessions_search(
 
 def highlighted(line: str, spans: list[list[int]]) -> Text:
     """LINE shown escaped, with the matching parts in bold reverse."""
+    from rich.text import Text
+
     shown = Text()
     position = 0
     for start, end in sorted((int(s), int(e)) for s, e in spans):
