@@ -1,12 +1,13 @@
-"""asyncssh's look for liboqs, without running a C compiler.
+"""asyncssh's look for liboqs and libnettle, without starting a process.
 
-When `asyncssh.crypto.pq` loads (on every `import asyncssh`), it asks
-`ctypes.util.find_library` for liboqs (the sntrup761 key exchange). Where liboqs is not
-installed, find_library falls back to running `gcc` and then `ld` to search for it: 40-90 ms of
-every hoopctl command that connects and of every broker process, on any machine that has a
-compiler. `install()` makes that one module's lookup ask what the dynamic linker would load
-instead: its cache (`ldconfig -p`), then the folders of LD_LIBRARY_PATH. A liboqs that
-`ctypes` could load is found as before; nothing else in the process is changed.
+When `asyncssh.crypto.pq` and `asyncssh.crypto.umac` load (on every `import asyncssh`), they ask
+`ctypes.util.find_library` for liboqs (the sntrup761 key exchange) and libnettle (UMAC). That
+runs `ldconfig -p` for every name asked, and where the library is not installed it goes on to
+run `gcc` and then `ld` to search for it: 40-90 ms of every hoopctl command that connects and
+of every broker process, on any machine that has a compiler. `install()` makes those two
+modules' lookups ask what the dynamic linker would load instead: the folders of
+LD_LIBRARY_PATH, then its cache (/etc/ld.so.cache, read directly). A library that `ctypes`
+could load is found as before; nothing else in the process is changed.
 
 Installed by both packages' `__init__`, where asyncssh's import is already tuned (its DSA
 warnings), so every hoopctl and broker process has it.
@@ -19,33 +20,54 @@ import sys
 
 TYPE_CHECKING = False  # typing itself is not imported: `hoopctl --version` loads this module
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import ModuleType
     from typing import Any
 
-PQ_MODULE = "asyncssh.crypto.pq"
+# The asyncssh modules that look for a C library when they load.
+LOOKING_MODULES = ("asyncssh.crypto.pq", "asyncssh.crypto.umac")
+LINKER_CACHE = "/etc/ld.so.cache"
 
 
 def linker_library(name: str) -> str | None:
-    """The library NAME (as in `-lNAME`) the dynamic linker would load, or None."""
-    import ctypes.util
+    """The library NAME (as in `-lNAME`) the dynamic linker would load, or None: the first
+    `libNAME.so*` in the folders of LD_LIBRARY_PATH, then in the linker's cache
+    (/etc/ld.so.cache, read as it is: running `ldconfig -p` costs a process start per name)
+    that this process can load (the cache may also list other architectures' libraries)."""
     from pathlib import Path
 
-    cached: Callable[[str], str | None] | None = getattr(ctypes.util, "_findSoname_ldconfig", None)
-    if cached is not None:
-        found = cached(name)
-        if found:
-            return found
+    candidates: list[str] = []
     for folder in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):
         if folder:
-            matches = sorted(Path(folder).glob(f"lib{name}.so*"))
-            if matches:
-                return str(matches[0])
+            candidates += sorted(str(path) for path in Path(folder).glob(f"lib{name}.so*"))
+    try:
+        cache = Path(LINKER_CACHE).read_bytes()
+    except OSError:
+        cache = b""
+    marker = f"/lib{name}.so".encode()
+    at = cache.find(marker)
+    while at >= 0:
+        # The cache's string table holds each library's full path, NUL-terminated.
+        start, end = cache.rfind(b"\0", 0, at) + 1, cache.find(b"\0", at)
+        candidates.append(os.fsdecode(cache[start : end if end >= 0 else len(cache)]))
+        at = cache.find(marker, at + 1)
+    for candidate in candidates:
+        if _loads(candidate):
+            return candidate
     return None
 
 
+def _loads(path: str) -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL(path)
+    except OSError:
+        return False
+    return True
+
+
 class _QuietLoader:
-    """Runs the pq module with find_library answered by `linker_library`."""
+    """Runs a looking module with find_library answered by `linker_library`."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -68,10 +90,10 @@ class _QuietLoader:
 
 
 class _PqFinder:
-    """Finds `asyncssh.crypto.pq` as the import system would, with the quiet loader."""
+    """Finds the looking modules as the import system would, with the quiet loader."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != PQ_MODULE:
+        if fullname not in LOOKING_MODULES:
             return None
         from importlib.machinery import PathFinder
 
@@ -84,7 +106,7 @@ class _PqFinder:
 def install() -> None:
     """From now on, loading asyncssh in this process runs no compiler. Idempotent; nothing
     to do where find_library has no compiler fallback (not Linux)."""
-    if not sys.platform.startswith("linux") or PQ_MODULE in sys.modules:
+    if not sys.platform.startswith("linux") or any(name in sys.modules for name in LOOKING_MODULES):
         return
     if not any(isinstance(finder, _PqFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _PqFinder())

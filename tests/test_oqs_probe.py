@@ -84,7 +84,10 @@ STUB_OQS = textwrap.dedent(
 )
 
 
-def test_a_liboqs_on_the_library_path_is_still_found(tmp_path: Path) -> None:
+@pytest.fixture
+def stub_liboqs(tmp_path: Path) -> Path:
+    """A stand-in liboqs (it has the sntrup761 symbols), laid out as a package installs it:
+    the versioned file and the development link. Returns the versioned file."""
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         pytest.skip("no C compiler here to build a stand-in liboqs")
@@ -92,18 +95,50 @@ def test_a_liboqs_on_the_library_path_is_still_found(tmp_path: Path) -> None:
     source.write_text(STUB_OQS)
     lib_dir = tmp_path / "lib"
     lib_dir.mkdir()
-    # Laid out as a package installs it: the versioned file and the development link.
     library = lib_dir / "liboqs.so.9"
     build = [compiler, "-shared", "-fPIC", "-Wl,-soname,liboqs.so.9", "-o", str(library)]
-    subprocess.run(
-        [*build, str(source)],
-        check=True,
-        timeout=60,
-    )
+    subprocess.run([*build, str(source)], check=True, timeout=60)
     (lib_dir / "liboqs.so").symlink_to("liboqs.so.9")
+    return library
+
+
+def test_a_liboqs_on_the_library_path_is_still_found(tmp_path: Path, stub_liboqs: Path) -> None:
     probe = "import hoopctl, asyncssh.crypto.pq as pq; print(pq.sntrup_available)"
-    found = _python(probe, {"LD_LIBRARY_PATH": str(lib_dir)})
+    found = _python(probe, {"LD_LIBRARY_PATH": str(stub_liboqs.parent)})
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "True"
     missing = _python(probe, {"LD_LIBRARY_PATH": str(tmp_path / "empty")})
     assert missing.stdout.strip() == "False"
+
+
+def test_a_liboqs_in_the_linker_cache_is_found_without_starting_a_process(
+    tmp_path: Path, stub_liboqs: Path
+) -> None:
+    # The cache's string table as ld.so.cache holds it: sonames and full paths, NUL-terminated.
+    # Its first liboqs is a file no process can load (as another architecture's would be).
+    unloadable = tmp_path / "i386" / "liboqs.so.9"
+    unloadable.parent.mkdir()
+    unloadable.write_text("not a library")
+    cache = tmp_path / "ld.so.cache"
+    cache.write_bytes(
+        b"glibc-ld.so.cache1.1\0libc.so.6\0/usr/lib/libc.so.6\0liboqs.so.9\0"
+        + os.fsencode(unloadable)
+        + b"\0liboqs.so.9\0"
+        + os.fsencode(stub_liboqs)
+        + b"\0"
+    )
+    probe = textwrap.dedent(
+        f"""
+        import subprocess
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"a process was started: {{args}}")
+        subprocess.Popen = refuse
+        import broker.oqs_probe
+        broker.oqs_probe.LINKER_CACHE = {str(cache)!r}
+        import hoopctl, asyncssh.crypto.pq as pq
+        print(pq.sntrup_available, pq._oqs_lib)
+        """
+    )
+    found = _python(probe, {"LD_LIBRARY_PATH": ""})
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == ["True", str(stub_liboqs)]
