@@ -406,7 +406,9 @@ def bench(args: argparse.Namespace, workdir: Path) -> Results:
                 for _ in range(args.export_rounds):
                     for name, once, through_broker in exports:
                         if left() <= 1:
-                            results.notes.append(f"{name}: a round skipped, time budget spent")
+                            note = f"{name}: rounds skipped, time budget spent"
+                            if note not in results.notes:
+                                results.notes.append(note)
                             continue
                         before = proc_status(pid)["VmHWM"] / MiB
                         cpu_before = cpu_seconds(pid)

@@ -20,40 +20,60 @@ import sys
 
 TYPE_CHECKING = False  # typing itself is not imported: `hoopctl --version` loads this module
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import ModuleType
     from typing import Any
 
 # The asyncssh modules that look for a C library when they load.
 LOOKING_MODULES = ("asyncssh.crypto.pq", "asyncssh.crypto.umac")
 LINKER_CACHE = "/etc/ld.so.cache"
+DEFAULT_FOLDERS = ("/lib", "/usr/local/lib", "/usr/lib")  # musl's, where there is no cache
 
 
 def linker_library(name: str) -> str | None:
-    """The library NAME (as in `-lNAME`) the dynamic linker would load, or None: the first
-    `libNAME.so*` in the folders of LD_LIBRARY_PATH, then in the linker's cache
-    (/etc/ld.so.cache, read as it is: running `ldconfig -p` costs a process start per name)
-    that this process can load (the cache may also list other architectures' libraries)."""
+    """The library NAME (as in `-lNAME`) the dynamic linker would load, or None. Searched as
+    the linker does: the folders of LD_LIBRARY_PATH, then its cache (/etc/ld.so.cache, read as
+    it is: running `ldconfig -p` costs a process start per name), or the default folders where
+    there is no cache (musl), then the bare `libNAME.so` as the linker itself finds it. In
+    each, the newest `libNAME.so.N` this process can load wins (the cache may also list other
+    architectures' libraries)."""
+    for group in _candidate_groups(name):
+        for candidate in sorted(group, key=_version, reverse=True):
+            if _loads(candidate):
+                return candidate
+    return None
+
+
+def _candidate_groups(name: str) -> Iterator[list[str]]:
     from pathlib import Path
 
-    candidates: list[str] = []
+    pattern = f"lib{name}.so*"
     for folder in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):
         if folder:
-            candidates += sorted(str(path) for path in Path(folder).glob(f"lib{name}.so*"))
+            yield sorted(str(path) for path in Path(folder).glob(pattern))
     try:
         cache = Path(LINKER_CACHE).read_bytes()
     except OSError:
-        cache = b""
-    marker = f"/lib{name}.so".encode()
-    at = cache.find(marker)
-    while at >= 0:
-        # The cache's string table holds each library's full path, NUL-terminated.
-        start, end = cache.rfind(b"\0", 0, at) + 1, cache.find(b"\0", at)
-        candidates.append(os.fsdecode(cache[start : end if end >= 0 else len(cache)]))
-        at = cache.find(marker, at + 1)
-    for candidate in candidates:
-        if _loads(candidate):
-            return candidate
-    return None
+        # No cache (musl has none): the linker's default folders, as it would search them.
+        for folder in DEFAULT_FOLDERS:
+            yield sorted(str(path) for path in Path(folder).glob(pattern))
+    else:
+        marker = f"/lib{name}.so".encode()
+        found: list[str] = []
+        at = cache.find(marker)
+        while at >= 0:
+            # The cache's string table holds each library's full path, NUL-terminated.
+            start, end = cache.rfind(b"\0", 0, at) + 1, cache.find(b"\0", at)
+            found.append(os.fsdecode(cache[start : end if end >= 0 else len(cache)]))
+            at = cache.find(marker, at + 1)
+        yield found
+    yield [f"lib{name}.so"]
+
+
+def _version(path: str) -> tuple[int, ...]:
+    """`libx.so.8.6` -> (8, 6); the unversioned development link -> () (tried last)."""
+    suffix = path.rpartition(".so")[2]
+    return tuple(int(part) for part in suffix.split(".") if part.isdigit())
 
 
 def _loads(path: str) -> bool:

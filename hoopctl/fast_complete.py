@@ -1,6 +1,6 @@
 """One TAB on a target name, session id or request id, answered before Typer is imported.
 
-Typer builds its parameter types with pydantic, which alone takes longer than a TAB should.
+Typer, rich and every command's module take longer to import than a TAB should.
 The common completions (`hoopctl connect <TAB>`, `exec`, `request`, `approve`, `replay`,
 `sessions show`) come from the local cache (hoopctl.completion_cache) anyway, so they are
 answered here, in Typer's own output format for bash and zsh. Anything else (options, other

@@ -64,6 +64,8 @@ class _FirstUseConsole:
         self._console = None
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # this proxy's own state (a copy lacks it): never the console's
+            raise AttributeError(name)
         return getattr(self.made(), name)
 
 

@@ -142,3 +142,35 @@ def test_a_liboqs_in_the_linker_cache_is_found_without_starting_a_process(
     found = _python(probe, {"LD_LIBRARY_PATH": ""})
     assert found.returncode == 0, found.stderr
     assert found.stdout.split() == ["True", str(stub_liboqs)]
+
+
+def test_the_linker_order_holds_and_the_newest_version_wins(
+    tmp_path: Path, stub_liboqs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker import oqs_probe
+
+    # Two majors in one LD_LIBRARY_PATH folder: the newer is taken, not the first by name.
+    ld_dir = tmp_path / "ld"
+    ld_dir.mkdir()
+    for version in ("9", "10"):
+        shutil.copy(stub_liboqs, ld_dir / f"liboqs.so.{version}")
+    cached = tmp_path / "cached" / "liboqs.so.11"
+    cached.parent.mkdir()
+    shutil.copy(stub_liboqs, cached)
+    cache = tmp_path / "ld.so.cache"
+    cache.write_bytes(b"glibc-ld.so.cache1.1\0liboqs.so.11\0" + os.fsencode(cached) + b"\0")
+    monkeypatch.setattr(oqs_probe, "LINKER_CACHE", str(cache))
+
+    # LD_LIBRARY_PATH comes before the cache, as the linker searches them.
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(ld_dir))
+    assert oqs_probe.linker_library("oqs") == str(ld_dir / "liboqs.so.10")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    assert oqs_probe.linker_library("oqs") == str(cached)
+
+    # No cache at all (musl): the default folders are searched instead.
+    monkeypatch.setattr(oqs_probe, "LINKER_CACHE", str(tmp_path / "no-such-cache"))
+    monkeypatch.setattr(oqs_probe, "DEFAULT_FOLDERS", (str(tmp_path / "empty"), str(ld_dir)))
+    assert oqs_probe.linker_library("oqs") == str(ld_dir / "liboqs.so.10")
+    monkeypatch.setattr(oqs_probe, "DEFAULT_FOLDERS", (str(tmp_path / "empty"),))
+    # Then only the linker's own search by the bare name is left (liboqs is not installed here).
+    assert oqs_probe.linker_library("oqs") in (None, "liboqs.so")

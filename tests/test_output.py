@@ -39,7 +39,10 @@ def test_help_shows_what_each_option_takes() -> None:
     shown = subprocess.run(
         [HOOPCTL, "exec", "-h"], capture_output=True, text=True, timeout=30, env={"COLUMNS": "120"}
     ).stdout
-    assert "<bool>" not in shown and "<str>" not in shown
+    assert "<bool>" not in shown and "<str>" not in shown and "<path>" not in shown
+    assert "TEXT" in next(line for line in shown.splitlines() if "Target name" in line)
+    assert "PATH" in next(line for line in shown.splitlines() if "--file" in line)
+    assert "{target}" in shown  # the usage line names the argument, without its type
     line = next(line for line in shown.splitlines() if "--no-wait" in line)
     assert "TEXT" not in line  # a flag takes no value
     assert "--reason" in shown and "TEXT" in next(
