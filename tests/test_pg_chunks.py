@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,3 +91,47 @@ def test_an_error_mid_result_reaches_the_reader(database: str) -> None:
 
     with pytest.raises(psycopg.errors.DivisionByZero):
         asyncio.run(scenario())
+
+
+def test_rows_waiting_for_a_slow_reader_leave_the_event_loop_idle(database: str) -> None:
+    # A client that stops reading (a pager, a full pipe) holds the export between chunks while
+    # PostgreSQL's rows wait on the socket: the broker must not spin on that readable socket.
+    async def scenario() -> float:
+        async with await connect(database) as conn:
+            query = "SELECT i, repeat('x', 200) FROM generate_series(1, 200000) AS i"
+            stream = stream_chunks(conn.cursor(), query, 500)
+            await anext(stream)
+            await asyncio.sleep(0.3)  # the server fills the socket meanwhile
+            before = time.process_time()
+            await asyncio.sleep(1.0)
+            used = time.process_time() - before
+            await stream.aclose()  # type: ignore[attr-defined]
+            return used
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) < 0.25
+
+
+def test_other_tasks_run_while_the_rows_stream(database: str) -> None:
+    # Every chunk may already be there when it is asked for; the statement still lets the
+    # other sessions' tasks in (psycopg's own rule: at least every 5 ms).
+    async def scenario() -> tuple[int, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async with await connect(database) as conn:
+            query = "SELECT i, repeat('x', 100) FROM generate_series(1, 100000) AS i"
+            task = asyncio.create_task(ticker())
+            seen: list[int] = []
+            async for _ in stream_chunks(conn.cursor(), query, 500):
+                seen.append(ticks)
+            task.cancel()
+            return len(seen), seen[-1] - seen[0]
+
+    chunks_read, ticks_between = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert chunks_read == 200
+    assert ticks_between >= 20

@@ -65,12 +65,19 @@ def csv_rows(rows: Sequence[Sequence[Any]]) -> str:
         columns = zip(*rows, strict=True)
     texts: list[Sequence[str]] = []
     for column in columns:
-        kinds = set(map(type, column))
-        if kinds == {int}:
-            texts.append(list(map(str, column)))
-            continue
-        cells: Sequence[str] = column if kinds == {str} else list(map(to_text, column))
-        joined = "".join(cells)
+        cells: Sequence[str]
+        try:
+            # Every cell text (the common case): the join needed for the quoting test below
+            # is the type check too.
+            joined = "".join(column)
+            cells = column
+        except TypeError:
+            kinds = set(map(type, column))
+            if kinds == {int}:
+                texts.append(list(map(str, column)))
+                continue
+            cells = list(map(to_text, column))
+            joined = "".join(cells)
         if any(special in joined for special in _QUOTED):
             cells = [_quoted(cell) for cell in cells]
         texts.append(cells)

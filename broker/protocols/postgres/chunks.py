@@ -8,12 +8,15 @@ the public ``stream()`` serves, gathered into the same chunks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
+from psycopg.waiting import Ready, Wait
 
 Chunk = list[tuple[Any, ...]]
 
@@ -46,7 +49,8 @@ async def stream_chunks(
         first = True
         try:
             await conn.wait(cursor._stream_send_gen(sql, None, size=size))  # type: ignore[arg-type]
-            while result := await conn.wait(cursor._stream_fetchone_gen(first)):
+            readable = _Readable(conn.pgconn.socket)
+            while result := await readable.run(cursor._stream_fetchone_gen(first)):
                 first = False
                 yield cursor._tx.load_rows(0, result.ntuples, cursor._make_row)
         finally:
@@ -60,3 +64,57 @@ async def stream_chunks(
                         pass
                 with contextlib.suppress(Exception):
                     await conn.wait(cursor._stream_fetchone_gen(False))
+
+
+class _Readable:
+    """The connection's socket, watched for reading while one chunk of rows is fetched.
+
+    psycopg's own wait registers the socket with the event loop, arms a timer and removes both
+    again for every wait, and a chunk takes several waits (libpq reads what has arrived). Here
+    the socket is registered once per chunk, and only if the chunk was not complete already.
+    Between chunks it is not watched: rows that wait while the client is slow do not keep the
+    event loop spinning."""
+
+    # As psycopg's own waits: where every chunk is complete before it is asked for, the
+    # statement still lets the other sessions run at least this often.
+    MAX_BUSY = 0.005
+
+    def __init__(self, fileno: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fileno = fileno
+        self._waiter: asyncio.Future[None] | None = None
+        self._yielded = time.monotonic()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def run(self, gen: Generator[Wait, Ready, Any]) -> Any:
+        """Drive one of psycopg's reading generators to its result."""
+        watching = False
+        try:
+            state = next(gen)
+            while True:
+                if state != Wait.R:
+                    raise psycopg.InternalError(f"unexpected wait for {state!r} while fetching")
+                if not watching:
+                    self._loop.add_reader(self._fileno, self._wake)
+                    watching = True
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                state = gen.send(Ready.R)
+        except StopIteration as done:
+            if watching:
+                self._yielded = time.monotonic()
+            elif time.monotonic() - self._yielded >= self.MAX_BUSY:
+                await asyncio.sleep(0)
+                self._yielded = time.monotonic()
+            return done.value
+        except OSError as exc:
+            raise psycopg.OperationalError("connection socket closed") from exc
+        finally:
+            if watching:
+                self._loop.remove_reader(self._fileno)
