@@ -636,3 +636,25 @@ def test_a_refused_exec_has_no_recording_and_clearing_one_does_not_hide_it(
     result = run_verify(broker)
     assert result.returncode == 1
     assert any(p.startswith(f"recording {cast.stem}: missing: ") for p in problem_lines(result))
+
+
+def test_a_recording_of_several_read_pieces_is_signed_block_by_block(tmp_path: Path) -> None:
+    # Sealing reads a recording some MiB at a time and hashes the whole file in a second
+    # thread; the document must be what one plain pass over the bytes gives, also where lines
+    # and blocks cross the pieces' edges and the last line has no line end.
+    signer = Signer.load(tmp_path, create=True)
+    cast = tmp_path / "20260101-0123456789ab.cast"
+    lines = ['{"version": 2, "width": 80, "height": 24}']
+    lines += [json.dumps([n / 10, "o", "x" * (n % 997) + "\r\n"]) for n in range(20000)]
+    data = ("\n".join(lines) + '\n[2000.0, "o", "no line end"]').encode()
+    cast.write_bytes(data)
+    document = sign_recording(signer, cast, cast.stem)
+    size = document["block_size"]
+    assert len(data) > 2 * 64 * size + size  # more than two pieces and a part of a third
+    assert document["sha256"] == hashlib.sha256(data).hexdigest()
+    assert document["size"] == len(data)
+    assert document["lines"] == data.count(b"\n") + 1
+    starts = range(0, len(data), size)
+    assert document["blocks"] == [hashlib.sha256(data[s : s + size]).hexdigest() for s in starts]
+    assert document["block_lines"] == [data.count(b"\n", 0, s) + 1 for s in starts]
+    assert verify_recording(signer.verifier, cast, cast.stem) == []
