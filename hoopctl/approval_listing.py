@@ -17,7 +17,7 @@ from hoopctl.errors import (
     HoopError,
     UsageError,
 )
-from hoopctl.output import OutputFormat, cell, render, stderr, stdout
+from hoopctl.output import OutputFormat, cell, listing_table, render, stderr, stdout
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -115,12 +115,8 @@ def render_requests(
     if not listed:
         stderr.print(empty)
         return
-    from rich.table import Table
-
     now = time.time()
-    table = Table(show_edge=False, header_style="bold", pad_edge=False)
-    for _, heading in columns:
-        table.add_column(heading, overflow="fold")
+    table = listing_table((heading for _, heading in columns), fold=True)
     for request in listed:
         row = _table_row(request, now)
         table.add_row(*(row[key] for key, _ in columns))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -14,6 +14,7 @@ from hoopctl.escape import escape, shown
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
     from rich.text import Text
 
 
@@ -123,6 +124,17 @@ def _as_time(value: Any) -> Any:
     return rfc3339_times(value)
 
 
+def listing_table(headings: Iterable[str], *, fold: bool = False) -> Table:
+    """A table of hoopctl's listings (rich imported here, on first use); FOLD: a long cell
+    folds onto more lines rather than being cut with an ellipsis."""
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold", pad_edge=False)
+    for heading in headings:
+        table.add_column(heading, overflow="fold" if fold else "ellipsis")
+    return table
+
+
 def render(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[tuple[str, str]],
@@ -137,11 +149,7 @@ def render(
     if not rows:
         stderr.print(empty)
         return
-    from rich.table import Table
-
-    table = Table(show_edge=False, header_style="bold", pad_edge=False)
-    for _, heading in columns:
-        table.add_column(heading)
+    table = listing_table(heading for _, heading in columns)
     for row in rows:
         # Cells are data, never markup, and never raw control characters.
         table.add_row(*(cell(_cell(row.get(key))) for key, _ in columns))

@@ -25,7 +25,7 @@ from hoopctl.cli_common import (
 )
 from hoopctl.errors import ApiCallError, HoopError, UsageError
 from hoopctl.escape import escape
-from hoopctl.output import cell, stderr, stdout
+from hoopctl.output import cell, listing_table, stderr, stdout
 from hoopctl.replay.errors import RecordingDamaged, format_offset
 from hoopctl.session_records import call_broker, check_session_id, not_found
 
@@ -224,12 +224,9 @@ def _print_commands(entries: list[Any]) -> None:
     if not entries:
         stderr.print("no commands in this recording")
         return
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table(show_edge=False, header_style="bold", pad_edge=False)
-    for heading in ("Offset", "Kind", "Command"):
-        table.add_column(heading, overflow="fold")
+    table = listing_table(("Offset", "Kind", "Command"), fold=True)
     for at, kind, text in entries:
         style = "bold red" if kind == "blocked" else ""
         table.add_row(format_offset(at), Text(escape(kind), style=style), cell(text))

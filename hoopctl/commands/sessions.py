@@ -22,7 +22,15 @@ from hoopctl.cli_common import (
 )
 from hoopctl.errors import UsageError
 from hoopctl.escape import escape
-from hoopctl.output import OutputFormat, cell, render, render_record, stderr, stdout
+from hoopctl.output import (
+    OutputFormat,
+    cell,
+    listing_table,
+    render,
+    render_record,
+    stderr,
+    stdout,
+)
 from hoopctl.replay.errors import format_offset
 from hoopctl.session_records import (
     as_json,
@@ -212,12 +220,11 @@ def sessions_show(
         if not timeline:
             stderr.print("no commands in this session")
             return
-        from rich.table import Table
         from rich.text import Text
 
-        table = Table(show_edge=False, header_style="bold", pad_edge=False)
-        for heading in ("Offset", "Command", "Outcome", "Decision", "Rule", "Decided by"):
-            table.add_column(heading, overflow="fold")
+        table = listing_table(
+            ("Offset", "Command", "Outcome", "Decision", "Rule", "Decided by"), fold=True
+        )
         for entry in timeline:
             outcome = entry["outcome"]
             style = {"blocked": "bold red", "failed": "yellow"}.get(outcome, "")
@@ -298,11 +305,7 @@ def sessions_search(
         if not matches:
             stderr.print(f"no session matches {escape(text)!r}", markup=False)
             return
-        from rich.table import Table
-
-        table = Table(show_edge=False, header_style="bold", pad_edge=False)
-        for heading in ("Session", "Offset", "User", "Target", "Kind", "Line"):
-            table.add_column(heading, overflow="fold")
+        table = listing_table(("Session", "Offset", "User", "Target", "Kind", "Line"), fold=True)
         for match in matches:
             table.add_row(
                 match["session"],
