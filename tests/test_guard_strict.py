@@ -17,10 +17,11 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pexpect
+import pyte
 import pytest
 
 from broker.recording import read_events
@@ -979,6 +980,57 @@ def test_a_resize_mid_edit_keeps_the_line(
     session.expect(DENIED)
     session.expect(STRICT_PROMPT)
     _settle(broker, session, sentinel)
+
+
+def _type_keys(child: pexpect.spawn, keys: Iterable[str], gap: float = 0.03) -> None:
+    """Each key on its own with a pause after it, as a person types. The broker shows a key
+    typed at the end of a plain line before its line editor has handled it (and skips the
+    redraw that would draw the same), broker.sessions.echo_ahead."""
+    for key in keys:
+        child.send(key)
+        time.sleep(gap)
+
+
+def _screen_line(shown: str, needle: str) -> str:
+    """The line of a 200-column terminal, fed SHOWN, that holds NEEDLE ("" if none)."""
+    screen = pyte.Screen(200, 24)
+    pyte.Stream(screen).feed(shown)
+    return next((line.rstrip() for line in screen.display if needle in line), "")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_keys_typed_one_at_a_time_show_and_run_as_edited(
+    broker: BrokerProcess, sandbox: Sandbox, session: pexpect.spawn, target: str
+) -> None:
+    session.setwinsize(24, 200)
+    time.sleep(0.2)
+    resync(session, interrupt=False)
+    token = secrets.token_hex(3)
+    line = f"printf 'typed-%s\\n' {token}Z"
+    prompt = str(session.after) + str(session.buffer)  # the prompt, as drawn so far
+    _type_keys(session, f"printf 'typed-%s\\n' {token}X")
+    _type_keys(session, ["\x7f", "Y", "\x08", "Z", "Q", "Q", "\x7f", "\x08"])
+    shown = _screen_line(prompt + quiet(session), "typed-")
+    assert shown.endswith(f"$\u00a0{line}") or shown.endswith(f"$ {line}"), shown
+    session.send("\r")
+    session.expect(f"typed-{token}Z\r\n")
+    session.expect(STRICT_PROMPT)
+    # A denied command typed one key at a time, a slip erased before Enter: judged as edited.
+    sentinel = sandbox.sentinel(f"{target}-typed")
+    _type_keys(session, f"rm -rf {sentinel}/x")
+    _type_keys(session, ["\x7f", "\x7f", "\r"])
+    session.expect(DENIED)
+    session.expect(STRICT_PROMPT)
+    session_id = session.session_id
+    assert line in allowed_commands(broker, session_id)
+    _settle(broker, session, sentinel)
+    # The recording shows the line as it ran, just before its output.
+    wait_session_end(broker, session_id)
+    _, events = read_events(broker.data_dir / "recordings" / f"{session_id}.cast")
+    output = [str(data) for _, kind, data in events if kind == "o"]
+    upto = next(i for i, data in enumerate(output) if f"typed-{token}Z\r\n" in data)
+    recorded = _screen_line("".join(output[:upto]), "typed-")
+    assert recorded.endswith(f"$\u00a0{line}") or recorded.endswith(f"$ {line}"), recorded
 
 
 @pytest.mark.parametrize("target", TARGETS)

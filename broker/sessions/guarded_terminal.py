@@ -27,7 +27,6 @@ from typing import Any
 import bashlex
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
-from prompt_toolkit.data_structures import Point
 from prompt_toolkit.document import Document
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
@@ -42,6 +41,7 @@ from broker.protocols.base import TargetError
 from broker.protocols.terminal import TerminalUnit
 from broker.sessions.approvals import ReviewOutcome
 from broker.sessions.base import SessionBase
+from broker.sessions.echo_ahead import EchoAhead
 from broker.sessions.prompt_channel import ChannelTerminal, lean_session, open_history
 
 log = logging.getLogger("hoop.broker.session")
@@ -66,28 +66,6 @@ def input_complete(text: str) -> bool:
         bashlex.parse(text)
     except Exception as exc:  # bashlex raises several kinds of error
         return not any(mark in str(exc) for mark in _INCOMPLETE)
-    return True
-
-
-def _echo_ahead(session: PromptSession[str], columns: int) -> bool:
-    """True when one printable character typed now lands at the end of a plain one-line
-    input, so it can be echoed before prompt_toolkit redraws (which takes a millisecond or
-    two): the renderer is told the cursor moved, and its redraw writes the same character in
-    the same place. Anything else (editing mid-line, menus, search, wrapping) waits for it."""
-    app = session.app
-    buffer = session.default_buffer
-    if not app.is_running or app.is_done or app.layout.is_searching or app._invalidated:
-        return False  # (a redraw still to come would start from a cursor we cannot know)
-    if buffer.complete_state is not None or buffer.selection_state is not None:
-        return False
-    document = buffer.document
-    if "\n" in document.text or not document.is_cursor_at_the_end:
-        return False
-    renderer = app.renderer
-    position = renderer._cursor_pos
-    if renderer._last_screen is None or position.x + 2 >= columns:
-        return False
-    renderer._cursor_pos = Point(x=position.x + 1, y=position.y)
     return True
 
 
@@ -402,7 +380,7 @@ class GuardedTerminalSession(SessionBase):
         # Draw each keystroke at once: by default prompt_toolkit may hold a redraw back up to
         # 10 ms while the event loop is busy, which is most of a keystroke's echo time here.
         session.app.max_render_postpone_time = 0
-        term.fast_echo = lambda data: _echo_ahead(session, term.cols)
+        term.fast_echo = EchoAhead(session, lambda: term.cols)
         return lean_session(session)
 
     async def _interact(self) -> int:

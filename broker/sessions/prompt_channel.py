@@ -271,9 +271,9 @@ class ChannelTerminal:
         self.raw_sink: Callable[[bytes], None] | None = None
         self.redact_input: Callable[[], bool] = lambda: False
         self.on_resize: Callable[[int, int], None] | None = None
-        # Says whether a typed character may be echoed before the prompt has processed it
-        # (then it also tells the prompt's renderer where the cursor went).
-        self.fast_echo: Callable[[bytes], bool] | None = None
+        # What to show at once for one key typed while a prompt is shown, before the prompt
+        # handles it (None: the prompt's redraw shows it); see broker.sessions.echo_ahead.
+        self.fast_echo: Callable[[bytes], bytes | None] | None = None
         self._after_escape = False
         self._above: list[bytes] = []
         self._above_task: asyncio.Task[None] | None = None
@@ -459,14 +459,10 @@ class ChannelTerminal:
 
     def _deliver(self, data: bytes) -> None:
         if self.prompting:
-            if (
-                self.fast_echo is not None
-                and not self._after_escape
-                and len(data) == 1
-                and 0x20 <= data[0] < 0x7F
-                and self.fast_echo(data)
-            ):
-                self._send(data)
+            if self.fast_echo is not None and not self._after_escape and len(data) == 1:
+                echo = self.fast_echo(data)
+                if echo:
+                    self._send(echo)
             self._after_escape = b"\x1b" in data
             self.input.feed(data)
             return
