@@ -1,5 +1,6 @@
 """hoopctl: log in, reach targets through the hoop broker, approve and replay sessions."""
 
+import sys
 import warnings
 
 from broker.oqs_probe import install as install_quiet_oqs_probe
@@ -10,5 +11,9 @@ warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh
 # And asyncssh's look for liboqs and libnettle starts no process (broker.oqs_probe: no
 # ldconfig, no C compiler; 40-90 ms a process).
 install_quiet_oqs_probe()
+# hoopctl authenticates with OpenSSH keys and certificates only. asyncssh loads its X.509
+# support (cryptography's x509 package: about 30 ms of every command that connects) only
+# where it can, and works without it; in hoopctl it cannot.
+sys.modules.setdefault("asyncssh.crypto.x509", None)  # type: ignore[arg-type]
 
 __version__ = "0.1.0"

@@ -108,6 +108,20 @@ def test_a_command_line_is_parsed_without_pydantic(tmp_path: Path) -> None:
     assert _run_probe(probe) == ["exit 2", "True False"]
 
 
+def test_the_client_loads_asyncssh_without_x509() -> None:
+    # hoopctl uses OpenSSH keys and certificates only; asyncssh's optional X.509 support
+    # (cryptography's x509 package) cost every connecting command about 15-30 ms of start-up.
+    probe = (
+        "import sys\n"
+        "import hoopctl.cli, hoopctl.credentials, hoopctl.exec_relay, hoopctl.session\n"
+        "import hoopctl.transport, asyncssh\n"
+        "print(any(name.startswith('cryptography.x509') for name in sys.modules))\n"
+        "from asyncssh.public_key import _x509_available\n"
+        "print(_x509_available)\n"
+    )
+    assert _run_probe(probe) == ["False", "False"]
+
+
 def test_commands_that_only_relay_bytes_load_no_rich() -> None:
     # `exec`, `connect` and `proxy` print nothing through rich (the broker renders tables);
     # rich costs every such command about 25 ms of start-up. Its consoles are made on first use.
