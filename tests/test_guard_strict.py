@@ -1028,6 +1028,8 @@ def test_keys_typed_one_at_a_time_show_and_run_as_edited(
     wait_session_end(broker, session_id)
     _, events = read_events(broker.data_dir / "recordings" / f"{session_id}.cast")
     output = [str(data) for _, kind, data in events if kind == "o"]
+    # Keys at the end of the line were echoed ahead of the line editor: each alone.
+    assert "Q" in output and "\x08\x1b[K" in output
     upto = next(i for i, data in enumerate(output) if f"typed-{token}Z\r\n" in data)
     recorded = _screen_line("".join(output[:upto]), "typed-")
     assert recorded.endswith(f"$\u00a0{line}") or recorded.endswith(f"$ {line}"), recorded

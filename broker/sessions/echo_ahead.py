@@ -14,8 +14,12 @@ input, and a Backspace there. For those, EchoAhead
    something else, a completion menu, a selection, a resize, output printed above the
    prompt) gets prompt_toolkit's full redraw.
 
-What is shown decides nothing: the command judged and run is the buffer's text, whatever was
-echoed.
+Only a key that the input parser has already turned into exactly that one key press is
+echoed (never a byte of an escape sequence, a paste or a multi-key binding still being read),
+and only at a prompt whose drawing depends on nothing but its text: no password, placeholder,
+right prompt, toolbar, lexer, input processors or frame, Emacs keys, nothing drawn right of
+the cursor. What is shown decides nothing: the command judged and run is the buffer's text,
+whatever was echoed, and Enter draws the whole line again from it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from prompt_toolkit.data_structures import Point
+from prompt_toolkit.enums import EditingMode
+from prompt_toolkit.filters import to_filter
 from prompt_toolkit.shortcuts import PromptSession
 
 BACKSPACES = (b"\x7f", b"\x08")
@@ -44,6 +50,8 @@ class EchoAhead:
         app._redraw = self._redraw  # type: ignore[method-assign]
 
     def __call__(self, key: bytes) -> bytes | None:
+        """KEY: one byte the input parser has just turned into exactly one key press, with
+        no key press before it still waiting to be handled."""
         app = self._session.app
         if self._expected is not None or app._invalidated or not self._plain():
             return None  # (a redraw still to come would start from a cursor we cannot know)
@@ -58,15 +66,24 @@ class EchoAhead:
         row = screen.data_buffer.get(y)
         escapes = screen.zero_width_escapes.get(y, {})
         cursor_cell = row.get(x) if row is not None else None
-        # The cell under the cursor at the end of the input is the blank drawn for the cursor.
+        # The cell under the cursor at the end of the input is the blank drawn for the cursor,
+        # and nothing is drawn right of it (a right prompt, say).
         if cursor_cell is None or cursor_cell.char != " " or x in escapes or x + 1 in escapes:
+            return None
+        if any(cell.char != " " for column, cell in row.items() if column > x):
             return None
         text = self._session.default_buffer.text
         if key in BACKSPACES:
-            if not text or x == 0 or x - 1 in escapes:
+            # Only a last character drawn as itself in one cell (not wide, combining, a
+            # control character drawn as ^X, or the first of a wrapped row) is erased here.
+            last = text[-1:]
+            if x == 0 or not " " <= last <= "~" or x - 1 in escapes:
                 return None
-            after = row.get(x + 1)
+            drawn = row.get(x - 1)
+            if drawn is None or drawn.char != last:
+                return None
             row[x - 1] = cursor_cell
+            after = row.get(x + 1)  # padding: the terminal's erase left blanks there too
             if after is None:
                 row.pop(x, None)
             else:
@@ -85,13 +102,27 @@ class EchoAhead:
         self._session.app.renderer._cursor_pos = cursor
 
     def _plain(self) -> bool:
-        """A one-line input with the cursor at its end and nothing drawn that depends on it
-        but its text."""
-        app = self._session.app
-        buffer = self._session.default_buffer
+        """A one-line input with the cursor at its end, nothing drawn that depends on it but
+        its text, and no key half read by a key binding."""
+        session = self._session
+        app = session.app
+        buffer = session.default_buffer
         if not app.is_running or app.is_done or app.layout.is_searching:
             return False
-        if app.current_buffer is not buffer or app.key_processor.arg is not None:
+        keys = app.key_processor
+        if app.current_buffer is not buffer or keys.arg is not None or app.quoted_insert:
+            return False
+        if keys.key_buffer or keys.input_queue or app.editing_mode is not EditingMode.EMACS:
+            return False
+        if (
+            session.lexer is not None
+            or session.input_processors
+            or session.placeholder is not None
+            or session.rprompt is not None
+            or session.bottom_toolbar is not None
+            or to_filter(session.is_password)()
+            or to_filter(session.show_frame)()
+        ):
             return False
         if (
             buffer.complete_state is not None

@@ -21,7 +21,7 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import bashlex
@@ -30,6 +30,9 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.history import History
+from prompt_toolkit.input import Input
+from prompt_toolkit.output import Output
 
 from broker.config import LocalTarget, SshTarget
 from broker.credentials import CredentialError
@@ -89,6 +92,36 @@ class TargetCompleter(Completer):
         kind = "command" if _COMMAND_POSITION.search(head) and "/" not in word else "path"
         for match in await self._link.complete(kind, word):
             yield Completion(match, start_position=-len(word))
+
+
+def line_editor(
+    message: Callable[[], StyleAndTextTuples],
+    completer: Completer,
+    history: History,
+    keys: Input,
+    screen: Output,
+) -> PromptSession[str]:
+    """The guarded terminal's line editor: whole constructs (multi-line until complete),
+    completion on Tab, history, Ctrl-R."""
+    session: PromptSession[str] = PromptSession(
+        message=message,
+        multiline=Condition(lambda: not input_complete(session.default_buffer.text)),
+        prompt_continuation=lambda width, line, wrap: [("", "> ".rjust(width))],
+        completer=completer,
+        complete_while_typing=False,
+        history=history,
+        enable_history_search=False,
+        search_ignore_case=True,
+        enable_open_in_editor=False,
+        enable_suspend=False,
+        mouse_support=False,
+        input=keys,
+        output=screen,
+    )
+    # Draw each keystroke at once: by default prompt_toolkit may hold a redraw back up to
+    # 10 ms while the event loop is busy, which is most of a keystroke's echo time here.
+    session.app.max_render_postpone_time = 0
+    return session
 
 
 class GuardedTerminalSession(SessionBase):
@@ -359,27 +392,16 @@ class GuardedTerminalSession(SessionBase):
 
         term, link = self._term, self._link
         assert term is not None and link is not None
-        session: PromptSession[str] = PromptSession(
-            message=self._prompt_message,
-            multiline=Condition(lambda: not input_complete(session.default_buffer.text)),
-            prompt_continuation=lambda width, line, wrap: [("", "> ".rjust(width))],
-            completer=TargetCompleter(link),
-            complete_while_typing=False,
-            history=open_history(
+        session = line_editor(
+            self._prompt_message,
+            TargetCompleter(link),
+            open_history(
                 history_path(self._broker.data_dir, self._ctx.user, self._target.name),
                 term.notice,
             ),
-            enable_history_search=False,
-            search_ignore_case=True,
-            enable_open_in_editor=False,
-            enable_suspend=False,
-            mouse_support=False,
-            input=term.input,
-            output=term.output,
+            term.input,
+            term.output,
         )
-        # Draw each keystroke at once: by default prompt_toolkit may hold a redraw back up to
-        # 10 ms while the event loop is busy, which is most of a keystroke's echo time here.
-        session.app.max_render_postpone_time = 0
         term.fast_echo = EchoAhead(session, lambda: term.cols)
         return lean_session(session)
 

@@ -83,6 +83,13 @@ def crlf(text: str) -> str:
     return _BARE_LF.sub("\r\n", text)
 
 
+def one_key(data: bytes, parsed: list[KeyPress]) -> bool:
+    """DATA, one byte read, made exactly one key press of itself (not a byte of an escape
+    sequence, a paste or a multi-byte character), with none before it waiting: what may be
+    echoed ahead of the prompt handling it (broker.sessions.echo_ahead)."""
+    return len(data) == 1 and len(parsed) == 1 and parsed[0].data == chr(data[0])
+
+
 def lean_session(session: PromptSession[str]) -> PromptSession[str]:
     """SESSION, drawing once per key: what every prompt the broker runs is set up with.
 
@@ -144,13 +151,17 @@ class ChannelInput(Input):
         self._id = f"hoop-channel-{next(_ids)}"
 
     # -- feeding --------------------------------------------------------------------------
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> list[KeyPress]:
+        """Parse DATA into key presses for the prompt; the ones it completed, when no key
+        press parsed before is still waiting to be read (else an empty list)."""
         if self._closed or not data:
-            return
+            return []
+        waiting = len(self._keys)
         text = self._decoder.decode(data)
         if text:
             self._parser.feed(text)
         self._notify()
+        return [] if waiting else list(self._keys)
 
     def close(self) -> None:
         if not self._closed:
@@ -274,7 +285,6 @@ class ChannelTerminal:
         # What to show at once for one key typed while a prompt is shown, before the prompt
         # handles it (None: the prompt's redraw shows it); see broker.sessions.echo_ahead.
         self.fast_echo: Callable[[bytes], bytes | None] | None = None
-        self._after_escape = False
         self._above: list[bytes] = []
         self._above_task: asyncio.Task[None] | None = None
         self._pending = bytearray()
@@ -459,12 +469,11 @@ class ChannelTerminal:
 
     def _deliver(self, data: bytes) -> None:
         if self.prompting:
-            if self.fast_echo is not None and not self._after_escape and len(data) == 1:
+            parsed = self.input.feed(data)
+            if self.fast_echo is not None and one_key(data, parsed):
                 echo = self.fast_echo(data)
                 if echo:
                     self._send(echo)
-            self._after_escape = b"\x1b" in data
-            self.input.feed(data)
             return
         if self.raw_sink is not None:
             self.raw_sink(data)
