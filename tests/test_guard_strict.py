@@ -982,7 +982,7 @@ def test_a_resize_mid_edit_keeps_the_line(
     _settle(broker, session, sentinel)
 
 
-def _type_keys(child: pexpect.spawn, keys: Iterable[str], gap: float = 0.03) -> None:
+def _type_keys(child: pexpect.spawn, keys: Iterable[str], gap: float = 0.05) -> None:
     """Each key on its own with a pause after it, as a person types. The broker shows a key
     typed at the end of a plain line before its line editor has handled it (and skips the
     redraw that would draw the same), broker.sessions.echo_ahead."""
@@ -1028,8 +1028,10 @@ def test_keys_typed_one_at_a_time_show_and_run_as_edited(
     wait_session_end(broker, session_id)
     _, events = read_events(broker.data_dir / "recordings" / f"{session_id}.cast")
     output = [str(data) for _, kind, data in events if kind == "o"]
-    # Keys at the end of the line were echoed ahead of the line editor: each alone.
-    assert "Q" in output and "\x08\x1b[K" in output
+    # Keys at the end of the line were echoed ahead of the line editor: each alone (a key
+    # that came while the last one was still being drawn is drawn by the editor instead).
+    assert sum(1 for data in output if len(data) == 1 and data.isalnum()) >= 5
+    assert "\x08\x1b[K" in output
     upto = next(i for i, data in enumerate(output) if f"typed-{token}Z\r\n" in data)
     recorded = _screen_line("".join(output[:upto]), "typed-")
     assert recorded.endswith(f"$\u00a0{line}") or recorded.endswith(f"$ {line}"), recorded
