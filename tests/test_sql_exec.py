@@ -7,12 +7,13 @@ import io
 import json
 import secrets
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import BrokerProcess, User, dev_config, free_port, start_broker
+from tests.helpers import HOOPCTL, BrokerProcess, User, dev_config, free_port, start_broker
 from tests.scratch_databases import scratch_mariadb, scratch_postgres
 
 PG_PASSWORD = "pg-" + secrets.token_hex(8)
@@ -459,6 +460,47 @@ def test_million_row_export_streams_in_bounded_broker_memory(
     # times that (a million row tuples). Streaming it grows 15-30 MiB (more on a loaded
     # machine, where the client reads slower and buffers fill).
     assert grown_mib < 40, f"broker memory grew {grown_mib:.1f} MiB during the export"
+
+
+def test_rows_reach_the_client_while_the_statement_still_runs(dba: User) -> None:
+    # The broker gathers rows into writes of about 64 KiB; rows that came are still sent
+    # within a moment, not held until more come (here the rows after the 3,000th take 3 s;
+    # PostgreSQL itself sends what it has once its 8 KiB buffer is full).
+    sql = (
+        "SELECT g AS id, CASE WHEN g = 3001 THEN pg_sleep(3)::text END AS pause "
+        "FROM generate_series(1, 3100) AS g"
+    )
+    child = subprocess.Popen(
+        [HOOPCTL, "exec", "pg", "-o", "csv", "-c", sql],
+        env=dba.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        seen = []
+        while line := child.stdout.readline():
+            seen.append(line)
+            if line.startswith("1000,"):
+                break
+        # Rows are on the client's side while the 3,001st is being computed: the statement
+        # still has seconds to run.
+        try:
+            child.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            running = True
+        else:
+            running = False
+        rest = child.stdout.read()
+        errors = child.stderr.read() if child.stderr else ""
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert running, seen[-3:]
+    assert child.returncode == 0, errors
+    assert rest.splitlines()[-1:] == ["3100,"]
 
 
 # -- several statements ---------------------------------------------------------------------

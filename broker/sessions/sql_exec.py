@@ -4,6 +4,7 @@ broker's own connection, streaming formatted rows back. Exit: 0 ok, 1 target err
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -29,6 +30,10 @@ from broker.sessions.sql_state import needs_check, reading_drift
 
 MAX_SQL_BYTES = 4 * 1024 * 1024
 ROW_BATCH = 500
+# Rows' text goes out in writes of about this many characters (one SSH write and one recording
+# event each, instead of one per batch of rows), none held back longer than ROWS_HELD seconds.
+ROWS_WRITE = 64 * 1024
+ROWS_HELD = 0.05
 
 
 class SqlExec(SqlSessionBase):
@@ -42,18 +47,60 @@ class SqlExec(SqlSessionBase):
         self._approved_rule: str | None = None
         self._input_sql: str | None = None
         self._document = False
+        self._rows: list[str] = []
+        self._rows_size = 0
+        self._rows_timer: asyncio.TimerHandle | None = None
+        self._rows_failed: RecordingError | None = None
 
     def _error(self, text: str) -> None:
         with contextlib.suppress(OSError, asyncssh.Error):
+            with contextlib.suppress(RecordingError):  # (raised again at the next write)
+                self._send_rows()  # rows gathered before the error still come before it
             self._process.stderr.write(f"hoop: {text}\n".encode())
 
     async def _write(self, text: str) -> None:
-        if not text:
-            return
+        """TEXT out now (rows gathered before it first), recorded, with flow control."""
+        self._send_rows()
+        if text:
+            self._send(text)
+        await self._process.stdout.drain()
+
+    def _send(self, text: str) -> None:
         data = text.encode()
         self._record_output(data)
         self._process.stdout.write(data)
-        await self._process.stdout.drain()
+
+    async def _write_rows(self, text: str) -> None:
+        """Rows' TEXT, gathered into writes of about ROWS_WRITE characters: a batch of rows
+        is a few KiB, and each write costs an SSH packet and a recording event whatever its
+        size. What is gathered goes out within ROWS_HELD seconds however slowly rows come."""
+        self._rows.append(text)
+        self._rows_size += len(text)
+        if self._rows_size >= ROWS_WRITE:
+            await self._write("")
+        elif self._rows_timer is None:
+            self._rows_timer = asyncio.get_running_loop().call_later(ROWS_HELD, self._rows_due)
+
+    def _rows_due(self) -> None:
+        self._rows_timer = None
+        try:
+            self._send_rows()
+        except RecordingError as exc:  # what cannot be recorded is not sent; the session ends
+            self._rows_failed = exc
+        except (OSError, asyncssh.Error):
+            pass
+
+    def _send_rows(self) -> None:
+        if self._rows_timer is not None:
+            self._rows_timer.cancel()
+            self._rows_timer = None
+        if self._rows_failed is not None:
+            raise self._rows_failed
+        if self._rows:
+            text = "".join(self._rows)
+            self._rows.clear()
+            self._rows_size = 0
+            self._send(text)
 
     async def _read_sql(self) -> str | None:
         chunks: list[bytes] = []
@@ -207,6 +254,8 @@ class SqlExec(SqlSessionBase):
             self._error(f"the recording cannot be written; stopped ({exc})")
             return (status := 1)
         finally:
+            if self._rows_timer is not None:  # rows not sent (the session failed) stay unsent
+                self._rows_timer.cancel()
             await self._end(state="closed", status=status)
 
     async def _run_statement(
@@ -261,7 +310,7 @@ class SqlExec(SqlSessionBase):
                     async for batch in batches:
                         admitted = meter.admit_batch(batch)
                         if admitted:
-                            await self._write(writer.rows(admitted))
+                            await self._write_rows(writer.rows(admitted))
                             rows += len(admitted)
                         if meter.cut is not None:
                             cut = meter.cut
