@@ -53,9 +53,11 @@ class SqlExec(SqlSessionBase):
         self._rows_failed: RecordingError | None = None
 
     def _error(self, text: str) -> None:
+        # Rows gathered before the error still come before it. (A recording failure is raised
+        # again at the next write; a gone client is found there too.)
+        with contextlib.suppress(RecordingError, OSError, asyncssh.Error):
+            self._send_rows()
         with contextlib.suppress(OSError, asyncssh.Error):
-            with contextlib.suppress(RecordingError):  # (raised again at the next write)
-                self._send_rows()  # rows gathered before the error still come before it
             self._process.stderr.write(f"hoop: {text}\n".encode())
 
     async def _write(self, text: str) -> None:
