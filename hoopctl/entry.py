@@ -33,7 +33,8 @@ def main() -> None:
     from hoopctl.cli import main as run_cli
 
     try:
-        run_cli()
+        # Only the named command's module is loaded (the one a script runs), not all of them.
+        run_cli(named=sys.argv[1] if len(sys.argv) > 1 else None)
     except SystemExit as exc:
         _leave(exc)
     _leave(SystemExit(0))

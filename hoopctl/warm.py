@@ -254,11 +254,13 @@ def _preload() -> Callable[[], object]:
     import rich.table  # noqa: F401
     import typer.main
 
-    import hoopctl.commands.exec
     import hoopctl.credentials
     import hoopctl.exec_relay
     import hoopctl.session  # noqa: F401
     from hoopctl.cli_common import app
+    from hoopctl.commands import load
+
+    load()  # a child may run any of them
 
     return typer.main.get_command(app)
 

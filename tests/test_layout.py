@@ -78,6 +78,7 @@ def test_commands_that_connect_load_no_oidc_client_until_a_renewal() -> None:
     probe = (
         "import sys\n"
         "import hoopctl.cli, hoopctl.session, hoopctl.exec_relay, hoopctl.transport\n"
+        "hoopctl.commands.load()\n"
         "print(sorted(name for name in ('authlib', 'httpx2') if name in sys.modules))\n"
         "import asyncio\nfrom hoopctl.session import renew\n"
         "class Store:\n"
@@ -108,6 +109,21 @@ def test_a_command_line_is_parsed_without_pydantic(tmp_path: Path) -> None:
     assert _run_probe(probe) == ["exit 2", "True False"]
 
 
+def test_a_command_line_loads_only_the_command_it_names() -> None:
+    # Every command's module, and Typer building each one's parser, cost a named command
+    # about 35-40 ms of start-up (bench/README.md).
+    probe = (
+        "import sys\n"
+        "sys.argv = ['hoopctl', 'exec', '--help']\n"
+        "from hoopctl.cli import main\n"  # not entry.main, which leaves with os._exit
+        "try:\n    main(named='exec')\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
+        "print(sorted(name for name in sys.modules if name.startswith('hoopctl.commands.')))\n"
+    )
+    lines = _run_probe(probe)
+    assert "Usage: hoopctl exec" in " ".join(lines[0:3])
+    assert lines[-2:] == ["exit 0", "['hoopctl.commands.exec']"]
+
+
 def test_the_client_loads_asyncssh_without_x509() -> None:
     # hoopctl uses OpenSSH keys and certificates only; asyncssh's optional X.509 support
     # (cryptography's x509 package) cost every connecting command about 15-30 ms of start-up.
@@ -115,6 +131,7 @@ def test_the_client_loads_asyncssh_without_x509() -> None:
         "import sys\n"
         "import hoopctl.cli, hoopctl.credentials, hoopctl.exec_relay, hoopctl.session\n"
         "import hoopctl.transport, asyncssh\n"
+        "hoopctl.commands.load()\n"
         "print(any(name.startswith('cryptography.x509') for name in sys.modules))\n"
         "from asyncssh.public_key import _x509_available\n"
         "print(_x509_available)\n"
@@ -129,6 +146,7 @@ def test_commands_that_only_relay_bytes_load_no_rich() -> None:
         "import sys\n"
         "import hoopctl.cli, hoopctl.credentials, hoopctl.exec_relay, hoopctl.session\n"
         "import hoopctl.transport\n"
+        "hoopctl.commands.load()\n"
         "print('rich' in sys.modules)\n"
         "from hoopctl.output import stderr\n"
         "stderr.print('shown', style='bold')\n"
