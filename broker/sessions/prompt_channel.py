@@ -101,7 +101,12 @@ def lean_session(session: PromptSession[str]) -> PromptSession[str]:
     - No validator or auto-suggestion task runs after each change. A PromptSession wraps
       both in dynamic objects that are always there, so each key started a task that found
       nothing to do and then asked for a second, identical redraw: half the CPU of a key.
-      The broker's prompts have neither (a session that sets one keeps it)."""
+      The broker's prompts have neither (a session that sets one keeps it).
+    - No redraw once the prompt has its answer. Keys that arrive together with their Enter
+      (a pasted or quickly typed line, every statement a script sends) asked for a redraw of
+      the edited line, which ran just before prompt_toolkit's final redraw of the same line:
+      a third of a prompt cycle drawn for nothing. The final redraw always follows an answer
+      (Enter, Ctrl-C, Ctrl-D, or the input ending), and draws the line from the buffer."""
     if session.validator is None:
         session.validate_while_typing = False
     if session.auto_suggest is None:
@@ -116,6 +121,15 @@ def lean_session(session: PromptSession[str]) -> PromptSession[str]:
         yield from found[0][1]
 
     layout.find_all_windows = find_all_windows  # type: ignore[method-assign]
+    app = session.app
+    redraw = app._redraw
+
+    def redraw_unless_answered(render_as_done: bool = False) -> None:
+        if not render_as_done and app.future is not None and app.future.done():
+            return
+        redraw(render_as_done)
+
+    app._redraw = redraw_unless_answered  # type: ignore[method-assign]
     return session
 
 
