@@ -592,3 +592,31 @@ def test_read_events_reports_a_corrupted_line(tmp_path: Path) -> None:
         read_events(path)
     with pytest.raises(RecordingError, match="cannot be read"):
         read_events(tmp_path / "missing.cast")
+
+
+def test_every_kind_of_character_is_recorded_as_the_standard_json_encoder_writes_it(
+    tmp_path: Path,
+) -> None:
+    # Controls, DEL, quotes, backslashes, Latin-1, CJK, the line and paragraph separators,
+    # astral characters (emoji), U+FFFD: each event line is the standard library's encoding
+    # of its text (recordings made before and after the fast encoder are the same format),
+    # and reads back as the text that was recorded.
+    texts = [
+        "".join(chr(c) for c in range(0x20)) + "\x7f",
+        'say "hi" \\ back\\slash /',
+        "caf\u00e9 \u4e2d\u6587 \u2028\u2029 \U0001f600 \ufffd \u00a0",
+        "\x1b[1;31m\u2500\u2502 box \x1b[0m\r\n",
+    ]
+    path = tmp_path / "s.cast"
+    clock = FakeClock(100.0)
+    with Recorder(path, header(), clock=clock) as rec:
+        for text in texts:
+            rec.output(text.encode())
+            clock.now += 0.25
+        rec.mark("lone \ud800 surrogate")
+    lines = path.read_bytes().splitlines()[1:]
+    for line, text, at in zip(lines, texts, (0.0, 0.25, 0.5, 0.75), strict=False):
+        assert line == f'[{at:.6f}, "o", {json.dumps(text, ensure_ascii=False)}]'.encode()
+    _, events = read_events(path)
+    assert [d for _, c, d in events if c == "o"] == texts
+    assert [d for _, c, d in events if c == "m"] == ["lone ? surrogate"]
