@@ -146,6 +146,7 @@ class Recorder:
         self._pending_size = 0
         self._written = 0
         self._failed: RecordingError | None = None
+        self._finished = False
         self._closed = False
         self._out_decoder = _new_decoder()
         self._in_decoder = _new_decoder()
@@ -273,8 +274,28 @@ class Recorder:
         else:
             self._written += done
 
+    def finish(self) -> None:
+        """Record nothing more, and write every line still waiting (a character left
+        half-decoded too): the file's content is final, and `close` only makes it durable, so
+        the two can run side by side (the session's end signs the file while it is synced).
+        Idempotent; in strict mode a write error found here raises :class:`RecordingError`.
+        """
+        if self._closed or self._finished:
+            return
+        self._finished = True
+        if self._failed is not None:
+            return
+        tail = self._out_decoder.decode(b"", final=True)
+        if tail:
+            self._event("o", tail, flush=False)
+        tail = self._in_decoder.decode(b"", final=True)
+        if tail:
+            masked = "*" * len(tail) if self._in_pending_redacted else tail
+            self._event("i", masked, flush=False)
+        self.flush()
+
     def close(self) -> None:
-        """Flush, fsync and close the file. Idempotent.
+        """Finish, fsync and close the file. Idempotent.
 
         In strict mode a write error found here raises :class:`RecordingError` (after the
         file has been closed); an error that was already raised is not raised again.
@@ -284,14 +305,7 @@ class Recorder:
         already_failed = self._failed is not None
         try:
             if not already_failed:
-                tail = self._out_decoder.decode(b"", final=True)
-                if tail:
-                    self._event("o", tail, flush=False)
-                tail = self._in_decoder.decode(b"", final=True)
-                if tail:
-                    masked = "*" * len(tail) if self._in_pending_redacted else tail
-                    self._event("i", masked, flush=False)
-                self.flush()
+                self.finish()
                 if self._failed is None:
                     try:
                         os.fsync(self._fd)
@@ -318,7 +332,7 @@ class Recorder:
 
     def _stopped(self) -> bool:
         """True when events are to be dropped; raises the stored error in strict mode."""
-        if self._closed:
+        if self._closed or self._finished:
             return True
         if self._failed is not None:
             if self.strict:

@@ -620,3 +620,24 @@ def test_every_kind_of_character_is_recorded_as_the_standard_json_encoder_writes
     _, events = read_events(path)
     assert [d for _, c, d in events if c == "o"] == texts
     assert [d for _, c, d in events if c == "m"] == ["lone ? surrogate"]
+
+
+def test_finish_makes_the_content_final_and_close_only_makes_it_durable(tmp_path: Path) -> None:
+    # The session's end signs the recording while another thread syncs and closes it: after
+    # finish() nothing may change the file, not even a late event or a half character.
+    path = tmp_path / "s.cast"
+    rec = Recorder(path, header())
+    rec.output(b"rows\r\n")
+    rec.output(b"caf\xc3")  # half of a character: finish writes it as U+FFFD
+    rec.finish()
+    final = path.read_bytes()
+    rec.output(b"late output\r\n")
+    rec.input(b"late keys")
+    rec.mark("late mark")
+    rec.flush()
+    rec.finish()
+    assert path.read_bytes() == final
+    rec.close()
+    assert rec.closed and path.read_bytes() == final
+    _, events = read_events(path)
+    assert "".join(d for _, c, d in events if c == "o") == "rows\r\ncaf\ufffd"

@@ -86,6 +86,13 @@ def recording_path(data_dir: Path, session_id: str) -> Path:
     return data_dir / "recordings" / f"{session_id}.cast"
 
 
+def _close_recording(recorder: Recorder) -> None:
+    """Sync and close a finished recording (in a worker thread: an fsync of a large one takes
+    tens of milliseconds); a failure is the recorder's own to report (`Recorder.failed`)."""
+    with contextlib.suppress(RecordingError):
+        recorder.close()
+
+
 class SessionHost(Protocol):
     """What a session needs of the broker: where to record, sign and audit."""
 
@@ -856,10 +863,12 @@ class SessionBase:
         details: dict[str, object] = {"exit_status": status, "state": state}
         if self._recorder is not None:
             with contextlib.suppress(RecordingError):
-                self._recorder.close()
-            # The broker signs the finished recording; its digest also goes into the chain.
-            signature = await seal_recording(
-                self._broker.keys, self._recorder.path, self.session_id
+                self._recorder.finish()
+            # The broker signs the finished recording (its digest also goes into the chain)
+            # while the file is synced to disk and closed: its content is final already.
+            signature, _ = await asyncio.gather(
+                seal_recording(self._broker.keys, self._recorder.path, self.session_id),
+                asyncio.to_thread(_close_recording, self._recorder),
             )
             if signature is not None:
                 details["recording_sha256"] = signature["sha256"]
