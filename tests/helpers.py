@@ -441,6 +441,10 @@ class User:
             encoding="utf-8",
             timeout=timeout,
             dimensions=(40, 200),
+            # As from a terminal, a hang-up ends hoopctl: a test run started under nohup would
+            # pass SIGHUP's "ignore" on, and a dropped client would then leave by SIGINT,
+            # with an orderly end of input instead of a dropped connection.
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
         )
 
     def login(self, broker: BrokerProcess, *extra: str) -> subprocess.CompletedProcess[str]:
