@@ -1,5 +1,6 @@
-"""asyncssh looks for liboqs when it loads; hoopctl and the broker make that look run no C
-compiler (broker.oqs_probe), and a liboqs the dynamic linker can load is still found.
+"""asyncssh looks for liboqs when it loads, and keyring's macOS backend for macOS's libraries
+when keyring picks a backend; hoopctl and the broker make those looks run no C compiler
+(broker.library_probe), and a liboqs the dynamic linker can load is still found.
 
 A `gcc`, `cc` and `ld` of the test's own, first on PATH, write down that they were run: that is
 what ctypes.util.find_library's fallback would start."""
@@ -34,10 +35,13 @@ def compiler_trap(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, log
 
 
-def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _python(
+    code: str, env: dict[str, str], unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if key not in unset}
     return subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, **env},
+        env={**environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -69,6 +73,28 @@ def test_a_session_and_its_broker_run_no_compiler(
         assert result.stdout.strip() == "through-the-broker"
     finally:
         broker.stop()
+    assert not log.exists(), log.read_text()
+
+
+PICK_A_BACKEND = "import keyring; print(type(keyring.get_keyring()).__name__)"
+
+
+def test_keyring_picking_a_backend_runs_the_compiler_so_the_trap_can_see_it(
+    compiler_trap: tuple[dict[str, str], Path],
+) -> None:
+    env, log = compiler_trap
+    result = _python(PICK_A_BACKEND, env, unset=("PYTHON_KEYRING_BACKEND",))
+    assert result.returncode == 0, result.stderr
+    assert log.exists() and "gcc" in log.read_text()
+
+
+def test_hoopctl_picking_a_keyring_backend_runs_no_compiler(
+    compiler_trap: tuple[dict[str, str], Path],
+) -> None:
+    env, log = compiler_trap
+    result = _python("import hoopctl\n" + PICK_A_BACKEND, env, unset=("PYTHON_KEYRING_BACKEND",))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()  # a backend was picked (the file one where nothing else is)
     assert not log.exists(), log.read_text()
 
 
@@ -133,8 +159,8 @@ def test_a_liboqs_in_the_linker_cache_is_found_without_starting_a_process(
         def refuse(*args, **kwargs):
             raise AssertionError(f"a process was started: {{args}}")
         subprocess.Popen = refuse
-        import broker.oqs_probe
-        broker.oqs_probe.LINKER_CACHE = {str(cache)!r}
+        import broker.library_probe
+        broker.library_probe.LINKER_CACHE = {str(cache)!r}
         import hoopctl, asyncssh.crypto.pq as pq
         print(pq.sntrup_available, pq._oqs_lib)
         """
@@ -147,7 +173,7 @@ def test_a_liboqs_in_the_linker_cache_is_found_without_starting_a_process(
 def test_the_linker_order_holds_and_the_newest_version_wins(
     tmp_path: Path, stub_liboqs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker import oqs_probe
+    from broker import library_probe
 
     # Two majors in one LD_LIBRARY_PATH folder: the newer is taken, not the first by name.
     ld_dir = tmp_path / "ld"
@@ -159,18 +185,18 @@ def test_the_linker_order_holds_and_the_newest_version_wins(
     shutil.copy(stub_liboqs, cached)
     cache = tmp_path / "ld.so.cache"
     cache.write_bytes(b"glibc-ld.so.cache1.1\0liboqs.so.11\0" + os.fsencode(cached) + b"\0")
-    monkeypatch.setattr(oqs_probe, "LINKER_CACHE", str(cache))
+    monkeypatch.setattr(library_probe, "LINKER_CACHE", str(cache))
 
     # LD_LIBRARY_PATH comes before the cache, as the linker searches them.
     monkeypatch.setenv("LD_LIBRARY_PATH", str(ld_dir))
-    assert oqs_probe.linker_library("oqs") == str(ld_dir / "liboqs.so.10")
+    assert library_probe.linker_library("oqs") == str(ld_dir / "liboqs.so.10")
     monkeypatch.setenv("LD_LIBRARY_PATH", "")
-    assert oqs_probe.linker_library("oqs") == str(cached)
+    assert library_probe.linker_library("oqs") == str(cached)
 
     # No cache at all (musl): the default folders are searched instead.
-    monkeypatch.setattr(oqs_probe, "LINKER_CACHE", str(tmp_path / "no-such-cache"))
-    monkeypatch.setattr(oqs_probe, "DEFAULT_FOLDERS", (str(tmp_path / "empty"), str(ld_dir)))
-    assert oqs_probe.linker_library("oqs") == str(ld_dir / "liboqs.so.10")
-    monkeypatch.setattr(oqs_probe, "DEFAULT_FOLDERS", (str(tmp_path / "empty"),))
+    monkeypatch.setattr(library_probe, "LINKER_CACHE", str(tmp_path / "no-such-cache"))
+    monkeypatch.setattr(library_probe, "DEFAULT_FOLDERS", (str(tmp_path / "empty"), str(ld_dir)))
+    assert library_probe.linker_library("oqs") == str(ld_dir / "liboqs.so.10")
+    monkeypatch.setattr(library_probe, "DEFAULT_FOLDERS", (str(tmp_path / "empty"),))
     # Then only the linker's own search by the bare name is left (liboqs is not installed here).
-    assert oqs_probe.linker_library("oqs") in (None, "liboqs.so")
+    assert library_probe.linker_library("oqs") in (None, "liboqs.so")

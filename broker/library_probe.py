@@ -1,13 +1,19 @@
-"""asyncssh's look for liboqs and libnettle, without starting a process.
+"""Looks for C libraries at import, without starting a process.
 
-When `asyncssh.crypto.pq` and `asyncssh.crypto.umac` load (on every `import asyncssh`), they ask
-`ctypes.util.find_library` for liboqs (the sntrup761 key exchange) and libnettle (UMAC). That
-runs `ldconfig -p` for every name asked, and where the library is not installed it goes on to
-run `gcc` and then `ld` to search for it: 40-90 ms of every hoopctl command that connects and
-of every broker process, on any machine that has a compiler. `install()` makes those two
-modules' lookups ask what the dynamic linker would load instead: the folders of
-LD_LIBRARY_PATH, then its cache (/etc/ld.so.cache, read directly). A library that `ctypes`
-could load is found as before; nothing else in the process is changed.
+Some modules ask `ctypes.util.find_library` for a C library when they load. On Linux that runs
+`ldconfig -p` for every name asked, and where the library is not installed it goes on to run
+`gcc` and then `ld` to search for it:
+
+- `asyncssh.crypto.pq` and `asyncssh.crypto.umac`, on every `import asyncssh`: liboqs (the
+  sntrup761 key exchange) and libnettle (UMAC). 40-90 ms of every hoopctl command that
+  connects and of every broker process, on any machine that has a compiler.
+- `keyring.backends.macOS.api`, whenever keyring picks a backend by itself (no
+  PYTHON_KEYRING_BACKEND): Security, CoreServices and Foundation, which only macOS has.
+  About 50 ms of every hoopctl command that reads its key from the keyring.
+
+`install()` makes those modules' lookups ask what the dynamic linker would load instead: the
+folders of LD_LIBRARY_PATH, then its cache (/etc/ld.so.cache, read directly). A library that
+`ctypes` could load is found as before; nothing else in the process is changed.
 
 Installed by both packages' `__init__`, where asyncssh's import is already tuned (its DSA
 warnings), so every hoopctl and broker process has it.
@@ -24,8 +30,8 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any
 
-# The asyncssh modules that look for a C library when they load.
-LOOKING_MODULES = ("asyncssh.crypto.pq", "asyncssh.crypto.umac")
+# The modules that look for a C library when they load.
+LOOKING_MODULES = ("asyncssh.crypto.pq", "asyncssh.crypto.umac", "keyring.backends.macOS.api")
 LINKER_CACHE = "/etc/ld.so.cache"
 DEFAULT_FOLDERS = ("/lib", "/usr/local/lib", "/usr/lib")  # musl's, where there is no cache
 
@@ -109,7 +115,7 @@ class _QuietLoader:
         return getattr(self._inner, name)
 
 
-class _PqFinder:
+class _LookingFinder:
     """Finds the looking modules as the import system would, with the quiet loader."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
@@ -124,9 +130,10 @@ class _PqFinder:
 
 
 def install() -> None:
-    """From now on, loading asyncssh in this process runs no compiler. Idempotent; nothing
-    to do where find_library has no compiler fallback (not Linux)."""
+    """From now on, loading asyncssh, or keyring's macOS backend, runs no compiler in this
+    process. Idempotent; nothing to do where find_library has no compiler fallback (not
+    Linux)."""
     if not sys.platform.startswith("linux") or any(name in sys.modules for name in LOOKING_MODULES):
         return
-    if not any(isinstance(finder, _PqFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PqFinder())
+    if not any(isinstance(finder, _LookingFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _LookingFinder())
