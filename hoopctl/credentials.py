@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import asyncssh
 import keyring
+import keyring.core
 import keyring.errors
 from keyring.backend import KeyringBackend
 
@@ -36,14 +38,38 @@ class Profile:
         return asyncssh.import_certificate(self.certificate)
 
 
-def _usable_backend() -> KeyringBackend:
-    backend = keyring.get_keyring()
-    name = f"{type(backend).__module__}.{type(backend).__name__}"
+PROFILE_KEYS = tuple(field.name for field in fields(Profile))
+
+
+def _backend_name(backend: KeyringBackend) -> str:
+    return f"{type(backend).__module__}.{type(backend).__name__}"
+
+
+def _usable_backend(used_at_login: str | None = None) -> KeyringBackend:
+    """The keyring backend to use: the one keyring is told to use (PYTHON_KEYRING_BACKEND, or
+    its keyringrc.cfg), else the one the login stored the secrets in (USED_AT_LOGIN, where it
+    still works here), else the one keyring picks. Picking loads and asks every installed
+    backend (about 35 ms of every command); and the secrets are where the login put them."""
+    backend: KeyringBackend | None = None
+    if used_at_login and not os.environ.get("PYTHON_KEYRING_BACKEND"):
+        backend = keyring.core.load_config() or _working(used_at_login)
+    if backend is None:
+        backend = keyring.get_keyring()
+    name = _backend_name(backend)
     if backend.priority <= 0 or name.startswith("keyring.backends.fail"):
         raise CredentialStoreError(
             f"no usable keyring backend ({name}); install an OS keyring service or keyrings.alt"
         )
     return backend
+
+
+def _working(name: str) -> KeyringBackend | None:
+    """Backend NAME (module.Class), where it loads and can work in this environment."""
+    try:
+        backend = keyring.core.load_keyring(name)
+        return backend if backend.priority > 0 else None
+    except Exception:  # not installed any more, or not usable here (no D-Bus session…)
+        return None
 
 
 def announce_backend() -> None:
@@ -63,16 +89,28 @@ def _secure_backend_file(backend: KeyringBackend) -> None:
         os.chmod(file_path, 0o600)
 
 
+# The profile file's key naming the keyring backend the login stored the secrets in.
+BACKEND_KEY = "keyring_backend"
+
+
 class CredentialStore:
     def __init__(self, address: BrokerAddress) -> None:
         self.address = address
         self._profile_path: Path = profiles_dir() / f"{address.slug}.json"
+        self._used_at_login: str | None = None
+        self._profile_read = False
 
     def _key(self, item: str) -> str:
         return f"{self.address}:{item}"
 
-    def _set_secret(self, item: str, value: str) -> None:
-        backend = _usable_backend()
+    def _backend(self) -> KeyringBackend:
+        if not self._profile_read:
+            with contextlib.suppress(NotLoggedIn):
+                self.profile()
+        return _usable_backend(self._used_at_login)
+
+    def _set_secret(self, item: str, value: str, backend: KeyringBackend | None = None) -> None:
+        backend = backend or self._backend()
         try:
             backend.set_password(SERVICE, self._key(item), value)
         except keyring.errors.KeyringError as exc:
@@ -80,15 +118,15 @@ class CredentialStore:
         _secure_backend_file(backend)
 
     def _get_secret(self, item: str) -> str | None:
-        backend = _usable_backend()
+        backend = self._backend()
         try:
             return backend.get_password(SERVICE, self._key(item))
         except keyring.errors.KeyringError as exc:
             raise CredentialStoreError(f"cannot read the keyring: {exc}") from None
 
-    def _delete_secret(self, item: str) -> None:
+    def _delete_secret(self, item: str, backend: KeyringBackend | None = None) -> None:
         try:
-            _usable_backend().delete_password(SERVICE, self._key(item))
+            (backend or self._backend()).delete_password(SERVICE, self._key(item))
         except keyring.errors.PasswordDeleteError:
             pass
         except keyring.errors.KeyringError as exc:
@@ -100,15 +138,27 @@ class CredentialStore:
     def save(
         self, profile: Profile, private_key: asyncssh.SSHKey, refresh_token: str | None
     ) -> None:
-        self._set_secret("private_key", private_key.export_private_key().decode())
+        """A login: the secrets go to the backend keyring uses now, which the profile names."""
+        backend = _usable_backend()
+        self._set_secret("private_key", private_key.export_private_key().decode(), backend)
         if refresh_token:
-            self._set_secret("refresh_token", refresh_token)
+            self._set_secret("refresh_token", refresh_token, backend)
         else:
-            self._delete_secret("refresh_token")
-        write_private(self._profile_path, json.dumps(asdict(profile), indent=2) + "\n")
+            self._delete_secret("refresh_token", backend)
+        self._used_at_login, self._profile_read = _backend_name(backend), True
+        self._write_profile(profile)
 
     def update_profile(self, profile: Profile) -> None:
-        write_private(self._profile_path, json.dumps(asdict(profile), indent=2) + "\n")
+        if not self._profile_read:
+            with contextlib.suppress(NotLoggedIn):
+                self.profile()
+        self._write_profile(profile)
+
+    def _write_profile(self, profile: Profile) -> None:
+        data: dict[str, object] = dict(asdict(profile))
+        if self._used_at_login:
+            data[BACKEND_KEY] = self._used_at_login
+        write_private(self._profile_path, json.dumps(data, indent=2) + "\n")
 
     def profile(self) -> Profile:
         if not self._profile_path.exists():
@@ -116,12 +166,18 @@ class CredentialStore:
                 f"not logged in to {self.address}: run hoopctl login --broker {self.address}"
             )
         try:
-            return Profile(**json.loads(self._profile_path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as exc:
+            data = json.loads(self._profile_path.read_text(encoding="utf-8"))
+            used_at_login = data.get(BACKEND_KEY)
+            # Keys a later hoopctl may add are left for it.
+            profile = Profile(**{key: data[key] for key in PROFILE_KEYS if key in data})
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise NotLoggedIn(
                 f"login state for {self.address} is unreadable ({exc}): "
                 f"run hoopctl login --broker {self.address}"
             ) from None
+        self._used_at_login = used_at_login if isinstance(used_at_login, str) else None
+        self._profile_read = True
+        return profile
 
     def private_key(self) -> asyncssh.SSHKey:
         text = self._get_secret("private_key")

@@ -6,11 +6,13 @@ import base64
 import configparser
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from keyrings.alt.escape import unescape
 
-from tests.helpers import BrokerProcess, User, assert_one_line_error
+from tests.helpers import HOOPCTL, BrokerProcess, User, assert_one_line_error
 
 FAIL_BACKEND = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
 PRIVATE_KEY = "BEGIN OPENSSH PRIVATE KEY"
@@ -122,3 +124,88 @@ def test_logout_removes_the_secrets_from_the_keyring(
     again = alice.run("logout")
     assert again.returncode == 0, again.stderr
     assert "Not logged in" in again.stderr
+
+
+# A keyring backend that keyring itself would pick over the file one (higher priority), holding
+# nothing: installed for one command through an entry point, as a package would install it.
+FAKE_BACKEND = """
+from keyring.backend import KeyringBackend
+from keyring.errors import PasswordDeleteError, PasswordSetError
+
+
+class Keyring(KeyringBackend):
+    priority = 50
+
+    def get_password(self, service, username):
+        return None
+
+    def set_password(self, service, username, password):
+        raise PasswordSetError("the test's empty keyring keeps nothing")
+
+    def delete_password(self, service, username):
+        raise PasswordDeleteError("nothing here")
+"""
+
+
+def _with_an_emptier_keyring_installed(user: User, tmp_path: Path) -> dict[str, str]:
+    """USER's environment without PYTHON_KEYRING_BACKEND (keyring picks a backend itself, as on
+    a user's machine), where an installed backend outranks the file one the login used."""
+    site = tmp_path / "site"
+    info = site / "emptyring-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "emptyring.py").write_text(FAKE_BACKEND)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: emptyring\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[keyring.backends]\nempty = emptyring\n")
+    env = {key: value for key, value in user.env.items() if key != "PYTHON_KEYRING_BACKEND"}
+    env["PYTHONPATH"] = str(site)
+    return env
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(HOOPCTL), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_secrets_are_read_from_the_keyring_the_login_stored_them_in(
+    dev_broker: BrokerProcess, alice: User, tmp_path: Path
+) -> None:
+    assert alice.login(dev_broker).returncode == 0  # into the file keyring
+    env = _with_an_emptier_keyring_installed(alice, tmp_path)
+    picked = subprocess.run(
+        [sys.executable, "-c", "import keyring; print(type(keyring.get_keyring()).__module__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert picked.stdout.strip() == "emptyring"  # keyring's own pick now is the empty one
+
+    whoami = _run(env, "whoami")
+    assert whoami.returncode == 0, whoami.stderr
+    assert "alice" in whoami.stdout
+
+    # A backend the user names still wins: for the command, or in keyring's own config file.
+    chosen = _run({**env, "PYTHON_KEYRING_BACKEND": "emptyring.Keyring"}, "whoami")
+    assert_one_line_error(chosen, "no key")
+    root = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from keyring.util import platform_; print(platform_.config_root())",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    assert Path(root).is_relative_to(alice.home)  # alice's own config, not this machine's
+    config = Path(root) / "keyringrc.cfg"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[backend]\ndefault-keyring = emptyring.Keyring\n")
+    assert_one_line_error(_run(env, "whoami"), "no key")
+    config.unlink()
+
+    # Logging out clears the keyring the login used.
+    assert _run(env, "logout").returncode == 0
+    assert keyring_entries(alice) == {}
