@@ -33,6 +33,20 @@ class _Screen(io.StringIO):
         return True
 
 
+def _count_renders(session: PromptSession[str]) -> list[int]:
+    """A counter (its one item) of SESSION's renders from now on."""
+    renderer = session.app.renderer
+    draw = renderer.render
+    count = [0]
+
+    def render(*args: Any, **kwargs: Any) -> None:
+        count[0] += 1
+        draw(*args, **kwargs)
+
+    renderer.render = render  # type: ignore[method-assign]
+    return count
+
+
 async def _type(keys: list[str], **options: Any) -> tuple[list[int], str, str | None]:
     """Renders after each key of KEYS at a broker prompt, the text written, and the line the
     prompt returned on Enter (None if it did not return one)."""
@@ -49,15 +63,7 @@ async def _type(keys: list[str], **options: Any) -> tuple[list[int], str, str | 
             )
         )
         session.app.max_render_postpone_time = 0  # as the guarded terminal draws
-        renderer = session.app.renderer
-        draw = renderer.render
-        count = [0]
-
-        def render(*args: Any, **kwargs: Any) -> None:
-            count[0] += 1
-            draw(*args, **kwargs)
-
-        renderer.render = render  # type: ignore[method-assign]
+        count = _count_renders(session)
         task = asyncio.ensure_future(session.prompt_async(handle_sigint=False))
         await asyncio.sleep(0.2)
         per_key = []
@@ -121,15 +127,7 @@ async def _answer_at_once(lean: bool, keys: str) -> tuple[int, list[str], tuple[
     )
     if lean:
         lean_session(session)
-    renderer = session.app.renderer
-    draw = renderer.render
-    count = [0]
-
-    def render(*args: Any, **kwargs: Any) -> None:
-        count[0] += 1
-        draw(*args, **kwargs)
-
-    renderer.render = render  # type: ignore[method-assign]
+    count = _count_renders(session)
 
     async def answer() -> None:
         with contextlib.suppress(KeyboardInterrupt, EOFError):  # Ctrl-C, Ctrl-D
