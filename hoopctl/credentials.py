@@ -103,10 +103,14 @@ class CredentialStore:
     def _key(self, item: str) -> str:
         return f"{self.address}:{item}"
 
-    def _backend(self) -> KeyringBackend:
+    def _read_login_state(self) -> None:
+        """Which backend the login used, from the profile (once; none where it is unreadable)."""
         if not self._profile_read:
             with contextlib.suppress(NotLoggedIn):
                 self.profile()
+
+    def _backend(self) -> KeyringBackend:
+        self._read_login_state()
         return _usable_backend(self._used_at_login)
 
     def _set_secret(self, item: str, value: str, backend: KeyringBackend | None = None) -> None:
@@ -149,9 +153,7 @@ class CredentialStore:
         self._write_profile(profile)
 
     def update_profile(self, profile: Profile) -> None:
-        if not self._profile_read:
-            with contextlib.suppress(NotLoggedIn):
-                self.profile()
+        self._read_login_state()
         self._write_profile(profile)
 
     def _write_profile(self, profile: Profile) -> None:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from hoopctl.commands import MODULES
+from hoopctl.commands import COMMANDS
 from tests.helpers import HOOPCTL
 
 
@@ -23,10 +23,10 @@ def test_help_lists_every_command_in_order() -> None:
     assert result.returncode == 0, result.stderr
     listed = re.findall(r"^[│|]?\s{1,2}([a-z][a-z-]+)\s{2,}\S", result.stdout, re.MULTILINE)
     # Typer lists a group of commands (`sessions`) after the single commands.
-    assert listed == [name for name in MODULES if name != "sessions"] + ["sessions"]
+    assert listed == [name for name in COMMANDS if name != "sessions"] + ["sessions"]
 
 
-@pytest.mark.parametrize("name", list(MODULES))
+@pytest.mark.parametrize("name", list(COMMANDS))
 def test_each_command_named_first_runs_with_its_module_alone(name: str) -> None:
     result = _hoopctl(name, "--help")
     assert result.returncode == 0, result.stderr

@@ -12,31 +12,31 @@ from __future__ import annotations
 
 import importlib
 
-# Command name -> its module, in the order `hoopctl --help` lists them: the approver's
-# commands, the engineer's, then the incident responder's.
-MODULES = {
-    "approve": "approve",
-    "approvals": "approvals",
-    "request": "request",
-    "requests": "requests",
-    "login": "login",
-    "logout": "logout",
-    "whoami": "whoami",
-    "targets": "targets",
-    "connect": "connect",
-    "exec": "exec",
-    "proxy": "proxy",
-    "mcp": "mcp",
-    "ssh-config": "ssh_config",
-    "replay": "replay",
-    "sessions": "sessions",
-    "signals": "signals",
-    "verify-bundle": "verify_bundle",
-}
+# The commands, in the order `hoopctl --help` lists them: the approver's commands, the
+# engineer's, then the incident responder's. Each is the module of its name ("-" as "_").
+COMMANDS = (
+    "approve",
+    "approvals",
+    "request",
+    "requests",
+    "login",
+    "logout",
+    "whoami",
+    "targets",
+    "connect",
+    "exec",
+    "proxy",
+    "mcp",
+    "ssh-config",
+    "replay",
+    "sessions",
+    "signals",
+    "verify-bundle",
+)
 
 
 def load(command: str | None = None) -> None:
     """Register COMMAND on the app, or every command when COMMAND is None or names none."""
-    modules = [MODULES[command]] if command in MODULES else list(MODULES.values())
-    for module in modules:
-        importlib.import_module(f"{__name__}.{module}")
+    names = (command,) if command is not None and command in COMMANDS else COMMANDS
+    for name in names:
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
